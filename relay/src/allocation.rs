@@ -1,0 +1,170 @@
+//! One allocation (RFC 8656 §2.2): its relayed address, lifetime, permissions and channel
+//! bindings. Plain data; the server decides when to create, refresh and drop it.
+//!
+//! Permissions and channels live in small vectors: a real client has a handful (one per
+//! remote candidate), a linear scan over them beats hashing, and an idle allocation stays
+//! a few hundred bytes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::auth::Key;
+use crate::FiveTuple;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub ip: IpAddr,
+    pub expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Channel {
+    pub number: u16,
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+/// Channels one allocation may hold; a browser uses one per remote candidate pair, and the
+/// cap bounds the per-packet channel scan.
+pub const MAX_CHANNELS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelBindError {
+    #[error("channel number is bound to another peer")]
+    NumberInUse,
+    #[error("peer is bound to another channel number")]
+    PeerInUse,
+    #[error("too many channels on this allocation")]
+    TooMany,
+}
+
+/// Per-allocation bandwidth cap (`--max-bps`), in bytes, refilled continuously. Bursts of
+/// up to one second's worth are allowed, so media's frame bursts are not cut.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    bytes_per_sec: u64,
+    tokens: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(bits_per_sec: u64, now: Instant) -> Self {
+        let bytes_per_sec = (bits_per_sec / 8).max(1);
+        TokenBucket {
+            bytes_per_sec,
+            tokens: bytes_per_sec,
+            last: now,
+        }
+    }
+
+    pub fn take(&mut self, n: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        if elapsed >= Duration::from_millis(1) {
+            let add = (elapsed.as_micros() as u64).saturating_mul(self.bytes_per_sec) / 1_000_000;
+            self.tokens = (self.tokens + add).min(self.bytes_per_sec);
+            self.last = now;
+        }
+        if self.tokens >= n as u64 {
+            self.tokens -= n as u64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Allocation {
+    pub five_tuple: FiveTuple,
+    /// Where the relayed socket is bound.
+    pub relay: SocketAddr,
+    /// What clients are told (differs behind NAT: `--external-ip`).
+    pub advertised: SocketAddr,
+    pub username: Box<str>,
+    pub key: Key,
+    pub expires: Instant,
+    /// Transaction of the Allocate that created it: a retransmission gets the same answer
+    /// instead of 437 (RFC 8656 §7.2).
+    pub allocate_tid: [u8; 12],
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<Channel>,
+    pub bucket: Option<TokenBucket>,
+}
+
+impl Allocation {
+    pub fn is_permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && p.expires > now)
+    }
+
+    /// Installs or refreshes a permission; `false` when `limit` is reached.
+    pub fn permit(&mut self, ip: IpAddr, expires: Instant, limit: usize) -> bool {
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            p.expires = expires;
+            return true;
+        }
+        if self.permissions.len() >= limit {
+            return false;
+        }
+        self.permissions.push(Permission { ip, expires });
+        true
+    }
+
+    /// Checks the rebind rules of RFC 8656 §11.2 without changing anything.
+    pub fn can_bind(&self, number: u16, peer: SocketAddr, now: Instant) -> Result<(), ChannelBindError> {
+        for c in self.channels.iter().filter(|c| c.expires > now) {
+            if c.number == number && c.peer != peer {
+                return Err(ChannelBindError::NumberInUse);
+            }
+            if c.peer == peer && c.number != number {
+                return Err(ChannelBindError::PeerInUse);
+            }
+        }
+        if self.channels.len() >= MAX_CHANNELS
+            && !self.channels.iter().any(|c| c.number == number)
+        {
+            return Err(ChannelBindError::TooMany);
+        }
+        Ok(())
+    }
+
+    pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
+        match self.channels.iter_mut().find(|c| c.number == number) {
+            Some(c) => {
+                c.peer = peer;
+                c.expires = expires;
+            }
+            None => self.channels.push(Channel {
+                number,
+                peer,
+                expires,
+            }),
+        }
+    }
+
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now)
+            .map(|c| c.peer)
+    }
+
+    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now)
+            .map(|c| c.number)
+    }
+
+    /// Drops expired permissions and channels (their lookups already ignore them; this
+    /// frees the memory).
+    pub fn prune(&mut self, now: Instant) {
+        self.permissions.retain(|p| p.expires > now);
+        self.channels.retain(|c| c.expires > now);
+    }
+
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.expires.saturating_duration_since(now)
+    }
+}

@@ -1,0 +1,216 @@
+//! Long-term credentials (RFC 8489 §9.2), TURN REST ephemeral credentials
+//! (draft-uberti-behave-turn-rest) and stateless nonces.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use rustc_hash::FxHashMap;
+use sha1::Sha1;
+use sha2::Sha256;
+
+/// The long-term key: MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
+pub type Key = [u8; 16];
+
+pub fn long_term_key(username: &str, realm: &str, password: &str) -> Key {
+    let mut h = Md5::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// The TURN REST password for `username`: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &[u8], username: &str) -> String {
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret).expect("any key size");
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Mints TURN REST credentials valid until `expiry_unix` (what signaling hands to peers).
+pub fn mint_rest_credentials(secret: &[u8], expiry_unix: u64, id: &str) -> (String, String) {
+    let username = if id.is_empty() {
+        expiry_unix.to_string()
+    } else {
+        format!("{expiry_unix}:{id}")
+    };
+    let password = rest_password(secret, &username);
+    (username, password)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown user")]
+    UnknownUser,
+    #[error("ephemeral credentials expired")]
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    /// Well-formed and ours but too old, or not ours at all: the client must retry with
+    /// the fresh nonce we send in a 438.
+    Stale,
+}
+
+pub struct Authenticator {
+    realm: String,
+    users: FxHashMap<String, Key>,
+    rest_secrets: Vec<Vec<u8>>,
+    nonce_secret: [u8; 32],
+    nonce_lifetime_secs: u64,
+}
+
+impl Authenticator {
+    pub fn new(
+        realm: &str,
+        users: &[(String, String)],
+        rest_secrets: &[String],
+        nonce_lifetime_secs: u64,
+    ) -> Self {
+        let users = users
+            .iter()
+            .map(|(u, p)| (u.clone(), long_term_key(u, realm, p)))
+            .collect();
+        Authenticator {
+            realm: realm.to_string(),
+            users,
+            rest_secrets: rest_secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            nonce_secret: rand::random(),
+            nonce_lifetime_secs,
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// Candidate keys for `username`: a static user has one; a REST username has one per
+    /// configured secret, so a secret can be rotated without cutting off live clients.
+    pub fn keys(&self, username: &str, unix_now: u64) -> Result<Vec<Key>, AuthError> {
+        if let Some(k) = self.users.get(username) {
+            return Ok(vec![*k]);
+        }
+        if self.rest_secrets.is_empty() {
+            return Err(AuthError::UnknownUser);
+        }
+        let expiry: u64 = username
+            .split(':')
+            .next()
+            .and_then(|e| e.parse().ok())
+            .ok_or(AuthError::UnknownUser)?;
+        if expiry <= unix_now {
+            return Err(AuthError::Expired);
+        }
+        Ok(self
+            .rest_secrets
+            .iter()
+            .map(|s| long_term_key(username, &self.realm, &rest_password(s, username)))
+            .collect())
+    }
+
+    /// A stateless nonce: hex(issue time) ‖ hex(HMAC(secret, time ‖ client IP)[..12]).
+    /// Nothing is stored per client, and a nonce replayed from another address is stale.
+    pub fn nonce(&self, unix_now: u64, client: IpAddr) -> String {
+        let tag = self.nonce_tag(unix_now, client);
+        let mut s = format!("{unix_now:016x}");
+        for b in &tag[..12] {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    fn nonce_tag(&self, t: u64, client: IpAddr) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.nonce_secret).expect("key");
+        mac.update(&t.to_be_bytes());
+        match client.to_canonical() {
+            IpAddr::V4(a) => mac.update(&a.octets()),
+            IpAddr::V6(a) => mac.update(&a.octets()),
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    pub fn check_nonce(&self, nonce: &str, unix_now: u64, client: IpAddr) -> NonceCheck {
+        let Some((t, tag)) = parse_nonce(nonce) else {
+            return NonceCheck::Stale;
+        };
+        let expected = self.nonce_tag(t, client);
+        // Constant-time comparison of the tag, so the nonce cannot be guessed byte by byte.
+        let diff = expected[..12]
+            .iter()
+            .zip(tag.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let fresh = t <= unix_now + 5 && unix_now.saturating_sub(t) < self.nonce_lifetime_secs;
+        if diff == 0 && fresh {
+            NonceCheck::Valid
+        } else {
+            NonceCheck::Stale
+        }
+    }
+}
+
+fn parse_nonce(n: &str) -> Option<(u64, [u8; 12])> {
+    if n.len() != 40 || !n.is_ascii() {
+        return None;
+    }
+    let t = u64::from_str_radix(&n[..16], 16).ok()?;
+    let mut tag = [0u8; 12];
+    for (i, b) in tag.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&n[16 + 2 * i..18 + 2 * i], 16).ok()?;
+    }
+    Some((t, tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip() -> IpAddr {
+        "203.0.113.7".parse().unwrap()
+    }
+
+    #[test]
+    fn nonce_is_valid_then_stale() {
+        let a = Authenticator::new("r", &[], &[], 600);
+        let n = a.nonce(1000, ip());
+        assert_eq!(a.check_nonce(&n, 1000, ip()), NonceCheck::Valid);
+        assert_eq!(a.check_nonce(&n, 1599, ip()), NonceCheck::Valid);
+        assert_eq!(a.check_nonce(&n, 1600, ip()), NonceCheck::Stale);
+        // bound to the client address
+        assert_eq!(
+            a.check_nonce(&n, 1000, "203.0.113.8".parse().unwrap()),
+            NonceCheck::Stale
+        );
+        // forged or garbage
+        let mut forged = n.clone();
+        forged.replace_range(39..40, if n.ends_with('0') { "1" } else { "0" });
+        assert_eq!(a.check_nonce(&forged, 1000, ip()), NonceCheck::Stale);
+        assert_eq!(a.check_nonce("xyz", 1000, ip()), NonceCheck::Stale);
+        assert_eq!(a.check_nonce(&"é".repeat(20), 1000, ip()), NonceCheck::Stale);
+    }
+
+    #[test]
+    fn rest_credentials_expire_and_rotate() {
+        let a = Authenticator::new("r", &[], &["old".into(), "new".into()], 600);
+        let (u, p) = mint_rest_credentials(b"new", 2000, "alice");
+        assert_eq!(u, "2000:alice");
+        let keys = a.keys(&u, 1999).unwrap();
+        assert!(keys.contains(&long_term_key(&u, "r", &p)));
+        assert_eq!(a.keys(&u, 2000), Err(AuthError::Expired));
+        assert_eq!(a.keys("alice", 1), Err(AuthError::UnknownUser));
+    }
+
+    #[test]
+    fn static_users() {
+        let a = Authenticator::new("example.org", &[("test".into(), "test".into())], &[], 600);
+        assert_eq!(
+            a.keys("test", 0).unwrap(),
+            vec![long_term_key("test", "example.org", "test")]
+        );
+        assert_eq!(a.keys("nobody", 0), Err(AuthError::UnknownUser));
+    }
+}

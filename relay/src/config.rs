@@ -1,0 +1,423 @@
+//! The one config loader: flags beat `ICEBREAKER_RELAY_*` environment variables, which
+//! beat the TOML file (`--config`), which beats the defaults. Every TOML key is the
+//! flag's long name. A bad value is one line naming the key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The effective, validated relay configuration (what the core and drivers read).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub listen: Vec<SocketAddr>,
+    /// (bind address, advertised address) of relayed sockets, per family.
+    pub relay_v4: Option<(IpAddr, IpAddr)>,
+    pub relay_v6: Option<(IpAddr, IpAddr)>,
+    pub relay_ports: (u16, u16),
+    pub realm: String,
+    pub users: Vec<(String, String)>,
+    pub auth_secrets: Vec<String>,
+    pub allow_peer: Vec<IpNet>,
+    pub deny_peer: Vec<IpNet>,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
+    pub nonce_lifetime: Duration,
+    pub max_allocations: u32,
+    pub user_quota: u32,
+    pub max_bps: u64,
+    pub max_permissions: usize,
+    pub max_tcp_connections: usize,
+    pub threads: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub software: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        RelayConfig {
+            listen: vec![SocketAddr::new(lo, 3478)],
+            relay_v4: Some((lo, lo)),
+            relay_v6: None,
+            relay_ports: (49152, 65535),
+            realm: "icebreaker".into(),
+            users: Vec::new(),
+            auth_secrets: Vec::new(),
+            allow_peer: Vec::new(),
+            deny_peer: Vec::new(),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            nonce_lifetime: Duration::from_secs(600),
+            max_allocations: 0,
+            user_quota: 0,
+            max_bps: 0,
+            max_permissions: 256,
+            max_tcp_connections: 10_000,
+            threads: 0,
+            metrics_listen: None,
+            software: concat!("icebreaker-relay/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// Flags and TOML keys, all optional so the three sources can be layered.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RelayArgs {
+    /// Client-facing address, UDP and TCP (repeatable). Default 127.0.0.1:3478.
+    #[arg(long, env = "ICEBREAKER_RELAY_LISTEN", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<SocketAddr>,
+    /// Address relayed sockets bind on, one per family (default: the listen address).
+    #[arg(long, env = "ICEBREAKER_RELAY_RELAY_IP", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_ip: Vec<IpAddr>,
+    /// PUBLIC[/PRIVATE]: advertise PUBLIC for relayed sockets bound on PRIVATE (behind NAT).
+    #[arg(long, env = "ICEBREAKER_RELAY_EXTERNAL_IP", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ip: Vec<String>,
+    /// Relayed port range LO-HI (default 49152-65535).
+    #[arg(long, env = "ICEBREAKER_RELAY_RELAY_PORTS")]
+    pub relay_ports: Option<String>,
+    #[arg(long, env = "ICEBREAKER_RELAY_REALM")]
+    pub realm: Option<String>,
+    /// Static long-term user NAME:PASS (repeatable).
+    #[arg(long = "user", env = "ICEBREAKER_RELAY_USER")]
+    #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// TURN REST shared secret (repeatable, to rotate secrets without cutting clients off).
+    #[arg(long = "auth-secret", env = "ICEBREAKER_RELAY_AUTH_SECRET", hide_env_values = true)]
+    #[serde(default, rename = "auth-secret", skip_serializing_if = "Vec::is_empty")]
+    pub auth_secrets: Vec<String>,
+    /// Allow peers in CIDR even if refused by default (repeatable), e.g. 127.0.0.0/8.
+    #[arg(long, env = "ICEBREAKER_RELAY_ALLOW_PEER", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_peer: Vec<IpNet>,
+    /// Refuse peers in CIDR (repeatable).
+    #[arg(long, env = "ICEBREAKER_RELAY_DENY_PEER", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_peer: Vec<IpNet>,
+    /// Allocation lifetime when the client asks for none, seconds (600).
+    #[arg(long, env = "ICEBREAKER_RELAY_DEFAULT_LIFETIME")]
+    pub default_lifetime: Option<u64>,
+    /// Longest allocation lifetime granted, seconds (3600).
+    #[arg(long, env = "ICEBREAKER_RELAY_MAX_LIFETIME")]
+    pub max_lifetime: Option<u64>,
+    /// Permission lifetime, seconds (300, RFC 8656).
+    #[arg(long, env = "ICEBREAKER_RELAY_PERMISSION_LIFETIME")]
+    pub permission_lifetime: Option<u64>,
+    /// Channel binding lifetime, seconds (600, RFC 8656).
+    #[arg(long, env = "ICEBREAKER_RELAY_CHANNEL_LIFETIME")]
+    pub channel_lifetime: Option<u64>,
+    /// How long a nonce stays valid, seconds (600); then clients get 438 and retry.
+    #[arg(long, env = "ICEBREAKER_RELAY_NONCE_LIFETIME")]
+    pub nonce_lifetime: Option<u64>,
+    /// Total allocations (0 = unlimited); beyond it Allocate gets 508.
+    #[arg(long, env = "ICEBREAKER_RELAY_MAX_ALLOCATIONS")]
+    pub max_allocations: Option<u32>,
+    /// Allocations per user (0 = unlimited); beyond it Allocate gets 486.
+    #[arg(long, env = "ICEBREAKER_RELAY_USER_QUOTA")]
+    pub user_quota: Option<u32>,
+    /// Bandwidth cap per allocation, bits/s both directions together (0 = unlimited).
+    #[arg(long, env = "ICEBREAKER_RELAY_MAX_BPS")]
+    pub max_bps: Option<u64>,
+    /// Client TCP connections held at once; more are refused.
+    #[arg(long, env = "ICEBREAKER_RELAY_MAX_TCP_CONNECTIONS")]
+    pub max_tcp_connections: Option<usize>,
+    /// Worker threads (shards); 0 = one per core.
+    #[arg(long, env = "ICEBREAKER_RELAY_THREADS")]
+    pub threads: Option<usize>,
+    /// Serve /metrics and /healthz on this address.
+    #[arg(long, env = "ICEBREAKER_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+macro_rules! layer_opt {
+    ($cli:ident, $file:ident, $($f:ident),*) => { $( if $cli.$f.is_none() { $cli.$f = $file.$f.take(); } )* };
+}
+macro_rules! layer_vec {
+    ($cli:ident, $file:ident, $($f:ident),*) => { $( if $cli.$f.is_empty() { $cli.$f = std::mem::take(&mut $file.$f); } )* };
+}
+
+impl RelayArgs {
+    /// Fills what flags and environment left unset from `file`.
+    pub fn layer_over(mut self, mut file: RelayArgs) -> RelayArgs {
+        layer_vec!(self, file, listen, relay_ip, external_ip, users, auth_secrets, allow_peer, deny_peer);
+        layer_opt!(
+            self, file, relay_ports, realm, default_lifetime, max_lifetime, permission_lifetime,
+            channel_lifetime, nonce_lifetime, max_allocations, user_quota, max_bps,
+            max_tcp_connections, threads, metrics_listen
+        );
+        self
+    }
+
+    /// Reads a TOML file of the same keys.
+    pub fn from_file(path: &PathBuf) -> Result<RelayArgs, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|s| text[..s.start].lines().last().map(str::to_string))
+                .and_then(|l| l.split('=').next().map(|k| k.trim().to_string()))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "config".into());
+            err(&key, format!("{} (in {})", e.message().replace('\n', " "), path.display()))
+        })
+    }
+
+    pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
+        let d = RelayConfig::default();
+        let listen = if self.listen.is_empty() { d.listen.clone() } else { self.listen };
+        let secs = |v: Option<u64>, def: Duration, key: &str| -> Result<Duration, ConfigError> {
+            match v {
+                Some(0) => Err(err(key, "must be at least 1 second")),
+                Some(s) if s > 86_400 * 365 => Err(err(key, "must be at most a year")),
+                Some(s) => Ok(Duration::from_secs(s)),
+                None => Ok(def),
+            }
+        };
+        let default_lifetime = secs(self.default_lifetime, d.default_lifetime, "default-lifetime")?;
+        let max_lifetime = secs(self.max_lifetime, d.max_lifetime, "max-lifetime")?;
+        if default_lifetime > max_lifetime {
+            return Err(err("default-lifetime", "is longer than max-lifetime"));
+        }
+        let relay_ports = match &self.relay_ports {
+            None => d.relay_ports,
+            Some(s) => parse_port_range(s).ok_or_else(|| err("relay-ports", format!("expected LO-HI with 1 <= LO <= HI <= 65535, got {s:?}")))?,
+        };
+        let mut users = Vec::new();
+        for u in &self.users {
+            match u.split_once(':') {
+                Some((n, p)) if !n.is_empty() && !p.is_empty() => users.push((n.to_string(), p.to_string())),
+                _ => return Err(err("user", "expected NAME:PASS")),
+            }
+        }
+        if self.auth_secrets.iter().any(|s| s.is_empty()) {
+            return Err(err("auth-secret", "must not be empty"));
+        }
+        if users.is_empty() && self.auth_secrets.is_empty() {
+            return Err(err("user", "no credentials: give --user NAME:PASS or --auth-secret SECRET"));
+        }
+        let realm = self.realm.unwrap_or(d.realm);
+        if realm.is_empty() || realm.len() > 127 {
+            return Err(err("realm", "must be 1 to 127 characters"));
+        }
+        // Relayed addresses per family: relay-ip, else the PRIVATE part of external-ip,
+        // else a specific listen address; advertised: the PUBLIC part of external-ip.
+        let mut external: Vec<(IpAddr, Option<IpAddr>)> = Vec::new();
+        for e in &self.external_ip {
+            let (public, private) = match e.split_once('/') {
+                Some((a, b)) => (a, Some(b)),
+                None => (e.as_str(), None),
+            };
+            let public: IpAddr = public.parse().map_err(|_| err("external-ip", format!("bad address {public:?}")))?;
+            let private = private
+                .map(|p| p.parse::<IpAddr>().map_err(|_| err("external-ip", format!("bad address {p:?}"))))
+                .transpose()?;
+            if private.is_some_and(|p| p.is_ipv6() != public.is_ipv6()) {
+                return Err(err("external-ip", "PUBLIC and PRIVATE must be the same family"));
+            }
+            external.push((public, private));
+        }
+        let family = |v6: bool| -> Result<Option<(IpAddr, IpAddr)>, ConfigError> {
+            let ext = external.iter().find(|(p, _)| p.is_ipv6() == v6);
+            let bind = self
+                .relay_ip
+                .iter()
+                .find(|i| i.is_ipv6() == v6)
+                .copied()
+                .or_else(|| ext.and_then(|(_, private)| *private))
+                .or_else(|| listen.iter().map(|l| l.ip()).find(|i| i.is_ipv6() == v6 && !i.is_unspecified()));
+            let bind = match (bind, ext) {
+                (Some(b), _) => b,
+                // Listening on 0.0.0.0 with only a public address: bind relays on all.
+                (None, Some(_)) if listen.iter().any(|l| l.ip().is_ipv6() == v6) => {
+                    if v6 { "::".parse().expect("ip") } else { "0.0.0.0".parse().expect("ip") }
+                }
+                _ => return Ok(None),
+            };
+            let adv = ext.map(|(p, _)| *p).unwrap_or(bind);
+            if adv.is_unspecified() {
+                return Err(err("relay-ip", format!("cannot advertise {adv}: give --relay-ip or --external-ip")));
+            }
+            Ok(Some((bind, adv)))
+        };
+        let relay_v4 = family(false)?;
+        let relay_v6 = family(true)?;
+        if relay_v4.is_none() && relay_v6.is_none() {
+            return Err(err("relay-ip", "no relay address: give --relay-ip or --external-ip"));
+        }
+        Ok(RelayConfig {
+            listen,
+            relay_v4,
+            relay_v6,
+            relay_ports,
+            realm,
+            users,
+            auth_secrets: self.auth_secrets,
+            allow_peer: self.allow_peer,
+            deny_peer: self.deny_peer,
+            default_lifetime,
+            max_lifetime,
+            permission_lifetime: secs(self.permission_lifetime, d.permission_lifetime, "permission-lifetime")?,
+            channel_lifetime: secs(self.channel_lifetime, d.channel_lifetime, "channel-lifetime")?,
+            nonce_lifetime: secs(self.nonce_lifetime, d.nonce_lifetime, "nonce-lifetime")?,
+            max_allocations: self.max_allocations.unwrap_or(d.max_allocations),
+            user_quota: self.user_quota.unwrap_or(d.user_quota),
+            max_bps: self.max_bps.unwrap_or(d.max_bps),
+            max_permissions: d.max_permissions,
+            max_tcp_connections: self.max_tcp_connections.unwrap_or(d.max_tcp_connections),
+            threads: self.threads.unwrap_or(d.threads),
+            metrics_listen: self.metrics_listen,
+            software: d.software,
+        })
+    }
+}
+
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a >= 1 && a <= b).then_some((a, b))
+}
+
+impl RelayConfig {
+    /// The effective configuration as TOML, secrets masked; itself a valid config file.
+    pub fn to_masked_toml(&self) -> String {
+        let ext: Vec<String> = [self.relay_v4, self.relay_v6]
+            .into_iter()
+            .flatten()
+            .filter(|(b, a)| b != a)
+            .map(|(b, a)| format!("{a}/{b}"))
+            .collect();
+        let args = RelayArgs {
+            listen: self.listen.clone(),
+            relay_ip: [self.relay_v4, self.relay_v6].into_iter().flatten().map(|(b, _)| b).collect(),
+            external_ip: ext,
+            relay_ports: Some(format!("{}-{}", self.relay_ports.0, self.relay_ports.1)),
+            realm: Some(self.realm.clone()),
+            users: self.users.iter().map(|(u, _)| format!("{u}:********")).collect(),
+            auth_secrets: self.auth_secrets.iter().map(|_| "********".to_string()).collect(),
+            allow_peer: self.allow_peer.clone(),
+            deny_peer: self.deny_peer.clone(),
+            default_lifetime: Some(self.default_lifetime.as_secs()),
+            max_lifetime: Some(self.max_lifetime.as_secs()),
+            permission_lifetime: Some(self.permission_lifetime.as_secs()),
+            channel_lifetime: Some(self.channel_lifetime.as_secs()),
+            nonce_lifetime: Some(self.nonce_lifetime.as_secs()),
+            max_allocations: Some(self.max_allocations),
+            user_quota: Some(self.user_quota),
+            max_bps: Some(self.max_bps),
+            max_tcp_connections: Some(self.max_tcp_connections),
+            threads: Some(self.threads),
+            metrics_listen: self.metrics_listen,
+        };
+        toml::to_string(&args).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    pub fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RelayArgs {
+        RelayArgs {
+            users: vec!["a:b".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_layering() {
+        let c = base().resolve().unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(c.relay_v4.unwrap().0, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.default_lifetime, Duration::from_secs(600));
+        let file = RelayArgs {
+            realm: Some("file".into()),
+            max_bps: Some(5),
+            ..Default::default()
+        };
+        let cli = RelayArgs {
+            realm: Some("cli".into()),
+            ..base()
+        };
+        let c = cli.layer_over(file).resolve().unwrap();
+        assert_eq!(c.realm, "cli");
+        assert_eq!(c.max_bps, 5);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = RelayArgs { relay_ports: Some("9-1".into()), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "relay-ports");
+        let e = RelayArgs { users: vec!["nopass".into()], ..Default::default() }.resolve().unwrap_err();
+        assert_eq!(e.key, "user");
+        let e = RelayArgs { default_lifetime: Some(7200), ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "default-lifetime");
+        let e = RelayArgs { listen: vec!["0.0.0.0:3478".parse().unwrap()], ..base() }.resolve().unwrap_err();
+        assert_eq!(e.key, "relay-ip");
+    }
+
+    #[test]
+    fn external_ip_behind_nat() {
+        let c = RelayArgs {
+            listen: vec!["0.0.0.0:3478".parse().unwrap()],
+            external_ip: vec!["203.0.113.4/10.0.0.4".into()],
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.relay_v4, Some(("10.0.0.4".parse().unwrap(), "203.0.113.4".parse().unwrap())));
+        let printed = c.to_masked_toml();
+        assert!(printed.contains("203.0.113.4/10.0.0.4"), "{printed}");
+        assert!(printed.contains("a:********") && !printed.contains("a:b"), "{printed}");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("ib-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "realm = \"x\"\nmax-allocations = \"lots\"\n").unwrap();
+        let e = RelayArgs::from_file(&p).unwrap_err();
+        assert_eq!(e.key, "max-allocations", "{e}");
+        std::fs::write(&p, "no-such-key = 1\n").unwrap();
+        let e = RelayArgs::from_file(&p).unwrap_err();
+        assert!(e.to_string().contains("no-such-key"), "{e}");
+        std::fs::write(&p, "user = [\"u:p\"]\nrelay-ports = \"50000-50100\"\n").unwrap();
+        let c = RelayArgs::from_file(&p).unwrap().resolve().unwrap();
+        assert_eq!(c.relay_ports, (50000, 50100));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,99 @@
+//! Thin tokio drivers around the sans-IO core.
+//!
+//! One OS thread per shard, each with a current-thread runtime. Every shard binds the
+//! client-facing UDP and TCP ports with SO_REUSEPORT, so the kernel spreads clients over
+//! shards by 4-tuple hash and a client's packets always reach the shard that holds its
+//! allocation. Within a shard everything is single-threaded (`Rc`/`RefCell`): no locks on
+//! the packet path. Relayed sockets have no buffer of their own; they read into the
+//! shard's one receive buffer, so an idle allocation costs only its bookkeeping.
+
+mod shard;
+mod tcp;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::config::RelayConfig;
+use crate::metrics::RelayMetrics;
+use crate::server::Shared;
+
+/// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
+pub struct RelayHandle {
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    /// The client-facing addresses actually bound (ports resolved when 0 was asked).
+    pub local_addrs: Vec<SocketAddr>,
+    pub shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    /// Stops every shard and waits for its thread.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Binds every shard's sockets, then starts the shards. Bind errors come back here, before
+/// any thread runs, so a misconfigured port fails the start with a clear error.
+pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayHandle> {
+    let shards = config.worker_threads();
+    let shared = Shared::new(config);
+    let mut per_shard: Vec<(Vec<UdpSocket>, Vec<TcpListener>)> =
+        (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut local_addrs = Vec::new();
+    for &want in &shared.config.listen {
+        // Port 0: the first bind picks the port; the other shards join it.
+        let mut addr = want;
+        for (i, (udps, tcps)) in per_shard.iter_mut().enumerate() {
+            let u = reuse_socket(addr, Type::DGRAM, Protocol::UDP)?;
+            u.set_recv_buffer_size(4 << 20).ok();
+            u.set_send_buffer_size(4 << 20).ok();
+            u.bind(&addr.into())?;
+            if i == 0 {
+                addr = u.local_addr()?.as_socket().expect("inet");
+                local_addrs.push(addr);
+            }
+            let t = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
+            t.bind(&addr.into())?;
+            t.listen(1024)?;
+            udps.push(u.into());
+            tcps.push(t.into());
+        }
+    }
+    let (tx, rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, (udps, tcps)) in per_shard.into_iter().enumerate() {
+        let shared = shared.clone();
+        let m = metrics.shard(i as u16);
+        let rx = rx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("relay-shard-{i}"))
+                .spawn(move || shard::run_shard(i, shards, shared, m, udps, tcps, rx))?,
+        );
+    }
+    Ok(RelayHandle {
+        shutdown: tx,
+        threads,
+        local_addrs,
+        shared,
+    })
+}

@@ -1,0 +1,227 @@
+//! One shard: its runtime, its UDP sockets, relayed sockets, TCP connections and timer.
+
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, LocalSet};
+use tracing::{debug, error, warn};
+
+use crate::metrics::ShardMetrics;
+use crate::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
+use crate::{FiveTuple, Transport};
+
+/// Bytes queued towards one TCP client before packets for it are dropped.
+pub(super) const TCP_QUEUE: usize = 256;
+
+struct RelaySocket {
+    sock: Rc<tokio::net::UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+pub(super) struct Ctx {
+    pub core: RefCell<Server>,
+    pub metrics: ShardMetrics,
+    pub max_tcp: usize,
+    udp: Vec<(SocketAddr, Rc<tokio::net::UdpSocket>)>,
+    relays: RefCell<FxHashMap<SocketAddr, RelaySocket>>,
+    pub tcp: RefCell<FxHashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    /// The shard's one receive buffer, shared by every socket it reads.
+    buf: RefCell<Vec<u8>>,
+}
+
+/// Implements [`RelaySockets`] with real UDP sockets and a reader task per socket.
+pub(super) struct Binder<'a>(pub &'a Rc<Ctx>);
+
+impl RelaySockets for Binder<'_> {
+    fn open(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+        let std_sock = UdpSocket::bind(addr)?;
+        std_sock.set_nonblocking(true)?;
+        let sock = Rc::new(tokio::net::UdpSocket::from_std(std_sock)?);
+        let reader = tokio::task::spawn_local(relay_reader(self.0.clone(), sock.clone(), id));
+        self.0
+            .relays
+            .borrow_mut()
+            .insert(addr, RelaySocket { sock, reader });
+        Ok(())
+    }
+
+    fn close(&mut self, addr: SocketAddr) {
+        if let Some(r) = self.0.relays.borrow_mut().remove(&addr) {
+            r.reader.abort();
+        }
+    }
+}
+
+impl Ctx {
+    /// Sends what the core produced. Never waits: a full socket or queue drops the packet
+    /// (counted), as a congested router would.
+    pub fn transmit(&self, t: Transmit<'_>) {
+        match t {
+            Transmit::Client { to, data } => match to.transport {
+                Transport::Udp => {
+                    let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
+                        return;
+                    };
+                    if let Err(e) = s.try_send_to(data, to.client) {
+                        self.send_failed(e);
+                    }
+                }
+                Transport::Tcp => {
+                    if let Some(tx) = self.tcp.borrow().get(&to.client) {
+                        if tx.try_send(data.to_vec()).is_err() {
+                            self.metrics.drop("tcp_queue_full");
+                        }
+                    }
+                }
+            },
+            Transmit::Peer { relay, to, data } => {
+                if let Some(r) = self.relays.borrow().get(&relay) {
+                    if let Err(e) = r.sock.try_send_to(data, to) {
+                        self.send_failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_failed(&self, e: std::io::Error) {
+        if e.kind() == ErrorKind::WouldBlock {
+            self.metrics.drop("send_buffer_full");
+        } else {
+            debug!(error = %e, "send failed");
+            self.metrics.drop("send_error");
+        }
+    }
+
+    /// Feeds one client packet to the core and sends the answer.
+    pub fn client_packet(self: &Rc<Self>, ft: FiveTuple, data: &[u8]) {
+        let mut core = self.core.borrow_mut();
+        if let Some(t) = core.handle_client(Instant::now(), ft, data, &mut Binder(self)) {
+            self.transmit(t);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_shard(
+    index: usize,
+    shards: usize,
+    shared: Arc<Shared>,
+    metrics: ShardMetrics,
+    udps: Vec<UdpSocket>,
+    tcps: Vec<TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start shard runtime");
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&rt, async move {
+        let max_tcp = shared.config.max_tcp_connections / shards.max(1) + 1;
+        let mut udp = Vec::new();
+        for u in udps {
+            let addr = u.local_addr().expect("bound");
+            udp.push((addr, Rc::new(tokio::net::UdpSocket::from_std(u).expect("tokio socket"))));
+        }
+        let ctx = Rc::new(Ctx {
+            core: RefCell::new(Server::new(shared, index, shards, metrics.clone())),
+            metrics,
+            max_tcp,
+            udp: udp.clone(),
+            relays: RefCell::default(),
+            tcp: RefCell::default(),
+            buf: RefCell::new(vec![0u8; 65536]),
+        });
+        for (addr, sock) in udp {
+            tokio::task::spawn_local(udp_listener(ctx.clone(), addr, sock));
+        }
+        for t in tcps {
+            match tokio::net::TcpListener::from_std(t) {
+                Ok(l) => {
+                    tokio::task::spawn_local(super::tcp::accept_loop(ctx.clone(), l));
+                }
+                Err(e) => error!(error = %e, "cannot use TCP listener"),
+            }
+        }
+        tokio::task::spawn_local(timer(ctx.clone()));
+        let _ = shutdown.wait_for(|s| *s).await;
+        // Release every relayed socket and quota before the runtime goes away.
+        let mut core = ctx.core.borrow_mut();
+        let n = core.allocation_count();
+        core.shutdown(&mut Binder(&ctx));
+        debug!(shard = index, allocations = n, "shard stopped");
+    });
+}
+
+async fn udp_listener(ctx: Rc<Ctx>, local: SocketAddr, sock: Rc<tokio::net::UdpSocket>) {
+    loop {
+        if let Err(e) = sock.readable().await {
+            error!(error = %e, "UDP listener failed");
+            return;
+        }
+        loop {
+            let mut buf = ctx.buf.borrow_mut();
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let ft = FiveTuple {
+                        client: from,
+                        server: local,
+                        transport: Transport::Udp,
+                    };
+                    ctx.client_packet(ft, &buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // ICMP errors from earlier sends surface here; they concern one client.
+                Err(e) => debug!(error = %e, "UDP receive error"),
+            }
+        }
+    }
+}
+
+async fn relay_reader(ctx: Rc<Ctx>, sock: Rc<tokio::net::UdpSocket>, id: AllocationId) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        loop {
+            let mut buf = ctx.buf.borrow_mut();
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let mut core = ctx.core.borrow_mut();
+                    if let Some(t) = core.handle_peer(Instant::now(), id, from, &buf[..n]) {
+                        ctx.transmit(t);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => debug!(error = %e, "relayed socket receive error"),
+            }
+        }
+    }
+}
+
+async fn timer(ctx: Rc<Ctx>) {
+    loop {
+        let next = ctx
+            .core
+            .borrow()
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::time::sleep_until(next.into()).await;
+        ctx.core
+            .borrow_mut()
+            .handle_timeout(Instant::now(), &mut Binder(&ctx));
+        if ctx.tcp.borrow().len() > ctx.max_tcp {
+            warn!("TCP connection table over its limit");
+        }
+    }
+}

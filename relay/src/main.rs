@@ -1,0 +1,117 @@
+//! `icebreaker-relay`: the standalone STUN/TURN server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use clap::Parser;
+use icebreaker_relay::metrics::RelayMetrics;
+use icebreaker_relay::RelayArgs;
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(name = "icebreaker-relay", version, about = "STUN/TURN relay (RFC 8489, 8656)")]
+struct Cli {
+    /// TOML config file; its keys are the long flag names.
+    #[arg(long, env = "ICEBREAKER_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `icebreaker_relay=debug`.
+    #[arg(long, env = "ICEBREAKER_RELAY_LOG", default_value = "info")]
+    log: String,
+    #[command(flatten)]
+    relay: RelayArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match &cli.config {
+        Some(p) => match RelayArgs::from_file(p) {
+            Ok(file) => cli.relay.clone().layer_over(file),
+            Err(e) => return config_error(e),
+        },
+        None => cli.relay.clone(),
+    };
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    if cli.print_config {
+        print!("{}", config.to_masked_toml());
+        return ExitCode::SUCCESS;
+    }
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("icebreaker-relay: invalid `log`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("icebreaker-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: icebreaker_relay::config::ConfigError) -> ExitCode {
+    eprintln!("icebreaker-relay: {e}");
+    ExitCode::from(2)
+}
+
+fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metrics = RelayMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let metrics_listen = config.metrics_listen;
+    let listen = config.listen.clone();
+    let handle = icebreaker_relay::run(config, metrics).context("cannot bind the relay's ports")?;
+    info!(addrs = ?handle.local_addrs, shards = handle.shared.config.worker_threads(), "relay listening (UDP+TCP)");
+    rt.block_on(async {
+        if let Some(addr) = metrics_listen {
+            let app = Router::new()
+                .route("/metrics", get(metrics_handler))
+                .route("/healthz", get(|| async { "ok\n" }))
+                .with_state(Arc::new(registry));
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind metrics-listen {addr}"))?;
+            info!(%addr, "metrics on /metrics, health on /healthz");
+            tokio::spawn(async move { axum::serve(l, app).await });
+        }
+        shutdown_signal().await;
+        anyhow::Ok(())
+    })?;
+    info!(?listen, "shutting down");
+    handle.shutdown();
+    Ok(())
+}
+
+async fn metrics_handler(State(reg): State<Arc<Registry>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        out,
+    )
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics. Per-packet counters are labelled by shard so each shard bumps its
+//! own cache line (no cross-core contention on the hot path); sum over `shard` in queries.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabel {
+    pub shard: u16,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub method: &'static str,
+    pub code: u16,
+}
+
+/// Handles registered once; cloned into each shard.
+#[derive(Clone, Default)]
+pub struct RelayMetrics {
+    pub allocations: Family<ShardLabel, Gauge>,
+    pub allocations_created: Family<ShardLabel, Counter>,
+    pub allocations_deleted: Family<ReasonLabel, Counter>,
+    pub requests: Family<RequestLabel, Counter>,
+    pub packets: Family<DirLabel, Counter>,
+    pub bytes: Family<DirLabel, Counter>,
+    pub dropped: Family<ReasonLabel, Counter>,
+    pub tcp_connections: Gauge,
+}
+
+impl RelayMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("icebreaker_relay");
+        r.register("allocations", "Live allocations", self.allocations.clone());
+        r.register(
+            "allocations_created",
+            "Allocations created",
+            self.allocations_created.clone(),
+        );
+        r.register(
+            "allocations_deleted",
+            "Allocations deleted, by reason",
+            self.allocations_deleted.clone(),
+        );
+        r.register(
+            "requests",
+            "STUN/TURN requests answered, by method and response code (0 = success)",
+            self.requests.clone(),
+        );
+        r.register("packets", "Packets relayed, by direction", self.packets.clone());
+        r.register("bytes", "Application bytes relayed, by direction", self.bytes.clone());
+        r.register("dropped", "Packets dropped, by reason", self.dropped.clone());
+        r.register(
+            "tcp_connections",
+            "Open client TCP connections",
+            self.tcp_connections.clone(),
+        );
+    }
+
+    pub fn shard(&self, shard: u16) -> ShardMetrics {
+        let dir = |d| DirLabel {
+            shard,
+            direction: d,
+        };
+        // One statement per lookup: `get_or_create` returns a read guard, and two of them
+        // alive in one expression deadlock the family's lock when the second inserts.
+        let allocations = self.allocations.get_or_create(&ShardLabel { shard }).clone();
+        let created = self.allocations_created.get_or_create(&ShardLabel { shard }).clone();
+        let to_peer_packets = self.packets.get_or_create(&dir("to_peer")).clone();
+        let to_peer_bytes = self.bytes.get_or_create(&dir("to_peer")).clone();
+        let to_client_packets = self.packets.get_or_create(&dir("to_client")).clone();
+        let to_client_bytes = self.bytes.get_or_create(&dir("to_client")).clone();
+        ShardMetrics {
+            all: self.clone(),
+            allocations,
+            created,
+            to_peer_packets,
+            to_peer_bytes,
+            to_client_packets,
+            to_client_bytes,
+        }
+    }
+}
+
+/// One shard's view: hot counters resolved to plain atomics up front.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub all: RelayMetrics,
+    pub allocations: Gauge,
+    pub created: Counter,
+    pub to_peer_packets: Counter,
+    pub to_peer_bytes: Counter,
+    pub to_client_packets: Counter,
+    pub to_client_bytes: Counter,
+}
+
+impl ShardMetrics {
+    pub fn drop(&self, reason: &'static str) {
+        self.all
+            .dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn deleted(&self, reason: &'static str) {
+        self.all
+            .allocations_deleted
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn request(&self, method: &'static str, code: u16) {
+        self.all
+            .requests
+            .get_or_create(&RequestLabel { method, code })
+            .inc();
+    }
+}

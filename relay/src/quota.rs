@@ -1,0 +1,86 @@
+//! Allocation quotas shared by every shard: a total cap (`--max-allocations`, exceeded →
+//! 508) and a per-user cap (`--user-quota`, exceeded → 486). Touched only when an
+//! allocation is created or deleted, never per packet, so a mutex is fine here.
+
+use std::sync::Mutex;
+
+use rustc_hash::FxHashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("the server holds its maximum number of allocations")]
+    ServerFull,
+    #[error("this user holds its maximum number of allocations")]
+    UserQuota,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: u32,
+    per_user: FxHashMap<Box<str>, u32>,
+}
+
+#[derive(Debug)]
+pub struct Quota {
+    max_total: u32,
+    per_user: u32,
+    counts: Mutex<Counts>,
+}
+
+impl Quota {
+    /// `0` means unlimited for either cap.
+    pub fn new(max_total: u32, per_user: u32) -> Self {
+        Quota {
+            max_total,
+            per_user,
+            counts: Mutex::default(),
+        }
+    }
+
+    pub fn acquire(&self, user: &str) -> Result<(), QuotaError> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if self.max_total > 0 && c.total >= self.max_total {
+            return Err(QuotaError::ServerFull);
+        }
+        let used = c.per_user.get(user).copied().unwrap_or(0);
+        if self.per_user > 0 && used >= self.per_user {
+            return Err(QuotaError::UserQuota);
+        }
+        c.total += 1;
+        *c.per_user.entry(user.into()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    pub fn release(&self, user: &str) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(user);
+            }
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps() {
+        let q = Quota::new(3, 2);
+        q.acquire("a").unwrap();
+        q.acquire("a").unwrap();
+        assert_eq!(q.acquire("a"), Err(QuotaError::UserQuota));
+        q.acquire("b").unwrap();
+        assert_eq!(q.acquire("c"), Err(QuotaError::ServerFull));
+        q.release("a");
+        q.acquire("c").unwrap();
+        assert_eq!(q.total(), 3);
+    }
+}

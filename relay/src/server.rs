@@ -1,0 +1,878 @@
+//! The sans-IO TURN server core of one shard.
+//!
+//! Input: a packet with its 5-tuple (client side) or relayed address and peer (peer side),
+//! plus the current time. Output: at most one packet to send, borrowed from the input or
+//! from a reused buffer, so the ChannelData path neither locks nor allocates. Sockets are
+//! opened and closed through [`RelaySockets`], which the tokio driver implements with real
+//! UDP sockets and tests implement with a fake.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustc_hash::FxHashMap;
+use tracing::{debug, info};
+
+use crate::allocation::{Allocation, ChannelBindError, TokenBucket};
+use crate::auth::{AuthError, Authenticator, Key, NonceCheck};
+use crate::codec::{
+    self, attr, parse_channel_data, Class, Message, MessageWriter, Method, PacketKind,
+};
+use crate::config::RelayConfig;
+use crate::metrics::ShardMetrics;
+use crate::policy::PeerPolicy;
+use crate::ports::PortPool;
+use crate::quota::{Quota, QuotaError};
+use crate::{FiveTuple, Transport};
+
+/// Opens and closes relayed sockets for the core. `open` binds `addr` (a UDP socket)
+/// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`].
+pub trait RelaySockets {
+    fn open(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()>;
+    fn close(&mut self, addr: SocketAddr);
+}
+
+/// Index of an allocation in its shard plus a generation, so a stale id never reaches a
+/// newer allocation that reused the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AllocationId {
+    index: u32,
+    generation: u32,
+}
+
+/// A packet the driver must send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transmit<'a> {
+    /// To the client over the transport its 5-tuple names.
+    Client { to: FiveTuple, data: &'a [u8] },
+    /// To a peer from the relayed socket bound at `relay`.
+    Peer {
+        relay: SocketAddr,
+        to: SocketAddr,
+        data: &'a [u8],
+    },
+}
+
+/// State shared by all shards (read-mostly: config, credentials, policy; quotas).
+pub struct Shared {
+    pub config: RelayConfig,
+    pub auth: Authenticator,
+    pub policy: PeerPolicy,
+    pub quota: Quota,
+    /// Wall clock at `epoch`, for REST expiry and nonces (the core otherwise runs on
+    /// the monotonic `now` it is handed, so tests can drive it with a fake clock).
+    pub unix_at_epoch: u64,
+    pub epoch: Instant,
+}
+
+impl Shared {
+    pub fn new(config: RelayConfig) -> Arc<Self> {
+        Self::with_clock(config, Instant::now(), unix_now())
+    }
+
+    pub fn with_clock(config: RelayConfig, epoch: Instant, unix_at_epoch: u64) -> Arc<Self> {
+        let auth = Authenticator::new(
+            &config.realm,
+            &config.users,
+            &config.auth_secrets,
+            config.nonce_lifetime.as_secs(),
+        );
+        let policy = PeerPolicy::new(&config.allow_peer, &config.deny_peer);
+        let quota = Quota::new(config.max_allocations, config.user_quota);
+        Arc::new(Shared {
+            config,
+            auth,
+            policy,
+            quota,
+            unix_at_epoch,
+            epoch,
+        })
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.unix_at_epoch + now.saturating_duration_since(self.epoch).as_secs()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A port kept for a later Allocate with RESERVATION-TOKEN (EVEN-PORT with R, §7.2).
+struct Reservation {
+    port: u16,
+    v6: bool,
+    expires: Instant,
+}
+
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Slot {
+    generation: u32,
+    allocation: Option<Allocation>,
+}
+
+/// An error answer: RFC code and a reason a person understands.
+struct Reject {
+    code: u16,
+    reason: &'static str,
+    /// Send REALM and a fresh NONCE (401, 438).
+    challenge: bool,
+    /// Sign with this key (errors after successful authentication).
+    key: Option<Key>,
+}
+
+impl Reject {
+    fn new(code: u16, reason: &'static str) -> Self {
+        Reject {
+            code,
+            reason,
+            challenge: false,
+            key: None,
+        }
+    }
+    fn challenge(code: u16, reason: &'static str) -> Self {
+        Reject {
+            challenge: true,
+            ..Reject::new(code, reason)
+        }
+    }
+    fn signed(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+struct Authenticated {
+    username: Box<str>,
+    key: Key,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    metrics: ShardMetrics,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    by_five_tuple: FxHashMap<FiveTuple, AllocationId>,
+    ports: PortPool,
+    reservations: FxHashMap<u64, Reservation>,
+    buf: Vec<u8>,
+    next_sweep: Instant,
+}
+
+impl Server {
+    pub fn new(shared: Arc<Shared>, shard: usize, shards: usize, metrics: ShardMetrics) -> Self {
+        let (lo, hi) = shared.config.relay_ports;
+        let ports = PortPool::new(lo, hi, shard, shards);
+        Server {
+            next_sweep: shared.epoch,
+            shared,
+            metrics,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_five_tuple: FxHashMap::default(),
+            ports,
+            reservations: FxHashMap::default(),
+            buf: Vec::with_capacity(1500),
+        }
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.by_five_tuple.len()
+    }
+
+    pub fn allocation(&self, ft: &FiveTuple) -> Option<&Allocation> {
+        self.by_five_tuple.get(ft).and_then(|id| self.get(*id))
+    }
+
+    fn get(&self, id: AllocationId) -> Option<&Allocation> {
+        let s = self.slots.get(id.index as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
+        s.allocation.as_ref()
+    }
+
+    fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
+        let s = self.slots.get_mut(id.index as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
+        s.allocation.as_mut()
+    }
+
+    /// When `handle_timeout` wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.by_five_tuple.is_empty() && self.reservations.is_empty() {
+            None
+        } else {
+            Some(self.next_sweep)
+        }
+    }
+
+    /// Expires allocations, permissions, channels and reservations.
+    pub fn handle_timeout(&mut self, now: Instant, sockets: &mut dyn RelaySockets) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_INTERVAL;
+        let expired: Vec<FiveTuple> = self
+            .by_five_tuple
+            .iter()
+            .filter(|(_, id)| self.get(**id).is_some_and(|a| a.expires <= now))
+            .map(|(ft, _)| *ft)
+            .collect();
+        for ft in expired {
+            self.delete(&ft, "expired", sockets);
+        }
+        for s in &mut self.slots {
+            if let Some(a) = &mut s.allocation {
+                a.prune(now);
+            }
+        }
+        let ports = &mut self.ports;
+        self.reservations.retain(|_, r| {
+            let keep = r.expires > now;
+            if !keep {
+                ports.release(r.port);
+            }
+            keep
+        });
+    }
+
+    /// The client's transport connection closed (TCP): its allocation goes with it
+    /// (RFC 8656 §3.1).
+    pub fn close_client(&mut self, ft: &FiveTuple, sockets: &mut dyn RelaySockets) {
+        self.delete(ft, "connection_closed", sockets);
+    }
+
+    /// Deletes every allocation (graceful stop): sockets closed, quotas released.
+    pub fn shutdown(&mut self, sockets: &mut dyn RelaySockets) {
+        let all: Vec<FiveTuple> = self.by_five_tuple.keys().copied().collect();
+        for ft in all {
+            self.delete(&ft, "shutdown", sockets);
+        }
+    }
+
+    fn delete(&mut self, ft: &FiveTuple, reason: &'static str, sockets: &mut dyn RelaySockets) {
+        let Some(id) = self.by_five_tuple.remove(ft) else {
+            return;
+        };
+        let slot = &mut self.slots[id.index as usize];
+        let Some(a) = slot.allocation.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_slots.push(id.index);
+        sockets.close(a.relay);
+        self.ports.release(a.relay.port());
+        self.shared.quota.release(&a.username);
+        self.metrics.allocations.dec();
+        self.metrics.deleted(reason);
+        info!(client = %ft.client, transport = ?ft.transport, relay = %a.advertised, user = %a.username, reason, "allocation deleted");
+    }
+
+    /// A packet from a client (STUN or ChannelData).
+    pub fn handle_client<'a>(
+        &'a mut self,
+        now: Instant,
+        ft: FiveTuple,
+        data: &'a [u8],
+        sockets: &mut dyn RelaySockets,
+    ) -> Option<Transmit<'a>> {
+        match codec::classify(data) {
+            PacketKind::ChannelData => self.channel_data_from_client(now, &ft, data),
+            PacketKind::Stun => match Message::parse(data) {
+                Ok(msg) => self.handle_stun(now, ft, &msg, sockets),
+                Err(codec::DecodeError::BadCookie) => self.legacy_binding(ft, data),
+                Err(e) => {
+                    debug!(client = %ft.client, error = %e, "malformed STUN message dropped");
+                    self.metrics.drop("malformed");
+                    None
+                }
+            },
+            PacketKind::Other => {
+                self.metrics.drop("malformed");
+                None
+            }
+        }
+    }
+
+    fn channel_data_from_client<'a>(
+        &'a mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        data: &'a [u8],
+    ) -> Option<Transmit<'a>> {
+        let Some((number, payload)) = parse_channel_data(data) else {
+            self.metrics.drop("malformed");
+            return None;
+        };
+        let id = *self.by_five_tuple.get(ft)?;
+        let metrics = &self.metrics;
+        let a = self.slots[id.index as usize].allocation.as_mut()?;
+        if a.expires <= now {
+            return None;
+        }
+        let Some(peer) = a.channel_peer(number, now) else {
+            metrics.drop("no_channel");
+            return None;
+        };
+        if !a.is_permitted(peer.ip(), now) {
+            metrics.drop("no_permission");
+            return None;
+        }
+        if let Some(b) = &mut a.bucket {
+            if !b.take(payload.len(), now) {
+                metrics.drop("bandwidth");
+                return None;
+            }
+        }
+        metrics.to_peer_packets.inc();
+        metrics.to_peer_bytes.inc_by(payload.len() as u64);
+        Some(Transmit::Peer {
+            relay: a.relay,
+            to: peer,
+            data: payload,
+        })
+    }
+
+    /// A packet from a peer arriving on the relayed socket of allocation `id`.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: SocketAddr,
+        data: &[u8],
+    ) -> Option<Transmit<'_>> {
+        let metrics = &self.metrics;
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let a = slot.allocation.as_mut()?;
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        if a.expires <= now || !a.is_permitted(peer.ip(), now) {
+            metrics.drop("no_permission");
+            return None;
+        }
+        if data.len() > u16::MAX as usize - 64 {
+            metrics.drop("oversized");
+            return None;
+        }
+        if let Some(b) = &mut a.bucket {
+            if !b.take(data.len(), now) {
+                metrics.drop("bandwidth");
+                return None;
+            }
+        }
+        metrics.to_client_packets.inc();
+        metrics.to_client_bytes.inc_by(data.len() as u64);
+        let to = a.five_tuple;
+        if let Some(ch) = a.channel_for(peer, now) {
+            codec::write_channel_data(&mut self.buf, ch, data, to.transport == Transport::Tcp);
+        } else {
+            // No channel: a Data indication (RFC 8656 §11.6).
+            let mut w = MessageWriter::new(&mut self.buf, Method::DATA, Class::Indication, rand::random());
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .attr(attr::DATA, data);
+            w.finish();
+        }
+        Some(Transmit::Client {
+            to,
+            data: &self.buf,
+        })
+    }
+
+    /// RFC 3489 clients send no magic cookie; answer their Binding with MAPPED-ADDRESS
+    /// (RFC 8489 §12) and drop anything else.
+    fn legacy_binding<'a>(&'a mut self, ft: FiveTuple, data: &'a [u8]) -> Option<Transmit<'a>> {
+        if data.len() < 20
+            || data[0..2] != [0, 1]
+            || u16::from_be_bytes([data[2], data[3]]) as usize + 20 != data.len()
+        {
+            self.metrics.drop("malformed");
+            return None;
+        }
+        // The 16-byte RFC 3489 transaction id spans the cookie field; echo it verbatim.
+        let mut w = MessageWriter::new(&mut self.buf, Method::BINDING, Class::Success, [0; 12]);
+        w.address(attr::MAPPED_ADDRESS, ft.client);
+        w.finish();
+        self.buf[4..20].copy_from_slice(&data[4..20]);
+        Some(Transmit::Client {
+            to: ft,
+            data: &self.buf,
+        })
+    }
+
+    fn handle_stun<'a>(
+        &'a mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &Message<'a>,
+        sockets: &mut dyn RelaySockets,
+    ) -> Option<Transmit<'a>> {
+        if !msg.verify_fingerprint() {
+            self.metrics.drop("bad_fingerprint");
+            return None;
+        }
+        match msg.class {
+            Class::Request => {}
+            Class::Indication if msg.method == Method::SEND => {
+                return self.send_indication(now, &ft, msg);
+            }
+            _ => {
+                self.metrics.drop("unexpected_message");
+                return None;
+            }
+        }
+        let unknown: Vec<u16> = msg.unknown_required().collect();
+        let result = if !unknown.is_empty() {
+            self.respond_unknown(msg, &unknown);
+            Err(None)
+        } else {
+            match msg.method {
+                Method::BINDING => Ok(self.binding(&ft, msg)),
+                Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
+                    match self.authenticate(now, &ft, msg) {
+                        Ok(auth) => match msg.method {
+                            Method::ALLOCATE => self.allocate(now, ft, msg, auth, sockets),
+                            Method::REFRESH => self.refresh(now, ft, msg, auth, sockets),
+                            Method::CREATE_PERMISSION => self.create_permission(now, &ft, msg, auth),
+                            _ => self.channel_bind(now, &ft, msg, auth),
+                        }
+                        .map_err(Some),
+                        Err(r) => Err(Some(r)),
+                    }
+                }
+                Method::CONNECT | Method::CONNECTION_BIND => Err(Some(Reject::new(
+                    400,
+                    "TCP relaying (RFC 6062) is not enabled on this server",
+                ))),
+                _ => Err(Some(Reject::new(400, "unknown method"))),
+            }
+        };
+        let code = match result {
+            Ok(()) => 0,
+            Err(None) => 420,
+            Err(Some(r)) => {
+                self.respond_error(now, &ft, msg, &r);
+                r.code
+            }
+        };
+        self.metrics.request(msg.method.name(), code);
+        Some(Transmit::Client {
+            to: ft,
+            data: &self.buf,
+        })
+    }
+
+    fn respond_unknown(&mut self, msg: &Message<'_>, unknown: &[u16]) {
+        let mut w = MessageWriter::new(&mut self.buf, msg.method, Class::Error, msg.transaction_id);
+        w.error_code(420, "unknown comprehension-required attribute")
+            .unknown_attributes(unknown)
+            .attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
+        w.finish_with_fingerprint();
+    }
+
+    fn respond_error(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, r: &Reject) {
+        let nonce = r
+            .challenge
+            .then(|| self.shared.auth.nonce(self.shared.unix(now), ft.client.ip()));
+        let mut w = MessageWriter::new(&mut self.buf, msg.method, Class::Error, msg.transaction_id);
+        w.error_code(r.code, r.reason);
+        if let Some(n) = &nonce {
+            w.attr(attr::REALM, self.shared.auth.realm().as_bytes())
+                .attr(attr::NONCE, n.as_bytes());
+        }
+        w.attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
+        if let Some(k) = &r.key {
+            w.integrity(k, msg.uses_sha256());
+        }
+        w.finish_with_fingerprint();
+    }
+
+    fn binding(&mut self, ft: &FiveTuple, msg: &Message<'_>) {
+        let mut w = MessageWriter::new(&mut self.buf, Method::BINDING, Class::Success, msg.transaction_id);
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client)
+            .attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
+        w.finish_with_fingerprint();
+    }
+
+    /// RFC 8489 §9.2.4: challenge, check the nonce, find the key, verify the HMAC; then,
+    /// for an existing allocation, insist on the same user (441).
+    fn authenticate(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>) -> Result<Authenticated, Reject> {
+        if !msg.has_integrity() {
+            return Err(Reject::challenge(401, "authentication required"));
+        }
+        let (Some(Ok(username)), Some(Ok(realm)), Some(Ok(nonce))) =
+            (msg.text(attr::USERNAME), msg.text(attr::REALM), msg.text(attr::NONCE))
+        else {
+            return Err(Reject::new(400, "USERNAME, REALM and NONCE are required with MESSAGE-INTEGRITY"));
+        };
+        let unix = self.shared.unix(now);
+        if self.shared.auth.check_nonce(nonce, unix, ft.client.ip()) == NonceCheck::Stale {
+            return Err(Reject::challenge(438, "stale nonce: retry with the new one"));
+        }
+        if realm != self.shared.auth.realm() {
+            return Err(Reject::challenge(401, "wrong realm"));
+        }
+        let keys = match self.shared.auth.keys(username, unix) {
+            Ok(k) => k,
+            Err(AuthError::Expired) => {
+                return Err(Reject::challenge(401, "credentials expired"))
+            }
+            Err(AuthError::UnknownUser) => {
+                return Err(Reject::challenge(401, "wrong username or password"))
+            }
+        };
+        let Some(key) = keys.into_iter().find(|k| msg.verify_integrity(k)) else {
+            return Err(Reject::challenge(401, "wrong username or password"));
+        };
+        if let Some(a) = self.allocation(ft) {
+            if &*a.username != username {
+                return Err(Reject::new(441, "allocation belongs to another user").signed(key));
+            }
+        }
+        Ok(Authenticated {
+            username: username.into(),
+            key,
+        })
+    }
+
+    fn success(&mut self, msg: &Message<'_>, key: &Key) -> MessageWriter<'_> {
+        let _ = key;
+        MessageWriter::new(&mut self.buf, msg.method, Class::Success, msg.transaction_id)
+    }
+
+    fn finish_success(&mut self, msg: &Message<'_>, key: &Key, f: impl FnOnce(&mut MessageWriter<'_>)) {
+        let software = self.shared.config.software.clone();
+        let mut w = self.success(msg, key);
+        f(&mut w);
+        w.attr(attr::SOFTWARE, software.as_bytes())
+            .integrity(key, msg.uses_sha256());
+        w.finish_with_fingerprint();
+    }
+
+    fn lifetime(&self, msg: &Message<'_>) -> Result<Duration, Reject> {
+        let c = &self.shared.config;
+        match msg.get(attr::LIFETIME) {
+            None => Ok(c.default_lifetime),
+            Some(v) => {
+                let secs = attr::decode_u32(v).map_err(|_| Reject::new(400, "bad LIFETIME"))?;
+                // 0 deletes (Refresh); otherwise never below the default or above the max
+                // (RFC 8656 §7.2).
+                if secs == 0 {
+                    return Ok(Duration::ZERO);
+                }
+                Ok(Duration::from_secs(secs as u64).clamp(c.default_lifetime, c.max_lifetime))
+            }
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &Message<'_>,
+        auth: Authenticated,
+        sockets: &mut dyn RelaySockets,
+    ) -> Result<(), Reject> {
+        let key = auth.key;
+        if let Some(a) = self.allocation(&ft) {
+            if a.allocate_tid != msg.transaction_id {
+                return Err(Reject::new(437, "allocation already exists for this 5-tuple").signed(key));
+            }
+            // A retransmitted Allocate: answer it again.
+            let (adv, life) = (a.advertised, a.remaining(now));
+            self.finish_success(msg, &key, |w| {
+                w.xor_address(attr::XOR_RELAYED_ADDRESS, adv)
+                    .u32(attr::LIFETIME, life.as_secs() as u32)
+                    .xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+            });
+            return Ok(());
+        }
+        match msg.get(attr::REQUESTED_TRANSPORT) {
+            None => return Err(Reject::new(400, "REQUESTED-TRANSPORT is missing").signed(key)),
+            Some(v) if v.len() != 4 => return Err(Reject::new(400, "bad REQUESTED-TRANSPORT").signed(key)),
+            Some(v) if v[0] != 17 => {
+                return Err(Reject::new(442, "only UDP relaying (protocol 17) is supported").signed(key))
+            }
+            Some(_) => {}
+        }
+        let even_port = msg.get(attr::EVEN_PORT);
+        let token = msg.get(attr::RESERVATION_TOKEN);
+        if even_port.is_some() && token.is_some() {
+            return Err(Reject::new(400, "EVEN-PORT and RESERVATION-TOKEN together").signed(key));
+        }
+        let v6 = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => false,
+            Some([attr::FAMILY_IPV4, 0, 0, 0]) => false,
+            Some([attr::FAMILY_IPV6, 0, 0, 0]) => true,
+            Some(_) => return Err(Reject::new(440, "address family not supported").signed(key)),
+        };
+        if token.is_some() && msg.has(attr::REQUESTED_ADDRESS_FAMILY) {
+            return Err(Reject::new(400, "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN").signed(key));
+        }
+        let lifetime = self.lifetime(msg).map_err(|r| r.signed(key))?;
+        let lifetime = if lifetime.is_zero() { self.shared.config.default_lifetime } else { lifetime };
+
+        let config = &self.shared.config;
+        let (bind_ip, adv_ip) = if v6 { config.relay_v6 } else { config.relay_v4 }
+            .ok_or_else(|| Reject::new(440, "no relay address of that family").signed(key))?;
+
+        self.shared.quota.acquire(&auth.username).map_err(|e| {
+            match e {
+                QuotaError::UserQuota => Reject::new(486, "allocation quota reached for this user"),
+                QuotaError::ServerFull => Reject::new(508, "server is at its allocation limit"),
+            }
+            .signed(key)
+        })?;
+
+        // Pick and bind the relayed port.
+        let mut reservation_token = None;
+        let bound = if let Some(t) = token {
+            let t = u64::from_be_bytes(t.try_into().map_err(|_| Reject::new(400, "bad RESERVATION-TOKEN").signed(key))?);
+            match self.reservations.remove(&t) {
+                Some(r) if r.v6 == v6 => {
+                    let addr = SocketAddr::new(bind_ip, r.port);
+                    match self.open(sockets, addr) {
+                        Ok(id) => Some((addr, id)),
+                        Err(_) => {
+                            self.ports.release(r.port);
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            }
+        } else if let Some(ep) = even_port {
+            let reserve = ep.first().is_some_and(|b| b & 0x80 != 0);
+            let mut bound = None;
+            for _ in 0..16 {
+                let Some(p) = self.ports.take_even(reserve) else { break };
+                let addr = SocketAddr::new(bind_ip, p);
+                match self.open(sockets, addr) {
+                    Ok(id) => {
+                        if reserve {
+                            let t: u64 = rand::random();
+                            self.reservations.insert(t, Reservation { port: p + 1, v6, expires: now + RESERVATION_LIFETIME });
+                            reservation_token = Some(t);
+                        }
+                        bound = Some((addr, id));
+                        break;
+                    }
+                    Err(_) if reserve => self.ports.release(p + 1),
+                    Err(_) => {}
+                }
+            }
+            bound
+        } else {
+            let mut bound = None;
+            // A port in our range may be taken by another program: try a few.
+            for _ in 0..16 {
+                let Some(p) = self.ports.take() else { break };
+                let addr = SocketAddr::new(bind_ip, p);
+                if let Ok(id) = self.open(sockets, addr) {
+                    bound = Some((addr, id));
+                    break;
+                }
+            }
+            bound
+        };
+        let Some((relay, id)) = bound else {
+            self.shared.quota.release(&auth.username);
+            return Err(Reject::new(508, "no relay port available").signed(key));
+        };
+        let advertised = SocketAddr::new(adv_ip, relay.port());
+        let bucket = (self.shared.config.max_bps > 0).then(|| TokenBucket::new(self.shared.config.max_bps, now));
+        info!(client = %ft.client, transport = ?ft.transport, relay = %advertised, user = %auth.username, lifetime = lifetime.as_secs(), "allocation created");
+        let a = Allocation {
+            five_tuple: ft,
+            relay,
+            advertised,
+            username: auth.username,
+            key,
+            expires: now + lifetime,
+            allocate_tid: msg.transaction_id,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            bucket,
+        };
+        self.slots[id.index as usize].allocation = Some(a);
+        self.by_five_tuple.insert(ft, id);
+        self.metrics.allocations.inc();
+        self.metrics.created.inc();
+        self.finish_success(msg, &key, |w| {
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
+                .u32(attr::LIFETIME, lifetime.as_secs() as u32);
+            if let Some(t) = reservation_token {
+                w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+            }
+            w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+        });
+        Ok(())
+    }
+
+    /// Reserves a slot and binds the socket; the slot is filled by the caller.
+    fn open(&mut self, sockets: &mut dyn RelaySockets, addr: SocketAddr) -> std::io::Result<AllocationId> {
+        let index = match self.free_slots.last() {
+            Some(&i) => i,
+            None => {
+                self.slots.push(Slot { generation: 0, allocation: None });
+                self.free_slots.push((self.slots.len() - 1) as u32);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let id = AllocationId { index, generation: self.slots[index as usize].generation };
+        match sockets.open(addr, id) {
+            Ok(()) => {
+                self.free_slots.pop();
+                Ok(id)
+            }
+            Err(e) => {
+                debug!(%addr, error = %e, "relay port unavailable");
+                Err(e)
+            }
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &Message<'_>,
+        auth: Authenticated,
+        sockets: &mut dyn RelaySockets,
+    ) -> Result<(), Reject> {
+        let key = auth.key;
+        let Some(&id) = self.by_five_tuple.get(&ft) else {
+            return Err(Reject::new(437, "no allocation for this 5-tuple").signed(key));
+        };
+        let requested = match msg.get(attr::LIFETIME) {
+            None => self.shared.config.default_lifetime,
+            Some(_) => self.lifetime(msg).map_err(|r| r.signed(key))?,
+        };
+        if requested.is_zero() {
+            self.delete(&ft, "refresh", sockets);
+        } else if let Some(a) = self.get_mut(id) {
+            a.expires = now + requested;
+        }
+        self.finish_success(msg, &key, |w| {
+            w.u32(attr::LIFETIME, requested.as_secs() as u32);
+        });
+        Ok(())
+    }
+
+    /// Peers named in the request, checked against family and policy.
+    fn peers(&self, msg: &Message<'_>, ft: &FiveTuple, key: Key) -> Result<Vec<SocketAddr>, Reject> {
+        let id = *self
+            .by_five_tuple
+            .get(ft)
+            .ok_or_else(|| Reject::new(437, "no allocation for this 5-tuple").signed(key))?;
+        let relay_v6 = self.get(id).map(|a| a.relay.is_ipv6()).unwrap_or(false);
+        let mut out = Vec::new();
+        for v in msg.get_all(attr::XOR_PEER_ADDRESS) {
+            let peer = attr::decode_xor_address(v, &msg.transaction_id)
+                .map_err(|_| Reject::new(400, "bad XOR-PEER-ADDRESS").signed(key))?;
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            if peer.is_ipv6() != relay_v6 {
+                return Err(Reject::new(443, "peer address family differs from the relayed address").signed(key));
+            }
+            if let Err(refusal) = self.shared.policy.check(peer.ip()) {
+                info!(client = %ft.client, peer = %peer.ip(), "{refusal}");
+                self.metrics.drop("policy");
+                return Err(Reject::new(403, "peer address is forbidden by the server's policy").signed(key));
+            }
+            out.push(peer);
+        }
+        if out.is_empty() {
+            return Err(Reject::new(400, "XOR-PEER-ADDRESS is missing").signed(key));
+        }
+        Ok(out)
+    }
+
+    fn create_permission(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, auth: Authenticated) -> Result<(), Reject> {
+        let key = auth.key;
+        let peers = self.peers(msg, ft, key)?;
+        let expires = now + self.shared.config.permission_lifetime;
+        let limit = self.shared.config.max_permissions;
+        let id = self.by_five_tuple[ft];
+        let a = self.get_mut(id).expect("checked by peers()");
+        // All or nothing: check the limit before installing any.
+        let new = peers.iter().filter(|p| !a.permissions.iter().any(|x| x.ip == p.ip())).count();
+        if a.permissions.len() + new > limit {
+            return Err(Reject::new(508, "too many permissions on this allocation").signed(key));
+        }
+        for p in peers {
+            a.permit(p.ip(), expires, limit);
+        }
+        self.finish_success(msg, &key, |_| {});
+        Ok(())
+    }
+
+    fn channel_bind(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, auth: Authenticated) -> Result<(), Reject> {
+        let key = auth.key;
+        let number = match msg.get(attr::CHANNEL_NUMBER) {
+            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
+            _ => return Err(Reject::new(400, "CHANNEL-NUMBER is missing or malformed").signed(key)),
+        };
+        if !(codec::CHANNEL_MIN..=codec::CHANNEL_MAX).contains(&number) {
+            return Err(Reject::new(400, "channel number outside 0x4000-0x7FFF").signed(key));
+        }
+        let peers = self.peers(msg, ft, key)?;
+        let peer = peers[0];
+        let config = &self.shared.config;
+        let (perm_exp, chan_exp, limit) = (now + config.permission_lifetime, now + config.channel_lifetime, config.max_permissions);
+        let id = self.by_five_tuple[ft];
+        let a = self.get_mut(id).expect("checked by peers()");
+        a.can_bind(number, peer, now).map_err(|e| {
+            match e {
+                ChannelBindError::NumberInUse => Reject::new(400, "channel number is bound to another peer"),
+                ChannelBindError::PeerInUse => Reject::new(400, "peer is bound to another channel number"),
+                ChannelBindError::TooMany => Reject::new(508, "too many channels"),
+            }
+            .signed(key)
+        })?;
+        if !a.permit(peer.ip(), perm_exp, limit) {
+            return Err(Reject::new(508, "too many permissions on this allocation").signed(key));
+        }
+        a.bind_channel(number, peer, chan_exp);
+        self.finish_success(msg, &key, |_| {});
+        Ok(())
+    }
+
+    /// Send indication (RFC 8656 §11.4): never answered; dropped when anything is off.
+    fn send_indication<'a>(&'a mut self, now: Instant, ft: &FiveTuple, msg: &Message<'a>) -> Option<Transmit<'a>> {
+        let id = *self.by_five_tuple.get(ft)?;
+        let (Some(Ok(peer)), Some(data)) = (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA)) else {
+            self.metrics.drop("malformed");
+            return None;
+        };
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let metrics = &self.metrics;
+        let a = self.slots[id.index as usize].allocation.as_mut()?;
+        if a.expires <= now || !a.is_permitted(peer.ip(), now) {
+            metrics.drop("no_permission");
+            return None;
+        }
+        if let Some(b) = &mut a.bucket {
+            if !b.take(data.len(), now) {
+                metrics.drop("bandwidth");
+                return None;
+            }
+        }
+        metrics.to_peer_packets.inc();
+        metrics.to_peer_bytes.inc_by(data.len() as u64);
+        Some(Transmit::Peer { relay: a.relay, to: peer, data })
+    }
+}
+
+/// Is `ip` one the relay may bind relayed sockets on for clients of family `v6`?
+pub fn family_matches(ip: IpAddr, v6: bool) -> bool {
+    ip.is_ipv6() == v6
+}
