@@ -112,7 +112,12 @@ impl Allocation {
     }
 
     /// Checks the rebind rules of RFC 8656 §11.2 without changing anything.
-    pub fn can_bind(&self, number: u16, peer: SocketAddr, now: Instant) -> Result<(), ChannelBindError> {
+    pub fn can_bind(
+        &self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<(), ChannelBindError> {
         for c in self.channels.iter().filter(|c| c.expires > now) {
             if c.number == number && c.peer != peer {
                 return Err(ChannelBindError::NumberInUse);
@@ -121,8 +126,7 @@ impl Allocation {
                 return Err(ChannelBindError::PeerInUse);
             }
         }
-        if self.channels.len() >= MAX_CHANNELS
-            && !self.channels.iter().any(|c| c.number == number)
+        if self.channels.len() >= MAX_CHANNELS && !self.channels.iter().any(|c| c.number == number)
         {
             return Err(ChannelBindError::TooMany);
         }

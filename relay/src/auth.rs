@@ -190,7 +190,10 @@ mod tests {
         forged.replace_range(39..40, if n.ends_with('0') { "1" } else { "0" });
         assert_eq!(a.check_nonce(&forged, 1000, ip()), NonceCheck::Stale);
         assert_eq!(a.check_nonce("xyz", 1000, ip()), NonceCheck::Stale);
-        assert_eq!(a.check_nonce(&"é".repeat(20), 1000, ip()), NonceCheck::Stale);
+        assert_eq!(
+            a.check_nonce(&"é".repeat(20), 1000, ip()),
+            NonceCheck::Stale
+        );
     }
 
     #[test]

@@ -108,7 +108,11 @@ pub struct RelayArgs {
     #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<String>,
     /// TURN REST shared secret (repeatable, to rotate secrets without cutting clients off).
-    #[arg(long = "auth-secret", env = "ICEBREAKER_RELAY_AUTH_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "auth-secret",
+        env = "ICEBREAKER_RELAY_AUTH_SECRET",
+        hide_env_values = true
+    )]
     #[serde(default, rename = "auth-secret", skip_serializing_if = "Vec::is_empty")]
     pub auth_secrets: Vec<String>,
     /// Allow peers in CIDR even if refused by default (repeatable), e.g. 127.0.0.0/8.
@@ -164,11 +168,33 @@ macro_rules! layer_vec {
 impl RelayArgs {
     /// Fills what flags and environment left unset from `file`.
     pub fn layer_over(mut self, mut file: RelayArgs) -> RelayArgs {
-        layer_vec!(self, file, listen, relay_ip, external_ip, users, auth_secrets, allow_peer, deny_peer);
+        layer_vec!(
+            self,
+            file,
+            listen,
+            relay_ip,
+            external_ip,
+            users,
+            auth_secrets,
+            allow_peer,
+            deny_peer
+        );
         layer_opt!(
-            self, file, relay_ports, realm, default_lifetime, max_lifetime, permission_lifetime,
-            channel_lifetime, nonce_lifetime, max_allocations, user_quota, max_bps,
-            max_tcp_connections, threads, metrics_listen
+            self,
+            file,
+            relay_ports,
+            realm,
+            default_lifetime,
+            max_lifetime,
+            permission_lifetime,
+            channel_lifetime,
+            nonce_lifetime,
+            max_allocations,
+            user_quota,
+            max_bps,
+            max_tcp_connections,
+            threads,
+            metrics_listen
         );
         self
     }
@@ -184,13 +210,20 @@ impl RelayArgs {
                 .and_then(|l| l.split('=').next().map(|k| k.trim().to_string()))
                 .filter(|k| !k.is_empty())
                 .unwrap_or_else(|| "config".into());
-            err(&key, format!("{} (in {})", e.message().replace('\n', " "), path.display()))
+            err(
+                &key,
+                format!("{} (in {})", e.message().replace('\n', " "), path.display()),
+            )
         })
     }
 
     pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
         let d = RelayConfig::default();
-        let listen = if self.listen.is_empty() { d.listen.clone() } else { self.listen };
+        let listen = if self.listen.is_empty() {
+            d.listen.clone()
+        } else {
+            self.listen
+        };
         let secs = |v: Option<u64>, def: Duration, key: &str| -> Result<Duration, ConfigError> {
             match v {
                 Some(0) => Err(err(key, "must be at least 1 second")),
@@ -199,19 +232,30 @@ impl RelayArgs {
                 None => Ok(def),
             }
         };
-        let default_lifetime = secs(self.default_lifetime, d.default_lifetime, "default-lifetime")?;
+        let default_lifetime = secs(
+            self.default_lifetime,
+            d.default_lifetime,
+            "default-lifetime",
+        )?;
         let max_lifetime = secs(self.max_lifetime, d.max_lifetime, "max-lifetime")?;
         if default_lifetime > max_lifetime {
             return Err(err("default-lifetime", "is longer than max-lifetime"));
         }
         let relay_ports = match &self.relay_ports {
             None => d.relay_ports,
-            Some(s) => parse_port_range(s).ok_or_else(|| err("relay-ports", format!("expected LO-HI with 1 <= LO <= HI <= 65535, got {s:?}")))?,
+            Some(s) => parse_port_range(s).ok_or_else(|| {
+                err(
+                    "relay-ports",
+                    format!("expected LO-HI with 1 <= LO <= HI <= 65535, got {s:?}"),
+                )
+            })?,
         };
         let mut users = Vec::new();
         for u in &self.users {
             match u.split_once(':') {
-                Some((n, p)) if !n.is_empty() && !p.is_empty() => users.push((n.to_string(), p.to_string())),
+                Some((n, p)) if !n.is_empty() && !p.is_empty() => {
+                    users.push((n.to_string(), p.to_string()))
+                }
                 _ => return Err(err("user", "expected NAME:PASS")),
             }
         }
@@ -219,7 +263,10 @@ impl RelayArgs {
             return Err(err("auth-secret", "must not be empty"));
         }
         if users.is_empty() && self.auth_secrets.is_empty() {
-            return Err(err("user", "no credentials: give --user NAME:PASS or --auth-secret SECRET"));
+            return Err(err(
+                "user",
+                "no credentials: give --user NAME:PASS or --auth-secret SECRET",
+            ));
         }
         let realm = self.realm.unwrap_or(d.realm);
         if realm.is_empty() || realm.len() > 127 {
@@ -233,12 +280,20 @@ impl RelayArgs {
                 Some((a, b)) => (a, Some(b)),
                 None => (e.as_str(), None),
             };
-            let public: IpAddr = public.parse().map_err(|_| err("external-ip", format!("bad address {public:?}")))?;
+            let public: IpAddr = public
+                .parse()
+                .map_err(|_| err("external-ip", format!("bad address {public:?}")))?;
             let private = private
-                .map(|p| p.parse::<IpAddr>().map_err(|_| err("external-ip", format!("bad address {p:?}"))))
+                .map(|p| {
+                    p.parse::<IpAddr>()
+                        .map_err(|_| err("external-ip", format!("bad address {p:?}")))
+                })
                 .transpose()?;
             if private.is_some_and(|p| p.is_ipv6() != public.is_ipv6()) {
-                return Err(err("external-ip", "PUBLIC and PRIVATE must be the same family"));
+                return Err(err(
+                    "external-ip",
+                    "PUBLIC and PRIVATE must be the same family",
+                ));
             }
             external.push((public, private));
         }
@@ -250,25 +305,40 @@ impl RelayArgs {
                 .find(|i| i.is_ipv6() == v6)
                 .copied()
                 .or_else(|| ext.and_then(|(_, private)| *private))
-                .or_else(|| listen.iter().map(|l| l.ip()).find(|i| i.is_ipv6() == v6 && !i.is_unspecified()));
+                .or_else(|| {
+                    listen
+                        .iter()
+                        .map(|l| l.ip())
+                        .find(|i| i.is_ipv6() == v6 && !i.is_unspecified())
+                });
             let bind = match (bind, ext) {
                 (Some(b), _) => b,
                 // Listening on 0.0.0.0 with only a public address: bind relays on all.
                 (None, Some(_)) if listen.iter().any(|l| l.ip().is_ipv6() == v6) => {
-                    if v6 { "::".parse().expect("ip") } else { "0.0.0.0".parse().expect("ip") }
+                    if v6 {
+                        "::".parse().expect("ip")
+                    } else {
+                        "0.0.0.0".parse().expect("ip")
+                    }
                 }
                 _ => return Ok(None),
             };
             let adv = ext.map(|(p, _)| *p).unwrap_or(bind);
             if adv.is_unspecified() {
-                return Err(err("relay-ip", format!("cannot advertise {adv}: give --relay-ip or --external-ip")));
+                return Err(err(
+                    "relay-ip",
+                    format!("cannot advertise {adv}: give --relay-ip or --external-ip"),
+                ));
             }
             Ok(Some((bind, adv)))
         };
         let relay_v4 = family(false)?;
         let relay_v6 = family(true)?;
         if relay_v4.is_none() && relay_v6.is_none() {
-            return Err(err("relay-ip", "no relay address: give --relay-ip or --external-ip"));
+            return Err(err(
+                "relay-ip",
+                "no relay address: give --relay-ip or --external-ip",
+            ));
         }
         Ok(RelayConfig {
             listen,
@@ -282,8 +352,16 @@ impl RelayArgs {
             deny_peer: self.deny_peer,
             default_lifetime,
             max_lifetime,
-            permission_lifetime: secs(self.permission_lifetime, d.permission_lifetime, "permission-lifetime")?,
-            channel_lifetime: secs(self.channel_lifetime, d.channel_lifetime, "channel-lifetime")?,
+            permission_lifetime: secs(
+                self.permission_lifetime,
+                d.permission_lifetime,
+                "permission-lifetime",
+            )?,
+            channel_lifetime: secs(
+                self.channel_lifetime,
+                d.channel_lifetime,
+                "channel-lifetime",
+            )?,
             nonce_lifetime: secs(self.nonce_lifetime, d.nonce_lifetime, "nonce-lifetime")?,
             max_allocations: self.max_allocations.unwrap_or(d.max_allocations),
             user_quota: self.user_quota.unwrap_or(d.user_quota),
@@ -314,12 +392,24 @@ impl RelayConfig {
             .collect();
         let args = RelayArgs {
             listen: self.listen.clone(),
-            relay_ip: [self.relay_v4, self.relay_v6].into_iter().flatten().map(|(b, _)| b).collect(),
+            relay_ip: [self.relay_v4, self.relay_v6]
+                .into_iter()
+                .flatten()
+                .map(|(b, _)| b)
+                .collect(),
             external_ip: ext,
             relay_ports: Some(format!("{}-{}", self.relay_ports.0, self.relay_ports.1)),
             realm: Some(self.realm.clone()),
-            users: self.users.iter().map(|(u, _)| format!("{u}:********")).collect(),
-            auth_secrets: self.auth_secrets.iter().map(|_| "********".to_string()).collect(),
+            users: self
+                .users
+                .iter()
+                .map(|(u, _)| format!("{u}:********"))
+                .collect(),
+            auth_secrets: self
+                .auth_secrets
+                .iter()
+                .map(|_| "********".to_string())
+                .collect(),
             allow_peer: self.allow_peer.clone(),
             deny_peer: self.deny_peer.clone(),
             default_lifetime: Some(self.default_lifetime.as_secs()),
@@ -341,7 +431,9 @@ impl RelayConfig {
         if self.threads > 0 {
             self.threads
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 }
@@ -361,7 +453,10 @@ mod tests {
     fn defaults_and_layering() {
         let c = base().resolve().unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
-        assert_eq!(c.relay_v4.unwrap().0, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.relay_v4.unwrap().0,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(c.default_lifetime, Duration::from_secs(600));
         let file = RelayArgs {
             realm: Some("file".into()),
@@ -379,13 +474,33 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = RelayArgs { relay_ports: Some("9-1".into()), ..base() }.resolve().unwrap_err();
+        let e = RelayArgs {
+            relay_ports: Some("9-1".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "relay-ports");
-        let e = RelayArgs { users: vec!["nopass".into()], ..Default::default() }.resolve().unwrap_err();
+        let e = RelayArgs {
+            users: vec!["nopass".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "user");
-        let e = RelayArgs { default_lifetime: Some(7200), ..base() }.resolve().unwrap_err();
+        let e = RelayArgs {
+            default_lifetime: Some(7200),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "default-lifetime");
-        let e = RelayArgs { listen: vec!["0.0.0.0:3478".parse().unwrap()], ..base() }.resolve().unwrap_err();
+        let e = RelayArgs {
+            listen: vec!["0.0.0.0:3478".parse().unwrap()],
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
         assert_eq!(e.key, "relay-ip");
     }
 
@@ -398,10 +513,16 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert_eq!(c.relay_v4, Some(("10.0.0.4".parse().unwrap(), "203.0.113.4".parse().unwrap())));
+        assert_eq!(
+            c.relay_v4,
+            Some(("10.0.0.4".parse().unwrap(), "203.0.113.4".parse().unwrap()))
+        );
         let printed = c.to_masked_toml();
         assert!(printed.contains("203.0.113.4/10.0.0.4"), "{printed}");
-        assert!(printed.contains("a:********") && !printed.contains("a:b"), "{printed}");
+        assert!(
+            printed.contains("a:********") && !printed.contains("a:b"),
+            "{printed}"
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use prometheus_client::registry::Registry;
 use tracing::info;
 
 #[derive(Parser, Debug)]
-#[command(name = "icebreaker-relay", version, about = "STUN/TURN relay (RFC 8489, 8656)")]
+#[command(
+    name = "icebreaker-relay",
+    version,
+    about = "STUN/TURN relay (RFC 8489, 8656)"
+)]
 struct Cli {
     /// TOML config file; its keys are the long flag names.
     #[arg(long, env = "ICEBREAKER_RELAY_CONFIG")]
@@ -102,7 +106,10 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> impl IntoResponse 
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     )
 }

@@ -61,9 +61,21 @@ impl RelayMetrics {
             "STUN/TURN requests answered, by method and response code (0 = success)",
             self.requests.clone(),
         );
-        r.register("packets", "Packets relayed, by direction", self.packets.clone());
-        r.register("bytes", "Application bytes relayed, by direction", self.bytes.clone());
-        r.register("dropped", "Packets dropped, by reason", self.dropped.clone());
+        r.register(
+            "packets",
+            "Packets relayed, by direction",
+            self.packets.clone(),
+        );
+        r.register(
+            "bytes",
+            "Application bytes relayed, by direction",
+            self.bytes.clone(),
+        );
+        r.register(
+            "dropped",
+            "Packets dropped, by reason",
+            self.dropped.clone(),
+        );
         r.register(
             "tcp_connections",
             "Open client TCP connections",
@@ -78,8 +90,14 @@ impl RelayMetrics {
         };
         // One statement per lookup: `get_or_create` returns a read guard, and two of them
         // alive in one expression deadlock the family's lock when the second inserts.
-        let allocations = self.allocations.get_or_create(&ShardLabel { shard }).clone();
-        let created = self.allocations_created.get_or_create(&ShardLabel { shard }).clone();
+        let allocations = self
+            .allocations
+            .get_or_create(&ShardLabel { shard })
+            .clone();
+        let created = self
+            .allocations_created
+            .get_or_create(&ShardLabel { shard })
+            .clone();
         let to_peer_packets = self.packets.get_or_create(&dir("to_peer")).clone();
         let to_peer_bytes = self.bytes.get_or_create(&dir("to_peer")).clone();
         let to_client_packets = self.packets.get_or_create(&dir("to_client")).clone();

@@ -44,23 +44,23 @@ impl std::fmt::Display for Refusal {
 
 /// Ranges refused unless the operator allows them.
 pub const DEFAULT_DENY: &[&str] = &[
-    "0.0.0.0/8",          // "this network", unspecified
-    "10.0.0.0/8",         // RFC 1918
-    "100.64.0.0/10",      // CGNAT (RFC 6598)
-    "127.0.0.0/8",        // loopback
-    "169.254.0.0/16",     // link-local
-    "172.16.0.0/12",      // RFC 1918
-    "192.0.0.0/24",       // IETF protocol assignments
-    "192.168.0.0/16",     // RFC 1918
-    "198.18.0.0/15",      // benchmarking
-    "224.0.0.0/4",        // multicast
-    "240.0.0.0/4",        // reserved, and 255.255.255.255 broadcast
-    "::/128",             // unspecified
-    "::1/128",            // loopback
-    "64:ff9b:1::/48",     // local-use NAT64
-    "fc00::/7",           // unique local
-    "fe80::/10",          // link-local
-    "ff00::/8",           // multicast
+    "0.0.0.0/8",      // "this network", unspecified
+    "10.0.0.0/8",     // RFC 1918
+    "100.64.0.0/10",  // CGNAT (RFC 6598)
+    "127.0.0.0/8",    // loopback
+    "169.254.0.0/16", // link-local
+    "172.16.0.0/12",  // RFC 1918
+    "192.0.0.0/24",   // IETF protocol assignments
+    "192.168.0.0/16", // RFC 1918
+    "198.18.0.0/15",  // benchmarking
+    "224.0.0.0/4",    // multicast
+    "240.0.0.0/4",    // reserved, and 255.255.255.255 broadcast
+    "::/128",         // unspecified
+    "::1/128",        // loopback
+    "64:ff9b:1::/48", // local-use NAT64
+    "fc00::/7",       // unique local
+    "fe80::/10",      // link-local
+    "ff00::/8",       // multicast
 ];
 
 fn rank(r: Rule) -> u8 {
@@ -128,9 +128,21 @@ mod tests {
     fn safe_by_default() {
         let pol = p(&[], &[]);
         for bad in [
-            "127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.1.1", "100.64.0.1",
-            "224.0.0.1", "255.255.255.255", "0.0.0.0", "::1", "::", "fe80::1", "fd00::1",
-            "ff02::1", "::ffff:127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
         ] {
             let r = pol.check(ip(bad)).unwrap_err();
             assert!(r.by_default, "{bad}");
@@ -143,7 +155,10 @@ mod tests {
 
     #[test]
     fn operator_overrides_most_specific_wins() {
-        let pol = p(&["127.0.0.0/8", "10.0.0.0/8"], &["10.9.0.0/16", "203.0.113.0/24"]);
+        let pol = p(
+            &["127.0.0.0/8", "10.0.0.0/8"],
+            &["10.9.0.0/16", "203.0.113.0/24"],
+        );
         assert!(pol.check(ip("127.0.0.1")).is_ok());
         assert!(pol.check(ip("10.1.0.1")).is_ok());
         let r = pol.check(ip("10.9.1.1")).unwrap_err();

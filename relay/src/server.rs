@@ -377,7 +377,12 @@ impl Server {
             codec::write_channel_data(&mut self.buf, ch, data, to.transport == Transport::Tcp);
         } else {
             // No channel: a Data indication (RFC 8656 §11.6).
-            let mut w = MessageWriter::new(&mut self.buf, Method::DATA, Class::Indication, rand::random());
+            let mut w = MessageWriter::new(
+                &mut self.buf,
+                Method::DATA,
+                Class::Indication,
+                rand::random(),
+            );
             w.xor_address(attr::XOR_PEER_ADDRESS, peer)
                 .attr(attr::DATA, data);
             w.finish();
@@ -437,18 +442,19 @@ impl Server {
         } else {
             match msg.method {
                 Method::BINDING => Ok(self.binding(&ft, msg)),
-                Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
-                    match self.authenticate(now, &ft, msg) {
-                        Ok(auth) => match msg.method {
-                            Method::ALLOCATE => self.allocate(now, ft, msg, auth, sockets),
-                            Method::REFRESH => self.refresh(now, ft, msg, auth, sockets),
-                            Method::CREATE_PERMISSION => self.create_permission(now, &ft, msg, auth),
-                            _ => self.channel_bind(now, &ft, msg, auth),
-                        }
-                        .map_err(Some),
-                        Err(r) => Err(Some(r)),
+                Method::ALLOCATE
+                | Method::REFRESH
+                | Method::CREATE_PERMISSION
+                | Method::CHANNEL_BIND => match self.authenticate(now, &ft, msg) {
+                    Ok(auth) => match msg.method {
+                        Method::ALLOCATE => self.allocate(now, ft, msg, auth, sockets),
+                        Method::REFRESH => self.refresh(now, ft, msg, auth, sockets),
+                        Method::CREATE_PERMISSION => self.create_permission(now, &ft, msg, auth),
+                        _ => self.channel_bind(now, &ft, msg, auth),
                     }
-                }
+                    .map_err(Some),
+                    Err(r) => Err(Some(r)),
+                },
                 Method::CONNECT | Method::CONNECTION_BIND => Err(Some(Reject::new(
                     400,
                     "TCP relaying (RFC 6062) is not enabled on this server",
@@ -480,9 +486,11 @@ impl Server {
     }
 
     fn respond_error(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, r: &Reject) {
-        let nonce = r
-            .challenge
-            .then(|| self.shared.auth.nonce(self.shared.unix(now), ft.client.ip()));
+        let nonce = r.challenge.then(|| {
+            self.shared
+                .auth
+                .nonce(self.shared.unix(now), ft.client.ip())
+        });
         let mut w = MessageWriter::new(&mut self.buf, msg.method, Class::Error, msg.transaction_id);
         w.error_code(r.code, r.reason);
         if let Some(n) = &nonce {
@@ -497,7 +505,12 @@ impl Server {
     }
 
     fn binding(&mut self, ft: &FiveTuple, msg: &Message<'_>) {
-        let mut w = MessageWriter::new(&mut self.buf, Method::BINDING, Class::Success, msg.transaction_id);
+        let mut w = MessageWriter::new(
+            &mut self.buf,
+            Method::BINDING,
+            Class::Success,
+            msg.transaction_id,
+        );
         w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client)
             .attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
         w.finish_with_fingerprint();
@@ -505,27 +518,38 @@ impl Server {
 
     /// RFC 8489 §9.2.4: challenge, check the nonce, find the key, verify the HMAC; then,
     /// for an existing allocation, insist on the same user (441).
-    fn authenticate(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>) -> Result<Authenticated, Reject> {
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+    ) -> Result<Authenticated, Reject> {
         if !msg.has_integrity() {
             return Err(Reject::challenge(401, "authentication required"));
         }
-        let (Some(Ok(username)), Some(Ok(realm)), Some(Ok(nonce))) =
-            (msg.text(attr::USERNAME), msg.text(attr::REALM), msg.text(attr::NONCE))
-        else {
-            return Err(Reject::new(400, "USERNAME, REALM and NONCE are required with MESSAGE-INTEGRITY"));
+        let (Some(Ok(username)), Some(Ok(realm)), Some(Ok(nonce))) = (
+            msg.text(attr::USERNAME),
+            msg.text(attr::REALM),
+            msg.text(attr::NONCE),
+        ) else {
+            return Err(Reject::new(
+                400,
+                "USERNAME, REALM and NONCE are required with MESSAGE-INTEGRITY",
+            ));
         };
         let unix = self.shared.unix(now);
         if self.shared.auth.check_nonce(nonce, unix, ft.client.ip()) == NonceCheck::Stale {
-            return Err(Reject::challenge(438, "stale nonce: retry with the new one"));
+            return Err(Reject::challenge(
+                438,
+                "stale nonce: retry with the new one",
+            ));
         }
         if realm != self.shared.auth.realm() {
             return Err(Reject::challenge(401, "wrong realm"));
         }
         let keys = match self.shared.auth.keys(username, unix) {
             Ok(k) => k,
-            Err(AuthError::Expired) => {
-                return Err(Reject::challenge(401, "credentials expired"))
-            }
+            Err(AuthError::Expired) => return Err(Reject::challenge(401, "credentials expired")),
             Err(AuthError::UnknownUser) => {
                 return Err(Reject::challenge(401, "wrong username or password"))
             }
@@ -546,10 +570,20 @@ impl Server {
 
     fn success(&mut self, msg: &Message<'_>, key: &Key) -> MessageWriter<'_> {
         let _ = key;
-        MessageWriter::new(&mut self.buf, msg.method, Class::Success, msg.transaction_id)
+        MessageWriter::new(
+            &mut self.buf,
+            msg.method,
+            Class::Success,
+            msg.transaction_id,
+        )
     }
 
-    fn finish_success(&mut self, msg: &Message<'_>, key: &Key, f: impl FnOnce(&mut MessageWriter<'_>)) {
+    fn finish_success(
+        &mut self,
+        msg: &Message<'_>,
+        key: &Key,
+        f: impl FnOnce(&mut MessageWriter<'_>),
+    ) {
         let software = self.shared.config.software.clone();
         let mut w = self.success(msg, key);
         f(&mut w);
@@ -585,7 +619,9 @@ impl Server {
         let key = auth.key;
         if let Some(a) = self.allocation(&ft) {
             if a.allocate_tid != msg.transaction_id {
-                return Err(Reject::new(437, "allocation already exists for this 5-tuple").signed(key));
+                return Err(
+                    Reject::new(437, "allocation already exists for this 5-tuple").signed(key),
+                );
             }
             // A retransmitted Allocate: answer it again.
             let (adv, life) = (a.advertised, a.remaining(now));
@@ -598,9 +634,13 @@ impl Server {
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
             None => return Err(Reject::new(400, "REQUESTED-TRANSPORT is missing").signed(key)),
-            Some(v) if v.len() != 4 => return Err(Reject::new(400, "bad REQUESTED-TRANSPORT").signed(key)),
+            Some(v) if v.len() != 4 => {
+                return Err(Reject::new(400, "bad REQUESTED-TRANSPORT").signed(key))
+            }
             Some(v) if v[0] != 17 => {
-                return Err(Reject::new(442, "only UDP relaying (protocol 17) is supported").signed(key))
+                return Err(
+                    Reject::new(442, "only UDP relaying (protocol 17) is supported").signed(key),
+                )
             }
             Some(_) => {}
         }
@@ -616,10 +656,16 @@ impl Server {
             Some(_) => return Err(Reject::new(440, "address family not supported").signed(key)),
         };
         if token.is_some() && msg.has(attr::REQUESTED_ADDRESS_FAMILY) {
-            return Err(Reject::new(400, "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN").signed(key));
+            return Err(
+                Reject::new(400, "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN").signed(key),
+            );
         }
         let lifetime = self.lifetime(msg).map_err(|r| r.signed(key))?;
-        let lifetime = if lifetime.is_zero() { self.shared.config.default_lifetime } else { lifetime };
+        let lifetime = if lifetime.is_zero() {
+            self.shared.config.default_lifetime
+        } else {
+            lifetime
+        };
 
         let config = &self.shared.config;
         let (bind_ip, adv_ip) = if v6 { config.relay_v6 } else { config.relay_v4 }
@@ -636,7 +682,10 @@ impl Server {
         // Pick and bind the relayed port.
         let mut reservation_token = None;
         let bound = if let Some(t) = token {
-            let t = u64::from_be_bytes(t.try_into().map_err(|_| Reject::new(400, "bad RESERVATION-TOKEN").signed(key))?);
+            let t = u64::from_be_bytes(
+                t.try_into()
+                    .map_err(|_| Reject::new(400, "bad RESERVATION-TOKEN").signed(key))?,
+            );
             match self.reservations.remove(&t) {
                 Some(r) if r.v6 == v6 => {
                     let addr = SocketAddr::new(bind_ip, r.port);
@@ -654,13 +703,22 @@ impl Server {
             let reserve = ep.first().is_some_and(|b| b & 0x80 != 0);
             let mut bound = None;
             for _ in 0..16 {
-                let Some(p) = self.ports.take_even(reserve) else { break };
+                let Some(p) = self.ports.take_even(reserve) else {
+                    break;
+                };
                 let addr = SocketAddr::new(bind_ip, p);
                 match self.open(sockets, addr) {
                     Ok(id) => {
                         if reserve {
                             let t: u64 = rand::random();
-                            self.reservations.insert(t, Reservation { port: p + 1, v6, expires: now + RESERVATION_LIFETIME });
+                            self.reservations.insert(
+                                t,
+                                Reservation {
+                                    port: p + 1,
+                                    v6,
+                                    expires: now + RESERVATION_LIFETIME,
+                                },
+                            );
                             reservation_token = Some(t);
                         }
                         bound = Some((addr, id));
@@ -689,7 +747,8 @@ impl Server {
             return Err(Reject::new(508, "no relay port available").signed(key));
         };
         let advertised = SocketAddr::new(adv_ip, relay.port());
-        let bucket = (self.shared.config.max_bps > 0).then(|| TokenBucket::new(self.shared.config.max_bps, now));
+        let bucket = (self.shared.config.max_bps > 0)
+            .then(|| TokenBucket::new(self.shared.config.max_bps, now));
         info!(client = %ft.client, transport = ?ft.transport, relay = %advertised, user = %auth.username, lifetime = lifetime.as_secs(), "allocation created");
         let a = Allocation {
             five_tuple: ft,
@@ -719,16 +778,26 @@ impl Server {
     }
 
     /// Reserves a slot and binds the socket; the slot is filled by the caller.
-    fn open(&mut self, sockets: &mut dyn RelaySockets, addr: SocketAddr) -> std::io::Result<AllocationId> {
+    fn open(
+        &mut self,
+        sockets: &mut dyn RelaySockets,
+        addr: SocketAddr,
+    ) -> std::io::Result<AllocationId> {
         let index = match self.free_slots.last() {
             Some(&i) => i,
             None => {
-                self.slots.push(Slot { generation: 0, allocation: None });
+                self.slots.push(Slot {
+                    generation: 0,
+                    allocation: None,
+                });
                 self.free_slots.push((self.slots.len() - 1) as u32);
                 (self.slots.len() - 1) as u32
             }
         };
-        let id = AllocationId { index, generation: self.slots[index as usize].generation };
+        let id = AllocationId {
+            index,
+            generation: self.slots[index as usize].generation,
+        };
         match sockets.open(addr, id) {
             Ok(()) => {
                 self.free_slots.pop();
@@ -769,7 +838,12 @@ impl Server {
     }
 
     /// Peers named in the request, checked against family and policy.
-    fn peers(&self, msg: &Message<'_>, ft: &FiveTuple, key: Key) -> Result<Vec<SocketAddr>, Reject> {
+    fn peers(
+        &self,
+        msg: &Message<'_>,
+        ft: &FiveTuple,
+        key: Key,
+    ) -> Result<Vec<SocketAddr>, Reject> {
         let id = *self
             .by_five_tuple
             .get(ft)
@@ -781,12 +855,19 @@ impl Server {
                 .map_err(|_| Reject::new(400, "bad XOR-PEER-ADDRESS").signed(key))?;
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             if peer.is_ipv6() != relay_v6 {
-                return Err(Reject::new(443, "peer address family differs from the relayed address").signed(key));
+                return Err(Reject::new(
+                    443,
+                    "peer address family differs from the relayed address",
+                )
+                .signed(key));
             }
             if let Err(refusal) = self.shared.policy.check(peer.ip()) {
                 info!(client = %ft.client, peer = %peer.ip(), "{refusal}");
                 self.metrics.drop("policy");
-                return Err(Reject::new(403, "peer address is forbidden by the server's policy").signed(key));
+                return Err(
+                    Reject::new(403, "peer address is forbidden by the server's policy")
+                        .signed(key),
+                );
             }
             out.push(peer);
         }
@@ -796,7 +877,13 @@ impl Server {
         Ok(out)
     }
 
-    fn create_permission(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, auth: Authenticated) -> Result<(), Reject> {
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: Authenticated,
+    ) -> Result<(), Reject> {
         let key = auth.key;
         let peers = self.peers(msg, ft, key)?;
         let expires = now + self.shared.config.permission_lifetime;
@@ -804,7 +891,10 @@ impl Server {
         let id = self.by_five_tuple[ft];
         let a = self.get_mut(id).expect("checked by peers()");
         // All or nothing: check the limit before installing any.
-        let new = peers.iter().filter(|p| !a.permissions.iter().any(|x| x.ip == p.ip())).count();
+        let new = peers
+            .iter()
+            .filter(|p| !a.permissions.iter().any(|x| x.ip == p.ip()))
+            .count();
         if a.permissions.len() + new > limit {
             return Err(Reject::new(508, "too many permissions on this allocation").signed(key));
         }
@@ -815,7 +905,13 @@ impl Server {
         Ok(())
     }
 
-    fn channel_bind(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, auth: Authenticated) -> Result<(), Reject> {
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        auth: Authenticated,
+    ) -> Result<(), Reject> {
         let key = auth.key;
         let number = match msg.get(attr::CHANNEL_NUMBER) {
             Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
@@ -827,13 +923,21 @@ impl Server {
         let peers = self.peers(msg, ft, key)?;
         let peer = peers[0];
         let config = &self.shared.config;
-        let (perm_exp, chan_exp, limit) = (now + config.permission_lifetime, now + config.channel_lifetime, config.max_permissions);
+        let (perm_exp, chan_exp, limit) = (
+            now + config.permission_lifetime,
+            now + config.channel_lifetime,
+            config.max_permissions,
+        );
         let id = self.by_five_tuple[ft];
         let a = self.get_mut(id).expect("checked by peers()");
         a.can_bind(number, peer, now).map_err(|e| {
             match e {
-                ChannelBindError::NumberInUse => Reject::new(400, "channel number is bound to another peer"),
-                ChannelBindError::PeerInUse => Reject::new(400, "peer is bound to another channel number"),
+                ChannelBindError::NumberInUse => {
+                    Reject::new(400, "channel number is bound to another peer")
+                }
+                ChannelBindError::PeerInUse => {
+                    Reject::new(400, "peer is bound to another channel number")
+                }
                 ChannelBindError::TooMany => Reject::new(508, "too many channels"),
             }
             .signed(key)
@@ -847,9 +951,16 @@ impl Server {
     }
 
     /// Send indication (RFC 8656 §11.4): never answered; dropped when anything is off.
-    fn send_indication<'a>(&'a mut self, now: Instant, ft: &FiveTuple, msg: &Message<'a>) -> Option<Transmit<'a>> {
+    fn send_indication<'a>(
+        &'a mut self,
+        now: Instant,
+        ft: &FiveTuple,
+        msg: &Message<'a>,
+    ) -> Option<Transmit<'a>> {
         let id = *self.by_five_tuple.get(ft)?;
-        let (Some(Ok(peer)), Some(data)) = (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA)) else {
+        let (Some(Ok(peer)), Some(data)) =
+            (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
+        else {
             self.metrics.drop("malformed");
             return None;
         };
@@ -868,7 +979,11 @@ impl Server {
         }
         metrics.to_peer_packets.inc();
         metrics.to_peer_bytes.inc_by(data.len() as u64);
-        Some(Transmit::Peer { relay: a.relay, to: peer, data })
+        Some(Transmit::Peer {
+            relay: a.relay,
+            to: peer,
+            data,
+        })
     }
 }
 

@@ -5,7 +5,9 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use super::attr;
-use super::{split_message_type, Class, DecodeError, Method, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES};
+use super::{
+    split_message_type, Class, DecodeError, Method, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES,
+};
 
 /// One attribute's position: type, value offset, value length.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,13 +84,17 @@ impl<'a> Message<'a> {
             match t {
                 attr::MESSAGE_INTEGRITY => {
                     if l != 20 {
-                        return Err(DecodeError::BadAttribute("MESSAGE-INTEGRITY must be 20 bytes"));
+                        return Err(DecodeError::BadAttribute(
+                            "MESSAGE-INTEGRITY must be 20 bytes",
+                        ));
                     }
                     integrity.get_or_insert(pos);
                 }
                 attr::MESSAGE_INTEGRITY_SHA256 => {
                     if !(16..=32).contains(&l) || l % 4 != 0 {
-                        return Err(DecodeError::BadAttribute("bad MESSAGE-INTEGRITY-SHA256 length"));
+                        return Err(DecodeError::BadAttribute(
+                            "bad MESSAGE-INTEGRITY-SHA256 length",
+                        ));
                     }
                     integrity_sha256.get_or_insert(pos);
                 }
@@ -102,8 +108,8 @@ impl<'a> Message<'a> {
             }
             // RFC 8489 §14.5: attributes after MESSAGE-INTEGRITY (other than the SHA-256
             // variant and FINGERPRINT) are ignored, so they are not indexed at all.
-            let after_integrity = integrity.is_some_and(|p| p < pos)
-                || integrity_sha256.is_some_and(|p| p < pos);
+            let after_integrity =
+                integrity.is_some_and(|p| p < pos) || integrity_sha256.is_some_and(|p| p < pos);
             let protected = matches!(t, attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT);
             if !after_integrity || protected {
                 let n = attrs.n as usize;
@@ -194,12 +200,14 @@ impl<'a> Message<'a> {
         if let Some(pos) = self.integrity {
             let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key).expect("any key size");
             self.feed_prefix(&mut mac, pos, 24);
-            mac.verify_truncated_left(&self.raw[pos + 4..pos + 24]).is_ok()
+            mac.verify_truncated_left(&self.raw[pos + 4..pos + 24])
+                .is_ok()
         } else if let Some(pos) = self.integrity_sha256 {
             let l = u16::from_be_bytes([self.raw[pos + 2], self.raw[pos + 3]]) as usize;
             let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key size");
             self.feed_prefix(&mut mac, pos, 4 + l);
-            mac.verify_truncated_left(&self.raw[pos + 4..pos + 4 + l]).is_ok()
+            mac.verify_truncated_left(&self.raw[pos + 4..pos + 4 + l])
+                .is_ok()
         } else {
             false
         }

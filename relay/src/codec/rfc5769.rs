@@ -21,6 +21,9 @@
 //! Code Components of RFC 5769: Copyright (c) 2010 IETF Trust and the persons identified as
 //! the document authors. All rights reserved. Simplified BSD License.
 
+// The unprepared password documents the SASLprep input; tests use the prepared one.
+#![allow(dead_code)]
+
 // ---------------------------------------------------------------------------------------------
 // Parameters
 // ---------------------------------------------------------------------------------------------

@@ -9,8 +9,14 @@ fn rfc5769_sample_request() {
     let m = Message::parse(&v::SAMPLE_REQUEST).unwrap();
     assert_eq!((m.method, m.class), (Method::BINDING, Class::Request));
     assert_eq!(m.transaction_id, v::SAMPLE_TRANSACTION_ID);
-    assert_eq!(m.text(attr::SOFTWARE).unwrap().unwrap(), v::SAMPLE_REQUEST_SOFTWARE);
-    assert_eq!(m.text(attr::USERNAME).unwrap().unwrap(), v::SAMPLE_REQUEST_USERNAME);
+    assert_eq!(
+        m.text(attr::SOFTWARE).unwrap().unwrap(),
+        v::SAMPLE_REQUEST_SOFTWARE
+    );
+    assert_eq!(
+        m.text(attr::USERNAME).unwrap().unwrap(),
+        v::SAMPLE_REQUEST_USERNAME
+    );
     assert!(m.verify_fingerprint());
     assert!(m.verify_integrity(v::SHORT_TERM_PASSWORD.as_bytes()));
     assert!(!m.verify_integrity(b"wrong"));
@@ -28,20 +34,35 @@ fn rfc5769_responses() {
         assert_eq!(addr, want.parse::<SocketAddr>().unwrap());
         assert!(m.verify_fingerprint());
         assert!(m.verify_integrity(v::SHORT_TERM_PASSWORD.as_bytes()));
-        assert_eq!(m.text(attr::SOFTWARE).unwrap().unwrap(), v::SAMPLE_RESPONSE_SOFTWARE);
+        assert_eq!(
+            m.text(attr::SOFTWARE).unwrap().unwrap(),
+            v::SAMPLE_RESPONSE_SOFTWARE
+        );
     }
 }
 
 #[test]
 fn rfc5769_long_term() {
     let m = Message::parse(&v::SAMPLE_REQUEST_LONG_TERM).unwrap();
-    let key = long_term_key(v::LONG_TERM_USERNAME, v::LONG_TERM_REALM, v::LONG_TERM_PASSWORD);
+    let key = long_term_key(
+        v::LONG_TERM_USERNAME,
+        v::LONG_TERM_REALM,
+        v::LONG_TERM_PASSWORD,
+    );
     assert_eq!(key, v::LONG_TERM_KEY);
-    assert_eq!(m.text(attr::USERNAME).unwrap().unwrap(), v::LONG_TERM_USERNAME);
+    assert_eq!(m.transaction_id, v::LONG_TERM_TRANSACTION_ID);
+    assert_eq!(
+        m.text(attr::USERNAME).unwrap().unwrap(),
+        v::LONG_TERM_USERNAME
+    );
     assert_eq!(m.text(attr::NONCE).unwrap().unwrap(), v::LONG_TERM_NONCE);
     assert_eq!(m.text(attr::REALM).unwrap().unwrap(), v::LONG_TERM_REALM);
     assert!(m.verify_integrity(&key));
-    assert!(!m.verify_integrity(&long_term_key(v::LONG_TERM_USERNAME, v::LONG_TERM_REALM, "x")));
+    assert!(!m.verify_integrity(&long_term_key(
+        v::LONG_TERM_USERNAME,
+        v::LONG_TERM_REALM,
+        "x"
+    )));
 }
 
 #[test]
@@ -51,7 +72,11 @@ fn every_bit_flip_of_a_vector_is_caught() {
         let mut b = base;
         b[i / 8] ^= 1 << (i % 8);
         let ok = Message::parse(&b)
-            .map(|m| m.verify_fingerprint() && m.verify_integrity(v::SHORT_TERM_PASSWORD.as_bytes()))
+            .map(|m| {
+                m.has_fingerprint()
+                    && m.verify_fingerprint()
+                    && m.verify_integrity(v::SHORT_TERM_PASSWORD.as_bytes())
+            })
             .unwrap_or(false);
         assert!(!ok, "flip of bit {i} went unnoticed");
     }
@@ -73,13 +98,19 @@ fn writer_round_trip_with_integrity_and_fingerprint() {
             .integrity(&key, sha256);
         let raw = w.finish_with_fingerprint().to_vec();
         let m = Message::parse(&raw).unwrap();
-        assert_eq!((m.method, m.class, m.transaction_id), (Method::CREATE_PERMISSION, Class::Request, tid));
+        assert_eq!(
+            (m.method, m.class, m.transaction_id),
+            (Method::CREATE_PERMISSION, Class::Request, tid)
+        );
         let peers: Vec<SocketAddr> = m
             .get_all(attr::XOR_PEER_ADDRESS)
             .map(|v| attr::decode_xor_address(v, &tid).unwrap())
             .collect();
         assert_eq!(peers, vec![peer4, peer6]);
-        assert_eq!(attr::decode_error_code(m.get(attr::ERROR_CODE).unwrap()).unwrap(), (438, "Stale Nonce"));
+        assert_eq!(
+            attr::decode_error_code(m.get(attr::ERROR_CODE).unwrap()).unwrap(),
+            (438, "Stale Nonce")
+        );
         assert!(m.verify_fingerprint());
         assert!(m.verify_integrity(&key));
         assert_eq!(m.uses_sha256(), sha256);
@@ -88,8 +119,18 @@ fn writer_round_trip_with_integrity_and_fingerprint() {
 
 #[test]
 fn message_type_packing() {
-    for m in [Method::BINDING, Method::ALLOCATE, Method::CHANNEL_BIND, Method(0xFFF)] {
-        for c in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+    for m in [
+        Method::BINDING,
+        Method::ALLOCATE,
+        Method::CHANNEL_BIND,
+        Method(0xFFF),
+    ] {
+        for c in [
+            Class::Request,
+            Class::Indication,
+            Class::Success,
+            Class::Error,
+        ] {
             assert_eq!(split_message_type(message_type(m, c)), (m, c));
         }
     }
@@ -112,7 +153,10 @@ fn lying_lengths_and_garbage_are_errors() {
     b[4] = 0;
     assert_eq!(Message::parse(&b).unwrap_err(), DecodeError::BadCookie);
     assert_eq!(parse_channel_data(&[0x40, 0, 0, 9, 1]), None);
-    assert_eq!(parse_channel_data(&[0x40, 1, 0, 1, 9, 0, 0, 0]), Some((0x4001, &[9u8][..])));
+    assert_eq!(
+        parse_channel_data(&[0x40, 1, 0, 1, 9, 0, 0, 0]),
+        Some((0x4001, &[9u8][..]))
+    );
     assert_eq!(tcp_frame_len(&[0x40, 1, 0, 1]), Some(Some(8)));
     assert_eq!(tcp_frame_len(&[0xC0, 1, 0, 1]), None);
     assert_eq!(tcp_frame_len(&[0x00, 1, 0, 3]), None);
@@ -123,7 +167,10 @@ mod prop {
     use proptest::prelude::*;
 
     fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000)
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(50_000)
     }
 
     /// A structurally plausible STUN message: right cookie, attributes with arbitrary
@@ -131,7 +178,14 @@ mod prop {
     fn stunish() -> impl Strategy<Value = Vec<u8>> {
         (
             any::<u16>(),
-            proptest::collection::vec((any::<u16>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..40)), 0..8),
+            proptest::collection::vec(
+                (
+                    any::<u16>(),
+                    any::<u16>(),
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                ),
+                0..8,
+            ),
             any::<bool>(),
         )
             .prop_map(|(t, attrs, fix_len)| {
@@ -141,8 +195,18 @@ mod prop {
                 b.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
                 b.extend_from_slice(&[1; 12]);
                 for (ty, len, val) in attrs {
-                    let ty = [attr::MESSAGE_INTEGRITY, attr::FINGERPRINT, attr::XOR_PEER_ADDRESS, attr::USERNAME, ty][(ty % 5) as usize];
-                    let len = if len % 2 == 0 { val.len() as u16 } else { len % 64 };
+                    let ty = [
+                        attr::MESSAGE_INTEGRITY,
+                        attr::FINGERPRINT,
+                        attr::XOR_PEER_ADDRESS,
+                        attr::USERNAME,
+                        ty,
+                    ][(ty % 5) as usize];
+                    let len = if len % 2 == 0 {
+                        val.len() as u16
+                    } else {
+                        len % 64
+                    };
                     b.extend_from_slice(&ty.to_be_bytes());
                     b.extend_from_slice(&len.to_be_bytes());
                     b.extend_from_slice(&val);

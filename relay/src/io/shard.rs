@@ -118,7 +118,10 @@ pub(super) fn run_shard(
     tcps: Vec<TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start shard runtime");
@@ -131,7 +134,10 @@ pub(super) fn run_shard(
         let mut udp = Vec::new();
         for u in udps {
             let addr = u.local_addr().expect("bound");
-            udp.push((addr, Rc::new(tokio::net::UdpSocket::from_std(u).expect("tokio socket"))));
+            udp.push((
+                addr,
+                Rc::new(tokio::net::UdpSocket::from_std(u).expect("tokio socket")),
+            ));
         }
         let ctx = Rc::new(Ctx {
             core: RefCell::new(Server::new(shared, index, shards, metrics.clone())),

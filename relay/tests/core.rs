@@ -1,0 +1,777 @@
+//! The sans-IO core driven with a fake clock and fake sockets: no ports, no sleeps.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use icebreaker_relay::auth::{long_term_key, mint_rest_credentials, Key};
+use icebreaker_relay::codec::{attr, Class, Message, MessageWriter, Method};
+use icebreaker_relay::metrics::RelayMetrics;
+use icebreaker_relay::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
+use icebreaker_relay::{FiveTuple, RelayArgs, Transport};
+
+#[derive(Default)]
+struct FakeSockets {
+    open: HashMap<SocketAddr, AllocationId>,
+    /// Ports "taken by another program".
+    busy: Vec<u16>,
+}
+
+impl RelaySockets for FakeSockets {
+    fn open(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+        if self.busy.contains(&addr.port()) {
+            return Err(std::io::ErrorKind::AddrInUse.into());
+        }
+        assert!(
+            self.open.insert(addr, id).is_none(),
+            "double bind of {addr}"
+        );
+        Ok(())
+    }
+    fn close(&mut self, addr: SocketAddr) {
+        assert!(self.open.remove(&addr).is_some(), "close of unknown {addr}");
+    }
+}
+
+const UNIX0: u64 = 1_700_000_000;
+
+struct World {
+    server: Server,
+    sockets: FakeSockets,
+    t0: Instant,
+    now: Instant,
+}
+
+fn world(extra: impl FnOnce(&mut RelayArgs)) -> World {
+    let mut args = RelayArgs {
+        users: vec!["alice:pw".into(), "bob:pw".into()],
+        auth_secrets: vec!["rest-secret".into()],
+        realm: Some("example.org".into()),
+        allow_peer: vec!["127.0.0.0/8".parse().unwrap()],
+        relay_ports: Some("50000-50019".into()),
+        ..Default::default()
+    };
+    extra(&mut args);
+    let t0 = Instant::now();
+    let shared = Shared::with_clock(args.resolve().unwrap(), t0, UNIX0);
+    let metrics = RelayMetrics::default();
+    World {
+        server: Server::new(Arc::clone(&shared), 0, 1, metrics.shard(0)),
+        sockets: FakeSockets::default(),
+        t0,
+        now: t0,
+    }
+}
+
+struct Client {
+    ft: FiveTuple,
+    user: String,
+    key: Key,
+    nonce: Option<String>,
+    seq: u8,
+}
+
+fn client(port: u16, user: &str, pass: &str) -> Client {
+    Client {
+        ft: FiveTuple {
+            client: SocketAddr::from(([127, 0, 0, 1], port)),
+            server: "127.0.0.1:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        },
+        user: user.into(),
+        key: long_term_key(user, "example.org", pass),
+        nonce: None,
+        seq: 0,
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    class: Class,
+    code: Option<u16>,
+    raw: Vec<u8>,
+}
+
+impl Reply {
+    fn msg(&self) -> Message<'_> {
+        Message::parse(&self.raw).unwrap()
+    }
+    fn ok(&self) -> bool {
+        self.class == Class::Success
+    }
+}
+
+impl World {
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.server.handle_timeout(self.now, &mut self.sockets);
+    }
+
+    fn send_raw(&mut self, ft: FiveTuple, b: &[u8]) -> Option<Vec<u8>> {
+        match self
+            .server
+            .handle_client(self.now, ft, b, &mut self.sockets)?
+        {
+            Transmit::Client { to, data } => {
+                assert_eq!(to, ft);
+                Some(data.to_vec())
+            }
+            Transmit::Peer { .. } => panic!("a request must not go to a peer"),
+        }
+    }
+
+    /// Sends a request signed with the client's key and current nonce; on 401/438
+    /// with a new nonce, retries once (what every real client does).
+    fn request(
+        &mut self,
+        c: &mut Client,
+        method: Method,
+        f: &dyn Fn(&mut MessageWriter<'_>),
+    ) -> Reply {
+        for _ in 0..2 {
+            c.seq += 1;
+            let tid = [c.seq; 12];
+            let mut buf = Vec::new();
+            let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid);
+            f(&mut w);
+            if let Some(n) = &c.nonce {
+                w.attr(attr::USERNAME, c.user.as_bytes())
+                    .attr(attr::REALM, b"example.org")
+                    .attr(attr::NONCE, n.as_bytes())
+                    .integrity(&c.key, false);
+            }
+            let raw = w.finish_with_fingerprint().to_vec();
+            let out = self.send_raw(c.ft, &raw).expect("requests are answered");
+            let m = Message::parse(&out).unwrap();
+            assert_eq!(m.transaction_id, tid);
+            assert!(m.verify_fingerprint());
+            let code = m
+                .get(attr::ERROR_CODE)
+                .map(|v| attr::decode_error_code(v).unwrap().0);
+            let class = m.class;
+            if matches!(code, Some(401) | Some(438))
+                && c.nonce.as_deref() != m.text(attr::NONCE).map(|n| n.unwrap())
+            {
+                c.nonce = m.text(attr::NONCE).map(|n| n.unwrap().to_string());
+                continue;
+            }
+            if code != Some(401) && code != Some(400) && code != Some(438) && c.nonce.is_some() {
+                assert!(
+                    m.verify_integrity(&c.key),
+                    "responses after auth are signed"
+                );
+            }
+            return Reply {
+                class,
+                code,
+                raw: out,
+            };
+        }
+        panic!("no answer after retry");
+    }
+
+    fn allocate(&mut self, c: &mut Client, lifetime: Option<u32>) -> Reply {
+        self.request(c, Method::ALLOCATE, &move |w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            if let Some(l) = lifetime {
+                w.u32(attr::LIFETIME, l);
+            }
+        })
+    }
+
+    fn relayed(&self, r: &Reply) -> SocketAddr {
+        r.msg()
+            .xor_address(attr::XOR_RELAYED_ADDRESS)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn permit(&mut self, c: &mut Client, peers: &[SocketAddr]) -> Reply {
+        let peers = peers.to_vec();
+        self.request(c, Method::CREATE_PERMISSION, &move |w| {
+            for p in &peers {
+                w.xor_address(attr::XOR_PEER_ADDRESS, *p);
+            }
+        })
+    }
+
+    fn bind(&mut self, c: &mut Client, ch: u16, peer: SocketAddr) -> Reply {
+        self.request(c, Method::CHANNEL_BIND, &move |w| {
+            w.attr(attr::CHANNEL_NUMBER, &[(ch >> 8) as u8, ch as u8, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+    }
+
+    fn refresh(&mut self, c: &mut Client, lifetime: u32) -> Reply {
+        self.request(c, Method::REFRESH, &move |w| {
+            w.u32(attr::LIFETIME, lifetime);
+        })
+    }
+
+    fn id_of(&self, relay: SocketAddr) -> AllocationId {
+        self.sockets.open[&relay]
+    }
+
+    /// A peer's datagram to `relay`: what reaches the client, if anything.
+    fn from_peer(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+        let id = self.id_of(relay);
+        match self.server.handle_peer(self.now, id, peer, data)? {
+            Transmit::Client { data, .. } => Some(data.to_vec()),
+            Transmit::Peer { .. } => panic!("peer data goes to the client"),
+        }
+    }
+
+    fn channel_data(
+        &mut self,
+        c: &Client,
+        ch: u16,
+        data: &[u8],
+    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let mut b = vec![(ch >> 8) as u8, ch as u8, 0, data.len() as u8];
+        b.extend_from_slice(data);
+        match self
+            .server
+            .handle_client(self.now, c.ft, &b, &mut self.sockets)?
+        {
+            Transmit::Peer { relay, to, data } => Some((relay, to, data.to_vec())),
+            Transmit::Client { .. } => panic!("ChannelData goes to a peer"),
+        }
+    }
+}
+
+fn peer(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 2], port))
+}
+
+#[test]
+fn binding_answers_mapped_address() {
+    let mut w = world(|_| {});
+    let c = client(40000, "alice", "pw");
+    let mut buf = Vec::new();
+    let raw = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, [9; 12])
+        .finish_with_fingerprint()
+        .to_vec();
+    let out = w.send_raw(c.ft, &raw).unwrap();
+    let m = Message::parse(&out).unwrap();
+    assert_eq!(m.class, Class::Success);
+    assert_eq!(
+        m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+        c.ft.client
+    );
+    assert!(m.has(attr::SOFTWARE) && m.has_fingerprint() && m.verify_fingerprint());
+}
+
+#[test]
+fn allocate_challenge_then_success_and_data_both_ways() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let r = w.allocate(&mut c, None);
+    assert!(r.ok(), "{r:?}");
+    let relay = w.relayed(&r);
+    assert!((50000..=50019).contains(&relay.port()));
+    let m = r.msg();
+    assert_eq!(
+        attr::decode_u32(m.get(attr::LIFETIME).unwrap()).unwrap(),
+        600
+    );
+    assert_eq!(
+        m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+        c.ft.client
+    );
+
+    // No permission yet: peer data is dropped both ways.
+    assert!(w.from_peer(relay, peer(7000), b"x").is_none());
+    assert!(w.permit(&mut c, &[peer(7000), peer(7001)]).ok());
+    // Permission is per IP (RFC 8656 §9): any port of 127.0.0.2 may now send.
+    let d = w.from_peer(relay, peer(7999), b"hello").unwrap();
+    let m = Message::parse(&d).unwrap();
+    assert_eq!((m.method, m.class), (Method::DATA, Class::Indication));
+    assert_eq!(m.get(attr::DATA).unwrap(), b"hello");
+    assert_eq!(
+        m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(),
+        peer(7999)
+    );
+
+    // Send indication reaches the peer from the relayed address.
+    let mut buf = Vec::new();
+    let mut mw = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, [1; 12]);
+    mw.xor_address(attr::XOR_PEER_ADDRESS, peer(7000))
+        .attr(attr::DATA, b"via send");
+    let raw = mw.finish().to_vec();
+    match w
+        .server
+        .handle_client(w.now, c.ft, &raw, &mut w.sockets)
+        .unwrap()
+    {
+        Transmit::Peer {
+            relay: r2,
+            to,
+            data,
+        } => {
+            assert_eq!((r2, to, data), (relay, peer(7000), &b"via send"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Channel: ChannelData both ways.
+    assert!(w.bind(&mut c, 0x4001, peer(7000)).ok());
+    assert_eq!(
+        w.channel_data(&c, 0x4001, b"abc"),
+        Some((relay, peer(7000), b"abc".to_vec()))
+    );
+    assert_eq!(
+        w.from_peer(relay, peer(7000), b"xyz").unwrap(),
+        vec![0x40, 0x01, 0, 3, b'x', b'y', b'z']
+    );
+    // Unbound channel numbers are dropped.
+    assert_eq!(w.channel_data(&c, 0x4002, b"abc"), None);
+}
+
+#[test]
+fn tcp_channel_data_is_padded() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    c.ft.transport = Transport::Tcp;
+    let relay = {
+        let r = w.allocate(&mut c, None);
+        w.relayed(&r)
+    };
+    assert!(w.bind(&mut c, 0x4000, peer(1)).ok());
+    assert_eq!(
+        w.from_peer(relay, peer(1), b"ab").unwrap(),
+        vec![0x40, 0, 0, 2, b'a', b'b', 0, 0]
+    );
+    // The client's TCP connection closing deletes the allocation and closes the socket.
+    w.server.close_client(&c.ft, &mut w.sockets);
+    assert!(w.sockets.open.is_empty());
+    assert_eq!(w.server.allocation_count(), 0);
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_401() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "wrong");
+    let r = w.allocate(&mut c, None);
+    assert_eq!(r.code, Some(401));
+    let m = r.msg();
+    assert!(m.has(attr::REALM) && m.has(attr::NONCE));
+    let mut c = client(40001, "mallory", "pw");
+    assert_eq!(w.allocate(&mut c, None).code, Some(401));
+    assert!(w.sockets.open.is_empty());
+}
+
+#[test]
+fn rest_credentials_work_until_they_expire() {
+    let mut w = world(|_| {});
+    let (u, p) = mint_rest_credentials(b"rest-secret", UNIX0 + 60, "carol");
+    let mut c = client(40000, &u, &p);
+    assert!(w.allocate(&mut c, None).ok());
+    w.advance(Duration::from_secs(61));
+    // Expired credentials: refreshing the allocation is refused.
+    let r = w.refresh(&mut c, 600);
+    assert_eq!(r.code, Some(401));
+    let (u, p) = mint_rest_credentials(b"other-secret", UNIX0 + 6000, "eve");
+    let mut c = client(40001, &u, &p);
+    assert_eq!(w.allocate(&mut c, None).code, Some(401));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_one() {
+    let mut w = world(|a| a.nonce_lifetime = Some(60));
+    let mut c = client(40000, "alice", "pw");
+    assert!(w.allocate(&mut c, Some(3600)).ok());
+    let old = c.nonce.clone().unwrap();
+    w.advance(Duration::from_secs(61));
+    // The helper retries on 438 with the new nonce, as clients do; check both steps.
+    let r = w.permit(&mut c, &[peer(1)]);
+    assert!(r.ok());
+    assert_ne!(
+        c.nonce.as_deref(),
+        Some(old.as_str()),
+        "a new nonce was issued"
+    );
+    // Directly: the old nonce is answered with 438.
+    c.nonce = Some(old);
+    let mut buf = Vec::new();
+    let mut mw = MessageWriter::new(&mut buf, Method::REFRESH, Class::Request, [77; 12]);
+    mw.attr(attr::USERNAME, b"alice")
+        .attr(attr::REALM, b"example.org")
+        .attr(attr::NONCE, c.nonce.as_ref().unwrap().as_bytes())
+        .integrity(&c.key, false);
+    let raw = mw.finish_with_fingerprint().to_vec();
+    let out = w.send_raw(c.ft, &raw).unwrap();
+    let m = Message::parse(&out).unwrap();
+    assert_eq!(
+        attr::decode_error_code(m.get(attr::ERROR_CODE).unwrap())
+            .unwrap()
+            .0,
+        438
+    );
+    assert!(m.has(attr::NONCE) && m.has(attr::REALM));
+}
+
+#[test]
+fn lifetimes_refresh_and_expiry() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    // Requests below the default get the default, above the max get the max.
+    let r = w.allocate(&mut c, Some(10));
+    assert_eq!(
+        attr::decode_u32(r.msg().get(attr::LIFETIME).unwrap()).unwrap(),
+        600
+    );
+    let relay = w.relayed(&r);
+    let r = w.refresh(&mut c, 99_999);
+    assert_eq!(
+        attr::decode_u32(r.msg().get(attr::LIFETIME).unwrap()).unwrap(),
+        3600
+    );
+    w.advance(Duration::from_secs(3599));
+    assert_eq!(w.server.allocation_count(), 1);
+    w.advance(Duration::from_secs(2));
+    assert_eq!(w.server.allocation_count(), 0, "expired after its lifetime");
+    assert!(!w.sockets.open.contains_key(&relay), "socket closed");
+    // Refresh on a deleted allocation: 437.
+    assert_eq!(w.refresh(&mut c, 600).code, Some(437));
+    // Refresh with LIFETIME 0 deletes at once.
+    assert!(w.allocate(&mut c, None).ok());
+    assert!(w.refresh(&mut c, 0).ok());
+    assert_eq!(w.server.allocation_count(), 0);
+    assert!(w.sockets.open.is_empty());
+}
+
+#[test]
+fn permissions_and_channels_expire() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let r = w.allocate(&mut c, Some(3600));
+    let relay = w.relayed(&r);
+    assert!(w.permit(&mut c, &[peer(1)]).ok());
+    w.advance(Duration::from_secs(299));
+    assert!(w.from_peer(relay, peer(1), b"a").is_some());
+    w.advance(Duration::from_secs(2));
+    assert!(
+        w.from_peer(relay, peer(1), b"a").is_none(),
+        "permission lasts 300 s"
+    );
+
+    assert!(w.bind(&mut c, 0x4000, peer(2)).ok());
+    // The channel refreshes the permission for 300 s; refresh only the permission later.
+    w.advance(Duration::from_secs(290));
+    assert!(w.permit(&mut c, &[peer(2)]).ok());
+    w.advance(Duration::from_secs(290));
+    assert!(
+        w.channel_data(&c, 0x4000, b"x").is_some(),
+        "channel lives 600 s"
+    );
+    w.advance(Duration::from_secs(21));
+    assert!(
+        w.channel_data(&c, 0x4000, b"x").is_none(),
+        "channel expired after 600 s"
+    );
+    // After expiry the number may be bound to another peer.
+    assert!(w.bind(&mut c, 0x4000, peer(3)).ok());
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    assert!(w.allocate(&mut c, None).ok());
+    assert!(w.bind(&mut c, 0x4000, peer(1)).ok());
+    assert!(
+        w.bind(&mut c, 0x4000, peer(1)).ok(),
+        "rebinding the same pair refreshes"
+    );
+    assert_eq!(
+        w.bind(&mut c, 0x4000, peer(2)).code,
+        Some(400),
+        "number taken by another peer"
+    );
+    assert_eq!(
+        w.bind(&mut c, 0x4001, peer(1)).code,
+        Some(400),
+        "peer taken by another number"
+    );
+    assert_eq!(
+        w.bind(&mut c, 0x3FFF, peer(3)).code,
+        Some(400),
+        "below the range"
+    );
+    assert_eq!(
+        w.bind(&mut c, 0x8000, peer(3)).code,
+        Some(400),
+        "above the range"
+    );
+    let r = w.request(&mut c, Method::CHANNEL_BIND, &|w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x05, 0, 0]);
+    });
+    assert_eq!(r.code, Some(400), "no peer");
+}
+
+#[test]
+fn five_tuple_mismatch_and_retransmission() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let first = w.allocate(&mut c, None);
+    assert!(first.ok());
+    // The same transaction again (a retransmission) gets the same relayed address.
+    let again = w.send_raw_same(&c, &first);
+    assert_eq!(w.relayed(&again), w.relayed(&first));
+    // A new Allocate on the same 5-tuple: 437.
+    assert_eq!(w.allocate(&mut c, None).code, Some(437));
+    // Requests for an allocation from another 5-tuple: 437.
+    let mut other = client(40001, "alice", "pw");
+    assert_eq!(w.permit(&mut other, &[peer(1)]).code, Some(437));
+    assert_eq!(w.refresh(&mut other, 600).code, Some(437));
+    // Another user on the same 5-tuple: 441.
+    let mut bob = client(40000, "bob", "pw");
+    assert_eq!(w.refresh(&mut bob, 600).code, Some(441));
+}
+
+impl World {
+    /// Replays the Allocate that produced `first` (same transaction id).
+    fn send_raw_same(&mut self, c: &Client, first: &Reply) -> Reply {
+        let tid = first.msg().transaction_id;
+        let mut buf = Vec::new();
+        let mut mw = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid);
+        mw.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::USERNAME, c.user.as_bytes())
+            .attr(attr::REALM, b"example.org")
+            .attr(attr::NONCE, c.nonce.as_ref().unwrap().as_bytes())
+            .integrity(&c.key, false);
+        let raw = mw.finish_with_fingerprint().to_vec();
+        let out = self.send_raw(c.ft, &raw).unwrap();
+        let class = Message::parse(&out).unwrap().class;
+        Reply {
+            class,
+            code: None,
+            raw: out,
+        }
+    }
+}
+
+#[test]
+fn quotas_give_486_and_508() {
+    let mut w = world(|a| {
+        a.user_quota = Some(2);
+        a.max_allocations = Some(3);
+    });
+    let mut clients: Vec<Client> = (0..4).map(|i| client(41000 + i, "alice", "pw")).collect();
+    assert!(w.allocate(&mut clients[0], None).ok());
+    assert!(w.allocate(&mut clients[1], None).ok());
+    assert_eq!(w.allocate(&mut clients[2], None).code, Some(486));
+    let mut b1 = client(42000, "bob", "pw");
+    assert!(w.allocate(&mut b1, None).ok());
+    let mut b2 = client(42001, "bob", "pw");
+    assert_eq!(w.allocate(&mut b2, None).code, Some(508));
+    // Deleting one frees the quota.
+    assert!(w.refresh(&mut clients[0], 0).ok());
+    assert!(w.allocate(&mut clients[3], None).ok());
+}
+
+#[test]
+fn port_exhaustion_gives_508_and_busy_ports_are_skipped() {
+    let mut w = world(|a| a.relay_ports = Some("50000-50003".into()));
+    w.sockets.busy = vec![50001];
+    let mut ok = 0;
+    for i in 0..4 {
+        let mut c = client(43000 + i, "alice", "pw");
+        let r = w.allocate(&mut c, None);
+        if r.ok() {
+            ok += 1;
+            assert_ne!(w.relayed(&r).port(), 50001);
+        } else {
+            assert_eq!(r.code, Some(508));
+        }
+    }
+    assert_eq!(ok, 3);
+}
+
+#[test]
+fn policy_refuses_loopback_by_default_with_403() {
+    let mut w = world(|a| a.allow_peer.clear());
+    let mut c = client(40000, "alice", "pw");
+    assert!(w.allocate(&mut c, None).ok());
+    for bad in [
+        "127.0.0.1:9",
+        "10.0.0.1:9",
+        "192.168.1.1:9",
+        "169.254.0.1:9",
+    ] {
+        let r = w.permit(&mut c, &[bad.parse().unwrap()]);
+        assert_eq!(r.code, Some(403), "{bad}");
+        assert_eq!(w.bind(&mut c, 0x4000, bad.parse().unwrap()).code, Some(403));
+    }
+    // All or nothing: one bad peer fails the whole request.
+    let r = w.permit(
+        &mut c,
+        &[
+            "198.51.100.1:9".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(403));
+    assert!(w.permit(&mut c, &["198.51.100.1:9".parse().unwrap()]).ok());
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_gets_420() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(0x0077, b"huh?");
+    });
+    assert_eq!(r.code, Some(420));
+    assert_eq!(
+        r.msg().get(attr::UNKNOWN_ATTRIBUTES).unwrap(),
+        &[0x00, 0x77]
+    );
+    // Unknown comprehension-optional attributes are ignored.
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(0x8077, b"fine");
+    });
+    assert!(r.ok());
+}
+
+#[test]
+fn allocate_errors() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let r = w.request(&mut c, Method::ALLOCATE, &|_| {});
+    assert_eq!(r.code, Some(400), "no REQUESTED-TRANSPORT");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(r.code, Some(442), "TCP relaying not offered");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
+    assert_eq!(r.code, Some(440), "no IPv6 relay configured");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80])
+            .attr(attr::RESERVATION_TOKEN, &[0; 8]);
+    });
+    assert_eq!(r.code, Some(400), "EVEN-PORT with RESERVATION-TOKEN");
+    assert!(w.sockets.open.is_empty());
+}
+
+#[test]
+fn even_port_with_reservation() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80]);
+    });
+    assert!(r.ok());
+    let relay = w.relayed(&r);
+    assert_eq!(relay.port() % 2, 0);
+    let token = r.msg().get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    let mut c2 = client(40001, "alice", "pw");
+    let r2 = w.request(&mut c2, Method::ALLOCATE, &move |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &token);
+    });
+    assert!(r2.ok());
+    assert_eq!(w.relayed(&r2).port(), relay.port() + 1);
+}
+
+#[test]
+fn bandwidth_cap_drops_excess() {
+    let mut w = world(|a| a.max_bps = Some(8_000)); // 1000 bytes/s
+    let mut c = client(40000, "alice", "pw");
+    assert!(w.allocate(&mut c, None).ok());
+    assert!(w.bind(&mut c, 0x4000, peer(1)).ok());
+    let payload = [0u8; 200];
+    let sent = (0..10)
+        .filter(|_| w.channel_data(&c, 0x4000, &payload).is_some())
+        .count();
+    assert_eq!(sent, 5, "one second's worth passes, the rest is dropped");
+    w.now += Duration::from_millis(500);
+    let sent = (0..10)
+        .filter(|_| w.channel_data(&c, 0x4000, &payload).is_some())
+        .count();
+    assert_eq!(sent, 2, "half a second refills half");
+}
+
+#[test]
+fn garbage_changes_nothing() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    assert!(w.allocate(&mut c, None).ok());
+    let before = w.server.allocation_count();
+    for junk in [
+        &b""[..],
+        b"\x00",
+        b"\x00\x01\x00\x00",
+        b"\xff\xff\xff\xff",
+        b"\x40\x00\xff\xff",
+        &[0u8; 20][..],
+    ] {
+        assert!(w
+            .server
+            .handle_client(w.now, c.ft, junk, &mut w.sockets)
+            .is_none());
+    }
+    assert_eq!(w.server.allocation_count(), before);
+    // An RFC 3489 Binding (no magic cookie) still gets an answer with MAPPED-ADDRESS.
+    let mut legacy = vec![0, 1, 0, 0];
+    legacy.extend_from_slice(&[0xAB; 16]);
+    let out = w.send_raw(c.ft, &legacy).unwrap();
+    assert_eq!(&out[0..2], &[0x01, 0x01]);
+    assert_eq!(&out[4..20], &[0xAB; 16]);
+    let _ = w.t0;
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(50_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes from a client with an allocation and from a peer never panic the
+        /// core, and never create or destroy state.
+        #[test]
+        fn core_survives_any_input(
+            from_client in proptest::collection::vec(any::<u8>(), 0..120),
+            from_peer in proptest::collection::vec(any::<u8>(), 0..120),
+            head in prop_oneof![Just(0x00u8), Just(0x01), Just(0x40), any::<u8>()],
+        ) {
+            thread_local! {
+                static W: std::cell::RefCell<Option<(World, Client, SocketAddr)>> = const { std::cell::RefCell::new(None) };
+            }
+            W.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    let mut w = world(|_| {});
+                    let mut c = client(40000, "alice", "pw");
+                    let relay = { let r = w.allocate(&mut c, Some(3600)); w.relayed(&r) };
+                    assert!(w.bind(&mut c, 0x4000, peer(1)).ok());
+                    *slot = Some((w, c, relay));
+                }
+                let (w, c, relay) = slot.as_mut().unwrap();
+                let mut b = from_client.clone();
+                if let Some(x) = b.first_mut() { *x = head; }
+                if b.len() >= 8 && head == 0x01 { b[4..8].copy_from_slice(&0x2112A442u32.to_be_bytes()); }
+                let _ = w.server.handle_client(w.now, c.ft, &b, &mut w.sockets);
+                let id = w.id_of(*relay);
+                let _ = w.server.handle_peer(w.now, id, peer(1), &from_peer);
+                assert_eq!(w.server.allocation_count(), 1);
+            });
+        }
+    }
+}
