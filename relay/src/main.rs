@@ -56,7 +56,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,6 +95,7 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind metrics-listen {addr}"))?;
+            let addr = l.local_addr()?;
             info!(%addr, "metrics on /metrics, health on /healthz");
             tokio::spawn(async move { axum::serve(l, app).await });
         }

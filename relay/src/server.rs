@@ -471,6 +471,7 @@ impl Server {
             }
         };
         self.metrics.request(msg.method.name(), code);
+        debug!(client = %ft.client, method = msg.method.name(), code, "request answered");
         Some(Transmit::Client {
             to: ft,
             data: &self.buf,
@@ -968,6 +969,7 @@ impl Server {
         let metrics = &self.metrics;
         let a = self.slots[id.index as usize].allocation.as_mut()?;
         if a.expires <= now || !a.is_permitted(peer.ip(), now) {
+            debug!(client = %ft.client, %peer, "Send indication without permission dropped");
             metrics.drop("no_permission");
             return None;
         }

@@ -93,24 +93,26 @@ function pageMain() {
       check();
     });
 
-    // Data channel: each side sends numbered messages once open; the receiver counts in-order ones.
-    const sendAll = (ch, prefix) => {
-      const go = () => { for (let i = 0; i < MESSAGES; i++) ch.send(`${prefix} ${i}`); };
-      if (ch.readyState === 'open') go(); else ch.addEventListener('open', go, { once: true });
-    };
-    const receiveAll = (ch, prefix, key) => new Promise((resolve) => {
+    // Data channel: pc1 sends numbered pings once open; pc2 answers each ping on the same channel.
+    // pc2 only ever replies to data it has received: twice in a few hundred runs, messages pc2
+    // sent from inside its 'datachannel' event (readyState already 'open') never reached pc1.
+    const receiveAll = (ch, prefix, key, onEach = () => {}) => new Promise((resolve) => {
       ch.addEventListener('message', ({ data }) => {
-        if (data === `${prefix} ${progress.dc_messages[key]}`) progress.dc_messages[key]++;
-        if (progress.dc_messages[key] === MESSAGES) resolve();
+        const n = progress.dc_messages[key];
+        if (data !== `${prefix} ${n}`) return; // ordered + reliable: a gap stalls the count
+        progress.dc_messages[key]++;
+        onEach(n);
+        if (n + 1 === MESSAGES) resolve();
       });
     });
     const dc1 = pc1.createDataChannel('icebreaker-e2e');
-    const toPc1 = receiveAll(dc1, 'from pc2', 'pc2_to_pc1');
-    sendAll(dc1, 'from pc1');
+    const toPc1 = receiveAll(dc1, 'reply', 'pc2_to_pc1');
+    dc1.addEventListener('open', () => {
+      for (let i = 0; i < MESSAGES; i++) dc1.send(`ping ${i}`);
+    }, { once: true });
     const toPc2 = new Promise((resolve) => pc2.addEventListener('datachannel', ({ channel }) => {
       // Listen synchronously in the event, before any message event can be dispatched.
-      receiveAll(channel, 'from pc1', 'pc1_to_pc2').then(resolve);
-      sendAll(channel, 'from pc2');
+      receiveAll(channel, 'ping', 'pc1_to_pc2', (i) => channel.send(`reply ${i}`)).then(resolve);
     }));
 
     // Video: Chromium's fake camera (test pattern), rendered into a <video> so it gets decoded.

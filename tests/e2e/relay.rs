@@ -1,0 +1,403 @@
+//! `icebreaker-relay` end to end, with TURN clients nobody here wrote: coturn's
+//! `turnutils_uclient`/`turnutils_peer`/`turnutils_stunclient`, the webrtc-rs `turn`
+//! crate, and headless Chromium.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use icebreaker_relay::auth::mint_rest_credentials;
+use icebreaker_tests::{free_udp_port, http_get, metric, repo_dir, require, start_relay, Proc, Relay};
+
+/// An echo peer from coturn's tools on a free loopback port.
+fn echo_peer() -> (Proc, u16) {
+    require("turnutils_peer", "coturn");
+    let port = free_udp_port();
+    let mut cmd = Command::new("turnutils_peer");
+    cmd.args(["-L", "127.0.0.1", "-p", &port.to_string()]);
+    let p = Proc::start("turnutils_peer", cmd);
+    std::thread::sleep(Duration::from_millis(200));
+    (p, port)
+}
+
+struct Uclient {
+    ok: bool,
+    sent: u64,
+    recv: u64,
+    lost_zero: bool,
+    output: String,
+}
+
+/// Runs `turnutils_uclient` (bounded) against the relay, through the echo peer.
+fn uclient(relay: &Relay, peer_port: u16, extra: &[&str]) -> Uclient {
+    require("turnutils_uclient", "coturn");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", "turnutils_uclient", "-p", &relay.addr.port().to_string()])
+        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-c"])
+        .args(extra)
+        .arg("127.0.0.1");
+    let mut p = Proc::start("uclient", cmd);
+    let status = p.wait(Duration::from_secs(70)).expect("uclient finished");
+    let output = p.output();
+    let totals = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or("");
+    let num = |key: &str| -> u64 {
+        totals
+            .split(key)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    Uclient {
+        ok: status.success(),
+        sent: num("tot_send_msgs="),
+        recv: num("tot_recv_msgs="),
+        lost_zero: output.contains("Total lost packets 0 (0.000000%)"),
+        output,
+    }
+}
+
+fn assert_all_echoed(u: &Uclient, what: &str, expect_sent: u64) {
+    assert!(u.ok, "{what}: uclient failed:\n{}", u.output);
+    assert_eq!(u.sent, expect_sent, "{what}: messages sent\n{}", u.output);
+    assert_eq!(u.recv, u.sent, "{what}: every message echoed back\n{}", u.output);
+    assert!(u.lost_zero, "{what}: uclient reports loss\n{}", u.output);
+}
+
+#[test]
+fn turnutils_uclient_udp_and_tcp_long_term_and_rest_lose_nothing() {
+    let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
+    let (_peer, port) = echo_peer();
+    let lt = ["-u", "test", "-w", "test"];
+    let rest = ["-u", "alice", "-W", "s3cret"];
+    let load = ["-m", "10", "-n", "100", "-l", "120"];
+    for (what, creds, transport) in [
+        ("udp long-term", &lt, None),
+        ("tcp long-term", &lt, Some("-t")),
+        ("udp rest", &rest, None),
+        ("tcp rest", &rest, Some("-t")),
+    ] {
+        let mut args: Vec<&str> = creds.to_vec();
+        args.extend_from_slice(&load);
+        args.extend(transport);
+        let u = uclient(&relay, port, &args);
+        // uclient sends COUNT per allocation; -m 10 → 10 allocations.
+        assert_all_echoed(&u, what, 1000);
+    }
+    // Send/Data indications instead of channels.
+    let mut args: Vec<&str> = lt.to_vec();
+    args.extend_from_slice(&load);
+    args.push("-s");
+    assert_all_echoed(&uclient(&relay, port, &args), "udp send indications", 1000);
+
+    let m = relay.metrics.expect("metrics address");
+    let (status, text) = http_get(m, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metric(&text, "icebreaker_relay_allocations_created_total", &[]) >= 50.0, "{text}");
+    assert!(metric(&text, "icebreaker_relay_packets_total", &["to_peer"]) >= 5000.0, "{text}");
+    assert!(metric(&text, "icebreaker_relay_requests_total", &["channel_bind", "code=\"0\""]) >= 40.0);
+    assert_eq!(http_get(m, "/healthz"), (200, "ok\n".to_string()));
+}
+
+#[test]
+fn wrong_password_fails_and_others_keep_being_served() {
+    let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
+    let (_peer, port) = echo_peer();
+    let bad = uclient(&relay, port, &["-u", "test", "-w", "nope", "-m", "1", "-n", "10"]);
+    assert!(!bad.ok, "a wrong password must fail:\n{}", bad.output);
+    assert_eq!(bad.recv, 0);
+    let bad_rest = uclient(&relay, port, &["-u", "alice", "-W", "other-secret", "-m", "1", "-n", "10"]);
+    assert!(!bad_rest.ok, "a wrong REST secret must fail:\n{}", bad_rest.output);
+    let good = uclient(&relay, port, &["-u", "test", "-w", "test", "-m", "2", "-n", "50"]);
+    assert_all_echoed(&good, "after failures", 100);
+    let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
+    assert!(metric(&text, "icebreaker_relay_requests_total", &["allocate", "code=\"401\""]) >= 2.0, "{text}");
+}
+
+#[test]
+fn default_policy_refuses_loopback_peers_with_403() {
+    // No --allow-peer: the safe default.
+    let mut relay = start_relay(&[]);
+    let (_peer, port) = echo_peer();
+    let u = uclient(&relay, port, &["-u", "test", "-w", "test", "-m", "1", "-n", "10"]);
+    assert_eq!(u.recv, 0, "nothing may reach a loopback peer");
+    assert!(u.output.contains("403"), "uclient sees 403:\n{}", u.output);
+    let line = relay
+        .proc
+        .wait_line("refused by default", Duration::from_secs(5))
+        .expect("the relay logs why");
+    assert!(line.contains("--allow-peer 127.0.0.0/8"), "{line}");
+    assert!(relay.proc.is_running());
+}
+
+#[test]
+fn turnutils_stunclient_gets_its_mapped_address() {
+    require("turnutils_stunclient", "coturn");
+    let relay = start_relay(&[]);
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "turnutils_stunclient", "-p", &relay.addr.port().to_string(), "-L", "127.0.0.1", "127.0.0.1"]);
+    let mut p = Proc::start("stunclient", cmd);
+    p.wait(Duration::from_secs(30));
+    let out = p.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("UDP reflexive addr:"))
+        .unwrap_or_else(|| panic!("no mapped address:\n{out}"));
+    let mapped: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(mapped.ip().to_string(), "127.0.0.1");
+    assert_ne!(mapped.port(), 0);
+    assert_ne!(mapped.port(), relay.addr.port());
+}
+
+/// The webrtc-rs `turn` crate as a client: allocate, permission, channel, data both ways.
+#[test]
+fn webrtc_rs_turn_client_relays_both_ways() {
+    use webrtc_util::Conn;
+    let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n_echoed = 0;
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            if &buf[..n] == b"stop" {
+                break;
+            }
+            echo.send_to(&buf[..n], from).unwrap();
+            n_echoed += 1;
+        }
+        n_echoed
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (expiry_user, pass) = mint_rest_credentials(b"s3cret", icebreaker_relay::server::unix_now() + 600, "webrtc-rs");
+    let server = relay.addr.to_string();
+    let received = rt.block_on(async move {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = turn::client::Client::new(turn::client::ClientConfig {
+            stun_serv_addr: server.clone(),
+            turn_serv_addr: server,
+            username: expiry_user,
+            password: pass,
+            realm: String::new(),
+            software: String::new(),
+            rto_in_ms: 0,
+            conn: Arc::new(sock),
+            vnet: None,
+        })
+        .await
+        .unwrap();
+        client.listen().await.unwrap();
+        let conn = client.allocate().await.expect("allocation with REST credentials");
+        let relayed = conn.local_addr().unwrap();
+        assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+        let mapped = client.send_binding_request().await.unwrap();
+        assert_eq!(mapped.ip().to_string(), "127.0.0.1");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        for i in 0..50u32 {
+            // UDP may drop a datagram when the machine is busy (other tests flood loopback);
+            // the turn crate does not retransmit data, so the test does, as an app would.
+            let msg = format!("message {i}");
+            let mut echoed = None;
+            for _attempt in 0..5 {
+                conn.send_to(msg.as_bytes(), echo_addr).await.unwrap();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while let Ok(r) = tokio::time::timeout_at(deadline, conn.recv_from(&mut buf)).await {
+                    let (n, from) = r.unwrap();
+                    assert_eq!(from, echo_addr);
+                    if buf[..n] == *msg.as_bytes() {
+                        echoed = Some(msg.clone());
+                        break;
+                    }
+                }
+                if echoed.is_some() {
+                    break;
+                }
+            }
+            got.push(echoed.unwrap_or_else(|| panic!("no echo of {msg}")));
+            if i == 0 {
+                // give the background ChannelBind time, so later messages use ChannelData
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        conn.send_to(b"stop", echo_addr).await.unwrap();
+        conn.close().await.unwrap();
+        client.close().await.unwrap();
+        got
+    });
+    let expected: Vec<String> = (0..50).map(|i| format!("message {i}")).collect();
+    assert_eq!(received, expected);
+    assert!(echo_thread.join().unwrap() >= 50);
+    let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
+    assert!(metric(&text, "icebreaker_relay_requests_total", &["channel_bind", "code=\"0\""]) >= 1.0, "{text}");
+    assert!(metric(&text, "icebreaker_relay_requests_total", &["create_permission", "code=\"0\""]) >= 1.0);
+    assert!(metric(&text, "icebreaker_relay_packets_total", &["to_client"]) >= 50.0);
+}
+
+/// Two relay-only RTCPeerConnections in headless Chromium, over TURN/UDP and TURN/TCP.
+#[test]
+fn chromium_connects_through_the_relay_over_udp_and_tcp() {
+    require("chromium", "chromium");
+    require("node", "nodejs");
+    let dir = repo_dir().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (.ci/run does)"
+    );
+    let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
+    for transport in ["udp", "tcp"] {
+        let url = format!("turn:127.0.0.1:{}?transport={transport}", relay.addr.port());
+        let mut cmd = Command::new("node");
+        cmd.current_dir(&dir)
+            .args(["turn-relay.mjs", "--url", &url, "--username", "test", "--credential", "test"])
+            .args(["--timeout-ms", "40000"]);
+        let mut p = Proc::start(&format!("chromium-{transport}"), cmd);
+        let status = p.wait(Duration::from_secs(60)).expect("script finished");
+        let out = p.output();
+        let json = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .unwrap_or_else(|| panic!("no JSON result:\n{out}"));
+        assert!(status.success() && json["ok"] == true, "{transport}: {json}\n{out}");
+        assert_eq!(json["local_type"], "relay", "{json}");
+        assert_eq!(json["remote_type"], "relay", "{json}");
+        assert_eq!(json["relay_protocol"], transport, "{json}");
+        assert!(json["framesDecoded"].as_u64().unwrap_or(0) > 0, "{json}");
+    }
+    let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
+    assert!(metric(&text, "icebreaker_relay_packets_total", &["to_peer"]) > 100.0, "{text}");
+}
+
+/// Random, truncated, oversized, wrong-cookie and length-lying packets over UDP, and
+/// garbage TCP streams: the relay keeps serving, and a bad stream closes only itself.
+#[test]
+fn bad_input_never_stops_service() {
+    let mut relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
+    let target = relay.addr;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let valid_binding = {
+        let mut b = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        b.extend_from_slice(&[3u8; 12]);
+        b
+    };
+    let mut rng_state = 0x1234_5678_9abc_def0u64;
+    let mut rng = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for i in 0..20_000u32 {
+        let kind = i % 6;
+        let mut p: Vec<u8> = match kind {
+            0 => (0..rng() % 200).map(|_| rng() as u8).collect(),
+            1 => valid_binding[..(rng() % 20) as usize].to_vec(),
+            2 if i % 100 == 2 => vec![0u8; 60_000],
+            2 => vec![0u8; 1500],
+            3 => {
+                let mut b = valid_binding.clone();
+                b[4] = rng() as u8;
+                b
+            }
+            4 => {
+                let mut b = valid_binding.clone();
+                b.extend_from_slice(&[0x80, 0x22, 0xFF, 0xF0, 1, 2, 3, 4]);
+                b[3] = 8;
+                b
+            }
+            _ => {
+                let mut b = vec![0x40, 0x00, 0xFF, 0xFF];
+                b.extend((0..rng() % 64).map(|_| rng() as u8));
+                b
+            }
+        };
+        if kind == 0 && !p.is_empty() {
+            p[0] &= 0x7F;
+        }
+        let _ = sock.send_to(&p, target);
+        // Paced, so the flood does not overflow loopback for tests running beside it.
+        if i % 200 == 199 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // TCP: one good connection stays up while garbage streams are cut.
+    let mut good = TcpStream::connect(target).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..20 {
+        let mut bad = TcpStream::connect(target).unwrap();
+        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = bad.write_all(&[0xFF; 64]);
+        let mut sink = [0u8; 16];
+        assert!(matches!(bad.read(&mut sink), Ok(0) | Err(_)), "garbage stream is closed");
+    }
+    good.write_all(&valid_binding).unwrap();
+    let mut resp = [0u8; 128];
+    let n = good.read(&mut resp).unwrap();
+    assert!(n >= 20 && resp[0..2] == [0x01, 0x01], "binding answered on the good stream");
+    // A lying STUN length on TCP just waits for more bytes; the stream is closed when the
+    // peer gives up. Service goes on.
+    let (_peer, port) = echo_peer();
+    let u = uclient(&relay, port, &["-u", "test", "-w", "test", "-m", "3", "-n", "50"]);
+    assert_all_echoed(&u, "after garbage", 150);
+    assert!(relay.proc.is_running());
+    let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
+    assert!(metric(&text, "icebreaker_relay_dropped_total", &["malformed"]) > 1000.0, "{text}");
+    assert!(metric(&text, "icebreaker_relay_dropped_total", &["tcp_framing"]) >= 20.0, "{text}");
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(icebreaker_tests::bin("icebreaker-relay"));
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&["--user", "a:b", "--relay-ports", "9-1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay-ports") && err.lines().count() == 1, "{err}");
+
+    let out = run(&["--user", "a:b"], &[("ICEBREAKER_RELAY_MAX_ALLOCATIONS", "many")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max-allocations"));
+
+    let dir = std::env::temp_dir().join(format!("ib-relay-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("relay.toml");
+    std::fs::write(&f, "user = [\"alice:topsecret\"]\nauth-secret = [\"hunter2\"]\nrealm = \"file.example\"\nmax-bps = 1000000\n").unwrap();
+    let out = run(
+        &["--config", f.to_str().unwrap(), "--realm", "flag.example", "--print-config"],
+        &[("ICEBREAKER_RELAY_MAX_BPS", "2000000")],
+    );
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("realm = \"flag.example\""), "flags win: {printed}");
+    assert!(printed.contains("max-bps = 2000000"), "env beats file: {printed}");
+    assert!(printed.contains("alice:********"), "{printed}");
+    assert!(!printed.contains("topsecret") && !printed.contains("hunter2"), "{printed}");
+
+    std::fs::write(&f, "max-lifetime = \"long\"\n").unwrap();
+    let out = run(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max-lifetime"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sigterm_stops_gracefully() {
+    let mut relay = start_relay(&[]);
+    let status = relay.proc.terminate(Duration::from_secs(5)).expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(relay.proc.output().contains("shutting down"));
+}

@@ -1,0 +1,262 @@
+//! One harness for every end-to-end test: start real binaries (ours from the build's
+//! target directory, others from PATH) on free loopback ports, read their logs, and stop
+//! exactly what was started, even when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of one of our binaries, built by `cargo build --release --workspace` next to the
+/// test executable (target/<profile>/deps/.. → target/<profile>).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the workspace first (`cargo build --release --workspace`)",
+        p.display()
+    );
+    p
+}
+
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Fails the test with install advice when a required external tool is missing: CI
+/// installs them (`.ci/run`), so a missing tool is a broken setup, not a skip.
+pub fn require(program: &str, package: &str) {
+    assert!(have(program), "`{program}` is missing: apt-get install -y {package} (see .ci/run)");
+}
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// A child process whose stdout and stderr lines are collected (and echoed to the test's
+/// output, which cargo shows on failure). Killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    out: Arc<(Mutex<Lines>, Condvar)>,
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, c) if c.is_ascii_alphabetic() => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+impl Proc {
+    pub fn start(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let out = Arc::new((Mutex::new(Lines::default()), Condvar::new()));
+        let streams: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        let open = Arc::new(Mutex::new(streams.len()));
+        for s in streams {
+            let out = out.clone();
+            let open = open.clone();
+            let tag = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    eprintln!("[{tag}] {line}");
+                    out.0.lock().unwrap().lines.push(line);
+                    out.1.notify_all();
+                }
+                let mut n = open.lock().unwrap();
+                *n -= 1;
+                if *n == 0 {
+                    out.0.lock().unwrap().closed = true;
+                    out.1.notify_all();
+                }
+            });
+        }
+        Proc {
+            name: name.to_string(),
+            child,
+            out,
+        }
+    }
+
+    /// Starts one of our binaries.
+    pub fn ours(name: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args);
+        Proc::start(name, cmd)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first line containing `needle`, waiting up to `timeout`.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(l) = g.lines.iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.0.lock().unwrap().lines.join("\n")
+    }
+
+    /// Waits for the process to exit by itself, killing it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                // let the reader threads drain the pipes
+                let (m, cv) = &*self.out;
+                let g = m.lock().unwrap();
+                let _ = cv.wait_timeout_while(g, Duration::from_secs(2), |l| !l.closed);
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status (None: it had to be killed after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.wait(timeout)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A UDP port free right now on 127.0.0.1 (for tools that cannot bind port 0 themselves).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A random range of relayed ports, so concurrent tests and leftover allocations from
+/// clients that leak them never collide.
+pub fn port_range(len: u16) -> (u16, u16) {
+    let lo = 20000 + rand::random::<u16>() % 30000;
+    (lo, lo + len - 1)
+}
+
+pub struct Relay {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let end = rest.find(|c: char| c == ']' || c == ',' || c.is_whitespace()).unwrap_or(rest.len());
+    rest[..end].trim_start_matches('[').parse().ok()
+}
+
+/// `icebreaker-relay` on 127.0.0.1, a free port, a random relay range, users `test:test`
+/// and REST secret `s3cret`, realm `example.org`, plus `extra` flags.
+pub fn start_relay(extra: &[&str]) -> Relay {
+    let (lo, hi) = port_range(400);
+    let range = format!("{lo}-{hi}");
+    // IB_TEST_RELAY_LOG=debug shows every request when a test needs a closer look.
+    let log = std::env::var("IB_TEST_RELAY_LOG").unwrap_or_else(|_| "info".into());
+    let mut args = vec![
+        "--listen", "127.0.0.1:0", "--relay-ports", &range, "--realm", "example.org",
+        "--user", "test:test", "--auth-secret", "s3cret", "--metrics-listen", "127.0.0.1:0",
+        "--log", &log,
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::ours("icebreaker-relay", &args);
+    let line = proc
+        .wait_line("relay listening", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("relay did not start:\n{}", proc.output()));
+    let addr = addr_after(&line, "addrs=[").expect("listen address in the log");
+    let metrics = proc
+        .wait_line("metrics on", Duration::from_secs(5))
+        .and_then(|l| addr_after(&l, "addr="));
+    Relay { proc, addr, metrics }
+}
+
+/// Minimal HTTP/1.0 GET (status, body) for /metrics and /healthz.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Sum of a Prometheus metric's samples whose label set contains every `label` given.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The directory of the repository (for scripts under tests/).
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
+}
