@@ -6,7 +6,7 @@
 //! opened and closed through [`RelaySockets`], which the tokio driver implements with real
 //! UDP sockets and tests implement with a fake.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -441,7 +441,10 @@ impl Server {
             Err(None)
         } else {
             match msg.method {
-                Method::BINDING => Ok(self.binding(&ft, msg)),
+                Method::BINDING => {
+                    self.binding(&ft, msg);
+                    Ok(())
+                }
                 Method::ALLOCATE
                 | Method::REFRESH
                 | Method::CREATE_PERMISSION
@@ -569,26 +572,20 @@ impl Server {
         })
     }
 
-    fn success(&mut self, msg: &Message<'_>, key: &Key) -> MessageWriter<'_> {
-        let _ = key;
-        MessageWriter::new(
-            &mut self.buf,
-            msg.method,
-            Class::Success,
-            msg.transaction_id,
-        )
-    }
-
     fn finish_success(
         &mut self,
         msg: &Message<'_>,
         key: &Key,
         f: impl FnOnce(&mut MessageWriter<'_>),
     ) {
-        let software = self.shared.config.software.clone();
-        let mut w = self.success(msg, key);
+        let mut w = MessageWriter::new(
+            &mut self.buf,
+            msg.method,
+            Class::Success,
+            msg.transaction_id,
+        );
         f(&mut w);
-        w.attr(attr::SOFTWARE, software.as_bytes())
+        w.attr(attr::SOFTWARE, self.shared.config.software.as_bytes())
             .integrity(key, msg.uses_sha256());
         w.finish_with_fingerprint();
     }
@@ -987,9 +984,4 @@ impl Server {
             data,
         })
     }
-}
-
-/// Is `ip` one the relay may bind relayed sockets on for clients of family `v6`?
-pub fn family_matches(ip: IpAddr, v6: bool) -> bool {
-    ip.is_ipv6() == v6
 }

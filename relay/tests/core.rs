@@ -214,7 +214,7 @@ impl World {
     }
 
     /// A peer's datagram to `relay`: what reaches the client, if anything.
-    fn from_peer(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+    fn peer_sends(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
         let id = self.id_of(relay);
         match self.server.handle_peer(self.now, id, peer, data)? {
             Transmit::Client { data, .. } => Some(data.to_vec()),
@@ -281,10 +281,10 @@ fn allocate_challenge_then_success_and_data_both_ways() {
     );
 
     // No permission yet: peer data is dropped both ways.
-    assert!(w.from_peer(relay, peer(7000), b"x").is_none());
+    assert!(w.peer_sends(relay, peer(7000), b"x").is_none());
     assert!(w.permit(&mut c, &[peer(7000), peer(7001)]).ok());
     // Permission is per IP (RFC 8656 §9): any port of 127.0.0.2 may now send.
-    let d = w.from_peer(relay, peer(7999), b"hello").unwrap();
+    let d = w.peer_sends(relay, peer(7999), b"hello").unwrap();
     let m = Message::parse(&d).unwrap();
     assert_eq!((m.method, m.class), (Method::DATA, Class::Indication));
     assert_eq!(m.get(attr::DATA).unwrap(), b"hello");
@@ -321,7 +321,7 @@ fn allocate_challenge_then_success_and_data_both_ways() {
         Some((relay, peer(7000), b"abc".to_vec()))
     );
     assert_eq!(
-        w.from_peer(relay, peer(7000), b"xyz").unwrap(),
+        w.peer_sends(relay, peer(7000), b"xyz").unwrap(),
         vec![0x40, 0x01, 0, 3, b'x', b'y', b'z']
     );
     // Unbound channel numbers are dropped.
@@ -339,7 +339,7 @@ fn tcp_channel_data_is_padded() {
     };
     assert!(w.bind(&mut c, 0x4000, peer(1)).ok());
     assert_eq!(
-        w.from_peer(relay, peer(1), b"ab").unwrap(),
+        w.peer_sends(relay, peer(1), b"ab").unwrap(),
         vec![0x40, 0, 0, 2, b'a', b'b', 0, 0]
     );
     // The client's TCP connection closing deletes the allocation and closes the socket.
@@ -449,10 +449,10 @@ fn permissions_and_channels_expire() {
     let relay = w.relayed(&r);
     assert!(w.permit(&mut c, &[peer(1)]).ok());
     w.advance(Duration::from_secs(299));
-    assert!(w.from_peer(relay, peer(1), b"a").is_some());
+    assert!(w.peer_sends(relay, peer(1), b"a").is_some());
     w.advance(Duration::from_secs(2));
     assert!(
-        w.from_peer(relay, peer(1), b"a").is_none(),
+        w.peer_sends(relay, peer(1), b"a").is_none(),
         "permission lasts 300 s"
     );
 

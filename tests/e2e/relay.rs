@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use icebreaker_relay::auth::mint_rest_credentials;
-use icebreaker_tests::{free_udp_port, http_get, metric, repo_dir, require, start_relay, Proc, Relay};
+use icebreaker_tests::{
+    free_udp_port, http_get, metric, repo_dir, require, start_relay, Proc, Relay,
+};
 
 /// An echo peer from coturn's tools on a free loopback port.
 fn echo_peer() -> (Proc, u16) {
@@ -34,10 +36,15 @@ struct Uclient {
 fn uclient(relay: &Relay, peer_port: u16, extra: &[&str]) -> Uclient {
     require("turnutils_uclient", "coturn");
     let mut cmd = Command::new("timeout");
-    cmd.args(["60", "turnutils_uclient", "-p", &relay.addr.port().to_string()])
-        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-c"])
-        .args(extra)
-        .arg("127.0.0.1");
+    cmd.args([
+        "60",
+        "turnutils_uclient",
+        "-p",
+        &relay.addr.port().to_string(),
+    ])
+    .args(["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-c"])
+    .args(extra)
+    .arg("127.0.0.1");
     let mut p = Proc::start("uclient", cmd);
     let status = p.wait(Duration::from_secs(70)).expect("uclient finished");
     let output = p.output();
@@ -66,7 +73,11 @@ fn uclient(relay: &Relay, peer_port: u16, extra: &[&str]) -> Uclient {
 fn assert_all_echoed(u: &Uclient, what: &str, expect_sent: u64) {
     assert!(u.ok, "{what}: uclient failed:\n{}", u.output);
     assert_eq!(u.sent, expect_sent, "{what}: messages sent\n{}", u.output);
-    assert_eq!(u.recv, u.sent, "{what}: every message echoed back\n{}", u.output);
+    assert_eq!(
+        u.recv, u.sent,
+        "{what}: every message echoed back\n{}",
+        u.output
+    );
     assert!(u.lost_zero, "{what}: uclient reports loss\n{}", u.output);
 }
 
@@ -99,9 +110,21 @@ fn turnutils_uclient_udp_and_tcp_long_term_and_rest_lose_nothing() {
     let m = relay.metrics.expect("metrics address");
     let (status, text) = http_get(m, "/metrics");
     assert_eq!(status, 200);
-    assert!(metric(&text, "icebreaker_relay_allocations_created_total", &[]) >= 50.0, "{text}");
-    assert!(metric(&text, "icebreaker_relay_packets_total", &["to_peer"]) >= 5000.0, "{text}");
-    assert!(metric(&text, "icebreaker_relay_requests_total", &["channel_bind", "code=\"0\""]) >= 40.0);
+    assert!(
+        metric(&text, "icebreaker_relay_allocations_created_total", &[]) >= 50.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "icebreaker_relay_packets_total", &["to_peer"]) >= 5000.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_requests_total",
+            &["channel_bind", "code=\"0\""]
+        ) >= 40.0
+    );
     assert_eq!(http_get(m, "/healthz"), (200, "ok\n".to_string()));
 }
 
@@ -109,15 +132,38 @@ fn turnutils_uclient_udp_and_tcp_long_term_and_rest_lose_nothing() {
 fn wrong_password_fails_and_others_keep_being_served() {
     let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
     let (_peer, port) = echo_peer();
-    let bad = uclient(&relay, port, &["-u", "test", "-w", "nope", "-m", "1", "-n", "10"]);
+    let bad = uclient(
+        &relay,
+        port,
+        &["-u", "test", "-w", "nope", "-m", "1", "-n", "10"],
+    );
     assert!(!bad.ok, "a wrong password must fail:\n{}", bad.output);
     assert_eq!(bad.recv, 0);
-    let bad_rest = uclient(&relay, port, &["-u", "alice", "-W", "other-secret", "-m", "1", "-n", "10"]);
-    assert!(!bad_rest.ok, "a wrong REST secret must fail:\n{}", bad_rest.output);
-    let good = uclient(&relay, port, &["-u", "test", "-w", "test", "-m", "2", "-n", "50"]);
+    let bad_rest = uclient(
+        &relay,
+        port,
+        &["-u", "alice", "-W", "other-secret", "-m", "1", "-n", "10"],
+    );
+    assert!(
+        !bad_rest.ok,
+        "a wrong REST secret must fail:\n{}",
+        bad_rest.output
+    );
+    let good = uclient(
+        &relay,
+        port,
+        &["-u", "test", "-w", "test", "-m", "2", "-n", "50"],
+    );
     assert_all_echoed(&good, "after failures", 100);
     let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
-    assert!(metric(&text, "icebreaker_relay_requests_total", &["allocate", "code=\"401\""]) >= 2.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_requests_total",
+            &["allocate", "code=\"401\""]
+        ) >= 2.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -125,7 +171,11 @@ fn default_policy_refuses_loopback_peers_with_403() {
     // No --allow-peer: the safe default.
     let mut relay = start_relay(&[]);
     let (_peer, port) = echo_peer();
-    let u = uclient(&relay, port, &["-u", "test", "-w", "test", "-m", "1", "-n", "10"]);
+    let u = uclient(
+        &relay,
+        port,
+        &["-u", "test", "-w", "test", "-m", "1", "-n", "10"],
+    );
     assert_eq!(u.recv, 0, "nothing may reach a loopback peer");
     assert!(u.output.contains("403"), "uclient sees 403:\n{}", u.output);
     let line = relay
@@ -141,7 +191,15 @@ fn turnutils_stunclient_gets_its_mapped_address() {
     require("turnutils_stunclient", "coturn");
     let relay = start_relay(&[]);
     let mut cmd = Command::new("timeout");
-    cmd.args(["20", "turnutils_stunclient", "-p", &relay.addr.port().to_string(), "-L", "127.0.0.1", "127.0.0.1"]);
+    cmd.args([
+        "20",
+        "turnutils_stunclient",
+        "-p",
+        &relay.addr.port().to_string(),
+        "-L",
+        "127.0.0.1",
+        "127.0.0.1",
+    ]);
     let mut p = Proc::start("stunclient", cmd);
     p.wait(Duration::from_secs(30));
     let out = p.output();
@@ -162,7 +220,8 @@ fn webrtc_rs_turn_client_relays_both_ways() {
     let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
     let echo_addr = echo.local_addr().unwrap();
-    echo.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let echo_thread = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let mut n_echoed = 0;
@@ -176,7 +235,11 @@ fn webrtc_rs_turn_client_relays_both_ways() {
         n_echoed
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (expiry_user, pass) = mint_rest_credentials(b"s3cret", icebreaker_relay::server::unix_now() + 600, "webrtc-rs");
+    let (expiry_user, pass) = mint_rest_credentials(
+        b"s3cret",
+        icebreaker_relay::server::unix_now() + 600,
+        "webrtc-rs",
+    );
     let server = relay.addr.to_string();
     let received = rt.block_on(async move {
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -194,7 +257,10 @@ fn webrtc_rs_turn_client_relays_both_ways() {
         .await
         .unwrap();
         client.listen().await.unwrap();
-        let conn = client.allocate().await.expect("allocation with REST credentials");
+        let conn = client
+            .allocate()
+            .await
+            .expect("allocation with REST credentials");
         let relayed = conn.local_addr().unwrap();
         assert_eq!(relayed.ip().to_string(), "127.0.0.1");
         let mapped = client.send_binding_request().await.unwrap();
@@ -209,7 +275,8 @@ fn webrtc_rs_turn_client_relays_both_ways() {
             for _attempt in 0..5 {
                 conn.send_to(msg.as_bytes(), echo_addr).await.unwrap();
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                while let Ok(r) = tokio::time::timeout_at(deadline, conn.recv_from(&mut buf)).await {
+                while let Ok(r) = tokio::time::timeout_at(deadline, conn.recv_from(&mut buf)).await
+                {
                     let (n, from) = r.unwrap();
                     assert_eq!(from, echo_addr);
                     if buf[..n] == *msg.as_bytes() {
@@ -236,8 +303,21 @@ fn webrtc_rs_turn_client_relays_both_ways() {
     assert_eq!(received, expected);
     assert!(echo_thread.join().unwrap() >= 50);
     let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
-    assert!(metric(&text, "icebreaker_relay_requests_total", &["channel_bind", "code=\"0\""]) >= 1.0, "{text}");
-    assert!(metric(&text, "icebreaker_relay_requests_total", &["create_permission", "code=\"0\""]) >= 1.0);
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_requests_total",
+            &["channel_bind", "code=\"0\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_requests_total",
+            &["create_permission", "code=\"0\""]
+        ) >= 1.0
+    );
     assert!(metric(&text, "icebreaker_relay_packets_total", &["to_client"]) >= 50.0);
 }
 
@@ -256,7 +336,15 @@ fn chromium_connects_through_the_relay_over_udp_and_tcp() {
         let url = format!("turn:127.0.0.1:{}?transport={transport}", relay.addr.port());
         let mut cmd = Command::new("node");
         cmd.current_dir(&dir)
-            .args(["turn-relay.mjs", "--url", &url, "--username", "test", "--credential", "test"])
+            .args([
+                "turn-relay.mjs",
+                "--url",
+                &url,
+                "--username",
+                "test",
+                "--credential",
+                "test",
+            ])
             .args(["--timeout-ms", "40000"]);
         let mut p = Proc::start(&format!("chromium-{transport}"), cmd);
         let status = p.wait(Duration::from_secs(60)).expect("script finished");
@@ -266,14 +354,20 @@ fn chromium_connects_through_the_relay_over_udp_and_tcp() {
             .rev()
             .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .unwrap_or_else(|| panic!("no JSON result:\n{out}"));
-        assert!(status.success() && json["ok"] == true, "{transport}: {json}\n{out}");
+        assert!(
+            status.success() && json["ok"] == true,
+            "{transport}: {json}\n{out}"
+        );
         assert_eq!(json["local_type"], "relay", "{json}");
         assert_eq!(json["remote_type"], "relay", "{json}");
         assert_eq!(json["relay_protocol"], transport, "{json}");
         assert!(json["framesDecoded"].as_u64().unwrap_or(0) > 0, "{json}");
     }
     let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
-    assert!(metric(&text, "icebreaker_relay_packets_total", &["to_peer"]) > 100.0, "{text}");
+    assert!(
+        metric(&text, "icebreaker_relay_packets_total", &["to_peer"]) > 100.0,
+        "{text}"
+    );
 }
 
 /// Random, truncated, oversized, wrong-cookie and length-lying packets over UDP, and
@@ -336,21 +430,37 @@ fn bad_input_never_stops_service() {
         bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = bad.write_all(&[0xFF; 64]);
         let mut sink = [0u8; 16];
-        assert!(matches!(bad.read(&mut sink), Ok(0) | Err(_)), "garbage stream is closed");
+        assert!(
+            matches!(bad.read(&mut sink), Ok(0) | Err(_)),
+            "garbage stream is closed"
+        );
     }
     good.write_all(&valid_binding).unwrap();
     let mut resp = [0u8; 128];
     let n = good.read(&mut resp).unwrap();
-    assert!(n >= 20 && resp[0..2] == [0x01, 0x01], "binding answered on the good stream");
+    assert!(
+        n >= 20 && resp[0..2] == [0x01, 0x01],
+        "binding answered on the good stream"
+    );
     // A lying STUN length on TCP just waits for more bytes; the stream is closed when the
     // peer gives up. Service goes on.
     let (_peer, port) = echo_peer();
-    let u = uclient(&relay, port, &["-u", "test", "-w", "test", "-m", "3", "-n", "50"]);
+    let u = uclient(
+        &relay,
+        port,
+        &["-u", "test", "-w", "test", "-m", "3", "-n", "50"],
+    );
     assert_all_echoed(&u, "after garbage", 150);
     assert!(relay.proc.is_running());
     let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
-    assert!(metric(&text, "icebreaker_relay_dropped_total", &["malformed"]) > 1000.0, "{text}");
-    assert!(metric(&text, "icebreaker_relay_dropped_total", &["tcp_framing"]) >= 20.0, "{text}");
+    assert!(
+        metric(&text, "icebreaker_relay_dropped_total", &["malformed"]) > 1000.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "icebreaker_relay_dropped_total", &["tcp_framing"]) >= 20.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -366,9 +476,15 @@ fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
     let out = run(&["--user", "a:b", "--relay-ports", "9-1"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("relay-ports") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("relay-ports") && err.lines().count() == 1,
+        "{err}"
+    );
 
-    let out = run(&["--user", "a:b"], &[("ICEBREAKER_RELAY_MAX_ALLOCATIONS", "many")]);
+    let out = run(
+        &["--user", "a:b"],
+        &[("ICEBREAKER_RELAY_MAX_ALLOCATIONS", "many")],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max-allocations"));
 
@@ -377,15 +493,30 @@ fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
     let f = dir.join("relay.toml");
     std::fs::write(&f, "user = [\"alice:topsecret\"]\nauth-secret = [\"hunter2\"]\nrealm = \"file.example\"\nmax-bps = 1000000\n").unwrap();
     let out = run(
-        &["--config", f.to_str().unwrap(), "--realm", "flag.example", "--print-config"],
+        &[
+            "--config",
+            f.to_str().unwrap(),
+            "--realm",
+            "flag.example",
+            "--print-config",
+        ],
         &[("ICEBREAKER_RELAY_MAX_BPS", "2000000")],
     );
     assert!(out.status.success());
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("realm = \"flag.example\""), "flags win: {printed}");
-    assert!(printed.contains("max-bps = 2000000"), "env beats file: {printed}");
+    assert!(
+        printed.contains("realm = \"flag.example\""),
+        "flags win: {printed}"
+    );
+    assert!(
+        printed.contains("max-bps = 2000000"),
+        "env beats file: {printed}"
+    );
     assert!(printed.contains("alice:********"), "{printed}");
-    assert!(!printed.contains("topsecret") && !printed.contains("hunter2"), "{printed}");
+    assert!(
+        !printed.contains("topsecret") && !printed.contains("hunter2"),
+        "{printed}"
+    );
 
     std::fs::write(&f, "max-lifetime = \"long\"\n").unwrap();
     let out = run(&["--config", f.to_str().unwrap()], &[]);
@@ -397,7 +528,10 @@ fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
 #[test]
 fn sigterm_stops_gracefully() {
     let mut relay = start_relay(&[]);
-    let status = relay.proc.terminate(Duration::from_secs(5)).expect("exits on SIGTERM");
+    let status = relay
+        .proc
+        .terminate(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
     assert!(status.success(), "{status:?}");
     assert!(relay.proc.output().contains("shutting down"));
 }

@@ -35,7 +35,10 @@ pub fn have(program: &str) -> bool {
 /// Fails the test with install advice when a required external tool is missing: CI
 /// installs them (`.ci/run`), so a missing tool is a broken setup, not a skip.
 pub fn require(program: &str, package: &str) {
-    assert!(have(program), "`{program}` is missing: apt-get install -y {package} (see .ci/run)");
+    assert!(
+        have(program),
+        "`{program}` is missing: apt-get install -y {package} (see .ci/run)"
+    );
 }
 
 #[derive(Default)]
@@ -68,7 +71,9 @@ fn strip_ansi(s: &str) -> String {
 
 impl Proc {
     pub fn start(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -202,7 +207,9 @@ pub struct Relay {
 
 fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(key)? + key.len()..];
-    let end = rest.find(|c: char| c == ']' || c == ',' || c.is_whitespace()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c == ']' || c == ',' || c.is_whitespace())
+        .unwrap_or(rest.len());
     rest[..end].trim_start_matches('[').parse().ok()
 }
 
@@ -214,9 +221,20 @@ pub fn start_relay(extra: &[&str]) -> Relay {
     // IB_TEST_RELAY_LOG=debug shows every request when a test needs a closer look.
     let log = std::env::var("IB_TEST_RELAY_LOG").unwrap_or_else(|_| "info".into());
     let mut args = vec![
-        "--listen", "127.0.0.1:0", "--relay-ports", &range, "--realm", "example.org",
-        "--user", "test:test", "--auth-secret", "s3cret", "--metrics-listen", "127.0.0.1:0",
-        "--log", &log,
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-ports",
+        &range,
+        "--realm",
+        "example.org",
+        "--user",
+        "test:test",
+        "--auth-secret",
+        "s3cret",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--log",
+        &log,
     ];
     args.extend_from_slice(extra);
     let proc = Proc::ours("icebreaker-relay", &args);
@@ -227,7 +245,11 @@ pub fn start_relay(extra: &[&str]) -> Relay {
     let metrics = proc
         .wait_line("metrics on", Duration::from_secs(5))
         .and_then(|l| addr_after(&l, "addr="));
-    Relay { proc, addr, metrics }
+    Relay {
+        proc,
+        addr,
+        metrics,
+    }
 }
 
 /// Minimal HTTP/1.0 GET (status, body) for /metrics and /healthz.
@@ -242,7 +264,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -258,5 +283,8 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// The directory of the repository (for scripts under tests/).
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
 }

@@ -52,7 +52,7 @@ impl<'a> Message<'a> {
         if u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]) != MAGIC_COOKIE {
             return Err(DecodeError::BadCookie);
         }
-        if len % 4 != 0 {
+        if !len.is_multiple_of(4) {
             return Err(DecodeError::BadLength("not a multiple of 4"));
         }
         if HEADER_LEN + len != raw.len() {
@@ -91,7 +91,7 @@ impl<'a> Message<'a> {
                     integrity.get_or_insert(pos);
                 }
                 attr::MESSAGE_INTEGRITY_SHA256 => {
-                    if !(16..=32).contains(&l) || l % 4 != 0 {
+                    if !(16..=32).contains(&l) || !l.is_multiple_of(4) {
                         return Err(DecodeError::BadAttribute(
                             "bad MESSAGE-INTEGRITY-SHA256 length",
                         ));

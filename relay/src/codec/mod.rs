@@ -146,7 +146,7 @@ pub fn tcp_frame_len(b: &[u8]) -> Option<Option<usize>> {
     }
     let len = u16::from_be_bytes([b[2], b[3]]) as usize;
     match classify(b) {
-        PacketKind::Stun if len % 4 == 0 => Some(Some(HEADER_LEN + len)),
+        PacketKind::Stun if len.is_multiple_of(4) => Some(Some(HEADER_LEN + len)),
         PacketKind::ChannelData => Some(Some(4 + len.div_ceil(4) * 4)),
         _ => None,
     }
