@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# relay-vs-coturn.sh — icebreaker-relay and coturn side by side in one run, same loads,
+# same client (coturn's turnutils_uclient via ../shared/bench/turn-load.sh), alternating
+# servers per repetition so machine noise hits both alike. Prints a Markdown table.
+#
+#   bench/relay-vs-coturn.sh              # default loads, 3 repetitions
+#   REPS=5 LOADS="50:5 50:1 100:1" bench/relay-vs-coturn.sh
+#
+# LOADS: CLIENTS:INTERVAL_MS pairs (UDP, ChannelData, 100 B, echo peer). Everything binds
+# 127.0.0.1; both servers are stopped at the end (only the processes started here).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+shared=${SHARED_DIR:-$repo/../shared}
+[[ -x $shared/bench/turn-load.sh || -f $shared/bench/turn-load.sh ]] || { echo "need $shared/bench (team files)" >&2; exit 1; }
+REPS=${REPS:-3}
+LOADS=${LOADS:-"50:5 50:1 100:1"}
+PROTO=${PROTO:-udp}
+COTURN_PORT=${COTURN_PORT:-3578}
+OURS_PORT=${OURS_PORT:-3678}
+export BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/icebreaker-bench}
+mkdir -p "$BENCH_DIR"
+relay_bin=$repo/target/release/icebreaker-relay
+[[ -x $relay_bin ]] || (cd "$repo" && cargo build --release -p icebreaker-relay)
+
+ours_pid=""
+cleanup() {
+  [[ -n $ours_pid ]] && kill "$ours_pid" 2>/dev/null && wait "$ours_pid" 2>/dev/null || true
+  bash "$shared/bench/coturn.sh" stop lt "$COTURN_PORT" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+bash "$shared/bench/coturn.sh" start lt "$COTURN_PORT" >/dev/null
+# Same users, realm and lifetime cap as the coturn script; loopback peers allowed.
+"$relay_bin" --listen "127.0.0.1:$OURS_PORT" --user test:test --realm example.org \
+  --allow-peer 127.0.0.0/8 --relay-ports 54000-57999 --default-lifetime 60 --max-lifetime 120 \
+  --log warn >"$BENCH_DIR/ours.log" 2>&1 &
+ours_pid=$!
+sleep 0.5
+
+results=$BENCH_DIR/results.jsonl
+: >"$results"
+for load in $LOADS; do
+  c=${load%%:*}; i=${load##*:}
+  for rep in $(seq "$REPS"); do
+    for server in coturn ours; do
+      port=$COTURN_PORT; [[ $server == ours ]] && port=$OURS_PORT
+      line=$(CLIENTS=$c INTERVAL_MS=$i PROTO=$PROTO PEER_PORT=$((3490 + rep)) bash "$shared/bench/turn-load.sh" "$port" 2>/dev/null || true)
+      echo "{\"server\":\"$server\",\"load\":\"$load\",\"rep\":$rep,\"r\":${line:-null}}" >>"$results"
+      echo "$server $load rep $rep: $line" >&2
+    done
+  done
+done
+
+python3 - "$results" "$PROTO" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+proto = sys.argv[2]
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+print(f"| load ({proto}, ChannelData, 100 B, echo peer) | server | msgs/s (plateau) | loss % | server CPU µs/msg | msgs per CPU-s vs coturn |")
+print("|---|---|---|---|---|---|")
+for load in dict.fromkeys(r["load"] for r in rows):
+    stats = {}
+    for server in ("coturn", "ours"):
+        rs = [r["r"] for r in rows if r["load"] == load and r["server"] == server and r["r"]]
+        stats[server] = dict(
+            mps=med(r.get("plateau_msgs_s") or r.get("peak_1s_msgs_s") for r in rs),
+            loss=med(r.get("loss_pct") for r in rs),
+            us=med(r.get("server_us_per_msg") for r in rs),
+        )
+    c, i = load.split(":")
+    for server, name in (("coturn", "coturn 4.6.1"), ("ours", "icebreaker-relay")):
+        s = stats[server]
+        ratio = ""
+        if server == "ours" and s["us"] and stats["coturn"]["us"]:
+            ratio = f"**{stats['coturn']['us'] / s['us']:.2f}×**"
+        fmt = lambda v, p="{:.0f}": (p.format(v) if v is not None else "n/a")
+        print(f"| {c} clients every {i} ms | {name} | {fmt(s['mps'])} | {fmt(s['loss'], '{:.2f}')} | {fmt(s['us'], '{:.1f}')} | {ratio} |")
+PY

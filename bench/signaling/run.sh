@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# run.sh — Icebreaker signaling and the PeerJS server side by side: the same client
+# (load.mjs), the same loads, one run; prints a Markdown table with ours/PeerJS ratios.
+#
+#   bench/signaling/run.sh                                   # PeerJS only
+#   OURS_BIN=target/release/icebreaker bench/signaling/run.sh
+#   OURS_BIN=stub bench/signaling/run.sh                     # tests this tool (stub-v1.mjs)
+#   REPS=3 IDLE_N=30000 bench/signaling/run.sh
+#
+# Loads (LOADS, default "idle paced max"), each against every server, alternating which server
+# goes first per repetition so machine noise hits both alike; medians over REPS:
+#   idle   IDLE_N joined, silent connections: server KiB of RSS and µs of CPU per connection
+#   paced  PAIRS pairs, SIZE-byte signals at RATE msg/s in total for DURATION_S s: latency, loss
+#   max    PAIRS pairs as fast as they go, INFLIGHT undelivered per sender, for MAX_DURATION_S s
+#
+# Everything binds 127.0.0.1. Both servers run under `timeout`, every load too, and the EXIT
+# trap stops the servers this script started (and nothing else). Scratch files and the raw
+# results (results.jsonl, one load.mjs JSON line per load) go to BENCH_DIR. Exit status 1 if
+# any load reported failures (the table lists them).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+# --- Our server's interface: edit here when the binary's flags change. {PORT} becomes a free
+# port. OURS_BIN may be several words ("node path.mjs"); "stub" means stub-v1.mjs.
+OURS_BIN=${OURS_BIN:-}
+OURS_FLAGS=${OURS_FLAGS:-"--listen 127.0.0.1:{PORT} --no-relay --rate-limit 100000 --max-connections-per-ip 1000000"}
+OURS_WS_PATH=${OURS_WS_PATH:-/ws}
+
+# --- Loads.
+IDLE_N=${IDLE_N:-10000}
+HOLD_S=${HOLD_S:-5}
+PAIRS=${PAIRS:-100}
+RATE=${RATE:-20000}
+DURATION_S=${DURATION_S:-10}
+MAX_DURATION_S=${MAX_DURATION_S:-$DURATION_S}
+SIZE=${SIZE:-500}
+INFLIGHT=${INFLIGHT:-8}
+REPS=${REPS:-1}
+LOADS=${LOADS:-"idle paced max"}
+PAUSE_S=${PAUSE_S:-2}          # between loads: lets the server finish tearing down connections
+BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/icebreaker-bench/signaling}
+mkdir -p "$BENCH_DIR"
+log() { echo "[run.sh] $*" >&2; }
+
+# Per-load time limits (load.mjs has its own watchdog too; these catch a wedged node).
+idle_limit=$((90 + IDLE_N / 100 + HOLD_S))
+paced_limit=$((90 + PAIRS / 50 + DURATION_S))
+max_limit=$((90 + PAIRS / 50 + MAX_DURATION_S))
+SERVER_MAX_S=${SERVER_MAX_S:-$(((idle_limit + paced_limit + max_limit + 3 * PAUSE_S) * 2 * REPS + 120))}
+
+# --- Dependencies (package-lock.json pins them).
+if [[ ! -d $here/node_modules/peer || ! -d $here/node_modules/ws ]]; then
+  log "installing node dependencies"
+  (cd "$here" && timeout 300 npm ci --no-audit --no-fund >&2)
+fi
+
+# --- File descriptors: the client and each server hold one per connection (own limits,
+# inherited from here). Root may raise the hard limit; others get what the hard limit allows.
+want_fds=$(( (IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS) + 4096 ))
+if (( $(ulimit -n) < want_fds )); then
+  ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
+(( $(ulimit -n) >= want_fds )) || log "warning: open-file limit $(ulimit -n) < $want_fds; large loads will be refused"
+
+# --- Servers. Only the `timeout` processes started here are ever signalled; timeout passes
+# TERM on to its server.
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+declare -A url
+free_port() {
+  node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+wait_listening() { # name port-file-or-port tpid
+  local i
+  for i in $(seq 150); do
+    kill -0 "$3" 2>/dev/null || { log "$1 exited early:"; tail -n 20 "$BENCH_DIR/$1.log" >&2; exit 1; }
+    if [[ $2 =~ ^[0-9]+$ ]]; then
+      (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    elif grep -q '^listening ' "$2" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "$1 did not start listening within 15 s"; exit 1
+}
+
+timeout -k 5 "$SERVER_MAX_S" node "$here/peerjs-server.mjs" --port 0 \
+  >"$BENCH_DIR/peerjs.out" 2>"$BENCH_DIR/peerjs.log" &
+pids+=($!)
+wait_listening peerjs "$BENCH_DIR/peerjs.out" "$!"
+url[peerjs]="ws://127.0.0.1:$(awk '/^listening /{print $2; exit}' "$BENCH_DIR/peerjs.out")"
+servers=(peerjs)
+
+if [[ -n $OURS_BIN ]]; then
+  [[ $OURS_BIN == stub ]] && OURS_BIN="node $here/stub-v1.mjs"
+  read -ra ours_cmd <<<"$OURS_BIN"
+  ours_port=$(free_port)
+  read -ra ours_flags <<<"${OURS_FLAGS//\{PORT\}/$ours_port}"
+  log "ours: ${ours_cmd[*]} ${ours_flags[*]}"
+  timeout -k 5 "$SERVER_MAX_S" "${ours_cmd[@]}" "${ours_flags[@]}" \
+    >"$BENCH_DIR/ours.out" 2>"$BENCH_DIR/ours.log" &
+  pids+=($!)
+  wait_listening ours "$ours_port" "$!"
+  url[ours]="ws://127.0.0.1:$ours_port$OURS_WS_PATH"
+  servers+=(ours)
+else
+  log "OURS_BIN not set: measuring PeerJS only"
+fi
+log "servers: $(for s in "${servers[@]}"; do printf '%s=%s ' "$s" "${url[$s]}"; done)"
+
+# --- Loads. The server pid is found by load.mjs from the listening port (it may be a child
+# of the timeout process, or of a wrapper script).
+results=$BENCH_DIR/results.jsonl
+: >"$results"
+status=0
+run_load() { # server load rep
+  local server=$1 load=$2 rep=$3 rc=0 line limit
+  local -a args=(--target "$server" --url "${url[$server]}" --label "$server/$load/$rep" --quiet)
+  case $load in
+    idle)  limit=$idle_limit;  args=(idle "${args[@]}" --connections "$IDLE_N" --hold-s "$HOLD_S") ;;
+    paced) limit=$paced_limit; args=(throughput "${args[@]}" --pairs "$PAIRS" --rate "$RATE" --duration-s "$DURATION_S" --size "$SIZE") ;;
+    max)   limit=$max_limit;   args=(throughput "${args[@]}" --pairs "$PAIRS" --rate 0 --inflight "$INFLIGHT" --duration-s "$MAX_DURATION_S" --size "$SIZE") ;;
+    *) log "unknown load $load"; exit 2 ;;
+  esac
+  line=$(timeout -k 5 "$limit" node "$here/load.mjs" "${args[@]}") || rc=$?
+  [[ $line == \{* ]] || line=null
+  echo "{\"server\":\"$server\",\"load\":\"$load\",\"rep\":$rep,\"rc\":$rc,\"r\":$line}" >>"$results"
+  log "$server $load rep $rep (exit $rc): $line"
+  (( rc == 0 )) || status=1
+  sleep "$PAUSE_S"
+}
+
+for rep in $(seq "$REPS"); do
+  order=("${servers[@]}")
+  (( rep % 2 == 0 && ${#servers[@]} == 2 )) && order=("${servers[1]}" "${servers[0]}")
+  for load in $LOADS; do
+    for server in "${order[@]}"; do run_load "$server" "$load" "$rep"; done
+  done
+done
+
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || { log "a server exited during the run (see $BENCH_DIR/*.log)"; status=1; }
+done
+
+{
+  echo "Signaling load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, node $(node --version)."
+  echo "idle: $IDLE_N connections; paced: $PAIRS pairs, $SIZE B signals, $RATE msg/s for $DURATION_S s;" \
+    "max: $PAIRS pairs, $INFLIGHT in flight each, $MAX_DURATION_S s. Client and servers share the machine."
+  echo
+  node "$here/load.mjs" report "$results"
+} | tee "$BENCH_DIR/report.md"
+exit "$status"

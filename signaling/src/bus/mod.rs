@@ -1,0 +1,42 @@
+//! The seam between connections and room state. Connections only talk to a [`Bus`]; the
+//! in-process [`memory::MemoryBus`] is the default, and a Redis implementation (several
+//! nodes sharing rooms) replaces it behind the same trait.
+
+pub mod memory;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+
+use crate::protocol::{LeaveReason, ProtocolError};
+use crate::room::{Attached, Outbox};
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn join(
+        &self,
+        room: &str,
+        meta: Option<Box<RawValue>>,
+        ice_servers: &RawValue,
+        outbox: Outbox,
+    ) -> Result<Attached, ProtocolError>;
+    async fn signal(&self, from: &str, to: &str, data: &RawValue) -> Result<(), ProtocolError>;
+    /// Answers the peer's application-level ping, sequenced with the rest.
+    async fn pong(&self, id: &str);
+    /// Tells the peer what went wrong, sequenced with the rest.
+    async fn error(&self, id: &str, err: &ProtocolError);
+    async fn leave(&self, id: &str, reason: LeaveReason);
+    async fn detach(&self, id: &str, conn: u64);
+    async fn ack(&self, id: &str, conn: u64, seq: u64);
+    async fn resume(
+        &self,
+        id: &str,
+        token: &str,
+        last_seq: u64,
+        outbox: Outbox,
+    ) -> Result<Attached, ProtocolError>;
+    /// Expires detached peers; the server calls it about once a second.
+    async fn tick(&self, now: Instant);
+    fn counts(&self) -> (usize, usize);
+}

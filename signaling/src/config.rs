@@ -1,0 +1,347 @@
+//! The one config loader for `icebreaker`: flags beat `ICEBREAKER_*` environment variables,
+//! which beat the TOML file (`--config`), which beats the defaults. TOML keys are the long
+//! flag names. A bad value is one line naming the key (exit status 2).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use icebreaker_relay::config::ConfigError;
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+#[derive(Debug, Clone)]
+pub struct SignalingConfig {
+    pub listen: SocketAddr,
+    /// The bundled relay's configuration, unless `--no-relay`.
+    pub relay: Option<icebreaker_relay::RelayConfig>,
+    /// External TURN (`--turn-url` + `--turn-secret`) when the bundled relay is off.
+    pub turn_urls: Vec<String>,
+    pub turn_secret: String,
+    pub room_capacity: usize,
+    pub jwt_secret: Option<String>,
+    pub allowed_origins: Vec<String>,
+    pub resume_grace: Duration,
+    pub ice_ttl: Duration,
+    pub heartbeat_interval: Duration,
+    pub rate_limit: f64,
+    pub rate_burst: f64,
+    pub max_connections_per_ip: usize,
+    pub max_message_bytes: usize,
+    pub outbox_capacity: usize,
+    pub replay_limit: usize,
+    pub web_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SignalingArgs {
+    /// HTTP + WebSocket address (default 127.0.0.1:8080).
+    #[arg(long, env = "ICEBREAKER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where the bundled relay listens, UDP+TCP (default 127.0.0.1:3478).
+    #[arg(long, env = "ICEBREAKER_RELAY_LISTEN")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Do not run the bundled relay (use --turn-url/--turn-secret for an external one).
+    #[arg(long, env = "ICEBREAKER_NO_RELAY")]
+    #[serde(default)]
+    pub no_relay: bool,
+    /// Public address of the bundled relay behind NAT: PUBLIC[/PRIVATE].
+    #[arg(long, env = "ICEBREAKER_RELAY_EXTERNAL_IP")]
+    pub relay_external_ip: Option<String>,
+    /// Relayed port range of the bundled relay, LO-HI.
+    #[arg(long, env = "ICEBREAKER_RELAY_PORTS")]
+    pub relay_ports: Option<String>,
+    /// Peers the bundled relay may reach beyond the safe default (repeatable). When the
+    /// relay listens on loopback only, loopback peers are allowed (everything is local).
+    #[arg(long, env = "ICEBREAKER_RELAY_ALLOW_PEER", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_allow_peer: Vec<IpNet>,
+    /// External STUN/TURN URL handed to peers (repeatable), e.g. turn:turn.example.org:3478.
+    #[arg(long, env = "ICEBREAKER_TURN_URL", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turn_url: Vec<String>,
+    /// TURN REST secret shared with the TURN server (generated at start if unset).
+    #[arg(long, env = "ICEBREAKER_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Peers per room (default 16).
+    #[arg(long, env = "ICEBREAKER_ROOM_CAPACITY")]
+    pub room_capacity: Option<usize>,
+    /// When set, `join` needs an HS256 JWT whose claims name the room, subject and expiry.
+    #[arg(long, env = "ICEBREAKER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Origins allowed to open /ws (repeatable); default: same origin, or no Origin header.
+    #[arg(long, env = "ICEBREAKER_ALLOWED_ORIGIN", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origin: Vec<String>,
+    /// How long a dropped peer may resume (default 30s).
+    #[arg(long, env = "ICEBREAKER_RESUME_GRACE")]
+    pub resume_grace: Option<String>,
+    /// Lifetime of the TURN credentials handed out (default 1h).
+    #[arg(long, env = "ICEBREAKER_ICE_TTL")]
+    pub ice_ttl: Option<String>,
+    /// WebSocket ping interval; silent for two intervals = dropped (default 15s).
+    #[arg(long, env = "ICEBREAKER_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Messages per second per connection (token bucket refill; default 200).
+    #[arg(long, env = "ICEBREAKER_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Burst of messages per connection (default 400).
+    #[arg(long, env = "ICEBREAKER_RATE_BURST")]
+    pub rate_burst: Option<f64>,
+    /// WebSocket connections per client IP (default 256).
+    #[arg(long, env = "ICEBREAKER_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Serve the web client from this directory instead of the embedded copy.
+    #[arg(long, env = "ICEBREAKER_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+}
+
+impl SignalingArgs {
+    pub fn from_file(path: &PathBuf) -> Result<SignalingArgs, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|s| text[..s.start].lines().last().map(str::to_string))
+                .and_then(|l| l.split('=').next().map(|k| k.trim().to_string()))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "config".into());
+            err(
+                &key,
+                format!("{} (in {})", e.message().replace('\n', " "), path.display()),
+            )
+        })
+    }
+
+    /// Fills what flags and environment left unset from `file`.
+    pub fn layer_over(mut self, file: SignalingArgs) -> SignalingArgs {
+        macro_rules! opt { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f.clone(); } )* }; }
+        macro_rules! vec { ($($f:ident),*) => { $( if self.$f.is_empty() { self.$f = file.$f.clone(); } )* }; }
+        opt!(
+            listen,
+            relay_listen,
+            relay_external_ip,
+            relay_ports,
+            turn_secret,
+            room_capacity,
+            jwt_secret,
+            resume_grace,
+            ice_ttl,
+            heartbeat_interval,
+            rate_limit,
+            rate_burst,
+            max_connections_per_ip,
+            web_dir
+        );
+        vec![relay_allow_peer, turn_url, allowed_origin];
+        self.no_relay |= file.no_relay;
+        self
+    }
+
+    pub fn resolve(self) -> Result<SignalingConfig, ConfigError> {
+        let dur = |v: &Option<String>, key: &str, def: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(def),
+                Some(s) => parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    err(
+                        key,
+                        format!("expected a duration like 30s or 500ms, got {s:?}"),
+                    )
+                }),
+            }
+        };
+        let turn_secret = match &self.turn_secret {
+            Some(s) if s.is_empty() => return Err(err("turn-secret", "must not be empty")),
+            Some(s) => s.clone(),
+            None => {
+                if self.no_relay && !self.turn_url.is_empty() {
+                    return Err(err(
+                        "turn-secret",
+                        "--turn-url needs the external TURN server's --turn-secret",
+                    ));
+                }
+                let b: [u8; 24] = rand::random();
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
+            }
+        };
+        for u in &self.turn_url {
+            if !(u.starts_with("turn:") || u.starts_with("turns:") || u.starts_with("stun:")) {
+                return Err(err(
+                    "turn-url",
+                    format!("{u:?} is not a stun:, turn: or turns: URL"),
+                ));
+            }
+        }
+        let relay = if self.no_relay {
+            None
+        } else {
+            let listen = self
+                .relay_listen
+                .unwrap_or_else(|| "127.0.0.1:3478".parse().expect("addr"));
+            let mut allow = self.relay_allow_peer.clone();
+            if listen.ip().is_loopback() && allow.is_empty() {
+                allow.push("127.0.0.0/8".parse().expect("net"));
+                allow.push("::1/128".parse().expect("net"));
+            }
+            let args = icebreaker_relay::RelayArgs {
+                listen: vec![listen],
+                external_ip: self.relay_external_ip.iter().cloned().collect(),
+                relay_ports: self.relay_ports.clone(),
+                auth_secrets: vec![turn_secret.clone()],
+                allow_peer: allow,
+                ..Default::default()
+            };
+            let relay = args.resolve().map_err(|e| {
+                let key = if e.key.starts_with("relay") {
+                    e.key
+                } else {
+                    format!("relay-{}", e.key)
+                };
+                err(&key, e.message)
+            })?;
+            Some(relay)
+        };
+        let room_capacity = self.room_capacity.unwrap_or(16);
+        if room_capacity == 0 || room_capacity > 1000 {
+            return Err(err("room-capacity", "must be 1 to 1000"));
+        }
+        let rate_limit = self.rate_limit.unwrap_or(200.0);
+        let rate_burst = self.rate_burst.unwrap_or((rate_limit * 2.0).max(1.0));
+        if !(rate_limit > 0.0 && rate_burst >= 1.0) {
+            return Err(err(
+                "rate-limit",
+                "must be positive (and rate-burst at least 1)",
+            ));
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+            return Err(err("jwt-secret", "must be at least 16 characters"));
+        }
+        Ok(SignalingConfig {
+            listen: self
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("addr")),
+            relay,
+            turn_urls: self.turn_url.clone(),
+            turn_secret,
+            room_capacity,
+            jwt_secret: self.jwt_secret.clone(),
+            allowed_origins: self.allowed_origin.clone(),
+            resume_grace: dur(&self.resume_grace, "resume-grace", Duration::from_secs(30))?,
+            ice_ttl: dur(&self.ice_ttl, "ice-ttl", Duration::from_secs(3600))?,
+            heartbeat_interval: dur(
+                &self.heartbeat_interval,
+                "heartbeat-interval",
+                Duration::from_secs(15),
+            )?,
+            rate_limit,
+            rate_burst,
+            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(256).max(1),
+            max_message_bytes: 64 * 1024,
+            outbox_capacity: 256,
+            replay_limit: 512,
+            web_dir: self.web_dir.clone(),
+        })
+    }
+}
+
+impl SignalingConfig {
+    /// The relay address advertised in `ice_servers` (its public address behind NAT).
+    pub fn relay_public(&self) -> Option<(IpAddr, u16)> {
+        let r = self.relay.as_ref()?;
+        let port = r.listen.first()?.port();
+        let ip = r.relay_v4.or(r.relay_v6).map(|(_, adv)| adv)?;
+        Some((ip, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn defaults_run_with_no_configuration() {
+        let c = SignalingArgs::default().resolve().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        let r = c.relay.as_ref().unwrap();
+        assert_eq!(r.listen[0].to_string(), "127.0.0.1:3478");
+        assert_eq!(r.auth_secrets, vec![c.turn_secret.clone()]);
+        assert!(
+            !r.allow_peer.is_empty(),
+            "a loopback-only relay may reach loopback peers"
+        );
+        assert_eq!(c.room_capacity, 16);
+        assert_eq!(c.resume_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = SignalingArgs {
+            heartbeat_interval: Some("often".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "heartbeat-interval");
+        let e = SignalingArgs {
+            room_capacity: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "room-capacity");
+        let e = SignalingArgs {
+            no_relay: true,
+            turn_url: vec!["turn:x:3478".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "turn-secret");
+        let e = SignalingArgs {
+            relay_ports: Some("x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "relay-ports");
+    }
+}

@@ -1,0 +1,13 @@
+//! `icebreaker`: WebRTC signaling over WebSocket (protocol v1, see docs/protocol.md),
+//! TURN credentials for the bundled relay, and the web client.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod ice;
+pub mod limits;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod session;

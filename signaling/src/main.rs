@@ -1,0 +1,157 @@
+//! `icebreaker`: signaling + bundled TURN relay + web client, one command, no config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use icebreaker_signaling::bus::memory::MemoryBus;
+use icebreaker_signaling::config::{ConfigError, SignalingArgs};
+use icebreaker_signaling::http::{router, AppState};
+use icebreaker_signaling::limits::PerIp;
+use icebreaker_signaling::metrics::Metrics;
+use icebreaker_signaling::room::{Hub, HubConfig};
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "icebreaker",
+    version,
+    about = "WebRTC signaling, TURN relay and web client"
+)]
+struct Cli {
+    /// TOML config file; its keys are the long flag names.
+    #[arg(long, env = "ICEBREAKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `icebreaker_signaling=debug`.
+    #[arg(long, env = "ICEBREAKER_LOG", default_value = "info")]
+    log: String,
+    #[command(flatten)]
+    args: SignalingArgs,
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("icebreaker: {e}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match &cli.config {
+        Some(p) => match SignalingArgs::from_file(p) {
+            Ok(file) => cli.args.clone().layer_over(file),
+            Err(e) => return config_error(e),
+        },
+        None => cli.args.clone(),
+    };
+    let cfg = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("icebreaker: invalid `log`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("icebreaker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("icebreaker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::default();
+    metrics.register(&mut registry);
+    let relay = match &cfg.relay {
+        Some(rc) => {
+            let rm = icebreaker_relay::metrics::RelayMetrics::default();
+            rm.register(&mut registry);
+            let h = icebreaker_relay::run(rc.clone(), rm)
+                .with_context(|| format!("cannot start the bundled relay on {:?}", rc.listen))?;
+            Some(h)
+        }
+        None => None,
+    };
+    let hub = Hub::new(
+        HubConfig {
+            room_capacity: cfg.room_capacity,
+            resume_grace: cfg.resume_grace,
+            replay_limit: cfg.replay_limit,
+        },
+        metrics.clone(),
+    );
+    let bus = Arc::new(MemoryBus::new(hub));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let http_addr = listener.local_addr()?;
+    let relay_addrs: Vec<SocketAddr> = relay
+        .as_ref()
+        .map(|r| r.local_addrs.clone())
+        .unwrap_or_default();
+    let state = Arc::new(AppState {
+        cfg,
+        bus: bus.clone(),
+        metrics,
+        registry,
+        per_ip: PerIp::default(),
+    });
+    // Resume-grace expiry runs on a one-second tick.
+    let ticker = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                t.tick().await;
+                icebreaker_signaling::bus::Bus::tick(&*bus, Instant::now()).await;
+            }
+        })
+    };
+    info!(http = %http_addr, relay = ?relay_addrs, "icebreaker listening; open http://{http_addr}/");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    info!("shutting down");
+    ticker.abort();
+    if let Some(r) = relay {
+        tokio::task::spawn_blocking(move || r.shutdown()).await?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

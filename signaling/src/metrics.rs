@@ -1,0 +1,144 @@
+//! Prometheus metrics of the signaling service (the bundled relay registers its own).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub rooms: Gauge,
+    pub peers: Gauge,
+    pub messages_in: Family<TypeLabel, Counter>,
+    pub messages_out: Family<TypeLabel, Counter>,
+    pub errors: Family<CodeLabel, Counter>,
+    pub resumes: Family<ResultLabel, Counter>,
+    pub heartbeat_timeouts: Counter,
+    pub slow_consumers: Counter,
+    pub resume_grace_expired: Counter,
+    pub refused_connections: Family<CodeLabel, Counter>,
+    /// Seconds from a signal's arrival to its hand-off to the recipient's connection.
+    pub forward_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections: Gauge::default(),
+            rooms: Gauge::default(),
+            peers: Gauge::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            errors: Family::default(),
+            resumes: Family::default(),
+            heartbeat_timeouts: Counter::default(),
+            slow_consumers: Counter::default(),
+            resume_grace_expired: Counter::default(),
+            refused_connections: Family::default(),
+            forward_latency: Histogram::new(
+                [1e-6, 5e-6, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 2e-2].into_iter(),
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("icebreaker");
+        r.register(
+            "connections",
+            "Open WebSocket connections",
+            self.connections.clone(),
+        );
+        r.register("rooms", "Rooms with at least one peer", self.rooms.clone());
+        r.register(
+            "peers",
+            "Peers in rooms (attached or within resume grace)",
+            self.peers.clone(),
+        );
+        r.register(
+            "messages_in",
+            "Client messages received, by type",
+            self.messages_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Server messages queued, by type",
+            self.messages_out.clone(),
+        );
+        r.register(
+            "errors",
+            "Errors sent to clients, by code",
+            self.errors.clone(),
+        );
+        r.register(
+            "resumes",
+            "Resume attempts, by result",
+            self.resumes.clone(),
+        );
+        r.register(
+            "heartbeat_timeouts",
+            "Connections dropped for silence",
+            self.heartbeat_timeouts.clone(),
+        );
+        r.register(
+            "slow_consumers",
+            "Connections cut off because their queue was full",
+            self.slow_consumers.clone(),
+        );
+        r.register(
+            "resume_grace_expired",
+            "Detached peers removed after the resume grace",
+            self.resume_grace_expired.clone(),
+        );
+        r.register(
+            "refused_connections",
+            "WebSocket upgrades refused, by reason",
+            self.refused_connections.clone(),
+        );
+        r.register(
+            "forward_latency_seconds",
+            "Signal arrival to hand-off to the recipient",
+            self.forward_latency.clone(),
+        );
+    }
+
+    pub fn message_in(&self, t: &'static str) {
+        self.messages_in
+            .get_or_create(&TypeLabel { r#type: t })
+            .inc();
+    }
+
+    pub fn message_out(&self, t: &'static str) {
+        self.messages_out
+            .get_or_create(&TypeLabel { r#type: t })
+            .inc();
+    }
+
+    pub fn error(&self, code: &'static str) {
+        self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    pub fn set_counts(&self, rooms: usize, peers: usize) {
+        self.rooms.set(rooms as i64);
+        self.peers.set(peers as i64);
+    }
+}

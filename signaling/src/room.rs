@@ -1,0 +1,563 @@
+//! Rooms, membership, per-peer sequence numbers and resume buffers: a plain state machine.
+//! It never touches a socket or a clock of its own; callers pass `now` and an outbox
+//! (a bounded channel the connection's task drains into its WebSocket).
+//!
+//! Resume works like this: every message to a peer gets the next `seq` and is kept in
+//! the peer's replay buffer until the peer's socket acknowledges it (a WebSocket pong
+//! whose payload names the last seq written before the ping; TCP is ordered, so the client
+//! has everything up to it). A peer whose socket drops stays in its room for the resume
+//! grace; `resume` with its token replays exactly what it has not acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::protocol::{ErrorCode, LeaveReason, PeerInfo, ProtocolError, ServerMessage};
+
+pub type PeerId = Arc<str>;
+/// One serialized server message and its seq, as queued to a connection.
+pub type Frame = (u64, Utf8Bytes);
+pub type Outbox = mpsc::Sender<Frame>;
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub room_capacity: usize,
+    pub resume_grace: Duration,
+    /// Unacknowledged messages kept per peer; beyond it the oldest go and a later resume
+    /// that needs them fails (`resume-failed`) instead of silently skipping.
+    pub replay_limit: usize,
+}
+
+struct Peer {
+    room: Arc<str>,
+    meta: Option<Box<RawValue>>,
+    resume_token: Box<str>,
+    seq: u64,
+    buffer: VecDeque<Frame>,
+    /// Highest seq dropped from the buffer without acknowledgement (overflow).
+    lost_up_to: u64,
+    outbox: Option<Outbox>,
+    /// Which connection holds the peer; a stale connection's detach is ignored.
+    conn: u64,
+    detached_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Room {
+    members: Vec<PeerId>,
+}
+
+pub struct Hub {
+    cfg: HubConfig,
+    metrics: Metrics,
+    rooms: HashMap<Arc<str>, Room>,
+    peers: HashMap<PeerId, Peer>,
+    next_conn: u64,
+}
+
+/// What a successful join or resume hands back to the connection.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub id: PeerId,
+    pub conn: u64,
+}
+
+impl Hub {
+    pub fn new(cfg: HubConfig, metrics: Metrics) -> Self {
+        Hub {
+            cfg,
+            metrics,
+            rooms: HashMap::new(),
+            peers: HashMap::new(),
+            next_conn: 1,
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn new_id() -> String {
+        let b: [u8; 9] = rand::random();
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+    }
+
+    /// Queues a message to `id` with its next seq; returns false when the peer is gone.
+    fn deliver<'m>(
+        &mut self,
+        now: Instant,
+        id: &str,
+        build: impl FnOnce(u64) -> ServerMessage<'m>,
+    ) -> bool {
+        let Some(p) = self.peers.get_mut(id) else {
+            return false;
+        };
+        p.seq += 1;
+        let seq = p.seq;
+        let msg = build(seq);
+        let kind = msg.kind();
+        let frame: Frame = (seq, Utf8Bytes::from(msg.to_json()));
+        if p.buffer.len() >= self.cfg.replay_limit {
+            if let Some((s, _)) = p.buffer.pop_front() {
+                p.lost_up_to = s;
+            }
+        }
+        p.buffer.push_back(frame.clone());
+        self.metrics.message_out(kind);
+        if let Some(tx) = &p.outbox {
+            if tx.try_send(frame).is_err() {
+                // A consumer that cannot keep up is cut off (its socket closes when the
+                // channel does); it may resume, and gets the buffered messages then.
+                self.metrics.slow_consumers.inc();
+                p.outbox = None;
+                p.detached_at = Some(now);
+            }
+        }
+        true
+    }
+
+    fn peer_infos<'a>(
+        &'a self,
+        members: &'a [PeerId],
+        me: &str,
+        polite: bool,
+    ) -> Vec<PeerInfo<'a>> {
+        members
+            .iter()
+            .filter(|m| &***m != me)
+            .filter_map(|m| {
+                self.peers.get(m).map(|p| PeerInfo {
+                    id: m,
+                    meta: p.meta.as_deref(),
+                    polite,
+                })
+            })
+            .collect()
+    }
+
+    /// A new peer joins `room`: it gets `joined` (with the peers already there; it is the
+    /// impolite side towards each), and they get `peer-joined` (they are polite).
+    pub fn join(
+        &mut self,
+        now: Instant,
+        room: &str,
+        meta: Option<Box<RawValue>>,
+        ice_servers: &RawValue,
+        outbox: Outbox,
+    ) -> Result<Attached, ProtocolError> {
+        let members = self.rooms.get(room).map(|r| r.members.len()).unwrap_or(0);
+        if members >= self.cfg.room_capacity {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomFull,
+                format!("room holds its maximum of {} peers", self.cfg.room_capacity),
+            ));
+        }
+        let id: PeerId = Self::new_id().into();
+        let token: Box<str> = format!("{}{}", Self::new_id(), Self::new_id()).into();
+        let room_name: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => room.into(),
+        };
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.peers.insert(
+            id.clone(),
+            Peer {
+                room: room_name.clone(),
+                meta,
+                resume_token: token.clone(),
+                seq: 0,
+                buffer: VecDeque::new(),
+                lost_up_to: 0,
+                outbox: Some(outbox),
+                conn,
+                detached_at: None,
+            },
+        );
+        let others: Vec<PeerId> = self
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        {
+            let peers = self.peer_infos(&others, &id, false);
+            let msg = ServerMessage::Joined {
+                id: &id,
+                room: &room_name,
+                peers,
+                ice_servers,
+                resume_token: &token,
+                seq: 1,
+            }
+            .to_json();
+            let p = self.peers.get_mut(&id).expect("just inserted");
+            p.seq = 1;
+            let frame: Frame = (1, Utf8Bytes::from(msg));
+            p.buffer.push_back(frame.clone());
+            self.metrics.message_out("joined");
+            if let Some(tx) = &p.outbox {
+                let _ = tx.try_send(frame);
+            }
+        }
+        // Borrow the newcomer's meta outside the map while the others are told.
+        let meta = self.peers.get_mut(&id).and_then(|p| p.meta.take());
+        for o in &others {
+            self.deliver(now, o, |seq| ServerMessage::PeerJoined {
+                id: &id,
+                meta: meta.as_deref(),
+                polite: true,
+                seq,
+            });
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.meta = meta;
+        }
+        self.rooms
+            .entry(room_name)
+            .or_default()
+            .members
+            .push(id.clone());
+        self.metrics.set_counts(self.rooms.len(), self.peers.len());
+        Ok(Attached { id, conn })
+    }
+
+    /// Forwards `data` from one peer to another in the same room, in order.
+    pub fn signal(
+        &mut self,
+        now: Instant,
+        from: &str,
+        to: &str,
+        data: &RawValue,
+    ) -> Result<(), ProtocolError> {
+        let room = self.peers.get(from).map(|p| p.room.clone());
+        let same_room = match (&room, self.peers.get(to)) {
+            (Some(r), Some(t)) => *r == t.room && from != to,
+            _ => false,
+        };
+        if !same_room {
+            return Err(ProtocolError::new(
+                ErrorCode::UnknownPeer,
+                format!("no peer {to:?} in your room"),
+            ));
+        }
+        self.deliver(now, to, |seq| ServerMessage::Signal { from, data, seq });
+        Ok(())
+    }
+
+    /// A message for the peer itself (pong, error), sequenced like any other.
+    pub fn notify<'m>(
+        &mut self,
+        now: Instant,
+        id: &str,
+        build: impl FnOnce(u64) -> ServerMessage<'m>,
+    ) -> bool {
+        self.deliver(now, id, build)
+    }
+
+    /// The peer leaves (or is removed); the others hear `peer-left`.
+    pub fn remove(&mut self, now: Instant, id: &str, reason: LeaveReason) {
+        let Some(p) = self.peers.remove(id) else {
+            return;
+        };
+        let mut others = Vec::new();
+        if let Some(r) = self.rooms.get_mut(&p.room) {
+            r.members.retain(|m| &**m != id);
+            others = r.members.clone();
+            if r.members.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        for o in &others {
+            self.deliver(now, o, |seq| ServerMessage::PeerLeft { id, reason, seq });
+        }
+        self.metrics.set_counts(self.rooms.len(), self.peers.len());
+    }
+
+    /// The connection `conn` of `id` is gone without a `leave`: keep the peer for the
+    /// resume grace.
+    pub fn detach(&mut self, now: Instant, id: &str, conn: u64) {
+        if let Some(p) = self.peers.get_mut(id) {
+            if p.conn == conn {
+                p.outbox = None;
+                p.detached_at.get_or_insert(now);
+            }
+        }
+    }
+
+    /// The connection has everything up to `seq` (a pong proved it).
+    pub fn ack(&mut self, id: &str, conn: u64, seq: u64) {
+        if let Some(p) = self.peers.get_mut(id) {
+            if p.conn == conn {
+                while p.buffer.front().is_some_and(|(s, _)| *s <= seq) {
+                    p.buffer.pop_front();
+                }
+                if p.buffer.is_empty() && p.buffer.capacity() > 16 {
+                    p.buffer = VecDeque::new();
+                }
+            }
+        }
+    }
+
+    /// A new connection takes over `id`: `resumed`, then every message after `last_seq`.
+    pub fn resume(
+        &mut self,
+        id: &str,
+        token: &str,
+        last_seq: u64,
+        outbox: Outbox,
+    ) -> Result<Attached, ProtocolError> {
+        let fail = |m: &str| Err(ProtocolError::new(ErrorCode::ResumeFailed, m));
+        let Some(p) = self.peers.get(id) else {
+            return fail("no such peer (it left, or its resume grace ran out)");
+        };
+        let token_ok = p.resume_token.len() == token.len()
+            && p.resume_token
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0;
+        if !token_ok {
+            return fail("wrong resume token");
+        }
+        if last_seq > p.seq {
+            return fail("last_seq is ahead of what the server sent");
+        }
+        if last_seq < p.lost_up_to || p.buffer.front().is_some_and(|(s, _)| *s > last_seq + 1) {
+            return fail("messages after last_seq are no longer buffered");
+        }
+        let members = self
+            .rooms
+            .get(&p.room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        let json = ServerMessage::Resumed {
+            id,
+            peers: self.peer_infos(&members, id, true),
+            seq: last_seq,
+        }
+        .to_json();
+        // Politeness towards each peer depends on who joined first; the client kept it
+        // from `joined`/`peer-joined`, so `resumed` lists peers for presence only.
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let p = self.peers.get_mut(id).expect("checked");
+        p.conn = conn;
+        p.detached_at = None;
+        let mut ok = outbox.try_send((last_seq, Utf8Bytes::from(json))).is_ok();
+        for f in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
+            ok &= outbox.try_send(f.clone()).is_ok();
+        }
+        if !ok {
+            return fail("too many missed messages to replay at once");
+        }
+        p.outbox = Some(outbox);
+        self.metrics.message_out("resumed");
+        Ok(Attached {
+            id: id.into(),
+            conn,
+        })
+    }
+
+    /// Peers detached longer than the grace are removed (`peer-left`, reason timeout).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let grace = self.cfg.resume_grace;
+        let expired: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.detached_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.metrics.resume_grace_expired.inc();
+            self.remove(now, &id, LeaveReason::Timeout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::Receiver;
+
+    fn hub(capacity: usize) -> Hub {
+        Hub::new(
+            HubConfig {
+                room_capacity: capacity,
+                resume_grace: Duration::from_secs(30),
+                replay_limit: 64,
+            },
+            Metrics::default(),
+        )
+    }
+
+    fn ice() -> Box<RawValue> {
+        RawValue::from_string("[]".into()).unwrap()
+    }
+
+    fn drain(rx: &mut Receiver<Frame>) -> Vec<serde_json::Value> {
+        let mut v = Vec::new();
+        while let Ok((_, f)) = rx.try_recv() {
+            v.push(serde_json::from_str(f.as_str()).unwrap());
+        }
+        v
+    }
+
+    fn join(h: &mut Hub, now: Instant, room: &str) -> (Attached, Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(128);
+        (h.join(now, room, None, &ice(), tx).unwrap(), rx)
+    }
+
+    #[test]
+    fn join_signal_leave() {
+        let now = Instant::now();
+        let mut h = hub(16);
+        let (a, mut ra) = join(&mut h, now, "r");
+        let (b, mut rb) = join(&mut h, now, "r");
+        let ma = drain(&mut ra);
+        assert_eq!(ma[0]["type"], "joined");
+        assert_eq!(ma[1]["type"], "peer-joined");
+        assert_eq!(ma[1]["polite"], true);
+        assert_eq!(ma[1]["seq"], 2);
+        let mb = drain(&mut rb);
+        assert_eq!(mb[0]["peers"][0]["id"], &*a.id);
+        assert_eq!(mb[0]["peers"][0]["polite"], false);
+        let data = RawValue::from_string(r#"{"sdp":1}"#.into()).unwrap();
+        h.signal(now, &b.id, &a.id, &data).unwrap();
+        let ma = drain(&mut ra);
+        assert_eq!(ma[0]["from"], &*b.id);
+        assert_eq!(ma[0]["data"]["sdp"], 1);
+        assert_eq!(
+            h.signal(now, &b.id, "nobody", &data).unwrap_err().code,
+            ErrorCode::UnknownPeer
+        );
+        assert_eq!(
+            h.signal(now, &b.id, &b.id, &data).unwrap_err().code,
+            ErrorCode::UnknownPeer
+        );
+        h.remove(now, &b.id, LeaveReason::Left);
+        let ma = drain(&mut ra);
+        assert_eq!(
+            (ma[0]["type"].as_str(), ma[0]["reason"].as_str()),
+            (Some("peer-left"), Some("left"))
+        );
+        h.remove(now, &a.id, LeaveReason::Left);
+        assert_eq!((h.room_count(), h.peer_count()), (0, 0));
+    }
+
+    #[test]
+    fn rooms_are_isolated_and_capped() {
+        let now = Instant::now();
+        let mut h = hub(2);
+        let (a, _ra) = join(&mut h, now, "r1");
+        let (b, _rb) = join(&mut h, now, "r2");
+        let data = RawValue::from_string("{}".into()).unwrap();
+        assert_eq!(
+            h.signal(now, &a.id, &b.id, &data).unwrap_err().code,
+            ErrorCode::UnknownPeer
+        );
+        let _c = join(&mut h, now, "r1");
+        let (tx, _rx) = mpsc::channel(8);
+        assert_eq!(
+            h.join(now, "r1", None, &ice(), tx).unwrap_err().code,
+            ErrorCode::RoomFull
+        );
+    }
+
+    #[test]
+    fn resume_replays_exactly_the_unacknowledged() {
+        let t0 = Instant::now();
+        let mut h = hub(16);
+        let (a, mut ra) = join(&mut h, t0, "r");
+        let (b, _rb) = join(&mut h, t0, "r");
+        let seen = drain(&mut ra);
+        let last = seen.last().unwrap()["seq"].as_u64().unwrap();
+        h.ack(&a.id, a.conn, last);
+        h.detach(t0, &a.id, a.conn);
+        for i in 0..5 {
+            let d = RawValue::from_string(format!("{{\"n\":{i}}}")).unwrap();
+            h.signal(t0, &b.id, &a.id, &d).unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(64);
+        assert_eq!(
+            h.resume(&a.id, "bad", last, tx.clone()).unwrap_err().code,
+            ErrorCode::ResumeFailed
+        );
+        let token = seen[0]["resume_token"].as_str().unwrap().to_string();
+        let att = h.resume(&a.id, &token, last, tx).unwrap();
+        let got = drain(&mut rx);
+        assert_eq!(got[0]["type"], "resumed");
+        let ns: Vec<u64> = got[1..]
+            .iter()
+            .map(|m| m["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![0, 1, 2, 3, 4]);
+        let seqs: Vec<u64> = got[1..]
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (last + 1..=last + 5).collect::<Vec<_>>());
+        // The old connection's late detach does not detach the new one.
+        h.detach(t0, &a.id, a.conn);
+        h.signal(
+            t0,
+            &b.id,
+            &a.id,
+            &RawValue::from_string("{}".into()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(drain(&mut rx).len(), 1);
+        assert_ne!(att.conn, a.conn);
+    }
+
+    #[test]
+    fn grace_expiry_sends_peer_left_timeout() {
+        let t0 = Instant::now();
+        let mut h = hub(16);
+        let (a, _ra) = join(&mut h, t0, "r");
+        let (_b, mut rb) = join(&mut h, t0, "r");
+        drain(&mut rb);
+        h.detach(t0, &a.id, a.conn);
+        h.handle_timeout(t0 + Duration::from_secs(29));
+        assert!(drain(&mut rb).is_empty(), "no peer-left during the grace");
+        h.handle_timeout(t0 + Duration::from_secs(30));
+        let m = drain(&mut rb);
+        assert_eq!(
+            (m[0]["type"].as_str(), m[0]["reason"].as_str()),
+            (Some("peer-left"), Some("timeout"))
+        );
+        let (tx, _rx) = mpsc::channel(8);
+        assert_eq!(
+            h.resume(&a.id, "x", 0, tx).unwrap_err().code,
+            ErrorCode::ResumeFailed
+        );
+    }
+
+    #[test]
+    fn slow_consumer_is_cut_off_and_overflow_fails_resume() {
+        let t0 = Instant::now();
+        let mut h = hub(16);
+        let (tx, _rx_never_read) = mpsc::channel(4);
+        let a = h.join(t0, "r", None, &ice(), tx).unwrap();
+        let (b, _rb) = join(&mut h, t0, "r");
+        let d = RawValue::from_string("{}".into()).unwrap();
+        for _ in 0..100 {
+            h.signal(t0, &b.id, &a.id, &d).unwrap();
+        }
+        assert_eq!(h.metrics.slow_consumers.get(), 1);
+        let (tx, _rx) = mpsc::channel(256);
+        let e = h.resume(&a.id, "wrong-token-anyway", 0, tx).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResumeFailed);
+    }
+}
