@@ -506,6 +506,8 @@ function finish(result) {
     label: A.label ?? null,
     url: url.href,
     server_pid: serverPid,
+    // permessage-deflate is only offered with --deflate; this shows whether a server took it.
+    ws_extensions: conns.find((c) => c.state === 'open')?.ws.extensions ?? null,
     ...result,
     ok,
     failures,
@@ -558,6 +560,7 @@ async function idle() {
   await sleep(holdS * 1000);
   stopBeats();
   const rss1 = procRssKib(serverPid);
+  const cpu2 = procCpuTicks(serverPid);
   const still = conns.filter((c) => c.state === 'open').length;
   if (still !== opened) fail('closed_while_idle', opened - still);
   Object.assign(result, {
@@ -567,6 +570,8 @@ async function idle() {
     rss_peak_kib: rss1?.hwm ?? null,
     kib_per_conn: rss0 && rss1 && opened ? round3((rss1.rss - rss0.rss) / opened) : null,
     hold_s: holdS,
+    // What N silent connections cost the server per second (timers, keepalive sweeps).
+    server_cpu_pct_hold: cpu1 !== null && cpu2 !== null && holdS > 0 ? round3(((cpu2 - cpu1) / CLK_TCK / holdS) * 100) : null,
     concurrency,
   });
   finish(result);

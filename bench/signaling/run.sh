@@ -46,7 +46,7 @@ log() { echo "[run.sh] $*" >&2; }
 idle_limit=$((90 + IDLE_N / 100 + HOLD_S))
 paced_limit=$((90 + PAIRS / 50 + DURATION_S))
 max_limit=$((90 + PAIRS / 50 + MAX_DURATION_S))
-SERVER_MAX_S=${SERVER_MAX_S:-$(((idle_limit + paced_limit + max_limit + 3 * PAUSE_S) * 2 * REPS + 120))}
+SERVER_MAX_S=${SERVER_MAX_S:-$(((idle_limit + paced_limit + max_limit + 3 * PAUSE_S) * 2 + 120))}  # one repetition
 
 # --- Dependencies (package-lock.json pins them).
 if [[ ! -d $here/node_modules/peer || ! -d $here/node_modules/ws ]]; then
@@ -54,17 +54,23 @@ if [[ ! -d $here/node_modules/peer || ! -d $here/node_modules/ws ]]; then
   (cd "$here" && timeout 300 npm ci --no-audit --no-fund >&2)
 fi
 
-# --- File descriptors: the client and each server hold one per connection (own limits,
-# inherited from here). Root may raise the hard limit; others get what the hard limit allows.
-want_fds=$(( (IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS) + 4096 ))
+# --- File descriptors: the client and each server hold one per connection (each its own
+# limit, inherited from here). Raising the hard limit needs CAP_SYS_RESOURCE; without it
+# (some containers, even as root) a server can't hold more than the hard limit.
+want_fds=$(( (IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS) + 256 ))
 if (( $(ulimit -n) < want_fds )); then
   ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 fi
-(( $(ulimit -n) >= want_fds )) || log "warning: open-file limit $(ulimit -n) < $want_fds; large loads will be refused"
+if (( $(ulimit -n) < want_fds )); then
+  log "open-file limit is $(ulimit -n) (hard $(ulimit -Hn)), need $want_fds for IDLE_N=$IDLE_N / PAIRS=$PAIRS;" \
+    "raise the hard limit (needs CAP_SYS_RESOURCE) or lower IDLE_N"
+  exit 2
+fi
 
 # --- Servers. Only the `timeout` processes started here are ever signalled; timeout passes
 # TERM on to its server.
 pids=()
+status=0
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -91,35 +97,51 @@ wait_listening() { # name port-file-or-port tpid
   log "$1 did not start listening within 15 s"; exit 1
 }
 
-timeout -k 5 "$SERVER_MAX_S" node "$here/peerjs-server.mjs" --port 0 \
-  >"$BENCH_DIR/peerjs.out" 2>"$BENCH_DIR/peerjs.log" &
-pids+=($!)
-wait_listening peerjs "$BENCH_DIR/peerjs.out" "$!"
-url[peerjs]="ws://127.0.0.1:$(awk '/^listening /{print $2; exit}' "$BENCH_DIR/peerjs.out")"
-servers=(peerjs)
+# Servers are (re)started for every repetition: a process that already served a load keeps
+# its grown heap, and the next idle run would then read far less memory per connection.
+start_servers() {
+  : >"$BENCH_DIR/peerjs.out"  # before the fork: a stale "listening" line must not be read
+  timeout -k 5 "$SERVER_MAX_S" node "$here/peerjs-server.mjs" --port 0 \
+    >"$BENCH_DIR/peerjs.out" 2>>"$BENCH_DIR/peerjs.log" &
+  pids+=($!)
+  wait_listening peerjs "$BENCH_DIR/peerjs.out" "$!"
+  url[peerjs]="ws://127.0.0.1:$(awk '/^listening /{print $2; exit}' "$BENCH_DIR/peerjs.out")"
+  if [[ -n $OURS_BIN ]]; then
+    local port flags
+    port=$(free_port)
+    read -ra flags <<<"${OURS_FLAGS//\{PORT\}/$port}"
+    timeout -k 5 "$SERVER_MAX_S" "${ours_cmd[@]}" "${flags[@]}" \
+      >"$BENCH_DIR/ours.out" 2>>"$BENCH_DIR/ours.log" &
+    pids+=($!)
+    wait_listening ours "$port" "$!"
+    url[ours]="ws://127.0.0.1:$port$OURS_WS_PATH"
+  fi
+  log "servers: $(for s in "${servers[@]}"; do printf '%s=%s ' "$s" "${url[$s]}"; done)"
+}
+stop_servers() {
+  local p
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { log "a server exited during the run (see $BENCH_DIR/*.log)"; status=1; }
+  done
+  cleanup
+  pids=()
+}
 
+servers=(peerjs)
 if [[ -n $OURS_BIN ]]; then
   [[ $OURS_BIN == stub ]] && OURS_BIN="node $here/stub-v1.mjs"
   read -ra ours_cmd <<<"$OURS_BIN"
-  ours_port=$(free_port)
-  read -ra ours_flags <<<"${OURS_FLAGS//\{PORT\}/$ours_port}"
-  log "ours: ${ours_cmd[*]} ${ours_flags[*]}"
-  timeout -k 5 "$SERVER_MAX_S" "${ours_cmd[@]}" "${ours_flags[@]}" \
-    >"$BENCH_DIR/ours.out" 2>"$BENCH_DIR/ours.log" &
-  pids+=($!)
-  wait_listening ours "$ours_port" "$!"
-  url[ours]="ws://127.0.0.1:$ours_port$OURS_WS_PATH"
+  log "ours: ${ours_cmd[*]} $OURS_FLAGS"
   servers+=(ours)
 else
   log "OURS_BIN not set: measuring PeerJS only"
 fi
-log "servers: $(for s in "${servers[@]}"; do printf '%s=%s ' "$s" "${url[$s]}"; done)"
+: >"$BENCH_DIR/peerjs.log"; : >"$BENCH_DIR/ours.log"
 
 # --- Loads. The server pid is found by load.mjs from the listening port (it may be a child
 # of the timeout process, or of a wrapper script).
 results=$BENCH_DIR/results.jsonl
 : >"$results"
-status=0
 run_load() { # server load rep
   local server=$1 load=$2 rep=$3 rc=0 line limit
   local -a args=(--target "$server" --url "${url[$server]}" --label "$server/$load/$rep" --quiet)
@@ -127,7 +149,6 @@ run_load() { # server load rep
     idle)  limit=$idle_limit;  args=(idle "${args[@]}" --connections "$IDLE_N" --hold-s "$HOLD_S") ;;
     paced) limit=$paced_limit; args=(throughput "${args[@]}" --pairs "$PAIRS" --rate "$RATE" --duration-s "$DURATION_S" --size "$SIZE") ;;
     max)   limit=$max_limit;   args=(throughput "${args[@]}" --pairs "$PAIRS" --rate 0 --inflight "$INFLIGHT" --duration-s "$MAX_DURATION_S" --size "$SIZE") ;;
-    *) log "unknown load $load"; exit 2 ;;
   esac
   line=$(timeout -k 5 "$limit" node "$here/load.mjs" "${args[@]}") || rc=$?
   [[ $line == \{* ]] || line=null
@@ -137,16 +158,18 @@ run_load() { # server load rep
   sleep "$PAUSE_S"
 }
 
+# idle goes first so it always meets freshly started servers.
+loads=()
+for load in $LOADS; do [[ $load =~ ^(idle|paced|max)$ ]] || { log "unknown load $load"; exit 2; }; done
+for load in idle paced max; do [[ " $LOADS " == *" $load "* ]] && loads+=("$load"); done
 for rep in $(seq "$REPS"); do
+  start_servers
   order=("${servers[@]}")
   (( rep % 2 == 0 && ${#servers[@]} == 2 )) && order=("${servers[1]}" "${servers[0]}")
-  for load in $LOADS; do
+  for load in "${loads[@]}"; do
     for server in "${order[@]}"; do run_load "$server" "$load" "$rep"; done
   done
-done
-
-for p in "${pids[@]}"; do
-  kill -0 "$p" 2>/dev/null || { log "a server exited during the run (see $BENCH_DIR/*.log)"; status=1; }
+  stop_servers
 done
 
 {

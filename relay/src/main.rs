@@ -79,6 +79,10 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Install the SIGTERM handler before announcing readiness.
+    let term = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    })?;
     let metrics = RelayMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -99,7 +103,7 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
             info!(%addr, "metrics on /metrics, health on /healthz");
             tokio::spawn(async move { axum::serve(l, app).await });
         }
-        shutdown_signal().await;
+        shutdown_signal(term).await;
         anyhow::Ok(())
     })?;
     info!(?listen, "shutting down");
@@ -119,9 +123,7 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> impl IntoResponse 
     )
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -34,7 +34,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+    (0.0..1e9)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Clone)]
@@ -266,8 +268,8 @@ impl SignalingArgs {
             rate_burst,
             max_connections_per_ip: self.max_connections_per_ip.unwrap_or(256).max(1),
             max_message_bytes: 64 * 1024,
-            outbox_capacity: 256,
-            replay_limit: 512,
+            outbox_capacity: 1024,
+            replay_limit: 1024,
             web_dir: self.web_dir.clone(),
         })
     }

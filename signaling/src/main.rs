@@ -83,7 +83,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Result<()> {
+async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Result<()> {
+    // Install the SIGTERM handler before announcing readiness, so an early SIGTERM is
+    // a graceful stop rather than the default kill.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
     let mut registry = Registry::default();
     let metrics = Metrics::default();
     metrics.register(&mut registry);
@@ -97,6 +101,10 @@ async fn serve(cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Re
         }
         None => None,
     };
+    // Advertise the ports actually bound (port 0 in tests picks a free one).
+    if let (Some(rc), Some(h)) = (cfg.relay.as_mut(), relay.as_ref()) {
+        rc.listen = h.local_addrs.clone();
+    }
     let hub = Hub::new(
         HubConfig {
             room_capacity: cfg.room_capacity,
@@ -137,7 +145,7 @@ async fn serve(cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Re
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(shutdown_signal(term))
     .await?;
     info!("shutting down");
     ticker.abort();
@@ -147,9 +155,7 @@ async fn serve(cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Re
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

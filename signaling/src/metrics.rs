@@ -53,9 +53,7 @@ impl Default for Metrics {
             slow_consumers: Counter::default(),
             resume_grace_expired: Counter::default(),
             refused_connections: Family::default(),
-            forward_latency: Histogram::new(
-                [1e-6, 5e-6, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 2e-2].into_iter(),
-            ),
+            forward_latency: Histogram::new([1e-6, 5e-6, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 2e-2]),
         }
     }
 }

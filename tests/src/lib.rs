@@ -288,3 +288,34 @@ pub fn repo_dir() -> PathBuf {
         .expect("repo")
         .to_path_buf()
 }
+
+pub struct Icebreaker {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub relay: Option<SocketAddr>,
+}
+
+impl Icebreaker {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+}
+
+/// `icebreaker` on free loopback ports (HTTP and the bundled relay), plus `extra` flags.
+pub fn start_icebreaker(extra: &[&str]) -> Icebreaker {
+    let (lo, hi) = port_range(400);
+    let range = format!("{lo}-{hi}");
+    let log = std::env::var("IB_TEST_LOG").unwrap_or_else(|_| "info".into());
+    let mut args = vec!["--listen", "127.0.0.1:0", "--log", &log];
+    if !extra.contains(&"--no-relay") {
+        args.extend_from_slice(&["--relay-listen", "127.0.0.1:0", "--relay-ports", &range]);
+    }
+    args.extend_from_slice(extra);
+    let proc = Proc::ours("icebreaker", &args);
+    let line = proc
+        .wait_line("icebreaker listening", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("icebreaker did not start:\n{}", proc.output()));
+    let http = addr_after(&line, "http=").expect("http address in the log");
+    let relay = addr_after(&line, "relay=[");
+    Icebreaker { proc, http, relay }
+}

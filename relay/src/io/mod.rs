@@ -51,6 +51,29 @@ fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<
     Ok(s)
 }
 
+/// One UDP socket and one TCP listener per shard on `want` (SO_REUSEPORT group).
+fn bind_shards(
+    want: SocketAddr,
+    shards: usize,
+) -> std::io::Result<(SocketAddr, Vec<(UdpSocket, TcpListener)>)> {
+    let mut addr = want;
+    let mut out = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let u = reuse_socket(addr, Type::DGRAM, Protocol::UDP)?;
+        u.set_recv_buffer_size(4 << 20).ok();
+        u.set_send_buffer_size(4 << 20).ok();
+        u.bind(&addr.into())?;
+        if i == 0 {
+            addr = u.local_addr()?.as_socket().expect("inet");
+        }
+        let t = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
+        t.bind(&addr.into())?;
+        t.listen(1024)?;
+        out.push((u.into(), t.into()));
+    }
+    Ok((addr, out))
+}
+
 /// Binds every shard's sockets, then starts the shards. Bind errors come back here, before
 /// any thread runs, so a misconfigured port fails the start with a clear error.
 pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayHandle> {
@@ -60,22 +83,26 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     let mut local_addrs = Vec::new();
     for &want in &shared.config.listen {
-        // Port 0: the first bind picks the port; the other shards join it.
-        let mut addr = want;
-        for (i, (udps, tcps)) in per_shard.iter_mut().enumerate() {
-            let u = reuse_socket(addr, Type::DGRAM, Protocol::UDP)?;
-            u.set_recv_buffer_size(4 << 20).ok();
-            u.set_send_buffer_size(4 << 20).ok();
-            u.bind(&addr.into())?;
-            if i == 0 {
-                addr = u.local_addr()?.as_socket().expect("inet");
-                local_addrs.push(addr);
+        // Port 0: the first UDP bind picks a port, which the TCP listener and the other
+        // shards then share; if TCP has that port taken already, try another.
+        let mut attempt = 0;
+        let (addr, sockets) = loop {
+            match bind_shards(want, shards) {
+                Ok(r) => break r,
+                Err(e)
+                    if want.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < 50 =>
+                {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
             }
-            let t = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
-            t.bind(&addr.into())?;
-            t.listen(1024)?;
-            udps.push(u.into());
-            tcps.push(t.into());
+        };
+        local_addrs.push(addr);
+        for ((udps, tcps), (u, t)) in per_shard.iter_mut().zip(sockets) {
+            udps.push(u);
+            tcps.push(t);
         }
     }
     let (tx, rx) = watch::channel(false);
