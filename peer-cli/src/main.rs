@@ -1,0 +1,184 @@
+//! `icebreaker-peer`: headless WebRTC peer for chat, pointer sharing, media, load tests and
+//! deployment checks.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use icebreaker_peer::output::Out;
+use icebreaker_peer::room::Options;
+
+#[derive(Parser)]
+#[command(
+    name = "icebreaker-peer",
+    version,
+    about = "Headless WebRTC peer for Icebreaker"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Signaling endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "ICEBREAKER_PEER_SERVER",
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    server: String,
+    /// Room to join.
+    #[arg(long, global = true, default_value = "lobby")]
+    room: String,
+    /// Name shown to others (meta.name and chat `from`).
+    #[arg(long, global = true)]
+    name: Option<String>,
+    /// Relay-only ICE (iceTransportPolicy "relay").
+    #[arg(long, global = true)]
+    relay_only: bool,
+    /// JWT for servers that require one.
+    #[arg(long, global = true, env = "ICEBREAKER_PEER_TOKEN")]
+    token: Option<String>,
+    /// One JSON object per event on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up (exit 1) after this long, e.g. 30s.
+    #[arg(long, global = true, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Local address for WebRTC sockets (host candidates).
+    #[arg(long, global = true, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Log filter for stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "ICEBREAKER_PEER_LOG",
+        default_value = "warn"
+    )]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Text chat: stdin lines go to every peer; received messages print as `name: text`.
+    Chat {
+        /// Send TEXT once each peer's chat channel opens (repeatable).
+        #[arg(long)]
+        send: Vec<String>,
+        /// Exit 0 after N messages are received.
+        #[arg(long)]
+        expect: Option<usize>,
+        /// Test hook: cut the signaling TCP connection after this long, then resume.
+        #[arg(long, hide = true, value_parser = parse_duration)]
+        drop_signaling_after: Option<Duration>,
+    },
+    /// Send a synthetic pointer path and report what arrives.
+    Pointer {
+        /// Positions per second.
+        #[arg(long, default_value_t = 60.0)]
+        rate: f64,
+        /// How long to send once a channel is open.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Succeed once N positions arrived.
+        #[arg(long)]
+        expect: Option<usize>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.common.log).unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let c = cli.common.clone();
+    let name = c
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("peer-{}", rand::random::<u16>()));
+    let opts = Options {
+        server: c.server,
+        room: c.room,
+        name,
+        relay_only: c.relay_only,
+        token: c.token,
+        bind: c.bind,
+    };
+    let out = Out { json: c.json };
+    let result = rt.block_on(async {
+        let work = async {
+            match cli.cmd {
+                Cmd::Chat {
+                    send,
+                    expect,
+                    drop_signaling_after,
+                } => {
+                    let args = icebreaker_peer::chat::ChatArgs {
+                        send,
+                        expect,
+                        timeout: c.timeout,
+                        drop_signaling_after,
+                    };
+                    icebreaker_peer::chat::run(opts, args, out).await
+                }
+                Cmd::Pointer {
+                    rate,
+                    duration,
+                    expect,
+                } => {
+                    let args = icebreaker_peer::pointer::PointerArgs {
+                        rate,
+                        duration,
+                        expect,
+                        timeout: c.timeout,
+                    };
+                    icebreaker_peer::pointer::run(opts, args, out).await
+                }
+            }
+        };
+        // A hard stop a little after --timeout, in case teardown itself hangs.
+        match c.timeout {
+            Some(t) => tokio::time::timeout(t + Duration::from_secs(10), work)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))),
+            None => work.await,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("icebreaker-peer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! One WebRTC connection to one remote peer, negotiated with the W3C "perfect
+//! negotiation" pattern over protocol v1 signals: the newcomer offers and creates the data
+//! channels; on an offer collision the polite side rolls back and the impolite side
+//! ignores the incoming offer. Trickle ICE both ways, `{"candidate":null}` at the end.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
+
+use rtc::ice::mdns::MulticastDnsMode;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{debug, warn};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
+};
+
+use crate::signaling::SigSender;
+
+#[derive(Clone)]
+pub enum PeerEvent {
+    Connected {
+        peer: String,
+        local: String,
+        remote: String,
+        protocol: String,
+    },
+    ChannelOpen {
+        peer: String,
+        label: String,
+        dc: Arc<dyn DataChannel>,
+    },
+    Message {
+        peer: String,
+        label: String,
+        text: String,
+    },
+    Failed {
+        peer: String,
+    },
+    Track {
+        peer: String,
+        kind: String,
+        stats: Arc<TrackStats>,
+    },
+}
+
+impl std::fmt::Debug for PeerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerEvent::Connected {
+                peer,
+                local,
+                remote,
+                protocol,
+            } => write!(f, "connected {peer} {local}/{remote} {protocol}"),
+            PeerEvent::ChannelOpen { peer, label, .. } => {
+                write!(f, "channel {label} open with {peer}")
+            }
+            PeerEvent::Message { peer, label, text } => {
+                write!(f, "{label} message from {peer}: {text}")
+            }
+            PeerEvent::Failed { peer } => write!(f, "connection to {peer} failed"),
+            PeerEvent::Track { peer, kind, .. } => write!(f, "{kind} track from {peer}"),
+        }
+    }
+}
+
+/// Counters of one received track (packets; frames = RTP marker bits for video).
+#[derive(Debug, Default)]
+pub struct TrackStats {
+    pub packets: AtomicU64,
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Setup {
+    pub ice_servers: Vec<RTCIceServer>,
+    pub relay_only: bool,
+    pub bind: IpAddr,
+}
+
+impl Setup {
+    /// `ice_servers` from `joined`; webrtc-rs relays over UDP only, so TCP/TLS TURN URLs
+    /// are left out (it would skip them anyway).
+    pub fn from_joined(ice: &Value, relay_only: bool, bind: IpAddr) -> Setup {
+        let servers = ice
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| RTCIceServer {
+                        urls: s["urls"]
+                            .as_array()
+                            .map(|u| {
+                                u.iter()
+                                    .filter_map(|x| x.as_str())
+                                    .filter(|x| {
+                                        !x.contains("transport=tcp") && !x.starts_with("turns:")
+                                    })
+                                    .map(String::from)
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        username: s["username"].as_str().unwrap_or("").into(),
+                        credential: s["credential"].as_str().unwrap_or("").into(),
+                    })
+                    .filter(|s| !s.urls.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Setup {
+            ice_servers: servers,
+            relay_only,
+            bind,
+        }
+    }
+}
+
+pub struct Remote {
+    pub id: String,
+    pub polite: bool,
+    pub pc: Arc<dyn PeerConnection>,
+    sig: SigSender,
+    /// Serializes description handling and offers (the JS event loop's role in the
+    /// W3C pattern).
+    op: Mutex<Neg>,
+}
+
+#[derive(Default)]
+struct Neg {
+    ignore_offer: bool,
+    pending: Vec<RTCIceCandidateInit>,
+    renegotiate: bool,
+}
+
+struct Handler {
+    peer: String,
+    sig: SigSender,
+    events: mpsc::Sender<PeerEvent>,
+    remote: Arc<OnceLock<Weak<Remote>>>,
+}
+
+fn first_attr(sdp: &str, key: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_negotiation_needed(&self) {
+        if let Some(r) = self.remote.get().and_then(Weak::upgrade) {
+            tokio::spawn(async move { r.negotiate().await });
+        }
+    }
+
+    async fn on_ice_candidate(&self, e: RTCPeerConnectionIceEvent) {
+        let Ok(mut init) = e.candidate.to_json() else {
+            return;
+        };
+        let (sig, peer, remote) = (self.sig.clone(), self.peer.clone(), self.remote.clone());
+        tokio::spawn(async move {
+            // webrtc-rs leaves sdpMid empty; browsers and aiortc match candidates by mid.
+            if let Some(r) = remote.get().and_then(Weak::upgrade) {
+                if let Some(local) = r.pc.local_description().await {
+                    init.sdp_mid = first_attr(&local.sdp, "a=mid:").or(init.sdp_mid);
+                    init.username_fragment = first_attr(&local.sdp, "a=ice-ufrag:");
+                }
+            }
+            sig.signal(&peer, json!({"candidate": init})).await;
+        });
+    }
+
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            let (sig, peer) = (self.sig.clone(), self.peer.clone());
+            tokio::spawn(async move { sig.signal(&peer, json!({"candidate": null})).await });
+        }
+    }
+
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        debug!(peer = %self.peer, state = %s, "connection state");
+        let (events, peer, remote) = (self.events.clone(), self.peer.clone(), self.remote.clone());
+        match s {
+            RTCPeerConnectionState::Connected => {
+                tokio::spawn(async move {
+                    let (local, remote_t, protocol) = match remote.get().and_then(Weak::upgrade) {
+                        Some(r) => r.selected_pair().await,
+                        None => Default::default(),
+                    };
+                    let _ = events
+                        .send(PeerEvent::Connected {
+                            peer,
+                            local,
+                            remote: remote_t,
+                            protocol,
+                        })
+                        .await;
+                });
+            }
+            RTCPeerConnectionState::Failed => {
+                tokio::spawn(async move {
+                    let _ = events.send(PeerEvent::Failed { peer }).await;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        tokio::spawn(pump_channel(
+            self.peer.clone(),
+            dc,
+            self.events.clone(),
+            true,
+        ));
+    }
+
+    async fn on_track(&self, t: Arc<dyn TrackRemote>) {
+        let (peer, events) = (self.peer.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let kind = format!("{}", t.kind().await).to_lowercase();
+            let stats = Arc::new(TrackStats::default());
+            let _ = events
+                .send(PeerEvent::Track {
+                    peer,
+                    kind: kind.clone(),
+                    stats: stats.clone(),
+                })
+                .await;
+            while let Some(ev) = t.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    stats.packets.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .bytes
+                        .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                    if p.header.marker || kind.contains("audio") {
+                        stats.frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Reads one data channel's events; `open` says it is already open (remote-created
+/// channels are announced at their open).
+async fn pump_channel(
+    peer: String,
+    dc: Arc<dyn DataChannel>,
+    events: mpsc::Sender<PeerEvent>,
+    mut open: bool,
+) {
+    let label = dc.label().await.unwrap_or_default();
+    if open {
+        let _ = events
+            .send(PeerEvent::ChannelOpen {
+                peer: peer.clone(),
+                label: label.clone(),
+                dc: dc.clone(),
+            })
+            .await;
+    }
+    while let Some(ev) = dc.poll().await {
+        match ev {
+            DataChannelEvent::OnOpen if !open => {
+                open = true;
+                let _ = events
+                    .send(PeerEvent::ChannelOpen {
+                        peer: peer.clone(),
+                        label: label.clone(),
+                        dc: dc.clone(),
+                    })
+                    .await;
+            }
+            DataChannelEvent::OnMessage(m) => {
+                let text = String::from_utf8_lossy(&m.data).to_string();
+                let _ = events
+                    .send(PeerEvent::Message {
+                        peer: peer.clone(),
+                        label: label.clone(),
+                        text,
+                    })
+                    .await;
+            }
+            DataChannelEvent::OnClose => break,
+            _ => {}
+        }
+    }
+}
+
+impl Remote {
+    /// Creates the connection to `peer`. The newcomer (`!polite`) also creates the `chat`
+    /// (ordered, reliable) and `pointer` (unordered, no retransmits) channels.
+    pub async fn new(
+        peer: &str,
+        polite: bool,
+        setup: &Setup,
+        sig: SigSender,
+        events: mpsc::Sender<PeerEvent>,
+        tracks: Vec<Arc<dyn webrtc::media_stream::track_local::TrackLocal>>,
+    ) -> anyhow::Result<Arc<Remote>> {
+        let slot = Arc::new(OnceLock::new());
+        let handler = Arc::new(Handler {
+            peer: peer.into(),
+            sig: sig.clone(),
+            events: events.clone(),
+            remote: slot.clone(),
+        });
+        let cfg = RTCConfigurationBuilder::new()
+            .with_ice_servers(setup.ice_servers.clone())
+            .with_ice_transport_policy(if setup.relay_only {
+                RTCIceTransportPolicy::Relay
+            } else {
+                RTCIceTransportPolicy::All
+            })
+            .build();
+        // mDNS needs a multicast interface; a loopback-only host has none.
+        let se = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
+        let mut me = MediaEngine::default();
+        me.register_default_codecs()?;
+        let reg = register_default_interceptors(Registry::new(), &mut me)?;
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(cfg)
+            .with_setting_engine(se)
+            .with_media_engine(me)
+            .with_interceptor_registry(reg)
+            .with_handler(handler)
+            .with_udp_addrs(vec![format!("{}:0", setup.bind)])
+            .build()
+            .await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let r = Arc::new(Remote {
+            id: peer.into(),
+            polite,
+            pc,
+            sig,
+            op: Mutex::new(Neg::default()),
+        });
+        let _ = slot.set(Arc::downgrade(&r));
+        for t in tracks {
+            r.pc.add_track(t).await?;
+        }
+        if !polite {
+            let chat = r.pc.create_data_channel("chat", None).await?;
+            tokio::spawn(pump_channel(peer.into(), chat, events.clone(), false));
+            let init = RTCDataChannelInit {
+                ordered: false,
+                max_retransmits: Some(0),
+                ..Default::default()
+            };
+            let pointer = r.pc.create_data_channel("pointer", Some(init)).await?;
+            tokio::spawn(pump_channel(peer.into(), pointer, events.clone(), false));
+            let r2 = r.clone();
+            tokio::spawn(async move { r2.negotiate().await });
+        }
+        Ok(r)
+    }
+
+    async fn stable(&self) -> bool {
+        self.pc.pending_local_description().await.is_none()
+            && self.pc.pending_remote_description().await.is_none()
+    }
+
+    /// Makes and sends an offer when the signaling state is stable; otherwise remembers
+    /// to do so once it is.
+    pub async fn negotiate(&self) {
+        let mut neg = self.op.lock().await;
+        if !self.stable().await {
+            neg.renegotiate = true;
+            return;
+        }
+        neg.renegotiate = false;
+        let result = async {
+            let offer = self.pc.create_offer(None).await?;
+            self.pc.set_local_description(offer).await?;
+            anyhow::Ok(self.pc.local_description().await)
+        }
+        .await;
+        match result {
+            Ok(Some(d)) => {
+                self.sig
+                    .signal(&self.id, json!({"sdp": {"type": "offer", "sdp": d.sdp}}))
+                    .await
+            }
+            Ok(None) => {}
+            Err(e) => warn!(peer = %self.id, error = %e, "offer failed"),
+        }
+    }
+
+    /// Handles a signal from this peer: a description or a candidate.
+    pub async fn on_signal(self: &Arc<Self>, data: &Value) {
+        if let Some(sdp) = data.get("sdp") {
+            if let Err(e) = self.on_description(sdp).await {
+                warn!(peer = %self.id, error = %e, "description failed");
+            }
+        } else if let Some(c) = data.get("candidate") {
+            if c.is_null() || c["candidate"].as_str().is_some_and(|s| s.is_empty()) {
+                return; // end of candidates
+            }
+            let Ok(init) = serde_json::from_value::<RTCIceCandidateInit>(c.clone()) else {
+                warn!(peer = %self.id, "malformed candidate");
+                return;
+            };
+            let mut neg = self.op.lock().await;
+            if self.pc.remote_description().await.is_none() {
+                neg.pending.push(init);
+            } else if let Err(e) = self.pc.add_ice_candidate(init).await {
+                if !neg.ignore_offer {
+                    debug!(peer = %self.id, error = %e, "candidate refused");
+                }
+            }
+        }
+    }
+
+    async fn on_description(self: &Arc<Self>, sdp: &Value) -> anyhow::Result<()> {
+        let typ = sdp["type"].as_str().unwrap_or("");
+        let text = sdp["sdp"].as_str().unwrap_or("").to_string();
+        let mut neg = self.op.lock().await;
+        let desc = match typ {
+            "offer" => RTCSessionDescription::offer(text)?,
+            "answer" => RTCSessionDescription::answer(text)?,
+            "pranswer" => RTCSessionDescription::pranswer(text)?,
+            "rollback" => RTCSessionDescription::rollback(None)?,
+            other => anyhow::bail!("unknown description type {other:?}"),
+        };
+        let collision = typ == "offer" && self.pc.pending_local_description().await.is_some();
+        neg.ignore_offer = !self.polite && collision;
+        if neg.ignore_offer {
+            debug!(peer = %self.id, "offer collision: impolite side ignores the offer");
+            return Ok(());
+        }
+        if collision {
+            // webrtc-rs has no implicit rollback: undo our offer explicitly.
+            self.pc
+                .set_local_description(RTCSessionDescription::rollback(None)?)
+                .await?;
+            neg.renegotiate = true;
+        }
+        self.pc.set_remote_description(desc).await?;
+        for c in neg.pending.drain(..) {
+            let _ = self.pc.add_ice_candidate(c).await;
+        }
+        if typ == "offer" {
+            let answer = self.pc.create_answer(None).await?;
+            self.pc.set_local_description(answer).await?;
+            if let Some(d) = self.pc.local_description().await {
+                self.sig
+                    .signal(&self.id, json!({"sdp": {"type": "answer", "sdp": d.sdp}}))
+                    .await;
+            }
+        }
+        if neg.renegotiate {
+            let r = self.clone();
+            tokio::spawn(async move { r.negotiate().await });
+        }
+        Ok(())
+    }
+
+    /// Candidate types of the selected pair (host/srflx/prflx/relay) and its protocol.
+    /// The transport's selected-pair id is used when set; otherwise the nominated pair,
+    /// else the one that carried the most bytes.
+    pub async fn selected_pair(&self) -> (String, String, String) {
+        use webrtc::peer_connection::RTCStatsReportEntry as E;
+        for _ in 0..20 {
+            let r = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+            let by_id = r
+                .transport()
+                .and_then(|t| match r.get(&t.selected_candidate_pair_id) {
+                    Some(E::IceCandidatePair(p)) => Some(p),
+                    _ => None,
+                });
+            let pair = by_id.or_else(|| {
+                let succeeded =
+                    |p: &&rtc::statistics::stats::ice_candidate_pair::RTCIceCandidatePairStats| {
+                        format!("{:?}", p.state) == "Succeeded"
+                    };
+                r.candidate_pairs()
+                    .filter(|p| p.nominated || succeeded(p) || p.bytes_sent + p.bytes_received > 0)
+                    .max_by_key(|p| (p.nominated, succeeded(p), p.bytes_sent + p.bytes_received))
+            });
+            if let Some(p) = pair {
+                // rtc 0.21 names candidate entries with a type prefix the pair's ids lack.
+                let find =
+                    |prefix: &str, id: &str| r.get(id).or_else(|| r.get(&format!("{prefix}{id}")));
+                let local = match find("RTCLocalIceCandidate_", &p.local_candidate_id) {
+                    Some(E::LocalCandidate(c)) => Some((
+                        format!("{}", c.candidate_type).to_lowercase(),
+                        c.protocol.to_lowercase(),
+                    )),
+                    _ => None,
+                };
+                let remote = match find("RTCRemoteIceCandidate_", &p.remote_candidate_id) {
+                    Some(E::RemoteCandidate(c)) => format!("{}", c.candidate_type).to_lowercase(),
+                    _ => String::new(),
+                };
+                if let Some((lt, proto)) = local {
+                    return (lt, remote, proto);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Default::default()
+    }
+
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}

@@ -1,0 +1,213 @@
+//! A peer in a room: follows signaling events, keeps one [`Remote`] per other peer, and
+//! hands the subcommand one stream of [`Event`]s.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex};
+use tracing::warn;
+use webrtc::media_stream::track_local::TrackLocal;
+
+use crate::peer::{PeerEvent, Remote, Setup};
+use crate::signaling::{self, JoinRequest, SigEvent, SigSender};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub server: String,
+    pub room: String,
+    pub name: String,
+    pub relay_only: bool,
+    pub token: Option<String>,
+    pub bind: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Joined { id: String, peers: usize },
+    PeerJoined { peer: String },
+    PeerLeft { peer: String, reason: String },
+    Peer(PeerEvent),
+    SignalingDropped,
+    SignalingResumed,
+    SignalingFailed(String),
+    ServerError { code: String, message: String },
+}
+
+/// Builds the local tracks for each new connection (media subcommand); none for chat.
+pub type TrackFactory = Arc<dyn Fn() -> Vec<Arc<dyn TrackLocal>> + Send + Sync>;
+
+pub struct Room {
+    pub events: mpsc::Receiver<Event>,
+    pub sig: SigSender,
+    pub remotes: Arc<Mutex<HashMap<String, Arc<Remote>>>>,
+}
+
+impl Room {
+    pub async fn join(opts: &Options, tracks: Option<TrackFactory>) -> anyhow::Result<Room> {
+        let (sig, mut sig_events) = signaling::connect(JoinRequest {
+            url: opts.server.clone(),
+            room: opts.room.clone(),
+            meta: json!({"name": opts.name}),
+            token: opts.token.clone(),
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel::<Event>(4096);
+        let (ptx, mut prx) = mpsc::channel::<PeerEvent>(4096);
+        let remotes: Arc<Mutex<HashMap<String, Arc<Remote>>>> = Arc::default();
+        // Peer events flow into the same stream as room events.
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = prx.recv().await {
+                    if tx.send(Event::Peer(e)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let (opts2, sig2, remotes2) = (opts.clone(), sig.clone(), remotes.clone());
+        tokio::spawn(async move {
+            let mut setup: Option<Setup> = None;
+            let make =
+                |tracks: &Option<TrackFactory>| tracks.as_ref().map(|f| f()).unwrap_or_default();
+            while let Some(ev) = sig_events.recv().await {
+                let out = match ev {
+                    SigEvent::Joined {
+                        id,
+                        peers,
+                        ice_servers,
+                    } => {
+                        let s = Setup::from_joined(&ice_servers, opts2.relay_only, opts2.bind);
+                        // We are the newcomer: we offer to everyone already here.
+                        for p in &peers {
+                            match Remote::new(
+                                &p.id,
+                                p.polite,
+                                &s,
+                                sig2.clone(),
+                                ptx.clone(),
+                                make(&tracks),
+                            )
+                            .await
+                            {
+                                Ok(r) => {
+                                    remotes2.lock().await.insert(p.id.clone(), r);
+                                }
+                                Err(e) => {
+                                    warn!(peer = %p.id, error = %e, "cannot create connection")
+                                }
+                            }
+                        }
+                        setup = Some(s);
+                        Event::Joined {
+                            id,
+                            peers: peers.len(),
+                        }
+                    }
+                    SigEvent::PeerJoined(p) => {
+                        if let Some(s) = &setup {
+                            match Remote::new(
+                                &p.id,
+                                p.polite,
+                                s,
+                                sig2.clone(),
+                                ptx.clone(),
+                                make(&tracks),
+                            )
+                            .await
+                            {
+                                Ok(r) => {
+                                    remotes2.lock().await.insert(p.id.clone(), r);
+                                }
+                                Err(e) => {
+                                    warn!(peer = %p.id, error = %e, "cannot create connection")
+                                }
+                            }
+                        }
+                        Event::PeerJoined { peer: p.id }
+                    }
+                    SigEvent::PeerLeft { id, reason } => {
+                        if let Some(r) = remotes2.lock().await.remove(&id) {
+                            tokio::spawn(async move { r.close().await });
+                        }
+                        Event::PeerLeft { peer: id, reason }
+                    }
+                    SigEvent::Signal { from, data } => {
+                        let r = remotes2.lock().await.get(&from).cloned();
+                        if let Some(r) = r {
+                            r.on_signal(&data).await;
+                        }
+                        continue;
+                    }
+                    SigEvent::Error { code, message } => Event::ServerError { code, message },
+                    SigEvent::Disconnected => Event::SignalingDropped,
+                    SigEvent::Resumed => Event::SignalingResumed,
+                    SigEvent::Failed(m) => Event::SignalingFailed(m),
+                };
+                if tx.send(out).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Room {
+            events: rx,
+            sig,
+            remotes,
+        })
+    }
+
+    /// Leaves the room and closes every connection.
+    pub async fn close(&self) {
+        self.sig.leave().await;
+        let all: Vec<Arc<Remote>> = self.remotes.lock().await.drain().map(|(_, r)| r).collect();
+        for r in all {
+            r.close().await;
+        }
+    }
+}
+
+/// The JSON form of an event for `--json` output (one object per line).
+pub fn event_json(e: &Event) -> Value {
+    match e {
+        Event::Joined { id, peers } => json!({"event": "joined", "id": id, "peers": peers}),
+        Event::PeerJoined { peer } => json!({"event": "peer-joined", "peer": peer}),
+        Event::PeerLeft { peer, reason } => {
+            json!({"event": "peer-left", "peer": peer, "reason": reason})
+        }
+        Event::Peer(PeerEvent::Connected {
+            peer,
+            local,
+            remote,
+            protocol,
+        }) => {
+            json!({"event": "connected", "peer": peer, "local": local, "remote": remote, "protocol": protocol})
+        }
+        Event::Peer(PeerEvent::ChannelOpen { peer, label, .. }) => {
+            json!({"event": "channel-open", "peer": peer, "label": label})
+        }
+        Event::Peer(PeerEvent::Message { peer, label, text }) => {
+            json!({"event": "message", "peer": peer, "label": label, "text": text})
+        }
+        Event::Peer(PeerEvent::Failed { peer }) => {
+            json!({"event": "connection-failed", "peer": peer})
+        }
+        Event::Peer(PeerEvent::Track { peer, kind, .. }) => {
+            json!({"event": "track", "peer": peer, "kind": kind})
+        }
+        Event::SignalingDropped => json!({"event": "signaling-dropped"}),
+        Event::SignalingResumed => json!({"event": "signaling-resumed"}),
+        Event::SignalingFailed(m) => json!({"event": "signaling-failed", "message": m}),
+        Event::ServerError { code, message } => {
+            json!({"event": "server-error", "code": code, "message": message})
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,286 @@
+//! Protocol v1 client: joins a room, turns server messages into [`SigEvent`]s, sends
+//! signals, and resumes by itself after a dropped socket (same id, missed messages
+//! replayed), with backoff and jitter.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, warn};
+
+#[derive(Debug, Clone)]
+pub struct RemoteInfo {
+    pub id: String,
+    pub meta: Value,
+    /// Whether *we* are the polite side towards this peer.
+    pub polite: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SigEvent {
+    Joined {
+        id: String,
+        peers: Vec<RemoteInfo>,
+        ice_servers: Value,
+    },
+    PeerJoined(RemoteInfo),
+    PeerLeft {
+        id: String,
+        reason: String,
+    },
+    Signal {
+        from: String,
+        data: Value,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    /// The socket dropped; the client is reconnecting.
+    Disconnected,
+    Resumed,
+    /// Resume was refused or retries ran out: the session is over.
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct SigSender {
+    tx: mpsc::Sender<Cmd>,
+}
+
+enum Cmd {
+    Send(String),
+    /// Test hook: drop the TCP connection without a close frame.
+    Drop,
+    Leave,
+}
+
+impl SigSender {
+    pub async fn signal(&self, to: &str, data: Value) {
+        let _ = self
+            .tx
+            .send(Cmd::Send(
+                json!({"type": "signal", "to": to, "data": data}).to_string(),
+            ))
+            .await;
+    }
+
+    pub async fn drop_connection(&self) {
+        let _ = self.tx.send(Cmd::Drop).await;
+    }
+
+    pub async fn leave(&self) {
+        let _ = self.tx.send(Cmd::Leave).await;
+    }
+}
+
+pub struct JoinRequest {
+    pub url: String,
+    pub room: String,
+    pub meta: Value,
+    pub token: Option<String>,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects and joins; events arrive on the returned receiver until the session ends.
+pub async fn connect(req: JoinRequest) -> anyhow::Result<(SigSender, mpsc::Receiver<SigEvent>)> {
+    let (ws, _) = tokio_tungstenite::connect_async(&req.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the signaling server at {}: {e}", req.url))?;
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    tokio::spawn(run(req, ws, ev_tx, cmd_rx));
+    Ok((SigSender { tx: cmd_tx }, ev_rx))
+}
+
+struct Session {
+    id: Option<String>,
+    token: Option<String>,
+    last_seq: u64,
+}
+
+async fn run(
+    req: JoinRequest,
+    mut ws: Ws,
+    ev: mpsc::Sender<SigEvent>,
+    mut cmds: mpsc::Receiver<Cmd>,
+) {
+    let mut join = json!({"type": "join", "room": req.room, "meta": req.meta});
+    if let Some(t) = &req.token {
+        join["token"] = json!(t);
+    }
+    if ws
+        .send(Message::Text(join.to_string().into()))
+        .await
+        .is_err()
+    {
+        let _ = ev
+            .send(SigEvent::Failed("could not send join".into()))
+            .await;
+        return;
+    }
+    let mut s = Session {
+        id: None,
+        token: None,
+        last_seq: 0,
+    };
+    // Messages queued while reconnecting (bounded: the channel itself).
+    let mut pending: Vec<String> = Vec::new();
+    loop {
+        let dropped = pump(&mut ws, &mut s, &ev, &mut cmds, &mut pending).await;
+        match dropped {
+            Pumped::Closed => return,
+            Pumped::Dropped => {}
+        }
+        let (Some(id), Some(token)) = (s.id.clone(), s.token.clone()) else {
+            let _ = ev
+                .send(SigEvent::Failed("connection lost before joining".into()))
+                .await;
+            return;
+        };
+        let _ = ev.send(SigEvent::Disconnected).await;
+        // Reconnect with exponential backoff and jitter, then resume.
+        let mut delay = Duration::from_millis(100);
+        let mut resumed = false;
+        for _attempt in 0..10 {
+            let jitter =
+                Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1));
+            tokio::time::sleep(delay + jitter).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            match tokio_tungstenite::connect_async(&req.url).await {
+                Ok((mut nws, _)) => {
+                    let msg =
+                        json!({"type": "resume", "id": id, "token": token, "last_seq": s.last_seq});
+                    if nws
+                        .send(Message::Text(msg.to_string().into()))
+                        .await
+                        .is_ok()
+                    {
+                        ws = nws;
+                        resumed = true;
+                        break;
+                    }
+                }
+                Err(e) => debug!(error = %e, "reconnect failed"),
+            }
+        }
+        if !resumed {
+            let _ = ev
+                .send(SigEvent::Failed(
+                    "could not reconnect to the signaling server".into(),
+                ))
+                .await;
+            return;
+        }
+    }
+}
+
+enum Pumped {
+    /// We left or the receiver went away: stop.
+    Closed,
+    /// The socket broke: reconnect and resume.
+    Dropped,
+}
+
+async fn pump(
+    ws: &mut Ws,
+    s: &mut Session,
+    ev: &mpsc::Sender<SigEvent>,
+    cmds: &mut mpsc::Receiver<Cmd>,
+    pending: &mut Vec<String>,
+) -> Pumped {
+    // Flush what was queued while disconnected once the resume is confirmed.
+    loop {
+        tokio::select! {
+            m = ws.next() => {
+                let text = match m {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Pumped::Dropped,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    warn!("unparseable server message");
+                    continue;
+                };
+                let seq = v["seq"].as_u64().unwrap_or(0);
+                let typ = v["type"].as_str().unwrap_or("");
+                if typ != "resumed" && seq > 0 {
+                    if seq <= s.last_seq {
+                        continue; // already seen (replayed twice)
+                    }
+                    s.last_seq = seq;
+                }
+                let event = match typ {
+                    "joined" => {
+                        s.id = v["id"].as_str().map(String::from);
+                        s.token = v["resume_token"].as_str().map(String::from);
+                        SigEvent::Joined {
+                            id: s.id.clone().unwrap_or_default(),
+                            peers: v["peers"].as_array().map(|a| a.iter().map(remote).collect()).unwrap_or_default(),
+                            ice_servers: v["ice_servers"].clone(),
+                        }
+                    }
+                    "peer-joined" => SigEvent::PeerJoined(remote(&v)),
+                    "peer-left" => SigEvent::PeerLeft {
+                        id: v["id"].as_str().unwrap_or("").into(),
+                        reason: v["reason"].as_str().unwrap_or("").into(),
+                    },
+                    "signal" => SigEvent::Signal { from: v["from"].as_str().unwrap_or("").into(), data: v["data"].clone() },
+                    "resumed" => {
+                        for p in pending.drain(..) {
+                            if ws.send(Message::Text(p.into())).await.is_err() {
+                                return Pumped::Dropped;
+                            }
+                        }
+                        SigEvent::Resumed
+                    }
+                    "error" => {
+                        let code = v["code"].as_str().unwrap_or("").to_string();
+                        if code == "resume-failed" {
+                            let _ = ev.send(SigEvent::Failed(format!("resume failed: {}", v["message"]))).await;
+                            return Pumped::Closed;
+                        }
+                        SigEvent::Error { code, message: v["message"].as_str().unwrap_or("").into() }
+                    }
+                    _ => continue,
+                };
+                if ev.send(event).await.is_err() {
+                    return Pumped::Closed;
+                }
+            }
+            c = cmds.recv() => match c {
+                None => return Pumped::Closed,
+                Some(Cmd::Send(text)) => {
+                    if ws.send(Message::Text(text.clone().into())).await.is_err() {
+                        pending.push(text);
+                        return Pumped::Dropped;
+                    }
+                }
+                Some(Cmd::Leave) => {
+                    let _ = ws.send(Message::Text(json!({"type": "leave"}).to_string().into())).await;
+                    let _ = ws.close(None).await;
+                    return Pumped::Closed;
+                }
+                Some(Cmd::Drop) => {
+                    // Abrupt: shut the TCP stream down with no close frame, like a network drop.
+                    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+                        let _ = socket2::SockRef::from(&*tcp).shutdown(std::net::Shutdown::Both);
+                    }
+                    return Pumped::Dropped;
+                }
+            }
+        }
+    }
+}
+
+fn remote(v: &Value) -> RemoteInfo {
+    RemoteInfo {
+        id: v["id"].as_str().unwrap_or("").into(),
+        meta: v["meta"].clone(),
+        polite: v["polite"].as_bool().unwrap_or(false),
+    }
+}
