@@ -85,7 +85,7 @@ enum Cmd {
         /// How long to send once a channel is open.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         duration: Duration,
-        /// Succeed once N positions arrived.
+        /// Succeed only if at least N positions arrived.
         #[arg(long)]
         expect: Option<usize>,
     },

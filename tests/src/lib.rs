@@ -53,6 +53,7 @@ pub struct Proc {
     pub name: String,
     child: Child,
     out: Arc<(Mutex<Lines>, Condvar)>,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -70,10 +71,29 @@ fn strip_ansi(s: &str) -> String {
 }
 
 impl Proc {
-    pub fn start(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    pub fn start(name: &str, cmd: Command) -> Proc {
+        Self::spawn(name, cmd, false)
+    }
+
+    /// Like [`Proc::start`], with stdin kept open for [`Proc::write_line`].
+    pub fn start_with_stdin(name: &str, cmd: Command) -> Proc {
+        Self::spawn(name, cmd, true)
+    }
+
+    pub fn write_line(&mut self, line: &str) {
+        let w = self.stdin.as_mut().expect("started with stdin");
+        writeln!(w, "{line}").expect("write to child stdin");
+        w.flush().ok();
+    }
+
+    fn spawn(name: &str, mut cmd: Command, with_stdin: bool) -> Proc {
+        cmd.stdin(if with_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -103,10 +123,12 @@ impl Proc {
                 }
             });
         }
+        let stdin = child.stdin.take();
         Proc {
             name: name.to_string(),
             child,
             out,
+            stdin,
         }
     }
 
@@ -119,6 +141,18 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.out
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// The first line containing `needle`, waiting up to `timeout`.
@@ -318,4 +352,38 @@ pub fn start_icebreaker(extra: &[&str]) -> Icebreaker {
     let http = addr_after(&line, "http=").expect("http address in the log");
     let relay = addr_after(&line, "relay=[");
     Icebreaker { proc, http, relay }
+}
+
+/// `icebreaker-peer` against `ib` in `room`, host candidates on 127.0.0.1, JSON events.
+pub fn peer_cmd(
+    ib: &Icebreaker,
+    room: &str,
+    name: &str,
+    extra_common: &[&str],
+    sub: &[&str],
+) -> Command {
+    let mut cmd = Command::new(bin("icebreaker-peer"));
+    cmd.args([
+        "--server",
+        &ib.ws_url(),
+        "--room",
+        room,
+        "--name",
+        name,
+        "--bind",
+        "127.0.0.1",
+        "--json",
+    ])
+    .args(["--timeout", "40s"])
+    .args(extra_common)
+    .args(sub);
+    cmd
+}
+
+/// The JSON events a peer printed, parsed.
+pub fn json_events(p: &Proc) -> Vec<serde_json::Value> {
+    p.output()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
