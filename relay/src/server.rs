@@ -26,9 +26,15 @@ use crate::quota::{Quota, QuotaError};
 use crate::{FiveTuple, Transport};
 
 /// Opens and closes relayed sockets for the core. `open` binds `addr` (a UDP socket)
-/// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`].
+/// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`];
+/// `dont_fragment` asks for the DF bit on what it sends (DONT-FRAGMENT, RFC 8656 §7.2).
 pub trait RelaySockets {
-    fn open(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()>;
+    fn open(
+        &mut self,
+        addr: SocketAddr,
+        id: AllocationId,
+        dont_fragment: bool,
+    ) -> std::io::Result<()>;
     fn close(&mut self, addr: SocketAddr);
 }
 
@@ -658,6 +664,7 @@ impl Server {
                 Reject::new(400, "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN").signed(key),
             );
         }
+        let dont_fragment = msg.has(attr::DONT_FRAGMENT);
         let lifetime = self.lifetime(msg).map_err(|r| r.signed(key))?;
         let lifetime = if lifetime.is_zero() {
             self.shared.config.default_lifetime
@@ -687,7 +694,7 @@ impl Server {
             match self.reservations.remove(&t) {
                 Some(r) if r.v6 == v6 => {
                     let addr = SocketAddr::new(bind_ip, r.port);
-                    match self.open(sockets, addr) {
+                    match self.open(sockets, addr, dont_fragment) {
                         Ok(id) => Some((addr, id)),
                         Err(_) => {
                             self.ports.release(r.port);
@@ -705,7 +712,7 @@ impl Server {
                     break;
                 };
                 let addr = SocketAddr::new(bind_ip, p);
-                match self.open(sockets, addr) {
+                match self.open(sockets, addr, dont_fragment) {
                     Ok(id) => {
                         if reserve {
                             let t: u64 = rand::random();
@@ -733,7 +740,7 @@ impl Server {
             for _ in 0..16 {
                 let Some(p) = self.ports.take() else { break };
                 let addr = SocketAddr::new(bind_ip, p);
-                if let Ok(id) = self.open(sockets, addr) {
+                if let Ok(id) = self.open(sockets, addr, dont_fragment) {
                     bound = Some((addr, id));
                     break;
                 }
@@ -780,6 +787,7 @@ impl Server {
         &mut self,
         sockets: &mut dyn RelaySockets,
         addr: SocketAddr,
+        dont_fragment: bool,
     ) -> std::io::Result<AllocationId> {
         let index = match self.free_slots.last() {
             Some(&i) => i,
@@ -796,7 +804,7 @@ impl Server {
             index,
             generation: self.slots[index as usize].generation,
         };
-        match sockets.open(addr, id) {
+        match sockets.open(addr, id, dont_fragment) {
             Ok(()) => {
                 self.free_slots.pop();
                 Ok(id)

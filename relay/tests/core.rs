@@ -14,12 +14,16 @@ use icebreaker_relay::{FiveTuple, RelayArgs, Transport};
 #[derive(Default)]
 struct FakeSockets {
     open: HashMap<SocketAddr, AllocationId>,
+    dont_fragment: Vec<SocketAddr>,
     /// Ports "taken by another program".
     busy: Vec<u16>,
 }
 
 impl RelaySockets for FakeSockets {
-    fn open(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+    fn open(&mut self, addr: SocketAddr, id: AllocationId, df: bool) -> std::io::Result<()> {
+        if df {
+            self.dont_fragment.push(addr);
+        }
         if self.busy.contains(&addr.port()) {
             return Err(std::io::ErrorKind::AddrInUse.into());
         }
@@ -659,6 +663,18 @@ fn allocate_errors() {
     });
     assert_eq!(r.code, Some(400), "EVEN-PORT with RESERVATION-TOKEN");
     assert!(w.sockets.open.is_empty());
+}
+
+#[test]
+fn dont_fragment_reaches_the_socket() {
+    let mut w = world(|_| {});
+    let mut c = client(40000, "alice", "pw");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::DONT_FRAGMENT, &[]);
+    });
+    assert!(r.ok());
+    assert_eq!(w.sockets.dont_fragment, vec![w.relayed(&r)]);
 }
 
 #[test]

@@ -39,9 +39,17 @@ pub(super) struct Ctx {
 pub(super) struct Binder<'a>(pub &'a Rc<Ctx>);
 
 impl RelaySockets for Binder<'_> {
-    fn open(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+    fn open(
+        &mut self,
+        addr: SocketAddr,
+        id: AllocationId,
+        dont_fragment: bool,
+    ) -> std::io::Result<()> {
         let std_sock = UdpSocket::bind(addr)?;
         std_sock.set_nonblocking(true)?;
+        if dont_fragment {
+            set_dont_fragment(&std_sock, addr.is_ipv6())?;
+        }
         let sock = Rc::new(tokio::net::UdpSocket::from_std(std_sock)?);
         let reader = tokio::task::spawn_local(relay_reader(self.0.clone(), sock.clone(), id));
         self.0
@@ -55,6 +63,39 @@ impl RelaySockets for Binder<'_> {
         if let Some(r) = self.0.relays.borrow_mut().remove(&addr) {
             r.reader.abort();
         }
+    }
+}
+
+/// Path-MTU discovery "do": the kernel sets DF and never fragments what we send.
+fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, val) = if v6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: a valid fd and a pointer to a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            &val as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
