@@ -2,6 +2,8 @@
 //! The library half lets tests and the load generator reuse the same negotiation code.
 
 pub mod chat;
+pub mod doctor;
+pub mod load;
 pub mod output;
 pub mod peer;
 pub mod pointer;

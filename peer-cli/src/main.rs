@@ -89,6 +89,24 @@ enum Cmd {
         #[arg(long)]
         expect: Option<usize>,
     },
+    /// Start N peers in rooms of K through one server and report setup times and round trips.
+    Load {
+        #[arg(long, default_value_t = 20)]
+        peers: usize,
+        #[arg(long, default_value_t = 2)]
+        room_size: usize,
+        /// How long to ping once everyone is set up.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Interval between pings to each room mate.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        ping_interval: Duration,
+        /// Time allowed for each peer's setup.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        setup_timeout: Duration,
+    },
+    /// Check a deployment: signaling, ICE servers, STUN, TURN (UDP/TCP), a relay-only data channel.
+    Doctor,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -149,6 +167,23 @@ fn main() -> ExitCode {
                     };
                     icebreaker_peer::chat::run(opts, args, out).await
                 }
+                Cmd::Load {
+                    peers,
+                    room_size,
+                    duration,
+                    ping_interval,
+                    setup_timeout,
+                } => {
+                    let args = icebreaker_peer::load::LoadArgs {
+                        peers,
+                        room_size,
+                        duration,
+                        ping_interval,
+                        setup_timeout,
+                    };
+                    icebreaker_peer::load::run(opts, args, out).await
+                }
+                Cmd::Doctor => icebreaker_peer::doctor::run(opts, out).await,
                 Cmd::Pointer {
                     rate,
                     duration,

@@ -57,7 +57,7 @@ pub struct SignalingConfig {
     pub rate_burst: f64,
     pub max_connections_per_ip: usize,
     pub max_message_bytes: usize,
-    pub outbox_capacity: usize,
+    pub outbox_limit: usize,
     pub replay_limit: usize,
     pub web_dir: Option<PathBuf>,
 }
@@ -268,8 +268,8 @@ impl SignalingArgs {
             rate_burst,
             max_connections_per_ip: self.max_connections_per_ip.unwrap_or(256).max(1),
             max_message_bytes: 64 * 1024,
-            outbox_capacity: 1024,
-            replay_limit: 1024,
+            outbox_limit: 1024,
+            replay_limit: 4096,
             web_dir: self.web_dir.clone(),
         })
     }

@@ -110,6 +110,7 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
             room_capacity: cfg.room_capacity,
             resume_grace: cfg.resume_grace,
             replay_limit: cfg.replay_limit,
+            outbox_limit: cfg.outbox_limit,
         },
         metrics.clone(),
     );

@@ -1,6 +1,8 @@
 //! Rooms, membership, per-peer sequence numbers and resume buffers: a plain state machine.
-//! It never touches a socket or a clock of its own; callers pass `now` and an outbox
-//! (a bounded channel the connection's task drains into its WebSocket).
+//! It never touches a socket or a clock of its own; callers pass `now`. Each peer's
+//! replay buffer doubles as its outbox: the connection is woken through a `Notify` and
+//! takes the frames after the last one it wrote, so a message is stored once per
+//! recipient and an idle connection holds no queue of its own.
 //!
 //! Resume works like this: every message to a peer gets the next `seq` and is kept in
 //! the peer's replay buffer until the peer's socket acknowledges it (a WebSocket pong
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, LeaveReason, PeerInfo, ProtocolError, ServerMessage};
@@ -22,15 +24,19 @@ use crate::protocol::{ErrorCode, LeaveReason, PeerInfo, ProtocolError, ServerMes
 pub type PeerId = Arc<str>;
 /// One serialized server message and its seq, as queued to a connection.
 pub type Frame = (u64, Utf8Bytes);
-pub type Outbox = mpsc::Sender<Frame>;
+/// Wakes the connection that carries a peer when frames are waiting for it.
+pub type Outbox = Arc<Notify>;
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub room_capacity: usize,
     pub resume_grace: Duration,
-    /// Unacknowledged messages kept per peer; beyond it the oldest go and a later resume
-    /// that needs them fails (`resume-failed`) instead of silently skipping.
+    /// Unacknowledged messages kept per peer; beyond it the oldest written ones go and a
+    /// later resume that needs them fails (`resume-failed`) instead of silently skipping.
     pub replay_limit: usize,
+    /// Messages queued but not yet taken by the connection; beyond it the connection is
+    /// too slow and is cut off (it may resume). Must be below `replay_limit`.
+    pub outbox_limit: usize,
 }
 
 struct Peer {
@@ -42,6 +48,8 @@ struct Peer {
     /// Highest seq dropped from the buffer without acknowledgement (overflow).
     lost_up_to: u64,
     outbox: Option<Outbox>,
+    /// Highest seq the connection has taken (written or about to be).
+    taken: u64,
     /// Which connection holds the peer; a stale connection's detach is ignored.
     conn: u64,
     detached_at: Option<Instant>,
@@ -111,16 +119,18 @@ impl Hub {
                 p.lost_up_to = s;
             }
         }
-        p.buffer.push_back(frame.clone());
+        p.buffer.push_back(frame);
         self.metrics.message_out(kind);
-        if let Some(tx) = &p.outbox {
-            if tx.try_send(frame).is_err() {
-                // A consumer that cannot keep up is cut off (its socket closes when the
-                // channel does); it may resume, and gets the buffered messages then.
-                self.metrics.slow_consumers.inc();
-                p.outbox = None;
-                p.detached_at = Some(now);
+        if p.outbox.is_some() && seq - p.taken > self.cfg.outbox_limit as u64 {
+            // A consumer that cannot keep up is cut off (woken to find itself detached);
+            // it may resume and gets the buffered messages then.
+            self.metrics.slow_consumers.inc();
+            if let Some(n) = p.outbox.take() {
+                n.notify_one();
             }
+            p.detached_at = Some(now);
+        } else if let Some(n) = &p.outbox {
+            n.notify_one();
         }
         true
     }
@@ -179,6 +189,7 @@ impl Hub {
                 buffer: VecDeque::new(),
                 lost_up_to: 0,
                 outbox: Some(outbox),
+                taken: 0,
                 conn,
                 detached_at: None,
             },
@@ -201,11 +212,10 @@ impl Hub {
             .to_json();
             let p = self.peers.get_mut(&id).expect("just inserted");
             p.seq = 1;
-            let frame: Frame = (1, Utf8Bytes::from(msg));
-            p.buffer.push_back(frame.clone());
+            p.buffer.push_back((1, Utf8Bytes::from(msg)));
             self.metrics.message_out("joined");
-            if let Some(tx) = &p.outbox {
-                let _ = tx.try_send(frame);
+            if let Some(n) = &p.outbox {
+                n.notify_one();
             }
         }
         // Borrow the newcomer's meta outside the map while the others are told.
@@ -307,14 +317,15 @@ impl Hub {
         }
     }
 
-    /// A new connection takes over `id`: `resumed`, then every message after `last_seq`.
+    /// A new connection takes over `id`. Returns the `resumed` frame to write first; the
+    /// connection then takes every message after `last_seq` as usual.
     pub fn resume(
         &mut self,
         id: &str,
         token: &str,
         last_seq: u64,
         outbox: Outbox,
-    ) -> Result<Attached, ProtocolError> {
+    ) -> Result<(Attached, Frame), ProtocolError> {
         let fail = |m: &str| Err(ProtocolError::new(ErrorCode::ResumeFailed, m));
         let Some(p) = self.peers.get(id) else {
             return fail("no such peer (it left, or its resume grace ran out)");
@@ -339,32 +350,53 @@ impl Hub {
             .get(&p.room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
+        // Politeness towards each peer depends on who joined first; the client kept it
+        // from `joined`/`peer-joined`, so `resumed` lists peers for presence only.
         let json = ServerMessage::Resumed {
             id,
             peers: self.peer_infos(&members, id, true),
             seq: last_seq,
         }
         .to_json();
-        // Politeness towards each peer depends on who joined first; the client kept it
-        // from `joined`/`peer-joined`, so `resumed` lists peers for presence only.
         let conn = self.next_conn;
         self.next_conn += 1;
         let p = self.peers.get_mut(id).expect("checked");
+        // A connection that still holds the peer is woken to find itself replaced.
+        if let Some(old) = p.outbox.replace(outbox.clone()) {
+            old.notify_one();
+        }
         p.conn = conn;
+        p.taken = last_seq;
         p.detached_at = None;
-        let mut ok = outbox.try_send((last_seq, Utf8Bytes::from(json))).is_ok();
-        for f in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
-            ok &= outbox.try_send(f.clone()).is_ok();
+        if p.seq > last_seq {
+            outbox.notify_one();
         }
-        if !ok {
-            return fail("too many missed messages to replay at once");
-        }
-        p.outbox = Some(outbox);
         self.metrics.message_out("resumed");
-        Ok(Attached {
-            id: id.into(),
-            conn,
-        })
+        Ok((
+            Attached {
+                id: id.into(),
+                conn,
+            },
+            (last_seq, Utf8Bytes::from(json)),
+        ))
+    }
+
+    /// Frames waiting for connection `conn` of `id` (at most `max`), in order. `None` when
+    /// that connection no longer carries the peer (left, cut off as too slow, or resumed
+    /// elsewhere): it should close.
+    pub fn take(&mut self, id: &str, conn: u64, max: usize) -> Option<Vec<Frame>> {
+        let p = self.peers.get_mut(id)?;
+        if p.conn != conn || p.outbox.is_none() {
+            return None;
+        }
+        // Seqs in the buffer are consecutive, so the next frame's index is arithmetic.
+        let first = p.buffer.front().map(|(s, _)| *s).unwrap_or(p.seq + 1);
+        let start = (p.taken + 1).saturating_sub(first) as usize;
+        let out: Vec<Frame> = p.buffer.iter().skip(start).take(max).cloned().collect();
+        if let Some((s, _)) = out.last() {
+            p.taken = *s;
+        }
+        Some(out)
     }
 
     /// Peers detached longer than the grace are removed (`peer-left`, reason timeout).
@@ -389,7 +421,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc::Receiver;
 
     fn hub(capacity: usize) -> Hub {
         Hub::new(
@@ -397,6 +428,7 @@ mod tests {
                 room_capacity: capacity,
                 resume_grace: Duration::from_secs(30),
                 replay_limit: 64,
+                outbox_limit: 32,
             },
             Metrics::default(),
         )
@@ -406,36 +438,40 @@ mod tests {
         RawValue::from_string("[]".into()).unwrap()
     }
 
-    fn drain(rx: &mut Receiver<Frame>) -> Vec<serde_json::Value> {
-        let mut v = Vec::new();
-        while let Ok((_, f)) = rx.try_recv() {
-            v.push(serde_json::from_str(f.as_str()).unwrap());
-        }
-        v
+    fn parse(frames: Vec<Frame>) -> Vec<serde_json::Value> {
+        frames
+            .into_iter()
+            .map(|(_, f)| serde_json::from_str(f.as_str()).unwrap())
+            .collect()
     }
 
-    fn join(h: &mut Hub, now: Instant, room: &str) -> (Attached, Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(128);
-        (h.join(now, room, None, &ice(), tx).unwrap(), rx)
+    fn drain(h: &mut Hub, a: &Attached) -> Vec<serde_json::Value> {
+        parse(h.take(&a.id, a.conn, 10_000).expect("attached"))
+    }
+
+    fn join(h: &mut Hub, now: Instant, room: &str) -> Attached {
+        h.join(now, room, None, &ice(), Arc::new(Notify::new()))
+            .unwrap()
     }
 
     #[test]
     fn join_signal_leave() {
         let now = Instant::now();
         let mut h = hub(16);
-        let (a, mut ra) = join(&mut h, now, "r");
-        let (b, mut rb) = join(&mut h, now, "r");
-        let ma = drain(&mut ra);
+        let a = join(&mut h, now, "r");
+        let b = join(&mut h, now, "r");
+        let ma = drain(&mut h, &a);
         assert_eq!(ma[0]["type"], "joined");
         assert_eq!(ma[1]["type"], "peer-joined");
         assert_eq!(ma[1]["polite"], true);
         assert_eq!(ma[1]["seq"], 2);
-        let mb = drain(&mut rb);
+        let mb = drain(&mut h, &b);
         assert_eq!(mb[0]["peers"][0]["id"], &*a.id);
         assert_eq!(mb[0]["peers"][0]["polite"], false);
         let data = RawValue::from_string(r#"{"sdp":1}"#.into()).unwrap();
         h.signal(now, &b.id, &a.id, &data).unwrap();
-        let ma = drain(&mut ra);
+        let ma = drain(&mut h, &a);
+        assert_eq!(ma.len(), 1, "only what was not taken before");
         assert_eq!(ma[0]["from"], &*b.id);
         assert_eq!(ma[0]["data"]["sdp"], 1);
         assert_eq!(
@@ -447,10 +483,14 @@ mod tests {
             ErrorCode::UnknownPeer
         );
         h.remove(now, &b.id, LeaveReason::Left);
-        let ma = drain(&mut ra);
+        let ma = drain(&mut h, &a);
         assert_eq!(
             (ma[0]["type"].as_str(), ma[0]["reason"].as_str()),
             (Some("peer-left"), Some("left"))
+        );
+        assert!(
+            h.take(&b.id, b.conn, 10).is_none(),
+            "a removed peer's connection is told to close"
         );
         h.remove(now, &a.id, LeaveReason::Left);
         assert_eq!((h.room_count(), h.peer_count()), (0, 0));
@@ -460,28 +500,27 @@ mod tests {
     fn rooms_are_isolated_and_capped() {
         let now = Instant::now();
         let mut h = hub(2);
-        let (a, _ra) = join(&mut h, now, "r1");
-        let (b, _rb) = join(&mut h, now, "r2");
+        let a = join(&mut h, now, "r1");
+        let b = join(&mut h, now, "r2");
         let data = RawValue::from_string("{}".into()).unwrap();
         assert_eq!(
             h.signal(now, &a.id, &b.id, &data).unwrap_err().code,
             ErrorCode::UnknownPeer
         );
         let _c = join(&mut h, now, "r1");
-        let (tx, _rx) = mpsc::channel(8);
-        assert_eq!(
-            h.join(now, "r1", None, &ice(), tx).unwrap_err().code,
-            ErrorCode::RoomFull
-        );
+        let e = h
+            .join(now, "r1", None, &ice(), Arc::new(Notify::new()))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::RoomFull);
     }
 
     #[test]
     fn resume_replays_exactly_the_unacknowledged() {
         let t0 = Instant::now();
         let mut h = hub(16);
-        let (a, mut ra) = join(&mut h, t0, "r");
-        let (b, _rb) = join(&mut h, t0, "r");
-        let seen = drain(&mut ra);
+        let a = join(&mut h, t0, "r");
+        let b = join(&mut h, t0, "r");
+        let seen = drain(&mut h, &a);
         let last = seen.last().unwrap()["seq"].as_u64().unwrap();
         h.ack(&a.id, a.conn, last);
         h.detach(t0, &a.id, a.conn);
@@ -489,27 +528,30 @@ mod tests {
             let d = RawValue::from_string(format!("{{\"n\":{i}}}")).unwrap();
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
-        let (tx, mut rx) = mpsc::channel(64);
+        let n = Arc::new(Notify::new());
         assert_eq!(
-            h.resume(&a.id, "bad", last, tx.clone()).unwrap_err().code,
+            h.resume(&a.id, "bad", last, n.clone()).unwrap_err().code,
             ErrorCode::ResumeFailed
         );
         let token = seen[0]["resume_token"].as_str().unwrap().to_string();
-        let att = h.resume(&a.id, &token, last, tx).unwrap();
-        let got = drain(&mut rx);
-        assert_eq!(got[0]["type"], "resumed");
-        let ns: Vec<u64> = got[1..]
+        let (att, resumed) = h.resume(&a.id, &token, last, n).unwrap();
+        let r: serde_json::Value = serde_json::from_str(resumed.1.as_str()).unwrap();
+        assert_eq!(
+            (r["type"].as_str(), r["seq"].as_u64()),
+            (Some("resumed"), Some(last))
+        );
+        let got = drain(&mut h, &att);
+        let ns: Vec<u64> = got
             .iter()
             .map(|m| m["data"]["n"].as_u64().unwrap())
             .collect();
         assert_eq!(ns, vec![0, 1, 2, 3, 4]);
-        let seqs: Vec<u64> = got[1..]
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (last + 1..=last + 5).collect::<Vec<_>>());
-        // The old connection's late detach does not detach the new one.
+        // The old connection's late detach does not detach the new one, and the old
+        // connection learns it is replaced.
         h.detach(t0, &a.id, a.conn);
+        assert!(h.take(&a.id, a.conn, 10).is_none());
         h.signal(
             t0,
             &b.id,
@@ -517,7 +559,7 @@ mod tests {
             &RawValue::from_string("{}".into()).unwrap(),
         )
         .unwrap();
-        assert_eq!(drain(&mut rx).len(), 1);
+        assert_eq!(drain(&mut h, &att).len(), 1);
         assert_ne!(att.conn, a.conn);
     }
 
@@ -525,39 +567,56 @@ mod tests {
     fn grace_expiry_sends_peer_left_timeout() {
         let t0 = Instant::now();
         let mut h = hub(16);
-        let (a, _ra) = join(&mut h, t0, "r");
-        let (_b, mut rb) = join(&mut h, t0, "r");
-        drain(&mut rb);
+        let a = join(&mut h, t0, "r");
+        let b = join(&mut h, t0, "r");
+        drain(&mut h, &b);
         h.detach(t0, &a.id, a.conn);
         h.handle_timeout(t0 + Duration::from_secs(29));
-        assert!(drain(&mut rb).is_empty(), "no peer-left during the grace");
+        assert!(
+            drain(&mut h, &b).is_empty(),
+            "no peer-left during the grace"
+        );
         h.handle_timeout(t0 + Duration::from_secs(30));
-        let m = drain(&mut rb);
+        let m = drain(&mut h, &b);
         assert_eq!(
             (m[0]["type"].as_str(), m[0]["reason"].as_str()),
             (Some("peer-left"), Some("timeout"))
         );
-        let (tx, _rx) = mpsc::channel(8);
-        assert_eq!(
-            h.resume(&a.id, "x", 0, tx).unwrap_err().code,
-            ErrorCode::ResumeFailed
-        );
+        let e = h
+            .resume(&a.id, "x", 0, Arc::new(Notify::new()))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::ResumeFailed);
     }
 
     #[test]
-    fn slow_consumer_is_cut_off_and_overflow_fails_resume() {
+    fn slow_consumer_is_cut_off_then_resumes_until_the_buffer_overflows() {
         let t0 = Instant::now();
         let mut h = hub(16);
-        let (tx, _rx_never_read) = mpsc::channel(4);
-        let a = h.join(t0, "r", None, &ice(), tx).unwrap();
-        let (b, _rb) = join(&mut h, t0, "r");
+        let a = join(&mut h, t0, "r");
+        let b = join(&mut h, t0, "r");
+        let first = drain(&mut h, &a);
+        let token = first[0]["resume_token"].as_str().unwrap().to_string();
         let d = RawValue::from_string("{}".into()).unwrap();
-        for _ in 0..100 {
+        // A never takes: past the outbox limit (32) it is cut off.
+        for _ in 0..40 {
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
         assert_eq!(h.metrics.slow_consumers.get(), 1);
-        let (tx, _rx) = mpsc::channel(256);
-        let e = h.resume(&a.id, "wrong-token-anyway", 0, tx).unwrap_err();
+        assert!(
+            h.take(&a.id, a.conn, 10).is_none(),
+            "the cut-off connection is told to close"
+        );
+        // Still within the replay buffer (64): resume works and replays all 40.
+        let (att, _) = h.resume(&a.id, &token, 2, Arc::new(Notify::new())).unwrap();
+        assert_eq!(drain(&mut h, &att).len(), 40);
+        // Detached again, 100 more overflow the buffer: resume now fails.
+        h.detach(t0, &a.id, att.conn);
+        for _ in 0..100 {
+            h.signal(t0, &b.id, &a.id, &d).unwrap();
+        }
+        let e = h
+            .resume(&a.id, &token, 42, Arc::new(Notify::new()))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::ResumeFailed);
     }
 }

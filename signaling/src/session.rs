@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::auth::check_token;
@@ -16,14 +16,15 @@ use crate::limits::{IpSlot, TokenBucket};
 use crate::protocol::{
     self, valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage,
 };
-use crate::room::{Attached, Frame};
+use crate::room::Attached;
 
 /// Largest `meta` a peer may attach to itself (it is copied to everyone in the room).
 const MAX_META_BYTES: usize = 1024;
 
 enum Event {
     In(Option<Result<Message, axum::Error>>),
-    Out(Option<Frame>),
+    /// Frames are waiting in the peer's buffer.
+    Wake,
     Heartbeat,
 }
 
@@ -38,7 +39,7 @@ enum End {
 struct Conn {
     state: Arc<AppState>,
     me: Option<Attached>,
-    out_rx: Option<mpsc::Receiver<Frame>>,
+    notify: Arc<Notify>,
 }
 
 impl Conn {
@@ -109,12 +110,10 @@ impl Conn {
                     }
                 }
                 let ice = ice_servers_json(cfg, &label, icebreaker_relay::server::unix_now());
-                let (tx, rx) = mpsc::channel(cfg.outbox_capacity);
-                match st.bus.join(&room, meta, &ice, tx).await {
+                match st.bus.join(&room, meta, &ice, self.notify.clone()).await {
                     Ok(a) => {
                         debug!(id = %a.id, %room, "joined");
                         self.me = Some(a);
-                        self.out_rx = Some(rx);
                         true
                     }
                     Err(e) => self.error(socket, e).await,
@@ -143,7 +142,6 @@ impl Conn {
             ClientMessage::Leave => match self.me.take() {
                 Some(a) => {
                     st.bus.leave(&a.id, LeaveReason::Left).await;
-                    self.out_rx = None;
                     true
                 }
                 None => {
@@ -174,18 +172,20 @@ impl Conn {
                 if self.me.is_some() {
                     return self.error(socket, bad("already joined")).await;
                 }
-                // Room for the whole replay plus what arrives meanwhile.
-                let (tx, rx) = mpsc::channel(cfg.replay_limit + cfg.outbox_capacity);
-                match st.bus.resume(&id, &token, last_seq, tx).await {
-                    Ok(a) => {
+                match st
+                    .bus
+                    .resume(&id, &token, last_seq, self.notify.clone())
+                    .await
+                {
+                    Ok((a, (_, resumed))) => {
                         st.metrics
                             .resumes
                             .get_or_create(&crate::metrics::ResultLabel { result: "ok" })
                             .inc();
                         debug!(id = %a.id, last_seq, "resumed");
                         self.me = Some(a);
-                        self.out_rx = Some(rx);
-                        true
+                        // `resumed` first; the missed messages follow on the next wake.
+                        socket.send(Message::Text(resumed)).await.is_ok()
                     }
                     Err(e) => {
                         st.metrics
@@ -200,10 +200,36 @@ impl Conn {
     }
 }
 
-async fn next_frame(rx: &mut Option<mpsc::Receiver<Frame>>) -> Option<Frame> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
+/// Writes every frame waiting for this connection. False: the socket failed, or the bus
+/// detached the peer from this connection (too slow, or resumed elsewhere).
+async fn flush(
+    state: &AppState,
+    conn: &Conn,
+    socket: &mut WebSocket,
+    last_written: &mut u64,
+) -> bool {
+    let Some(a) = &conn.me else { return true };
+    loop {
+        match state.bus.take(&a.id, a.conn, 64).await {
+            None => {
+                close(
+                    socket,
+                    1008,
+                    "detached: too slow to receive, or resumed elsewhere",
+                )
+                .await;
+                return false;
+            }
+            Some(frames) if frames.is_empty() => return true,
+            Some(frames) => {
+                for (seq, f) in frames {
+                    if socket.send(Message::Text(f)).await.is_err() {
+                        return false;
+                    }
+                    *last_written = seq;
+                }
+            }
+        }
     }
 }
 
@@ -229,12 +255,13 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
     let mut conn = Conn {
         state: state.clone(),
         me: None,
-        out_rx: None,
+        notify: Arc::new(Notify::new()),
     };
+    let notify = conn.notify.clone();
     let end = loop {
         let ev = tokio::select! {
             m = socket.recv() => Event::In(m),
-            f = next_frame(&mut conn.out_rx) => Event::Out(f),
+            _ = notify.notified() => Event::Wake,
             _ = heartbeat.tick() => Event::Heartbeat,
         };
         match ev {
@@ -250,14 +277,9 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                             );
                             conn.error(&mut socket, e).await;
                             // Flush what the error queued, then close with 1009 (message too big).
-                            while let Ok((_, f)) = conn
-                                .out_rx
-                                .as_mut()
-                                .map_or(Err(mpsc::error::TryRecvError::Empty), |r| r.try_recv())
-                            {
-                                let _ = socket.send(Message::Text(f)).await;
+                            if flush(&state, &conn, &mut socket, &mut last_written).await {
+                                close(&mut socket, 1009, "message too large").await;
                             }
-                            close(&mut socket, 1009, "message too large").await;
                             break End::Dropped;
                         }
                         if !bucket.take(Instant::now()) {
@@ -270,7 +292,9 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                             }
                             continue;
                         }
-                        if !conn.handle(&mut socket, t.as_str()).await {
+                        // Boxed: the handler's future is large and rarely alive, so it
+                        // is not kept inline in every idle connection's state.
+                        if !Box::pin(conn.handle(&mut socket, t.as_str())).await {
                             break End::Dropped;
                         }
                     }
@@ -292,16 +316,10 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                     Message::Close(_) => break End::Closed,
                 }
             }
-            Event::Out(Some((seq, frame))) => {
-                if socket.send(Message::Text(frame)).await.is_err() {
+            Event::Wake => {
+                if !flush(&state, &conn, &mut socket, &mut last_written).await {
                     break End::Dropped;
                 }
-                last_written = seq.max(last_written);
-            }
-            Event::Out(None) => {
-                // The bus cut us off: this client did not keep up with its messages.
-                close(&mut socket, 1008, "too slow to receive").await;
-                break End::Dropped;
             }
             Event::Heartbeat => {
                 if last_seen.elapsed() > 2 * interval {

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::Bus;
 use crate::protocol::{LeaveReason, ProtocolError, ServerMessage};
-use crate::room::{Attached, Hub, Outbox};
+use crate::room::{Attached, Frame, Hub, Outbox};
 
 pub struct MemoryBus {
     hub: Mutex<Hub>,
@@ -78,8 +78,12 @@ impl Bus for MemoryBus {
         token: &str,
         last_seq: u64,
         outbox: Outbox,
-    ) -> Result<Attached, ProtocolError> {
+    ) -> Result<(Attached, Frame), ProtocolError> {
         self.hub().resume(id, token, last_seq, outbox)
+    }
+
+    async fn take(&self, id: &str, conn: u64, max: usize) -> Option<Vec<Frame>> {
+        self.hub().take(id, conn, max)
     }
 
     async fn tick(&self, now: Instant) {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::protocol::{LeaveReason, ProtocolError};
-use crate::room::{Attached, Outbox};
+use crate::room::{Attached, Frame, Outbox};
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -35,7 +35,10 @@ pub trait Bus: Send + Sync + 'static {
         token: &str,
         last_seq: u64,
         outbox: Outbox,
-    ) -> Result<Attached, ProtocolError>;
+    ) -> Result<(Attached, Frame), ProtocolError>;
+    /// Frames waiting for this connection, in order; `None`: the connection no longer
+    /// carries the peer and should close.
+    async fn take(&self, id: &str, conn: u64, max: usize) -> Option<Vec<Frame>>;
     /// Expires detached peers; the server calls it about once a second.
     async fn tick(&self, now: Instant);
     fn counts(&self) -> (usize, usize);

@@ -1,0 +1,215 @@
+//! `load`: N peers in rooms of K through one server, in this process. Each peer opens
+//! data channels to its room mates and pings them over `chat`; the report gives setup
+//! time (join → chat channel open) percentiles, message round trips, the success rate and
+//! failures by cause.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::output::Out;
+use crate::peer::PeerEvent;
+use crate::pointer::percentile;
+use crate::room::{Event, Options, Room};
+
+pub struct LoadArgs {
+    pub peers: usize,
+    pub room_size: usize,
+    pub duration: Duration,
+    /// Interval between pings from each peer to each room mate.
+    pub ping_interval: Duration,
+    /// How long a peer may take to get all its channels open.
+    pub setup_timeout: Duration,
+}
+
+#[derive(Debug)]
+enum Report {
+    /// Join → chat open towards one room mate.
+    Setup(Duration),
+    Rtt(Duration),
+    Ready,
+    Failed(&'static str),
+}
+
+/// One simulated peer: join, wait for a chat channel to every room mate, then ping them.
+async fn one_peer(
+    opts: Options,
+    mates: usize,
+    args: Arc<LoadArgs>,
+    tx: mpsc::Sender<Report>,
+    go: tokio::sync::watch::Receiver<bool>,
+) {
+    let t0 = Instant::now();
+    let mut room = match Room::join(&opts, None).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = tx.send(Report::Failed("signaling")).await;
+            return;
+        }
+    };
+    let mut chans = HashMap::new();
+    let setup_deadline = tokio::time::Instant::now() + args.setup_timeout;
+    let mut failed = None;
+    while chans.len() < mates {
+        tokio::select! {
+            ev = room.events.recv() => match ev {
+                Some(Event::Peer(PeerEvent::ChannelOpen { peer, label, dc })) if label == "chat" => {
+                    let _ = tx.send(Report::Setup(t0.elapsed())).await;
+                    chans.insert(peer, dc);
+                }
+                Some(Event::Peer(PeerEvent::Failed { .. })) => { failed = Some("ice-failed"); break; }
+                Some(Event::ServerError { .. }) => { failed = Some("server-error"); break; }
+                Some(Event::SignalingFailed(_)) | None => { failed = Some("signaling"); break; }
+                Some(_) => {}
+            },
+            _ = tokio::time::sleep_until(setup_deadline) => { failed = Some("setup-timeout"); break; }
+        }
+    }
+    if let Some(cause) = failed {
+        let _ = tx.send(Report::Failed(cause)).await;
+        room.close().await;
+        return;
+    }
+    let _ = tx.send(Report::Ready).await;
+    // Everyone pings together once all peers are set up (or setup time is over).
+    let mut go = go;
+    let _ = go.wait_for(|g| *g).await;
+    let end = tokio::time::Instant::now() + args.duration;
+    let mut tick = tokio::time::interval(args.ping_interval);
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                for dc in chans.values() {
+                    n += 1;
+                    sent.insert(n, Instant::now());
+                    let _ = dc.send_text(&json!({"from": opts.name, "text": "ping", "ping": n}).to_string()).await;
+                }
+            }
+            ev = room.events.recv() => match ev {
+                Some(Event::Peer(PeerEvent::Message { peer, label, text })) if label == "chat" => {
+                    let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                    if let Some(p) = v["ping"].as_u64() {
+                        if let Some(dc) = chans.get(&peer) {
+                            let _ = dc.send_text(&json!({"from": opts.name, "text": "pong", "pong": p}).to_string()).await;
+                        }
+                    } else if let Some(p) = v["pong"].as_u64() {
+                        if let Some(t) = sent.remove(&p) {
+                            let _ = tx.send(Report::Rtt(t.elapsed())).await;
+                        }
+                    }
+                }
+                None => break,
+                _ => {}
+            },
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    // Let the last pongs arrive before closing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    room.close().await;
+}
+
+pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        args.peers >= 2 && args.room_size >= 2,
+        "need --peers >= 2 and --room-size >= 2"
+    );
+    let args = Arc::new(args);
+    let run_id: u32 = rand::random();
+    let (tx, mut rx) = mpsc::channel::<Report>(65536);
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let expected_channels: usize = (0..args.peers)
+        .map(|i| {
+            let room_start = i / args.room_size * args.room_size;
+            (args.peers - room_start).min(args.room_size) - 1
+        })
+        .sum();
+    let bar = if out.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(expected_channels as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} setup {bar:30} {pos}/{len} channels open ({elapsed}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    for i in 0..args.peers {
+        let room_index = i / args.room_size;
+        let room_start = room_index * args.room_size;
+        let mates = (args.peers - room_start).min(args.room_size) - 1;
+        let opts = Options {
+            room: format!("load-{run_id:08x}-{room_index}"),
+            name: format!("load-{i}"),
+            ..base.clone()
+        };
+        tokio::spawn(one_peer(
+            opts,
+            mates,
+            args.clone(),
+            tx.clone(),
+            go_rx.clone(),
+        ));
+        // A gentle ramp, so setup time measures the stack, not a thundering herd.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(tx);
+    let (mut setups, mut rtts) = (Vec::new(), Vec::new());
+    let mut failures: HashMap<&'static str, usize> = HashMap::new();
+    let (mut ready, mut finished) = (0usize, 0usize);
+    let mut released = false;
+    while let Some(r) = rx.recv().await {
+        match r {
+            Report::Setup(d) => {
+                setups.push(d.as_secs_f64() * 1000.0);
+                bar.inc(1);
+            }
+            Report::Rtt(d) => rtts.push(d.as_secs_f64() * 1000.0),
+            Report::Ready => ready += 1,
+            Report::Failed(c) => {
+                *failures.entry(c).or_default() += 1;
+                finished += 1;
+            }
+        }
+        if !released && ready + finished == args.peers {
+            released = true;
+            bar.finish_with_message("pinging");
+            let _ = go_tx.send(true);
+        }
+    }
+    bar.finish_and_clear();
+    setups.sort_by(|a, b| a.total_cmp(b));
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    let ok_peers = ready;
+    let success = ok_peers as f64 / args.peers as f64;
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let report = json!({
+        "event": "load-report",
+        "ok": ok_peers == args.peers,
+        "peers": args.peers, "room_size": args.room_size,
+        "success_rate": success,
+        "channels_open": setups.len(), "channels_expected": expected_channels,
+        "setup_ms_p50": round(percentile(&setups, 0.5)), "setup_ms_p95": round(percentile(&setups, 0.95)), "setup_ms_p99": round(percentile(&setups, 0.99)),
+        "rtt_ms_p50": round(percentile(&rtts, 0.5)), "rtt_ms_p99": round(percentile(&rtts, 0.99)), "round_trips": rtts.len(),
+        "failures": failures,
+        "wall_s": round(started.elapsed().as_secs_f64()),
+    });
+    out.event(
+        &report,
+        Some(format!(
+            "{} / {} peers ok ({:.0}%), {} channels; setup p50 {:.0} ms p95 {:.0} ms p99 {:.0} ms; rtt p50 {:.2} ms p99 {:.2} ms ({} round trips); failures {:?}",
+            ok_peers, args.peers, success * 100.0, setups.len(),
+            percentile(&setups, 0.5), percentile(&setups, 0.95), percentile(&setups, 0.99),
+            percentile(&rtts, 0.5), percentile(&rtts, 0.99), rtts.len(), failures
+        )),
+    );
+    Ok(ok_peers == args.peers && !rtts.is_empty())
+}

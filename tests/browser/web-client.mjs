@@ -1,0 +1,436 @@
+#!/usr/bin/env node
+// web-client.mjs — end-to-end tests of the Icebreaker web client (web/) in real Chromium,
+// against a running `icebreaker` server.
+//
+//   node web-client.mjs --base http://127.0.0.1:8080 [--scenario NAME|all] [--screenshots DIR]
+//                       [--timeout-ms 90000] [--verbose]
+//
+// Scenarios (each runs in fresh browser profiles, in its own room, bounded by --timeout-ms):
+//   two       two pages: each decodes the other's video and receives its audio packets,
+//             chat both ways (typed into the chat box), pointer moves on one page's board
+//             show up at the same normalized place (±0.05) on the other's, both ways
+//   relay     the same with ?relay=1: the selected candidate pair is relay on both pages
+//   three     three pages form a full mesh (2 connected peers each, video decoded from both);
+//             one clicks Leave and its tile disappears on the other two
+//   resume    window.icebreaker.dropSocket() on one page: it resumes (same peer id, same
+//             RTCPeerConnection, never disconnected), no peer-left on the other page, chat after
+//   cut       the same, but the WebSocket's TCP connection is really reset (the page is served
+//             through a TCP proxy in this script that kills it): the browser sees close 1006,
+//             the server sees a reset without a close frame
+//   nomedia   one page with media, one whose camera/mic permission is refused and one with no
+//             devices at all: both join receive-only, decode the first page's video, and chat
+//             and pointers work between all three
+// `all` (the default) runs every scenario. With --screenshots DIR, `two` and `three` save
+// DIR/screenshot-2.png and DIR/screenshot-3.png (1280×720) and `two` also
+// DIR/screenshot-phone.png (390×844).
+//
+// Prints one JSON line per scenario on stdout ({"scenario", "ok", measured values…,
+// "error"}); exits 0 only if every scenario passed. Diagnostics go to stderr.
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const { values: opt } = parseArgs({
+  options: {
+    base: { type: 'string' },
+    scenario: { type: 'string', default: 'all' },
+    screenshots: { type: 'string' },
+    'timeout-ms': { type: 'string', default: '90000' },
+    chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
+    verbose: { type: 'boolean', default: false },
+  },
+});
+const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'nomedia'];
+const wanted = opt.scenario === 'all' ? SCENARIOS : opt.scenario.split(',');
+const timeoutMs = Number(opt['timeout-ms']);
+if (!opt.base || !(timeoutMs > 0) || wanted.some((s) => !SCENARIOS.includes(s))) {
+  console.log(JSON.stringify({ ok: false, error: `usage: node web-client.mjs --base http://HOST:PORT [--scenario ${SCENARIOS.join('|')}|all] [--screenshots DIR] [--timeout-ms N]` }));
+  process.exit(2);
+}
+const BASE = opt.base.replace(/\/+$/, '');
+
+// Same switches as turn-relay.mjs (see there): Chromium honours only the last
+// --disable-features, so ours re-lists Playwright's defaults.
+const DISABLED_FEATURES = [
+  'WebRtcHideLocalIpsWithMdns',
+  'OptimizationHints', 'NetworkTimeServiceQuerying', 'MediaRouter', 'AimEnabled', 'PreconnectToSearch',
+];
+const BASE_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--allow-loopback-in-peer-connection',
+  // Pages of one browser share the renderer's timers; keep hidden/occluded ones running.
+  '--disable-background-timer-throttling', '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
+  `--disable-features=${DISABLED_FEATURES.join(',')}`,
+];
+const MEDIA = {
+  fake: ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'], // test pattern + beep, auto-granted
+  refused: ['--use-fake-device-for-media-stream'], // devices exist, the permission prompt is dismissed: NotAllowedError
+  none: [], // no devices at all: NotFoundError
+};
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...a) => console.error(...a);
+
+// ---- A scenario: its own deadline, browsers, room; always prints one JSON line.
+
+class Scenario {
+  constructor(name) {
+    this.name = name;
+    this.deadline = Date.now() + timeoutMs;
+    this.room = `t-${name}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
+    this.contexts = [];
+    this.profiles = [];
+    this.result = { scenario: name, ok: false };
+    this.pageErrors = [];
+    this.stage = 'start';
+  }
+
+  report(json) {
+    if (this.reported) return;
+    this.reported = true;
+    console.log(JSON.stringify(json));
+  }
+
+  remaining() { return Math.max(1, this.deadline - Date.now()); }
+
+  async launch(media = 'fake', viewport = { width: 1280, height: 720 }) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'icebreaker-web-'));
+    this.profiles.push(dir);
+    const ctx = await chromium.launchPersistentContext(dir, {
+      executablePath: opt.chromium, headless: true, args: [...BASE_ARGS, ...MEDIA[media]], viewport, timeout: this.remaining(),
+    });
+    this.contexts.push(ctx);
+    return ctx;
+  }
+
+  /** Open the client as `name` in this scenario's room. */
+  async open(ctx, name, { query = '', base = BASE } = {}) {
+    const page = ctx.pages().find((p) => p.url() === 'about:blank') ?? await ctx.newPage();
+    page.on('console', (m) => { if (opt.verbose || m.type() === 'error') log(`[${this.name}/${name}] ${m.type()}: ${m.text()}`); });
+    page.on('pageerror', (e) => { this.pageErrors.push(`${name}: ${e.message}`); log(`[${this.name}/${name}] page error: ${e.message}`); });
+    await page.goto(`${base}/?room=${this.room}&name=${encodeURIComponent(name)}${query}`, { timeout: this.remaining() });
+    page.who = name;
+    return page;
+  }
+
+  /** Wait until fn(arg) is truthy in the page; returns its value. */
+  async until(page, what, fn, arg, ms = this.remaining()) {
+    this.stage = `${page.who}: ${what}`;
+    const handle = await page.waitForFunction(fn, arg, { polling: 100, timeout: Math.min(ms, this.remaining()) });
+    return handle.jsonValue();
+  }
+
+  async run(body) {
+    const t0 = Date.now();
+    try {
+      await body(this);
+      if (this.pageErrors.length) throw new Error(`uncaught page errors: ${this.pageErrors.join('; ')}`);
+      this.result.ok = true;
+    } catch (e) {
+      this.result.ok = false;
+      this.result.error = `${String(e.message ?? e).split('\n')[0]} (stage: ${this.stage})`;
+    }
+    this.result.ms = Date.now() - t0;
+    this.report(this.result);
+    await Promise.race([Promise.all(this.contexts.map((c) => c.close().catch(() => {}))), sleep(8000)]);
+    for (const d of this.profiles) fs.rmSync(d, { recursive: true, force: true });
+    return this.result.ok;
+  }
+}
+
+// ---- Steps shared by the scenarios
+
+const peersOf = (page) => page.evaluate(() => window.icebreaker.peers());
+
+/** Wait until the page has exactly `n` peers, all connected; returns their ids. */
+async function connected(sc, page, n) {
+  const peers = await sc.until(page, `${n} connected peer(s)`, (n) => {
+    const ps = window.icebreaker?.peers() ?? [];
+    return ps.length === n && ps.every((p) => p.connectionState === 'connected') && ps;
+  }, n);
+  return peers.map((p) => p.id);
+}
+
+/** Wait until every peer's decoded frames (and audio packets, if wanted) grow; returns them. */
+async function mediaFlows(sc, page, { audio = true, from = null } = {}) {
+  const before = Object.fromEntries((await peersOf(page)).map((p) => [p.id, p]));
+  await sleep(1200);
+  return sc.until(page, 'video decoded and audio received', ({ before, audio, from }) => {
+    const ps = window.icebreaker.peers().filter((p) => !from || from.includes(p.name));
+    const grown = ps.every((p) => {
+      const b = before[p.id] ?? { framesDecoded: 0, audioPacketsReceived: 0 };
+      return p.framesDecoded > b.framesDecoded && p.framesDecoded >= 10 &&
+        (!audio || (p.audioPacketsReceived > b.audioPacketsReceived && p.audioPacketsReceived >= 10));
+    });
+    return ps.length && grown && ps.map((p) => ({ from: p.name, framesDecoded: p.framesDecoded, audioPacketsReceived: p.audioPacketsReceived, candidateType: p.candidateType, protocol: p.protocol }));
+  }, { before, audio, from });
+}
+
+/** Type a chat message into the UI of `from`; wait for it in the log and the DOM of each `to`. */
+async function chat(sc, from, tos, text) {
+  await from.fill('#chat-input', text);
+  await from.press('#chat-input', 'Enter');
+  const t0 = Date.now();
+  for (const to of tos) {
+    await sc.until(to, `chat "${text}" from ${from.who}`, ({ text, who }) =>
+      window.icebreaker.chatLog.some((m) => m.text === text && m.from === who && !m.self) &&
+      [...document.querySelectorAll('#chat-list .msg-text')].some((e) => e.textContent === text), { text, who: from.who });
+  }
+  if ((await from.inputValue('#chat-input')) !== '') throw new Error('chat input not cleared after sending');
+  return Date.now() - t0;
+}
+
+/**
+ * Move the mouse over `from`'s shared board to the normalized point (x, y); wait until each
+ * `to` knows that position (±tol) and has drawn the pointer there (its tip, relative to its own
+ * board). Returns the positions seen.
+ */
+async function pointer(sc, from, tos, x, y, tol = 0.05) {
+  const box = await from.locator('#board-surface').boundingBox();
+  if (!box) throw new Error(`${from.who}: shared board not visible`);
+  await from.mouse.move(box.x + box.width * (1 - x), box.y + box.height * (1 - y));
+  await from.mouse.move(box.x + box.width * x, box.y + box.height * y, { steps: 12 });
+  const seen = {};
+  for (const to of tos) {
+    seen[to.who] = await sc.until(to, `pointer of ${from.who} at (${x}, ${y})`, ({ who, x, y, tol }) => {
+      const p = window.icebreaker.pointers[who];
+      const el = document.querySelector(`#board-surface .pointer[data-name="${CSS.escape(who)}"]`);
+      if (!p || !el) return false;
+      const b = document.querySelector('#board-surface').getBoundingClientRect();
+      const r = el.getBoundingClientRect(); // the element's origin is the arrow's tip
+      const drawn = { x: (r.left - b.left) / b.width, y: (r.top - b.top) / b.height };
+      const near = (q) => Math.abs(q.x - x) <= tol && Math.abs(q.y - y) <= tol;
+      const settled = Math.abs(drawn.x - p.x) < 0.01 && Math.abs(drawn.y - p.y) < 0.01; // done gliding
+      const round = (v) => Math.round(v * 1000) / 1000;
+      return near(p) && near(drawn) && settled && { state: { x: round(p.x), y: round(p.y) }, drawn: { x: round(drawn.x), y: round(drawn.y) } };
+    }, { who: from.who, x, y, tol });
+  }
+  return seen;
+}
+
+async function screenshot(page, file) {
+  if (!opt.screenshots) return null;
+  fs.mkdirSync(opt.screenshots, { recursive: true });
+  const out = path.join(opt.screenshots, file);
+  await page.mouse.move(0, 0); // no hover effects
+  await sleep(600); // let tiles settle (fade-ins, stats refresh)
+  await page.screenshot({ path: out });
+  return out;
+}
+
+// ---- Scenarios
+
+async function twoPages(sc, { relay }) {
+  const query = relay ? '&relay=1' : '';
+  const ctx = await sc.launch();
+  sc.stage = 'opening pages';
+  const a = await sc.open(ctx, 'alice', { query });
+  const b = await sc.open(ctx, 'bob', { query });
+  await connected(sc, a, 1);
+  await connected(sc, b, 1);
+  const r = sc.result;
+  r.alice_receives = (await mediaFlows(sc, a))[0];
+  r.bob_receives = (await mediaFlows(sc, b))[0];
+  r.chat_ms = { alice_to_bob: await chat(sc, a, [b], 'hello from alice — ça va?'), bob_to_alice: await chat(sc, b, [a], 'hi alice, bob here') };
+  r.pointer_alice_on_bob = { sent: { x: 0.3, y: 0.7 }, ...(await pointer(sc, a, [b], 0.3, 0.7)).bob };
+  r.pointer_bob_on_alice = { sent: { x: 0.82, y: 0.21 }, ...(await pointer(sc, b, [a], 0.82, 0.21)).alice };
+  if (relay) {
+    for (const [who, got] of [['alice', r.alice_receives], ['bob', r.bob_receives]]) {
+      const p = (await peersOf(who === 'alice' ? a : b))[0];
+      got.candidateType = p.candidateType;
+      got.protocol = p.protocol;
+      if (p.candidateType !== 'relay') throw new Error(`${who}: selected candidate is ${p.candidateType}, not relay`);
+    }
+  }
+  if (!relay) {
+    await b.click('#btn-stats');
+    await sleep(1200);
+    r.screenshot = await screenshot(b, 'screenshot-2.png');
+    if (opt.screenshots) {
+      await b.click('#chat-close');
+      await b.setViewportSize({ width: 390, height: 844 });
+      await sleep(500);
+      r.screenshot_phone = await screenshot(b, 'screenshot-phone.png');
+    }
+  }
+}
+
+async function threePages(sc) {
+  const ctx = await sc.launch();
+  const names = ['alice', 'bob', 'carol'];
+  const pages = [];
+  for (const n of names) pages.push(await sc.open(ctx, n));
+  const r = sc.result;
+  r.mesh = {};
+  for (const p of pages) {
+    await connected(sc, p, 2);
+    r.mesh[p.who] = await mediaFlows(sc, p);
+  }
+  const [a, b, c] = pages;
+  await chat(sc, a, [b, c], 'three is a crowd');
+  await pointer(sc, b, [a, c], 0.25, 0.35);
+  await pointer(sc, c, [a, b], 0.7, 0.6);
+  r.screenshot = await screenshot(a, 'screenshot-3.png');
+  // carol leaves with the Leave button; her tile goes away on the others.
+  const carolId = await c.evaluate(() => window.icebreaker.id);
+  const t0 = Date.now();
+  await c.click('#btn-leave');
+  await sc.until(c, 'the "left" screen', () => !document.querySelector('#left').hidden && window.icebreaker.state === 'left');
+  for (const p of [a, b]) {
+    await sc.until(p, 'carol\'s tile removed', (id) => !document.querySelector(`.tile[data-peer="${id}"]`) &&
+      !window.icebreaker.peers().some((q) => q.id === id) && document.querySelectorAll('.tile[data-peer]:not(.board)').length === 2, carolId);
+  }
+  r.leave_ms = Date.now() - t0;
+  r.after_leave = { alice: (await peersOf(a)).map((p) => p.name), bob: (await peersOf(b)).map((p) => p.name) };
+  await connected(sc, a, 1); // alice and bob are still in a call
+}
+
+/** Shared by `resume` and `cut`: `dropIt(page)` loses alice's signaling socket. */
+async function resumeTest(sc, { viaProxy, dropIt }) {
+  const ctx = await sc.launch();
+  const a = await sc.open(ctx, 'alice', viaProxy ? { base: viaProxy } : {});
+  const b = await sc.open(ctx, 'bob');
+  const [bobId] = await connected(sc, a, 1);
+  const [aliceId] = await connected(sc, b, 1);
+  await mediaFlows(sc, a, { audio: false });
+  const before = {
+    aliceSerial: (await peersOf(a))[0].serial,
+    bobSerial: (await peersOf(b))[0].serial,
+  };
+  // Watch both pages' view of the call while the socket is gone.
+  const watch = (page) => page.evaluate(() => {
+    window.__watch = { states: [], pcStates: new Set() };
+    const t = setInterval(() => {
+      const w = window.__watch;
+      const s = window.icebreaker.state;
+      if (w.states.at(-1) !== s) w.states.push(s);
+      for (const p of window.icebreaker.peers()) w.pcStates.add(p.connectionState);
+      if (w.stop) clearInterval(t);
+    }, 50);
+  });
+  await watch(a);
+  await watch(b);
+  const t0 = Date.now();
+  sc.stage = 'dropping the socket';
+  await dropIt(a);
+  await sc.until(a, 'resumed', () => window.icebreaker.counters.resumes >= 1 && window.icebreaker.state === 'joined');
+  const r = sc.result;
+  r.resume_ms = Date.now() - t0;
+  await sleep(1500); // anything that would tear the call down has had time to happen
+  const collect = (page) => page.evaluate(() => {
+    window.__watch.stop = true;
+    const { states, pcStates } = window.__watch;
+    return { states, pcStates: [...pcStates], id: window.icebreaker.id, counters: { ...window.icebreaker.counters }, peers: window.icebreaker.peers() };
+  });
+  const wa = await collect(a), wb = await collect(b);
+  r.alice = { states: wa.states, pc_states: wa.pcStates, counters: wa.counters };
+  r.bob = { pc_states: wb.pcStates, counters: wb.counters };
+  const fail = (m) => { throw new Error(m); };
+  if (wa.id !== aliceId) fail(`alice has a new peer id (${wa.id}, was ${aliceId}): she joined afresh instead of resuming`);
+  if (wa.counters.joins !== 1 || wa.counters.resumeFailures) fail(`alice joined ${wa.counters.joins} times, ${wa.counters.resumeFailures} failed resumes`);
+  if (!wa.states.includes('reconnecting')) fail(`alice never showed the lost connection: ${wa.states}`);
+  if (wa.peers.length !== 1 || wa.peers[0].id !== bobId || wa.peers[0].serial !== before.aliceSerial) fail(`alice's peer connection was replaced: ${JSON.stringify(wa.peers)}`);
+  if (wb.peers.length !== 1 || wb.peers[0].id !== aliceId || wb.peers[0].serial !== before.bobSerial) fail(`bob's peer connection was replaced: ${JSON.stringify(wb.peers)}`);
+  if (wb.counters.peerLeft !== 0) fail('bob saw peer-left');
+  for (const [who, w] of [['alice', wa], ['bob', wb]]) {
+    if (w.pcStates.some((s) => s !== 'connected')) fail(`${who}'s peer connection left "connected": ${w.pcStates}`);
+  }
+  r.chat_ms_after = { alice_to_bob: await chat(sc, a, [b], 'still here after the drop'), bob_to_alice: await chat(sc, b, [a], 'welcome back') };
+  r.media_after = (await mediaFlows(sc, a))[0];
+  // Signaling still works end to end after the resume: a third page joins and meshes with both.
+  const c = await sc.open(ctx, 'carol');
+  await connected(sc, c, 2);
+  await connected(sc, a, 2);
+  r.late_joiner_connected = true;
+}
+
+/** A TCP proxy in front of the server whose WebSocket connections can be reset on demand. */
+async function startProxy(target) {
+  const { hostname, port } = new URL(target);
+  const ws = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    const pair = { client, upstream };
+    client.once('data', (first) => { if (first.toString('latin1').startsWith('GET /ws')) ws.add(pair); });
+    client.pipe(upstream).pipe(client);
+    const done = () => { ws.delete(pair); client.destroy(); upstream.destroy(); };
+    client.on('error', done).on('close', done);
+    upstream.on('error', done).on('close', done);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    /** Reset every proxied WebSocket (TCP RST both ways, no close frames). */
+    cut() {
+      const n = ws.size;
+      for (const { client, upstream } of ws) { client.resetAndDestroy(); upstream.resetAndDestroy(); }
+      ws.clear();
+      return n;
+    },
+    close() { server.close(); },
+  };
+}
+
+async function noMedia(sc) {
+  const ctxA = await sc.launch('fake');
+  const ctxB = await sc.launch('refused');
+  const ctxC = await sc.launch('none');
+  const a = await sc.open(ctxA, 'alice');
+  const b = await sc.open(ctxB, 'bob');
+  const c = await sc.open(ctxC, 'carol');
+  for (const p of [a, b, c]) await connected(sc, p, 2);
+  const r = sc.result;
+  r.media = {};
+  for (const p of [a, b, c]) r.media[p.who] = await p.evaluate(() => window.icebreaker.media);
+  if (r.media.alice !== 'ok' || r.media.bob !== 'denied' || r.media.carol !== 'no-devices') throw new Error(`unexpected media status ${JSON.stringify(r.media)}`);
+  r.banner = await b.locator('#media-banner').textContent();
+  r.bob_receives = await mediaFlows(sc, b, { from: ['alice'] });
+  r.carol_receives = await mediaFlows(sc, c, { from: ['alice'] });
+  // alice gets nothing from either: their tiles show avatars.
+  r.alice_avatar_tiles = await sc.until(a, 'avatar tiles for bob and carol', () => {
+    const tiles = [...document.querySelectorAll('.tile[data-peer]:not(.self):not(.board)')];
+    return tiles.length === 2 && tiles.every((t) => !t.classList.contains('has-video')) && tiles.map((t) => t.dataset.name);
+  });
+  r.controls_disabled = await b.evaluate(() => ['#btn-mic', '#btn-cam'].every((s) => document.querySelector(s).disabled));
+  if (!r.controls_disabled) throw new Error('mic/camera buttons should be disabled without devices');
+  await chat(sc, b, [a, c], 'no camera, but I can type');
+  await chat(sc, c, [a, b], 'no devices here either');
+  await chat(sc, a, [b, c], 'I can see nobody but hear you all (in text)');
+  await pointer(sc, c, [a, b], 0.5, 0.5);
+  await pointer(sc, b, [c], 0.1, 0.9);
+}
+
+// ---- Main
+
+const runs = {
+  two: (sc) => twoPages(sc, { relay: false }),
+  relay: (sc) => twoPages(sc, { relay: true }),
+  three: threePages,
+  resume: (sc) => resumeTest(sc, { dropIt: (page) => page.evaluate(() => window.icebreaker.dropSocket()) }),
+  cut: async (sc) => {
+    const proxy = await startProxy(BASE);
+    try {
+      await resumeTest(sc, {
+        viaProxy: proxy.url,
+        dropIt: async () => { sc.result.sockets_reset = proxy.cut(); if (!sc.result.sockets_reset) throw new Error('no WebSocket through the proxy'); },
+      });
+    } finally { proxy.close(); }
+  },
+  nomedia: noMedia,
+};
+
+let allOk = true;
+for (const name of wanted) {
+  const sc = new Scenario(name);
+  // The scenario's own deadline, enforced even if a Playwright call hangs.
+  const ok = await Promise.race([
+    sc.run(runs[name]),
+    sleep(timeoutMs + 20000).then(() => { sc.report({ scenario: name, ok: false, error: `hung past ${timeoutMs} ms (stage: ${sc.stage})` }); return false; }),
+  ]);
+  allOk &&= ok;
+}
+process.exit(allOk ? 0 : 1);
