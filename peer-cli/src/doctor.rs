@@ -220,7 +220,7 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
             .attr(attr::REALM, realm.as_bytes())
             .attr(attr::NONCE, nonce.as_bytes())
             .integrity(&key, false);
-        let _ = transact(server, false, &w.finish_with_fingerprint().to_vec()).await;
+        let _ = transact(server, false, w.finish_with_fingerprint()).await;
     }
     if relayed.ip().is_unspecified() {
         return Err(format!(
