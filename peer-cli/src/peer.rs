@@ -142,9 +142,12 @@ struct Neg {
 
 struct Handler {
     peer: String,
-    sig: SigSender,
     events: mpsc::Sender<PeerEvent>,
     remote: Arc<OnceLock<Weak<Remote>>>,
+    /// Local candidates, then `None` for end-of-candidates, in gathering order: one task
+    /// sends them, so the end marker can never overtake the last candidate. Unbounded
+    /// because a connection gathers a handful of candidates at most.
+    candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
 }
 
 fn first_attr(sdp: &str, key: &str) -> Option<String> {
@@ -161,26 +164,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_candidate(&self, e: RTCPeerConnectionIceEvent) {
-        let Ok(mut init) = e.candidate.to_json() else {
-            return;
-        };
-        let (sig, peer, remote) = (self.sig.clone(), self.peer.clone(), self.remote.clone());
-        tokio::spawn(async move {
-            // webrtc-rs leaves sdpMid empty; browsers and aiortc match candidates by mid.
-            if let Some(r) = remote.get().and_then(Weak::upgrade) {
-                if let Some(local) = r.pc.local_description().await {
-                    init.sdp_mid = first_attr(&local.sdp, "a=mid:").or(init.sdp_mid);
-                    init.username_fragment = first_attr(&local.sdp, "a=ice-ufrag:");
-                }
-            }
-            sig.signal(&peer, json!({"candidate": init})).await;
-        });
+        if let Ok(init) = e.candidate.to_json() {
+            let _ = self.candidates.send(Some(init));
+        }
     }
 
     async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
         if s == RTCIceGatheringState::Complete {
-            let (sig, peer) = (self.sig.clone(), self.peer.clone());
-            tokio::spawn(async move { sig.signal(&peer, json!({"candidate": null})).await });
+            let _ = self.candidates.send(None);
         }
     }
 
@@ -306,12 +297,32 @@ impl Remote {
         events: mpsc::Sender<PeerEvent>,
         tracks: Vec<Arc<dyn webrtc::media_stream::track_local::TrackLocal>>,
     ) -> anyhow::Result<Arc<Remote>> {
-        let slot = Arc::new(OnceLock::new());
+        let slot: Arc<OnceLock<Weak<Remote>>> = Arc::new(OnceLock::new());
+        let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<Option<RTCIceCandidateInit>>();
+        {
+            let (sig, peer, slot) = (sig.clone(), peer.to_string(), slot.clone());
+            tokio::spawn(async move {
+                while let Some(c) = cand_rx.recv().await {
+                    let Some(mut init) = c else {
+                        sig.signal(&peer, json!({"candidate": null})).await;
+                        continue;
+                    };
+                    // webrtc-rs leaves sdpMid empty; browsers and aiortc match by mid.
+                    if let Some(r) = slot.get().and_then(Weak::upgrade) {
+                        if let Some(local) = r.pc.local_description().await {
+                            init.sdp_mid = first_attr(&local.sdp, "a=mid:").or(init.sdp_mid);
+                            init.username_fragment = first_attr(&local.sdp, "a=ice-ufrag:");
+                        }
+                    }
+                    sig.signal(&peer, json!({"candidate": init})).await;
+                }
+            });
+        }
         let handler = Arc::new(Handler {
             peer: peer.into(),
-            sig: sig.clone(),
             events: events.clone(),
             remote: slot.clone(),
+            candidates: cand_tx,
         });
         let cfg = RTCConfigurationBuilder::new()
             .with_ice_servers(setup.ice_servers.clone())

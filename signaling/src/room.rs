@@ -310,7 +310,7 @@ impl Hub {
                 while p.buffer.front().is_some_and(|(s, _)| *s <= seq) {
                     p.buffer.pop_front();
                 }
-                if p.buffer.is_empty() && p.buffer.capacity() > 16 {
+                if p.buffer.is_empty() {
                     p.buffer = VecDeque::new();
                 }
             }

@@ -242,6 +242,8 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
         .await;
 }
 
+/// The connection's task. Rare, large steps (handling a message, errors, flushing) are
+/// boxed so that the state an idle connection keeps stays small.
 pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
@@ -275,10 +277,11 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                                 ErrorCode::TooLarge,
                                 format!("messages are limited to {} bytes", cfg.max_message_bytes),
                             );
-                            conn.error(&mut socket, e).await;
+                            Box::pin(conn.error(&mut socket, e)).await;
                             // Flush what the error queued, then close with 1009 (message too big).
-                            if flush(&state, &conn, &mut socket, &mut last_written).await {
-                                close(&mut socket, 1009, "message too large").await;
+                            if Box::pin(flush(&state, &conn, &mut socket, &mut last_written)).await
+                            {
+                                Box::pin(close(&mut socket, 1009, "message too large")).await;
                             }
                             break End::Dropped;
                         }
@@ -287,7 +290,7 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                                 ErrorCode::RateLimited,
                                 "too many messages; slow down",
                             );
-                            if !conn.error(&mut socket, e).await {
+                            if !Box::pin(conn.error(&mut socket, e)).await {
                                 break End::Dropped;
                             }
                             continue;
@@ -303,7 +306,7 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                             ErrorCode::BadMessage,
                             "binary frames are not part of protocol v1",
                         );
-                        if !conn.error(&mut socket, e).await {
+                        if !Box::pin(conn.error(&mut socket, e)).await {
                             break End::Dropped;
                         }
                     }
@@ -317,7 +320,7 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
                 }
             }
             Event::Wake => {
-                if !flush(&state, &conn, &mut socket, &mut last_written).await {
+                if !Box::pin(flush(&state, &conn, &mut socket, &mut last_written)).await {
                     break End::Dropped;
                 }
             }
