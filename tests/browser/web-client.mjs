@@ -17,9 +17,15 @@
 //   cut       the same, but the WebSocket's TCP connection is really reset (the page is served
 //             through a TCP proxy in this script that kills it): the browser sees close 1006,
 //             the server sees a reset without a close frame
+//   expire    the same cut, but new connections are refused for longer than the server's
+//             --resume-grace: the other page gets peer-left (timeout), the resume is refused,
+//             and the page joins afresh (new id) and is back in a call with the other page
 //   nomedia   one page with media, one whose camera/mic permission is refused and one with no
 //             devices at all: both join receive-only, decode the first page's video, and chat
-//             and pointers work between all three
+//             and pointers work between all three; asking again for the refused camera says so
+//   share     two pages join with &media=0, then both start a screen share at the same moment
+//             (offers cross: perfect negotiation's glare handling); each decodes the other's
+//             screen; then one turns its microphone on (renegotiation) and the other gets audio
 // `all` (the default) runs every scenario. With --screenshots DIR, `two` and `three` save
 // DIR/screenshot-2.png and DIR/screenshot-3.png (1280×720) and `two` also
 // DIR/screenshot-phone.png (390×844).
@@ -43,7 +49,7 @@ const { values: opt } = parseArgs({
     verbose: { type: 'boolean', default: false },
   },
 });
-const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'nomedia'];
+const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share'];
 const wanted = opt.scenario === 'all' ? SCENARIOS : opt.scenario.split(',');
 const timeoutMs = Number(opt['timeout-ms']);
 if (!opt.base || !(timeoutMs > 0) || wanted.some((s) => !SCENARIOS.includes(s))) {
@@ -217,6 +223,7 @@ async function screenshot(page, file) {
   fs.mkdirSync(opt.screenshots, { recursive: true });
   const out = path.join(opt.screenshots, file);
   await page.mouse.move(0, 0); // no hover effects
+  await page.evaluate(() => document.activeElement?.blur()); // no focus ring
   await sleep(600); // let tiles settle (fade-ins, stats refresh)
   await page.screenshot({ path: out });
   return out;
@@ -352,7 +359,9 @@ async function resumeTest(sc, { viaProxy, dropIt }) {
 async function startProxy(target) {
   const { hostname, port } = new URL(target);
   const ws = new Set();
+  const proxy = { blocked: false };
   const server = net.createServer((client) => {
+    if (proxy.blocked) { client.resetAndDestroy(); return; } // "the network is down"
     const upstream = net.connect(Number(port), hostname);
     const pair = { client, upstream };
     client.once('data', (first) => { if (first.toString('latin1').startsWith('GET /ws')) ws.add(pair); });
@@ -362,7 +371,7 @@ async function startProxy(target) {
     upstream.on('error', done).on('close', done);
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
+  return Object.assign(proxy, {
     url: `http://127.0.0.1:${server.address().port}`,
     /** Reset every proxied WebSocket (TCP RST both ways, no close frames). */
     cut() {
@@ -372,7 +381,7 @@ async function startProxy(target) {
       return n;
     },
     close() { server.close(); },
-  };
+  });
 }
 
 async function noMedia(sc) {
@@ -395,13 +404,85 @@ async function noMedia(sc) {
     const tiles = [...document.querySelectorAll('.tile[data-peer]:not(.self):not(.board)')];
     return tiles.length === 2 && tiles.every((t) => !t.classList.contains('has-video')) && tiles.map((t) => t.dataset.name);
   });
-  r.controls_disabled = await b.evaluate(() => ['#btn-mic', '#btn-cam'].every((s) => document.querySelector(s).disabled));
-  if (!r.controls_disabled) throw new Error('mic/camera buttons should be disabled without devices');
+  r.controls_off = await b.evaluate(() => ['#btn-mic', '#btn-cam'].every((s) => document.querySelector(s).getAttribute('aria-pressed') === 'false'));
+  if (!r.controls_off) throw new Error('mic/camera buttons should show "off" without devices');
+  // Asking again for the refused camera: still refused, said so, nothing breaks.
+  await b.click('#btn-cam');
+  r.retry_toast = await sc.until(b, 'a toast about the blocked camera', () => [...document.querySelectorAll('.toast')].map((t) => t.textContent).find((t) => /camera/.test(t)));
   await chat(sc, b, [a, c], 'no camera, but I can type');
   await chat(sc, c, [a, b], 'no devices here either');
   await chat(sc, a, [b, c], 'I can see nobody but hear you all (in text)');
   await pointer(sc, c, [a, b], 0.5, 0.5);
   await pointer(sc, b, [c], 0.1, 0.9);
+}
+
+/**
+ * The network stays down longer than the server's --resume-grace: the other page gets
+ * peer-left (timeout), the resume is refused, and the page joins afresh (new id) and calls
+ * the other page again by itself.
+ */
+async function expire(sc) {
+  const proxy = await startProxy(BASE);
+  try {
+    const ctx = await sc.launch();
+    const a = await sc.open(ctx, 'alice', { base: proxy.url });
+    const b = await sc.open(ctx, 'bob');
+    await connected(sc, a, 1);
+    const [oldId] = await connected(sc, b, 1);
+    const r = sc.result;
+    const t0 = Date.now();
+    proxy.blocked = true;
+    r.sockets_reset = proxy.cut();
+    await sc.until(b, 'peer-left for alice after the resume grace', () => window.icebreaker.counters.peerLeft === 1 &&
+      window.icebreaker.peers().length === 0 && document.querySelectorAll('.tile[data-peer]:not(.self):not(.board)').length === 0);
+    r.grace_ms = Date.now() - t0;
+    r.alice_while_down = await a.evaluate(() => ({ state: window.icebreaker.state, status: document.querySelector('#conn').textContent }));
+    if (r.alice_while_down.state !== 'reconnecting') throw new Error(`alice's state while the network is down: ${r.alice_while_down.state}`);
+    proxy.blocked = false;
+    await sc.until(a, 'rejoined after a refused resume', () => window.icebreaker.counters.resumeFailures === 1 &&
+      window.icebreaker.counters.joins === 2 && window.icebreaker.state === 'joined');
+    r.back_ms = Date.now() - t0;
+    const newId = await a.evaluate(() => window.icebreaker.id);
+    if (newId === oldId) throw new Error('alice kept her id after a refused resume');
+    const [bobSees] = await connected(sc, b, 1);
+    if (bobSees !== newId) throw new Error(`bob's peer is ${bobSees}, not alice's new id ${newId}`);
+    await connected(sc, a, 1);
+    r.alice_receives = (await mediaFlows(sc, a))[0];
+    r.chat_ms = { alice_to_bob: await chat(sc, a, [b], 'back after a long outage'), bob_to_alice: await chat(sc, b, [a], 'hello again') };
+  } finally { proxy.close(); }
+}
+
+/**
+ * Renegotiation and glare: two pages join with ?media=0 (nothing to send: recvonly
+ * transceivers), then both start a screen share at the same moment, so both offer at once
+ * and perfect negotiation must sort it out; each decodes the other's screen. Then one turns
+ * on its microphone (another renegotiation) and the other receives audio.
+ */
+async function share(sc) {
+  const ctx = await sc.launch();
+  const a = await sc.open(ctx, 'alice', { query: '&media=0' });
+  const b = await sc.open(ctx, 'bob', { query: '&media=0' });
+  await connected(sc, a, 1);
+  await connected(sc, b, 1);
+  const r = sc.result;
+  r.media = { alice: await a.evaluate(() => window.icebreaker.media), bob: await b.evaluate(() => window.icebreaker.media) };
+  // Both click at the same wall-clock instant (same machine, same clock) so the offers cross.
+  const at = Date.now() + 300;
+  await Promise.all([a, b].map((p) => p.evaluate((at) => { setTimeout(() => document.querySelector('#btn-screen').click(), at - Date.now()); }, at)));
+  for (const p of [a, b]) {
+    await sc.until(p, 'sharing', () => document.querySelector('#btn-screen').getAttribute('aria-pressed') === 'true');
+  }
+  r.alice_receives = (await mediaFlows(sc, a, { audio: false }))[0];
+  r.bob_receives = (await mediaFlows(sc, b, { audio: false }))[0];
+  r.collisions = { alice: (await peersOf(a))[0].collisions, bob: (await peersOf(b))[0].collisions };
+  await a.click('#btn-mic');
+  r.alice_media_after_mic = await sc.until(a, 'microphone on', () => window.icebreaker.media === 'audio-only' && window.icebreaker.media);
+  r.bob_hears = await sc.until(b, 'audio from alice', () => {
+    const p = window.icebreaker.peers()[0];
+    return p.audioPacketsReceived > 20 && p.audioPacketsReceived;
+  });
+  r.chat_ms = await chat(sc, a, [b], 'sharing works');
+  for (const p of [a, b]) await connected(sc, p, 1);
 }
 
 // ---- Main
@@ -421,6 +502,8 @@ const runs = {
     } finally { proxy.close(); }
   },
   nomedia: noMedia,
+  share,
+  expire,
 };
 
 let allOk = true;

@@ -3,6 +3,7 @@
 // URL parameters:
 //   ?room=NAME   join that room directly (no landing form); the link is shareable
 //   &name=NAME   display name (else the one saved in this browser, else a generated one)
+//   &media=0     join without asking for camera/microphone (the Mic/Camera buttons ask later)
 //   &relay=1     force iceTransportPolicy "relay" (media only through the TURN relay);
 //                relay=udp / relay=tcp also keep only that transport to the relay
 //
@@ -10,10 +11,10 @@
 //   window.icebreaker = {
 //     state,            signaling state: connecting|joining|joined|reconnecting|resuming|offline|left|failed
 //     id, room, name,   our peer id (kept across resumes), room, display name
-//     media,            local media status: pending|ok|audio-only|video-only|denied|no-devices|unavailable
+//     media,            local media status: pending|ok|audio-only|video-only|denied|no-devices|unavailable|off
 //     counters,         {joins, resumes, resumeFailures, drops, peerLeft} since the page loaded
 //     peers(),          [{id, name, serial, connectionState, candidateType, protocol, rttMs,
-//                         framesDecoded, audioPacketsReceived}] (stats refresh once a second;
+//                         framesDecoded, audioPacketsReceived, collisions}] (stats refresh once a second;
 //                         serial identifies the RTCPeerConnection: it changes if one is recreated)
 //     chatLog,          [{from, text, ts, self}] every chat message sent or received
 //     pointers,         {name: {x, y}} latest pointer position of each remote participant
@@ -108,29 +109,37 @@ async function startCall(room) {
     selfTile.classList.toggle('screen', media.sharing);
     selfTile.querySelector('.mic-off').hidden = media.micOn;
     setTileStream(selfTile, selfStream, { videoOn: media.sharing || media.camOn });
-    setToggle('#btn-mic', media.micOn, media.audio ? (media.micOn ? 'mic' : 'mic-off') : 'mic-off', !media.audio);
-    setToggle('#btn-cam', media.camOn, media.camera && media.camOn ? 'cam' : 'cam-off', !media.camera);
-    setToggle('#btn-screen', media.sharing, 'screen', !media.canShare);
+    setToggle('#btn-mic', media.micOn, media.micOn ? 'mic' : 'mic-off', media.micOn ? 'Mute microphone' : 'Turn microphone on');
+    setToggle('#btn-cam', media.camOn, media.camOn ? 'cam' : 'cam-off', media.camOn ? 'Turn camera off' : 'Turn camera on');
+    setToggle('#btn-screen', media.sharing, 'screen', media.sharing ? 'Stop sharing' : 'Share your screen', !media.canShare);
     const banner = $('#media-banner');
+    if (banner.dataset.dismissed === media.status) return;
     const msg = {
       denied: 'Camera and microphone are blocked. You can still watch, listen and chat.',
       'no-devices': 'No camera or microphone found. You can still watch, listen and chat.',
       unavailable: 'Camera and microphone need HTTPS (or localhost). You can still watch, listen and chat.',
-      'audio-only': 'No camera available: audio only.',
-      'video-only': 'No microphone available: video only.',
     }[media.status];
     banner.hidden = !msg;
     banner.textContent = msg ?? '';
   }
-  function setToggle(sel, on, iconName, disabled) {
+  function setToggle(sel, on, iconName, title, disabled) {
     const b = $(sel);
     b.setAttribute('aria-pressed', String(on));
+    b.title = title;
     b.disabled = !!disabled;
     b.querySelector('[data-icon]').dataset.icon = iconName;
     renderIcons(b);
   }
-  $('#btn-mic').onclick = () => media.setMic(!media.micOn);
-  $('#btn-cam').onclick = () => media.setCamera(!media.camOn);
+  // Without a track (refused, absent, or ?media=0) the buttons ask for the device again.
+  const askFor = async (kind) => {
+    if (!(await media.acquire({ audio: kind === 'audio', video: kind === 'video' }))) {
+      toast(media.status === 'denied' || /NotAllowed/.test(media.error ?? '')
+        ? `The browser blocks the ${kind === 'audio' ? 'microphone' : 'camera'} for this site`
+        : `No ${kind === 'audio' ? 'microphone' : 'camera'} available`, 'warn');
+    }
+  };
+  $('#btn-mic').onclick = () => (media.audio ? media.setMic(!media.micOn) : askFor('audio'));
+  $('#btn-cam').onclick = () => (media.camera ? media.setCamera(!media.camOn) : askFor('video'));
   $('#btn-screen').onclick = async () => {
     try { if (media.sharing) media.stopShare(); else await media.startShare(); }
     catch (e) { if (e.name !== 'NotAllowedError') toast(`Screen share failed: ${e.message}`, 'error'); }
@@ -184,6 +193,7 @@ async function startCall(room) {
   }
 
   function renderPeer(peer) {
+    if (peer.closed) return;
     let tile = tiles.get(peer.id);
     if (!tile) {
       tile = createTile({ id: peer.id, name: peer.name });
@@ -254,6 +264,7 @@ async function startCall(room) {
     catch { prompt('Share this link:', url); }
   };
   $('#audio-unlock').onclick = unlockAudio;
+  $('#media-banner').onclick = (e) => { e.currentTarget.hidden = true; e.currentTarget.dataset.dismissed = media.status; grid.layout(); };
   function unlockAudio() {
     document.body.classList.remove('needs-audio-unlock');
     for (const a of document.querySelectorAll('.tile audio')) a.play().catch(() => {});
@@ -280,6 +291,7 @@ async function startCall(room) {
       id: p.id, name: p.name, serial: p.serial, connectionState: p.pc.connectionState,
       candidateType: p.stats.candidateType ?? null, protocol: p.stats.protocol ?? null, rttMs: p.stats.rttMs ?? null,
       framesDecoded: p.stats.framesDecoded ?? 0, audioPacketsReceived: p.stats.audioPacketsReceived ?? 0,
+      collisions: p.collisions,
     })),
     chatLog: chat.log,
     get pointers() { return pointers.positions; },
@@ -289,7 +301,7 @@ async function startCall(room) {
 
   // Go: ask for camera/microphone (joining anyway if the prompt stays open), then join.
   conn.show('connecting');
-  const acquired = media.acquire();
+  const acquired = params.get('media') === '0' ? media.skip() : media.acquire();
   await Promise.race([acquired, new Promise((r) => setTimeout(r, MEDIA_WAIT_MS))]);
   signaling.start();
 }

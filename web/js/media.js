@@ -14,7 +14,7 @@ export class Media {
     this.audio = null; // MediaStreamTrack from the microphone
     this.camera = null; // MediaStreamTrack from the camera
     this.screen = null; // MediaStreamTrack from getDisplayMedia while sharing
-    this.status = 'pending'; // pending | ok | audio-only | video-only | denied | no-devices | unavailable
+    this.status = 'pending'; // pending | ok | audio-only | video-only | denied | no-devices | unavailable | off
     this.error = null;
   }
 
@@ -25,29 +25,38 @@ export class Media {
   get sharing() { return !!this.screen; }
   get canShare() { return !!navigator.mediaDevices?.getDisplayMedia; }
 
-  /** Ask for camera and microphone, falling back to one of them, then to nothing. */
-  async acquire() {
+  /**
+   * Ask for the microphone and/or camera we do not have yet, falling back to one of them,
+   * then to nothing. Returns true if a new track was added.
+   */
+  async acquire({ audio = true, video = true } = {}) {
     const md = navigator.mediaDevices;
-    if (!md?.getUserMedia) { this.#done('unavailable', 'this page is not a secure context'); return; }
-    const tries = [{ audio: true, video: CAMERA }, { audio: true }, { video: CAMERA }];
+    if (!md?.getUserMedia) { this.#done('unavailable', 'this page is not a secure context'); return false; }
+    const want = { audio: audio && !this.audio, video: video && !this.camera };
+    const tries = [{ audio: want.audio, video: want.video && CAMERA }];
+    if (want.audio && want.video) tries.push({ audio: true }, { video: CAMERA });
     for (const constraints of tries) {
       try {
         const stream = await md.getUserMedia(constraints);
-        this.audio = stream.getAudioTracks()[0] ?? null;
-        this.camera = stream.getVideoTracks()[0] ?? null;
+        this.audio ??= stream.getAudioTracks()[0] ?? null;
+        this.camera ??= stream.getVideoTracks()[0] ?? null;
         for (const t of stream.getTracks()) t.addEventListener('ended', () => this.#ended(t));
         this.#done(this.audio && this.camera ? 'ok' : this.audio ? 'audio-only' : 'video-only');
-        return;
+        return true;
       } catch (e) {
         this.error = `${e.name}: ${e.message}`;
         // Refused: asking again for less would only nag; absent/busy: try with less.
-        if (e.name === 'NotAllowedError' || e.name === 'SecurityError') { this.#done('denied', this.error); return; }
+        if (e.name === 'NotAllowedError' || e.name === 'SecurityError') { this.#done(this.#statusWith('denied'), this.error); return false; }
       }
     }
-    this.#done('no-devices', this.error);
+    this.#done(this.#statusWith('no-devices'), this.error);
+    return false;
   }
 
-  setMic(on) { if (this.audio) { this.audio.enabled = on; this.onChange('toggles'); } }
+  /** Join without asking for devices (?media=0); the Mic/Camera buttons ask later. */
+  skip() { this.#done('off'); }
+
+    setMic(on) { if (this.audio) { this.audio.enabled = on; this.onChange('toggles'); } }
   setCamera(on) { if (this.camera) { this.camera.enabled = on; this.onChange('toggles'); } }
 
   async startShare() {
@@ -70,6 +79,10 @@ export class Media {
   stop() {
     for (const t of [this.audio, this.camera, this.screen]) t?.stop();
     this.audio = this.camera = this.screen = null;
+  }
+
+  #statusWith(failure) {
+    return this.audio && this.camera ? 'ok' : this.audio ? 'audio-only' : this.camera ? 'video-only' : failure;
   }
 
   #done(status, error = null) {

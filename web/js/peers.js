@@ -91,7 +91,9 @@ export class PeerManager {
     if (!peer) return;
     this.peers.delete(id);
     peer.closed = true;
-    for (const ch of Object.values(peer.channels)) ch.onmessage = null;
+    // close() fires no state events on the connection, but its channels do fire `close`.
+    for (const ch of Object.values(peer.channels)) ch.onmessage = ch.onopen = ch.onclose = null;
+    peer.pc.ontrack = peer.pc.ondatachannel = peer.pc.onconnectionstatechange = peer.pc.oniceconnectionstatechange = null;
     peer.pc.close();
     this.onGone(peer);
   }
@@ -106,6 +108,7 @@ export class PeerManager {
     if (data.sdp) {
       const desc = data.sdp;
       const collision = desc.type === 'offer' && (peer.makingOffer || pc.signalingState !== 'stable');
+      if (collision) peer.collisions++;
       peer.ignoreOffer = !peer.polite && collision;
       if (peer.ignoreOffer) return; // impolite: our offer wins
       if (desc.type === 'answer' && pc.signalingState === 'stable') return; // stale (e.g. after a resume)
@@ -193,7 +196,7 @@ export class PeerManager {
 
   #useChannel(peer, ch) {
     peer.channels[ch.label] = ch;
-    ch.onopen = ch.onclose = () => this.onPeer(peer);
+    ch.onopen = ch.onclose = () => { if (!peer.closed) this.onPeer(peer); };
     ch.onmessage = ({ data }) => {
       let msg;
       try { msg = JSON.parse(data); } catch { return; }
@@ -213,6 +216,7 @@ export class Peer {
     this.makingOffer = false;
     this.ignoreOffer = false;
     this.negotiated = false;
+    this.collisions = 0; // offers that crossed ours (perfect negotiation resolved them)
     this.everConnected = false;
     this.closed = false;
     this.tx = { audio: null, video: null }; // our RTCRtpTransceiver per kind

@@ -9,10 +9,13 @@ const SEND_INTERVAL_MS = 1000 / 60;
 const GLIDE_MS = 40; // time constant of the exponential glide towards the target
 const IDLE_MS = 8000; // a pointer not heard from for this long fades
 
+const PALETTE = ['#ff7b7b', '#ffb35c', '#f7d95c', '#7bdc8c', '#4fd1c5', '#63b3ff', '#a390ff', '#f08bd6', '#c2e36b', '#ff9b73', '#8fd3ff', '#d7a6ff'];
+
+/** A stable color per name (same on every page). */
 export function colorFor(name) {
-  let h = 0;
-  for (const c of String(name)) h = (h * 31 + c.codePointAt(0)) >>> 0;
-  return `hsl(${h % 360} 80% 62%)`;
+  let h = 2166136261; // FNV-1a
+  for (const c of String(name)) h = Math.imul(h ^ c.codePointAt(0), 16777619) >>> 0;
+  return PALETTE[h % PALETTE.length];
 }
 
 export class Pointers {
@@ -53,6 +56,7 @@ export class Pointers {
       p = { el, x, y, cx: x, cy: y, ts: -Infinity };
       this.remote.set(peer.id, p);
       this.surface.append(el);
+      this.surface.classList.add('has-pointers');
     }
     // Unordered channel: an older position arriving late is dropped.
     if (ts && ts < p.ts) return;
@@ -66,6 +70,7 @@ export class Pointers {
   remove(peerId) {
     this.remote.get(peerId)?.el.remove();
     this.remote.delete(peerId);
+    this.surface.classList.toggle('has-pointers', this.remote.size > 0);
   }
 
   #loop() {

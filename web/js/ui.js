@@ -99,17 +99,20 @@ export function createTile({ id, name, self }) {
 
 /** Show a stream in a tile (video muted in the element; remote audio plays in <audio>). */
 export function setTileStream(tile, stream, { videoOn = true } = {}) {
+  // A media element showing a stream without tracks of its kind never gets data, and one
+  // that is still loading holds back the page's load event: attach only when there is a track.
+  const src = (kind) => (stream?.getTracks().some((t) => t.kind === kind) ? stream : null);
   const video = tile.querySelector('video');
   const hasLiveVideo = stream?.getVideoTracks().some((t) => t.readyState === 'live' && !t.muted);
   tile.classList.toggle('video-off', !videoOn || !hasLiveVideo);
-  if (video.srcObject !== stream) {
-    video.srcObject = stream;
-    video.play().catch(() => {});
+  if (video.srcObject !== src('video')) {
+    video.srcObject = src('video');
+    if (video.srcObject) video.play().catch(() => {});
   }
   const audio = tile.querySelector('audio');
-  if (audio && audio.srcObject !== stream) {
-    audio.srcObject = stream;
-    audio.play().catch(() => document.body.classList.add('needs-audio-unlock'));
+  if (audio && audio.srcObject !== src('audio')) {
+    audio.srcObject = src('audio');
+    if (audio.srcObject) audio.play().catch(() => document.body.classList.add('needs-audio-unlock'));
   }
   tile.refreshVideo();
 }
@@ -175,7 +178,13 @@ export class ConnStatus {
       } else if (state === 'failed') {
         text = detail.code === 'room-full' ? 'Room is full' : `Cannot join: ${detail.message ?? detail.code}`;
       }
-      this.text.textContent = extra ? `${text} · ${extra}` : text;
+      this.text.textContent = text;
+      if (extra) {
+        const span = document.createElement('span');
+        span.className = 'conn-extra';
+        span.textContent = ` · ${extra}`;
+        this.text.append(span);
+      }
     };
     render();
     if (state === 'reconnecting') this.timer = setInterval(render, 250);
