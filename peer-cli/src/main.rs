@@ -53,12 +53,12 @@ struct Common {
     /// Local address for WebRTC sockets (host candidates).
     #[arg(long, global = true, default_value = "0.0.0.0")]
     bind: IpAddr,
-    /// Log filter for stderr.
+    /// Log filter for stderr (webrtc-rs is chatty at warn, so it logs errors only).
     #[arg(
         long,
         global = true,
         env = "ICEBREAKER_PEER_LOG",
-        default_value = "warn"
+        default_value = "icebreaker_peer=warn,error"
     )]
     log: String,
 }

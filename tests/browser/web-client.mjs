@@ -78,6 +78,48 @@ const MEDIA = {
   none: [], // no devices at all: NotFoundError
 };
 
+// With --screenshots, each participant's fake camera plays a generated clip (a soft
+// silhouette on a coloured wall) instead of Chromium's green test pattern, so the
+// screenshots look like a call. Written once per run as Y4M, which Chromium loops.
+const CLIPS = {
+  alice: { top: [64, 120, 170], bottom: [22, 52, 84], person: [14, 26, 40], skin: [236, 190, 160] },
+  bob: { top: [196, 132, 82], bottom: [108, 60, 40], person: [44, 30, 30], skin: [200, 150, 120] },
+  carol: { top: [128, 98, 186], bottom: [56, 40, 98], person: [30, 22, 48], skin: [240, 205, 180] },
+};
+let clipDir = null;
+function clipFor(name) {
+  if (!opt.screenshots || !CLIPS[name]) return [];
+  clipDir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'icebreaker-clips-'));
+  const file = path.join(clipDir, `${name}.y4m`);
+  if (!fs.existsSync(file)) fs.writeFileSync(file, makeClip(CLIPS[name]));
+  return [`--use-file-for-fake-video-capture=${file}`];
+}
+function makeClip({ top, bottom, person, skin }, W = 640, H = 360, frames = 30) {
+  const yuv = ([r, g, b]) => [0.299 * r + 0.587 * g + 0.114 * b, 128 - 0.1687 * r - 0.3313 * g + 0.5 * b, 128 + 0.5 * r - 0.4187 * g - 0.0813 * b];
+  const mix = (a, b, t) => a.map((v, i) => v + (b[i] - v) * t);
+  const parts = [Buffer.from(`YUV4MPEG2 W${W} H${H} F15:1 Ip A1:1 C420jpeg\n`)];
+  for (let f = 0; f < frames; f++) {
+    const bob = Math.sin((f / frames) * 2 * Math.PI) * 4; // a gentle nod
+    const Y = Buffer.alloc(W * H), U = Buffer.alloc((W / 2) * (H / 2)), V = Buffer.alloc((W / 2) * (H / 2));
+    for (let y = 0; y < H; y++) {
+      for (let x = 0; x < W; x++) {
+        let c = mix(top, bottom, y / H);
+        const vignette = Math.hypot((x - W / 2) / W, (y - H / 2) / H);
+        c = mix(c, [0, 0, 0], Math.min(0.5, vignette * 0.6));
+        const hx = (x - W / 2) / 62, hy = (y - (H * 0.42 + bob)) / 74; // head
+        const sx = (x - W / 2) / 170, sy = (y - (H + 40)) / 150; // shoulders
+        if (sx * sx + sy * sy < 1) c = mix(person, c, 0.08);
+        else if (hx * hx + hy * hy < 1) c = mix(skin, [0, 0, 0], Math.max(0, (x - W / 2) / 300));
+        const [yy, uu, vv] = yuv(c);
+        Y[y * W + x] = yy;
+        if (!(x & 1) && !(y & 1)) { U[(y / 2) * (W / 2) + x / 2] = uu; V[(y / 2) * (W / 2) + x / 2] = vv; }
+      }
+    }
+    parts.push(Buffer.from('FRAME\n'), Y, U, V);
+  }
+  return Buffer.concat(parts);
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.error(...a);
 
@@ -103,11 +145,13 @@ class Scenario {
 
   remaining() { return Math.max(1, this.deadline - Date.now()); }
 
-  async launch(media = 'fake', viewport = { width: 1280, height: 720 }) {
+  /** A browser with a fresh profile; `clip` names a generated camera clip (with --screenshots). */
+  async launch(media = 'fake', { clip = null, viewport = { width: 1280, height: 720 } } = {}) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'icebreaker-web-'));
     this.profiles.push(dir);
+    const extra = media === 'fake' && clip ? clipFor(clip) : [];
     const ctx = await chromium.launchPersistentContext(dir, {
-      executablePath: opt.chromium, headless: true, args: [...BASE_ARGS, ...MEDIA[media]], viewport, timeout: this.remaining(),
+      executablePath: opt.chromium, headless: true, args: [...BASE_ARGS, ...MEDIA[media], ...extra], viewport, timeout: this.remaining(),
     });
     this.contexts.push(ctx);
     return ctx;
@@ -202,7 +246,7 @@ async function pointer(sc, from, tos, x, y, tol = 0.05) {
   await from.mouse.move(box.x + box.width * x, box.y + box.height * y, { steps: 12 });
   const seen = {};
   for (const to of tos) {
-    seen[to.who] = await sc.until(to, `pointer of ${from.who} at (${x}, ${y})`, ({ who, x, y, tol }) => {
+    const check = ({ who, x, y, tol }) => {
       const p = window.icebreaker.pointers[who];
       const el = document.querySelector(`#board-surface .pointer[data-name="${CSS.escape(who)}"]`);
       if (!p || !el) return false;
@@ -213,7 +257,12 @@ async function pointer(sc, from, tos, x, y, tol = 0.05) {
       const settled = Math.abs(drawn.x - p.x) < 0.01 && Math.abs(drawn.y - p.y) < 0.01; // done gliding
       const round = (v) => Math.round(v * 1000) / 1000;
       return near(p) && near(drawn) && settled && { state: { x: round(p.x), y: round(p.y) }, drawn: { x: round(drawn.x), y: round(drawn.y) } };
-    }, { who: from.who, x, y, tol });
+    };
+    const arg = { who: from.who, x, y, tol };
+    await sc.until(to, `pointer of ${from.who} at (${x}, ${y})`, check, arg);
+    // Report where it came to rest (the check above may catch the last moves in flight).
+    await sleep(400);
+    seen[to.who] = await sc.until(to, `pointer of ${from.who} resting at (${x}, ${y})`, check, arg);
   }
   return seen;
 }
@@ -233,10 +282,10 @@ async function screenshot(page, file) {
 
 async function twoPages(sc, { relay }) {
   const query = relay ? '&relay=1' : '';
-  const ctx = await sc.launch();
   sc.stage = 'opening pages';
-  const a = await sc.open(ctx, 'alice', { query });
-  const b = await sc.open(ctx, 'bob', { query });
+  // One browser per participant, as in real life.
+  const a = await sc.open(await sc.launch('fake', { clip: 'alice' }), 'alice', { query });
+  const b = await sc.open(await sc.launch('fake', { clip: 'bob' }), 'bob', { query });
   await connected(sc, a, 1);
   await connected(sc, b, 1);
   const r = sc.result;
@@ -267,10 +316,9 @@ async function twoPages(sc, { relay }) {
 }
 
 async function threePages(sc) {
-  const ctx = await sc.launch();
   const names = ['alice', 'bob', 'carol'];
   const pages = [];
-  for (const n of names) pages.push(await sc.open(ctx, n));
+  for (const n of names) pages.push(await sc.open(await sc.launch('fake', { clip: n }), n));
   const r = sc.result;
   r.mesh = {};
   for (const p of pages) {
@@ -507,6 +555,7 @@ const runs = {
 };
 
 let allOk = true;
+process.on('exit', () => { if (clipDir) fs.rmSync(clipDir, { recursive: true, force: true }); });
 for (const name of wanted) {
   const sc = new Scenario(name);
   // The scenario's own deadline, enforced even if a Playwright call hangs.

@@ -197,3 +197,145 @@ fn dropped_signaling_resumes_and_keeps_channels() {
         "{m}"
     );
 }
+
+#[test]
+fn load_40_peers_in_pairs_all_succeed() {
+    let ib = start_icebreaker(&[]);
+    let mut cmd = std::process::Command::new(icebreaker_tests::bin("icebreaker-peer"));
+    cmd.args([
+        "--server",
+        &ib.ws_url(),
+        "--bind",
+        "127.0.0.1",
+        "--json",
+        "--timeout",
+        "90s",
+    ])
+    .args([
+        "load",
+        "--peers",
+        "40",
+        "--room-size",
+        "2",
+        "--duration",
+        "3s",
+    ]);
+    let mut p = Proc::start("load", cmd);
+    let s = p.wait(Duration::from_secs(120)).expect("load finishes");
+    let report = json_events(&p)
+        .into_iter()
+        .find(|e| e["event"] == "load-report")
+        .unwrap_or_else(|| panic!("{}", p.output()));
+    assert!(s.success(), "{report}");
+    assert_eq!(report["success_rate"], 1.0, "{report}");
+    assert_eq!(report["channels_open"], 40, "{report}");
+    assert!(report["round_trips"].as_u64().unwrap() > 100, "{report}");
+    assert!(report["setup_ms_p50"].as_f64().unwrap() > 0.0);
+}
+
+fn doctor(ib: &icebreaker_tests::Icebreaker) -> (bool, Vec<Value>) {
+    let mut cmd = std::process::Command::new(icebreaker_tests::bin("icebreaker-peer"));
+    cmd.args([
+        "--server",
+        &ib.ws_url(),
+        "--bind",
+        "127.0.0.1",
+        "--json",
+        "--timeout",
+        "60s",
+        "doctor",
+    ]);
+    let mut p = Proc::start("doctor", cmd);
+    let ok = p
+        .wait(Duration::from_secs(90))
+        .map(|s| s.success())
+        .unwrap_or(false);
+    (
+        ok,
+        json_events(&p)
+            .into_iter()
+            .filter(|e| e["event"] == "check")
+            .collect(),
+    )
+}
+
+#[test]
+fn doctor_passes_on_a_healthy_deployment() {
+    let ib = start_icebreaker(&[]);
+    let (ok, checks) = doctor(&ib);
+    assert!(ok, "{checks:#?}");
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for want in [
+        "signaling",
+        "ice servers",
+        "credential expiry",
+        "relay-only data channel",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("stun ")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("turn ") && n.ends_with(" udp")),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("turn ") && n.ends_with(" tcp")),
+        "{names:?}"
+    );
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:#?}");
+}
+
+#[test]
+fn doctor_explains_a_stopped_relay_and_a_wrong_secret() {
+    // A relay that is not there: nothing listens on the TURN port.
+    let dead = icebreaker_tests::free_udp_port();
+    let url_udp = format!("turn:127.0.0.1:{dead}?transport=udp");
+    let url_tcp = format!("turn:127.0.0.1:{dead}?transport=tcp");
+    let ib = start_icebreaker(&[
+        "--no-relay",
+        "--turn-url",
+        &url_udp,
+        "--turn-url",
+        &url_tcp,
+        "--turn-secret",
+        "whatever",
+    ]);
+    let (ok, checks) = doctor(&ib);
+    assert!(!ok);
+    let turn: Vec<&Value> = checks
+        .iter()
+        .filter(|c| c["check"].as_str().unwrap().starts_with("turn "))
+        .collect();
+    assert_eq!(turn.len(), 2, "{checks:#?}");
+    for c in &turn {
+        assert_eq!(c["ok"], false);
+        let d = c["detail"].as_str().unwrap();
+        assert!(d.contains("not running") || d.contains("failed"), "{d}");
+    }
+    // A relay that runs with another secret than signaling's.
+    let relay = icebreaker_tests::start_relay(&["--auth-secret", "the-right-one"]);
+    let url = format!("turn:127.0.0.1:{}?transport=udp", relay.addr.port());
+    let ib = start_icebreaker(&[
+        "--no-relay",
+        "--turn-url",
+        &url,
+        "--turn-secret",
+        "a-wrong-one",
+    ]);
+    let (ok, checks) = doctor(&ib);
+    assert!(!ok);
+    let c = checks
+        .iter()
+        .find(|c| c["check"].as_str().unwrap().starts_with("turn "))
+        .expect("turn check");
+    assert_eq!(c["ok"], false);
+    let d = c["detail"].as_str().unwrap();
+    assert!(d.starts_with("401") && d.contains("--turn-secret"), "{d}");
+}
