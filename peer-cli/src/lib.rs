@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod doctor;
 pub mod load;
+pub mod media;
 pub mod output;
 pub mod peer;
 pub mod pointer;

@@ -51,6 +51,27 @@ pub enum PeerEvent {
     },
 }
 
+/// A local track added to every connection: from samples (files), or RTP forwarded from
+/// what we receive (`media --echo`).
+#[derive(Clone)]
+pub struct LocalMedia {
+    pub kind: &'static str,
+    pub ssrc: u32,
+    pub sample:
+        Option<Arc<webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample>>,
+    pub rtp: Option<Arc<webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP>>,
+}
+
+impl LocalMedia {
+    fn as_track(&self) -> Arc<dyn webrtc::media_stream::track_local::TrackLocal> {
+        match (&self.sample, &self.rtp) {
+            (Some(s), _) => s.clone(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => unreachable!("a LocalMedia has a track"),
+        }
+    }
+}
+
 impl std::fmt::Debug for PeerEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -127,6 +148,8 @@ pub struct Remote {
     pub id: String,
     pub polite: bool,
     pub pc: Arc<dyn PeerConnection>,
+    /// Our tracks on this connection and their senders.
+    pub media: Vec<(LocalMedia, Arc<dyn webrtc::rtp_transceiver::RtpSender>)>,
     sig: SigSender,
     /// Serializes description handling and offers (the JS event loop's role in the
     /// W3C pattern).
@@ -214,7 +237,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, t: Arc<dyn TrackRemote>) {
-        let (peer, events) = (self.peer.clone(), self.events.clone());
+        let (peer, events, remote) = (self.peer.clone(), self.events.clone(), self.remote.clone());
         tokio::spawn(async move {
             let kind = format!("{}", t.kind().await).to_lowercase();
             let stats = Arc::new(TrackStats::default());
@@ -225,14 +248,36 @@ impl PeerConnectionEventHandler for Handler {
                     stats: stats.clone(),
                 })
                 .await;
+            // Echo: forward what arrives on our RTP track of the same kind, re-stamped
+            // with our SSRC and negotiated payload type.
+            let echo = remote.get().and_then(Weak::upgrade).and_then(|r| {
+                r.media
+                    .iter()
+                    .find(|(m, _)| m.rtp.is_some() && kind.contains(m.kind))
+                    .map(|(m, s)| (m.clone(), s.clone()))
+            });
+            let mut echo_pt = None;
             while let Some(ev) = t.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                if let TrackRemoteEvent::OnRtpPacket(mut p) = ev {
                     stats.packets.fetch_add(1, Ordering::Relaxed);
                     stats
                         .bytes
                         .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                     if p.header.marker || kind.contains("audio") {
                         stats.frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some((m, sender)) = &echo {
+                        if echo_pt.is_none() {
+                            echo_pt = sender.get_parameters().await.ok().and_then(|p| {
+                                p.rtp_parameters.codecs.first().map(|c| c.payload_type)
+                            });
+                        }
+                        if let (Some(pt), Some(rtp)) = (echo_pt, &m.rtp) {
+                            p.header.ssrc = m.ssrc;
+                            p.header.payload_type = pt;
+                            use webrtc::media_stream::track_local::TrackLocal;
+                            let _ = rtp.write_rtp(p).await;
+                        }
                     }
                 }
             }
@@ -295,7 +340,7 @@ impl Remote {
         setup: &Setup,
         sig: SigSender,
         events: mpsc::Sender<PeerEvent>,
-        tracks: Vec<Arc<dyn webrtc::media_stream::track_local::TrackLocal>>,
+        tracks: Vec<LocalMedia>,
     ) -> anyhow::Result<Arc<Remote>> {
         let slot: Arc<OnceLock<Weak<Remote>>> = Arc::new(OnceLock::new());
         let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<Option<RTCIceCandidateInit>>();
@@ -349,7 +394,13 @@ impl Remote {
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mut media = Vec::new();
+        for t in tracks {
+            let sender = pc.add_track(t.as_track()).await?;
+            media.push((t, sender));
+        }
         let r = Arc::new(Remote {
+            media,
             id: peer.into(),
             polite,
             pc,
@@ -357,9 +408,6 @@ impl Remote {
             op: Mutex::new(Neg::default()),
         });
         let _ = slot.set(Arc::downgrade(&r));
-        for t in tracks {
-            r.pc.add_track(t).await?;
-        }
         if !polite {
             let chat = r.pc.create_data_channel("chat", None).await?;
             tokio::spawn(pump_channel(peer.into(), chat, events.clone(), false));

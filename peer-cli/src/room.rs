@@ -8,9 +8,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
 use tracing::warn;
-use webrtc::media_stream::track_local::TrackLocal;
 
-use crate::peer::{PeerEvent, Remote, Setup};
+use crate::peer::{LocalMedia, PeerEvent, Remote, Setup};
 use crate::signaling::{self, JoinRequest, SigEvent, SigSender};
 
 #[derive(Debug, Clone)]
@@ -36,7 +35,7 @@ pub enum Event {
 }
 
 /// Builds the local tracks for each new connection (media subcommand); none for chat.
-pub type TrackFactory = Arc<dyn Fn() -> Vec<Arc<dyn TrackLocal>> + Send + Sync>;
+pub type TrackFactory = Arc<dyn Fn() -> Vec<LocalMedia> + Send + Sync>;
 
 pub struct Room {
     pub events: mpsc::Receiver<Event>,

@@ -2,14 +2,15 @@
 // web-client.mjs — end-to-end tests of the Icebreaker web client (web/) in real Chromium,
 // against a running `icebreaker` server.
 //
-//   node web-client.mjs --base http://127.0.0.1:8080 [--scenario NAME|all] [--screenshots DIR]
-//                       [--timeout-ms 90000] [--verbose]
+//   node web-client.mjs --base http://127.0.0.1:8080 [--scenario NAME[,NAME…]|all] [--screenshots DIR]
+//                       [--peer PATH/icebreaker-peer] [--timeout-ms 90000] [--verbose]
 //
 // Scenarios (each runs in fresh browser profiles, in its own room, bounded by --timeout-ms):
 //   two       two pages: each decodes the other's video and receives its audio packets,
 //             chat both ways (typed into the chat box), pointer moves on one page's board
 //             show up at the same normalized place (±0.05) on the other's, both ways
-//   relay     the same with ?relay=1: the selected candidate pair is relay on both pages
+//   relay     the same with ?relay=1: the selected candidate pair is relay on both pages;
+//             then two more pages with ?relay=tcp: relay reached over TCP, media and chat flow
 //   three     three pages form a full mesh (2 connected peers each, video decoded from both);
 //             one clicks Leave and its tile disappears on the other two
 //   resume    window.icebreaker.dropSocket() on one page: it resumes (same peer id, same
@@ -23,10 +24,14 @@
 //   nomedia   one page with media, one whose camera/mic permission is refused and one with no
 //             devices at all: both join receive-only, decode the first page's video, and chat
 //             and pointers work between all three; asking again for the refused camera says so
+//   peer      (with --peer PATH/icebreaker-peer) a page and the headless peer: `chat` joining
+//             after the page (it offers) and `pointer` joining before it (the page offers);
+//             chat and pointer positions both ways; if that binary has `media`, VP8/Opus both
+//             ways in both offer directions (page decodes its video, it counts the page's frames)
 //   share     two pages join with &media=0, then both start a screen share at the same moment
 //             (offers cross: perfect negotiation's glare handling); each decodes the other's
 //             screen; then one turns its microphone on (renegotiation) and the other gets audio
-// `all` (the default) runs every scenario. With --screenshots DIR, `two` and `three` save
+// `all` (the default) runs every scenario (`peer` only when --peer is given). With --screenshots DIR, `two` and `three` save
 // DIR/screenshot-2.png and DIR/screenshot-3.png (1280×720) and `two` also
 // DIR/screenshot-phone.png (390×844).
 //
@@ -34,6 +39,7 @@
 // "error"}); exits 0 only if every scenario passed. Diagnostics go to stderr.
 import fs from 'node:fs';
 import net from 'node:net';
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -46,11 +52,12 @@ const { values: opt } = parseArgs({
     screenshots: { type: 'string' },
     'timeout-ms': { type: 'string', default: '90000' },
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
+    peer: { type: 'string' }, // path to icebreaker-peer: enables the `peer` scenario
     verbose: { type: 'boolean', default: false },
   },
 });
-const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share'];
-const wanted = opt.scenario === 'all' ? SCENARIOS : opt.scenario.split(',');
+const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share', 'peer'];
+const wanted = opt.scenario === 'all' ? SCENARIOS.filter((s) => s !== 'peer' || opt.peer) : opt.scenario.split(',');
 const timeoutMs = Number(opt['timeout-ms']);
 if (!opt.base || !(timeoutMs > 0) || wanted.some((s) => !SCENARIOS.includes(s))) {
   console.log(JSON.stringify({ ok: false, error: `usage: node web-client.mjs --base http://HOST:PORT [--scenario ${SCENARIOS.join('|')}|all] [--screenshots DIR] [--timeout-ms N]` }));
@@ -106,10 +113,11 @@ function makeClip({ top, bottom, person, skin }, W = 640, H = 360, frames = 30) 
         let c = mix(top, bottom, y / H);
         const vignette = Math.hypot((x - W / 2) / W, (y - H / 2) / H);
         c = mix(c, [0, 0, 0], Math.min(0.5, vignette * 0.6));
-        const hx = (x - W / 2) / 62, hy = (y - (H * 0.42 + bob)) / 74; // head
-        const sx = (x - W / 2) / 170, sy = (y - (H + 40)) / 150; // shoulders
-        if (sx * sx + sy * sy < 1) c = mix(person, c, 0.08);
-        else if (hx * hx + hy * hy < 1) c = mix(skin, [0, 0, 0], Math.max(0, (x - W / 2) / 300));
+        const edge = (d) => Math.min(1, Math.max(0, (1 - d) * 30)); // 1 inside, soft rim
+        const head = edge(Math.hypot((x - W / 2) / 62, (y - (H * 0.42 + bob)) / 74));
+        const body = edge(Math.hypot((x - W / 2) / 170, (y - (H + 40)) / 150));
+        if (head) c = mix(c, mix(skin, [60, 40, 30], Math.max(0, (x - W / 2 + 20) / 260)), head);
+        if (body) c = mix(c, person, body * 0.92);
         const [yy, uu, vv] = yuv(c);
         Y[y * W + x] = yy;
         if (!(x & 1) && !(y & 1)) { U[(y / 2) * (W / 2) + x / 2] = uu; V[(y / 2) * (W / 2) + x / 2] = vv; }
@@ -129,8 +137,9 @@ class Scenario {
   constructor(name) {
     this.name = name;
     this.deadline = Date.now() + timeoutMs;
-    this.room = `t-${name}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
+    this.room = `${name}-${Date.now().toString(36).slice(-5)}${Math.floor(Math.random() * 100)}`;
     this.contexts = [];
+    this.children = [];
     this.profiles = [];
     this.result = { scenario: name, ok: false };
     this.pageErrors = [];
@@ -186,6 +195,7 @@ class Scenario {
     }
     this.result.ms = Date.now() - t0;
     this.report(this.result);
+    for (const c of this.children) if (c.exitCode === null) c.kill();
     await Promise.race([Promise.all(this.contexts.map((c) => c.close().catch(() => {}))), sleep(8000)]);
     for (const d of this.profiles) fs.rmSync(d, { recursive: true, force: true });
     return this.result.ok;
@@ -301,6 +311,17 @@ async function twoPages(sc, { relay }) {
       got.protocol = p.protocol;
       if (p.candidateType !== 'relay') throw new Error(`${who}: selected candidate is ${p.candidateType}, not relay`);
     }
+    // ?relay=tcp: only the TURN/TCP URL is used, so the relay is reached over TCP.
+    sc.room += '-tcp';
+    const c = await sc.open(await sc.launch(), 'carol', { query: '&relay=tcp' });
+    const d = await sc.open(await sc.launch(), 'dave', { query: '&relay=tcp' });
+    await connected(sc, c, 1);
+    await connected(sc, d, 1);
+    r.relay_tcp = { carol_receives: (await mediaFlows(sc, c))[0], dave_receives: (await mediaFlows(sc, d))[0] };
+    for (const [who, got] of Object.entries(r.relay_tcp)) {
+      if (got.candidateType !== 'relay' || got.protocol !== 'TCP') throw new Error(`${who}: selected candidate is ${got.candidateType}/${got.protocol}, not relay/TCP`);
+    }
+    r.relay_tcp.chat_ms = await chat(sc, c, [d], 'over TURN/TCP');
   }
   if (!relay) {
     await b.click('#btn-stats');
@@ -326,7 +347,9 @@ async function threePages(sc) {
     r.mesh[p.who] = await mediaFlows(sc, p);
   }
   const [a, b, c] = pages;
-  await chat(sc, a, [b, c], 'three is a crowd');
+  await chat(sc, b, [a, c], 'Morning! Can everyone see the board?');
+  await chat(sc, c, [a, b], 'Yes, and your pointers too');
+  await chat(sc, a, [b, c], 'Great, three of us in a mesh');
   await pointer(sc, b, [a, c], 0.25, 0.35);
   await pointer(sc, c, [a, b], 0.7, 0.6);
   r.screenshot = await screenshot(a, 'screenshot-3.png');
@@ -533,6 +556,96 @@ async function share(sc) {
   for (const p of [a, b]) await connected(sc, p, 1);
 }
 
+/** Run `icebreaker-peer ARGS…` to completion; resolves to {code, events} (its --json lines). */
+function runPeer(sc, args) {
+  const ws = `${BASE.replace(/^http/, 'ws')}/ws`;
+  const child = spawn(opt.peer, ['--server', ws, '--room', sc.room, '--json', '--timeout', '40s', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  sc.children.push(child);
+  const events = [];
+  let buf = '';
+  child.stdout.on('data', (d) => {
+    buf += d;
+    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) {
+      try { events.push(JSON.parse(buf.slice(0, i))); } catch { /* not JSON */ }
+    }
+  });
+  child.stderr.on('data', (d) => { if (opt.verbose) process.stderr.write(`[peer] ${d}`); });
+  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, events })));
+}
+
+async function withPeer(sc) {
+  const a = await sc.open(await sc.launch(), 'alice');
+  const r = sc.result;
+  // 1. chat: the headless peer joins after the page, so it is the newcomer and offers.
+  await sc.until(a, 'joined', () => window.icebreaker.state === 'joined');
+  const chatRun = runPeer(sc, ['--name', 'robo', 'chat', '--send', 'hello from the headless peer', '--expect', '1']);
+  await connected(sc, a, 1);
+  await sc.until(a, 'chat from robo', () => window.icebreaker.chatLog.some((m) => m.from === 'robo' && m.text === 'hello from the headless peer'));
+  await a.evaluate(() => window.icebreaker.sendChat('hello robo, from the browser'));
+  const chatDone = await chatRun;
+  const got = chatDone.events.find((e) => e.event === 'chat');
+  r.chat = { peer_exit: chatDone.code, peer_received: got && { from: got.from, text: got.text } };
+  if (chatDone.code !== 0 || got?.text !== 'hello robo, from the browser' || got?.from !== 'alice') throw new Error(`headless peer chat: ${JSON.stringify(chatDone.events)}`);
+  await sc.until(a, 'robo gone', () => window.icebreaker.peers().length === 0);
+  // 2. pointer: the headless peer is in the room first; a second page joins and offers.
+  const pointerRun = runPeer(sc, ['--name', 'robo2', 'pointer', '--duration', '6s', '--expect', '20']);
+  const b = await sc.open(await sc.launch(), 'bob', { base: BASE });
+  await sc.until(b, 'connected to robo2', () => window.icebreaker.peers().some((p) => p.name === 'robo2' && p.connectionState === 'connected'));
+  const box = await b.locator('#board-surface').boundingBox();
+  const moves = (async () => {
+    for (let i = 0; i < 120; i++) {
+      await b.mouse.move(box.x + box.width * (0.1 + (0.8 * i) / 120), box.y + box.height * 0.5);
+      await sleep(25);
+    }
+  })();
+  r.pointer_from_peer = await sc.until(b, 'pointer of robo2', () => {
+    const p = window.icebreaker.pointers.robo2;
+    return p && p.x >= 0 && p.x <= 1 && p.y >= 0 && p.y <= 1 && p;
+  });
+  await moves;
+  const pointerDone = await pointerRun;
+  const report = pointerDone.events.find((e) => e.event === 'pointer-report');
+  r.pointer_report = report;
+  if (pointerDone.code !== 0 || !report?.ok) throw new Error(`headless peer pointer: exit ${pointerDone.code}, ${JSON.stringify(report)}`);
+
+  // 3. media (when this icebreaker-peer has the `media` subcommand): VP8 + Opus both ways,
+  // once with the headless peer as the newcomer (it offers) and once with the page as the
+  // newcomer (it offers). The page decodes the peer's video; the peer counts the page's frames.
+  const help = await new Promise((resolve) => {
+    const c = spawn(opt.peer, ['--help'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    c.stdout.on('data', (d) => { out += d; });
+    c.on('exit', () => resolve(out));
+    c.on('error', () => resolve(''));
+  });
+  if (!/^\s+media\b/m.test(help)) { r.media = 'skipped: this icebreaker-peer has no `media` subcommand'; return; }
+  r.media = {};
+  const baseRoom = sc.room;
+  for (const order of ['peer-offers', 'page-offers']) {
+    sc.room = `${baseRoom}-${order}`;
+    const name = `robo-${order}`;
+    let page, run;
+    if (order === 'peer-offers') {
+      page = await sc.open(await sc.launch(), `page-${order}`);
+      await sc.until(page, 'joined', () => window.icebreaker.state === 'joined');
+      run = runPeer(sc, ['--name', name, 'media', '--duration', '8s', '--expect-frames', '10']);
+    } else {
+      run = runPeer(sc, ['--name', name, 'media', '--duration', '8s', '--expect-frames', '10']);
+      await sleep(1500); // in the room first
+      page = await sc.open(await sc.launch(), `page-${order}`);
+    }
+    const decoded = await sc.until(page, `video from ${name}`, (name) => {
+      const p = window.icebreaker.peers().find((q) => q.name === name);
+      return p && p.connectionState === 'connected' && p.framesDecoded >= 10 && p.audioPacketsReceived >= 10 &&
+        { framesDecoded: p.framesDecoded, audioPacketsReceived: p.audioPacketsReceived };
+    }, name);
+    const done = await run;
+    const report = done.events.find((e) => e.event === 'media-report');
+    r.media[order] = { page_decoded: decoded, peer_report: report?.tracks ?? null };
+    if (done.code !== 0 || !report?.ok) throw new Error(`headless peer media (${order}): exit ${done.code}, ${JSON.stringify(report)}`);
+  }
+}
+
 // ---- Main
 
 const runs = {
@@ -552,6 +665,7 @@ const runs = {
   nomedia: noMedia,
   share,
   expire,
+  peer: (sc) => { if (!opt.peer) throw new Error('the peer scenario needs --peer PATH'); return withPeer(sc); },
 };
 
 let allOk = true;

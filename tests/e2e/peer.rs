@@ -339,3 +339,87 @@ fn doctor_explains_a_stopped_relay_and_a_wrong_secret() {
     let d = c["detail"].as_str().unwrap();
     assert!(d.starts_with("401") && d.contains("--turn-secret"), "{d}");
 }
+
+fn media_report(p: &Proc) -> Value {
+    json_events(p)
+        .into_iter()
+        .find(|e| e["event"] == "media-report")
+        .unwrap_or_else(|| panic!("{}", p.output()))
+}
+
+fn video_frames(report: &Value) -> u64 {
+    report["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"].as_str().unwrap().contains("video"))
+        .map(|t| t["frames"].as_u64().unwrap())
+        .sum()
+}
+
+fn audio_packets(report: &Value) -> u64 {
+    report["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"].as_str().unwrap().contains("audio"))
+        .map(|t| t["packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// VP8 + Opus both ways between two headless peers, then `--echo` round-trips it.
+#[test]
+fn media_flows_both_ways_and_echo_round_trips() {
+    let ib = start_icebreaker(&[]);
+    let sub = ["media", "--duration", "4s", "--expect-frames", "20"];
+    let mut a = Proc::start("media-a", peer_cmd(&ib, "media", "alice", &[], &sub));
+    a.wait_line("\"joined\"", Duration::from_secs(10))
+        .expect("joined");
+    let mut b = Proc::start("media-b", peer_cmd(&ib, "media", "bob", &[], &sub));
+    for p in [&mut a, &mut b] {
+        let s = p.wait(Duration::from_secs(60)).expect("exits");
+        let r = media_report(p);
+        assert!(s.success(), "{}: {r}", p.name);
+        assert!(video_frames(&r) >= 20, "{}: {r}", p.name);
+        assert!(audio_packets(&r) >= 50, "{}: {r}", p.name);
+    }
+    // Echo: what alice sends comes back to her through bob.
+    let mut a = Proc::start(
+        "echo-a",
+        peer_cmd(
+            &ib,
+            "echo",
+            "alice",
+            &[],
+            &["media", "--duration", "5s", "--expect-frames", "20"],
+        ),
+    );
+    a.wait_line("\"joined\"", Duration::from_secs(10))
+        .expect("joined");
+    let mut b = Proc::start(
+        "echo-b",
+        peer_cmd(
+            &ib,
+            "echo",
+            "bob",
+            &[],
+            &[
+                "media",
+                "--echo",
+                "--duration",
+                "5s",
+                "--expect-frames",
+                "20",
+            ],
+        ),
+    );
+    for p in [&mut a, &mut b] {
+        let s = p.wait(Duration::from_secs(60)).expect("exits");
+        assert!(s.success(), "{}: {}", p.name, media_report(p));
+    }
+    let back = media_report(&a);
+    assert!(
+        video_frames(&back) >= 20 && audio_packets(&back) >= 50,
+        "alice got her media back: {back}"
+    );
+}
