@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 use clap::Parser;
 use icebreaker_signaling::bus::memory::MemoryBus;
@@ -142,13 +144,25 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         })
     };
     info!(http = %http_addr, relay = ?relay_addrs, "icebreaker listening; open http://{http_addr}/");
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal(term))
-    .await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .into_future(),
+    );
+    shutdown_signal(term).await;
     info!("shutting down");
+    let _ = stop_tx.send(());
+    // Graceful, but bounded: a connection that never finishes must not keep us alive.
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(r) => r??,
+        Err(_) => tracing::warn!("connections still open after 10 s; stopping anyway"),
+    }
     ticker.abort();
     if let Some(r) = relay {
         tokio::task::spawn_blocking(move || r.shutdown()).await?;
