@@ -155,6 +155,7 @@ async function startCall(room) {
       const others = peers ? peers.peers.size : 0;
       conn.show(state, detail, state === 'joined' ? `${others + 1} in room` : '');
       if (state === 'joined' && detail.resumed) { toast('Signaling reconnected — call kept', 'ok'); peers.healAfterResume(); }
+      if (state === 'failed') toast(detail.code === 'room-full' ? `${room} is full: try again later or pick another room` : `Cannot join: ${detail.message ?? detail.code}`, 'error');
     },
     onRejoin: () => {
       toast('Session expired while offline — rejoining the room', 'warn');

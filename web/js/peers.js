@@ -48,6 +48,7 @@ export class PeerManager {
       send({ candidate: candidate ? candidate.toJSON() : null });
     };
     pc.onnegotiationneeded = async () => {
+      if (peer.refusedAnswers >= 2) return; // the remote keeps rejecting our offers: stop asking
       try {
         peer.makingOffer = true;
         await pc.setLocalDescription();
@@ -112,14 +113,25 @@ export class PeerManager {
       peer.ignoreOffer = !peer.polite && collision;
       if (peer.ignoreOffer) return; // impolite: our offer wins
       if (desc.type === 'answer' && pc.signalingState === 'stable') return; // stale (e.g. after a resume)
-      await pc.setRemoteDescription(desc); // polite + collision: implicit rollback
+      try {
+        await pc.setRemoteDescription(desc); // polite + collision: implicit rollback
+      } catch (e) {
+        if (peer.closed) return; // removed while we waited
+        if (desc.type !== 'answer') throw e;
+        // An answer we cannot apply (e.g. a DTLS role that contradicts the first negotiation):
+        // go back to the last working state instead of staying stuck in have-local-offer.
+        peer.refusedAnswers++;
+        console.warn(`answer from ${peer.name} refused, rolling back:`, e.message);
+        await pc.setLocalDescription({ type: 'rollback' });
+        return;
+      }
+      if (desc.type === 'answer') peer.refusedAnswers = 0;
       if (desc.type === 'offer') {
         this.#adoptTransceivers(peer);
         await this.#applyTracks(peer);
         await pc.setLocalDescription();
         this.signaling.signal(from, { sdp: pc.localDescription.toJSON() });
       }
-      peer.negotiated = true;
     } else if ('candidate' in data) {
       try {
         await pc.addIceCandidate(data.candidate ?? undefined); // undefined/null: end of candidates
@@ -182,13 +194,10 @@ export class PeerManager {
     const tracks = this.media.tracks;
     for (const kind of KINDS) {
       const track = tracks[kind];
-      let tx = peer.tx[kind];
-      if (!tx) {
-        // Nothing of this kind negotiated yet (a data-only peer): add it once we know the
-        // remote's offer (before that, the remote's own offer will create it).
-        if (track && peer.negotiated) peer.tx[kind] = peer.pc.addTransceiver(track, { direction: 'sendrecv' });
-        continue;
-      }
+      const tx = peer.tx[kind];
+      // No transceiver of this kind: the newcomer offered none (a data-only peer such as
+      // `icebreaker-peer chat`). The newcomer decides the shape of the call; we add nothing.
+      if (!tx) continue;
       if (tx.sender.track !== track) await tx.sender.replaceTrack(track);
       if (track && (tx.direction === 'recvonly' || tx.direction === 'inactive')) tx.direction = 'sendrecv';
     }
@@ -215,7 +224,7 @@ export class Peer {
     this.serial = serial; // increases with every RTCPeerConnection this page creates
     this.makingOffer = false;
     this.ignoreOffer = false;
-    this.negotiated = false;
+    this.refusedAnswers = 0; // consecutive answers setRemoteDescription rejected
     this.collisions = 0; // offers that crossed ours (perfect negotiation resolved them)
     this.everConnected = false;
     this.closed = false;

@@ -59,14 +59,14 @@ export class TileGrid {
     const W = this.root.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
     const H = this.root.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
     const aspect = 16 / 9;
-    const narrow = W < 560; // phones: one column, scroll if needed
     let best = 0;
     for (let cols = 1; cols <= n; cols++) {
       const rows = Math.ceil(n / cols);
-      const w = Math.min((W - gap * (cols - 1)) / cols, narrow ? Infinity : ((H - gap * (rows - 1)) / rows) * aspect);
-      if (w > best) best = w;
-      if (narrow) break;
+      best = Math.max(best, Math.min((W - gap * (cols - 1)) / cols, ((H - gap * (rows - 1)) / rows) * aspect));
     }
+    // Everything fits on screen unless tiles would get tiny: then one full-width column
+    // that scrolls (phones in portrait).
+    if (best < 170 && W < 560) best = W;
     this.root.style.setProperty('--tile-w', `${Math.max(120, Math.floor(best))}px`);
   }
 }

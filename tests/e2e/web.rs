@@ -1,0 +1,62 @@
+//! The browser client (web/, embedded in `icebreaker`) in real Chromium, driven by
+//! tests/browser/web-client.mjs (Playwright): calls between pages, relay-only over UDP
+//! and TCP, a full mesh of three, resume after a dropped or reset socket, resume-grace
+//! expiry, pages without media, simultaneous screen shares, and a page with the headless
+//! `icebreaker-peer` (chat, pointer, and VP8/Opus both ways).
+
+use std::process::Command;
+use std::time::Duration;
+
+use icebreaker_tests::{bin, repo_dir, require, start_icebreaker, Proc};
+
+#[test]
+fn web_client_in_chromium() {
+    require("chromium", "chromium");
+    require("node", "nodejs");
+    let dir = repo_dir().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (.ci/run does)"
+    );
+    // A short grace keeps the `expire` scenario (waits it out) quick.
+    let ib = start_icebreaker(&["--resume-grace", "5s"]);
+    let shots = std::env::temp_dir().join(format!("ib-shots-{}", std::process::id()));
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["web-client.mjs", "--base", &format!("http://{}", ib.http)])
+        .args(["--peer", bin("icebreaker-peer").to_str().unwrap()])
+        .args(["--screenshots", shots.to_str().unwrap()]);
+    let mut p = Proc::start("web-client", cmd);
+    let status = p
+        .wait(Duration::from_secs(600))
+        .expect("web-client.mjs finished");
+    let results: Vec<serde_json::Value> = p
+        .output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["scenario"].is_string())
+        .collect();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    for want in [
+        "two", "relay", "three", "resume", "cut", "expire", "nomedia", "share", "peer",
+    ] {
+        assert!(
+            names.contains(&want),
+            "scenario {want} did not run: {names:?}\n{}",
+            p.output()
+        );
+    }
+    for r in &results {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    assert!(status.success(), "{}", p.output());
+    for f in ["screenshot-2.png", "screenshot-3.png"] {
+        let meta = std::fs::metadata(shots.join(f)).unwrap_or_else(|_| panic!("{f} saved"));
+        assert!(meta.len() > 10_000, "{f} is a real picture");
+    }
+    std::fs::remove_dir_all(&shots).ok();
+}
