@@ -154,6 +154,8 @@ pub struct Remote {
     /// Serializes description handling and offers (the JS event loop's role in the
     /// W3C pattern).
     op: Mutex<Neg>,
+    /// A first offer/answer exchange completed.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -181,8 +183,12 @@ fn first_attr(sdp: &str, key: &str) -> Option<String> {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_negotiation_needed(&self) {
+        // The first offer follows the room convention (the newcomer sends it explicitly);
+        // only later changes renegotiate from here.
         if let Some(r) = self.remote.get().and_then(Weak::upgrade) {
-            tokio::spawn(async move { r.negotiate().await });
+            if r.settled.load(Ordering::Acquire) {
+                tokio::spawn(async move { r.negotiate().await });
+            }
         }
     }
 
@@ -406,6 +412,7 @@ impl Remote {
             pc,
             sig,
             op: Mutex::new(Neg::default()),
+            settled: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&r));
         if !polite {
@@ -517,6 +524,7 @@ impl Remote {
                     .await;
             }
         }
+        self.settled.store(true, Ordering::Release);
         if neg.renegotiate {
             let r = self.clone();
             tokio::spawn(async move { r.negotiate().await });
