@@ -132,22 +132,8 @@ enum Cmd {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 30s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?}")),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    icebreaker_relay::config::parse_duration(s)
+        .ok_or_else(|| format!("bad duration {s:?} (e.g. 30s, 500ms, 2m)"))
 }
 
 fn main() -> ExitCode {

@@ -328,23 +328,7 @@ impl Server {
             metrics.drop("no_channel");
             return None;
         };
-        if !a.is_permitted(peer.ip(), now) {
-            metrics.drop("no_permission");
-            return None;
-        }
-        if let Some(b) = &mut a.bucket {
-            if !b.take(payload.len(), now) {
-                metrics.drop("bandwidth");
-                return None;
-            }
-        }
-        metrics.to_peer_packets.inc();
-        metrics.to_peer_bytes.inc_by(payload.len() as u64);
-        Some(Transmit::Peer {
-            relay: a.relay,
-            to: peer,
-            data: payload,
-        })
+        to_peer(a, metrics, now, peer, payload)
     }
 
     /// A packet from a peer arriving on the relayed socket of allocation `id`.
@@ -973,23 +957,38 @@ impl Server {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let metrics = &self.metrics;
         let a = self.slots[id.index as usize].allocation.as_mut()?;
-        if a.expires <= now || !a.is_permitted(peer.ip(), now) {
-            debug!(client = %ft.client, %peer, "Send indication without permission dropped");
-            metrics.drop("no_permission");
+        if a.expires <= now {
             return None;
         }
-        if let Some(b) = &mut a.bucket {
-            if !b.take(data.len(), now) {
-                metrics.drop("bandwidth");
-                return None;
-            }
-        }
-        metrics.to_peer_packets.inc();
-        metrics.to_peer_bytes.inc_by(data.len() as u64);
-        Some(Transmit::Peer {
-            relay: a.relay,
-            to: peer,
-            data,
-        })
+        to_peer(a, metrics, now, peer, data)
     }
+}
+
+/// The checks every packet towards a peer passes (permission for its IP, RFC 8656 §9;
+/// the bandwidth cap), then the transmit from the relayed address.
+#[inline]
+fn to_peer<'a>(
+    a: &mut Allocation,
+    metrics: &ShardMetrics,
+    now: Instant,
+    peer: SocketAddr,
+    data: &'a [u8],
+) -> Option<Transmit<'a>> {
+    if !a.is_permitted(peer.ip(), now) {
+        metrics.drop("no_permission");
+        return None;
+    }
+    if let Some(b) = &mut a.bucket {
+        if !b.take(data.len(), now) {
+            metrics.drop("bandwidth");
+            return None;
+        }
+    }
+    metrics.to_peer_packets.inc();
+    metrics.to_peer_bytes.inc_by(data.len() as u64);
+    Some(Transmit::Peer {
+        relay: a.relay,
+        to: peer,
+        data,
+    })
 }

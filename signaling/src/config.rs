@@ -19,25 +19,7 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (0.0..1e9)
-        .contains(&secs)
-        .then(|| Duration::from_secs_f64(secs))
-}
+pub use icebreaker_relay::config::parse_duration;
 
 #[derive(Debug, Clone)]
 pub struct SignalingConfig {
@@ -128,20 +110,7 @@ pub struct SignalingArgs {
 
 impl SignalingArgs {
     pub fn from_file(path: &PathBuf) -> Result<SignalingArgs, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
-            let key = e
-                .span()
-                .and_then(|s| text[..s.start].lines().last().map(str::to_string))
-                .and_then(|l| l.split('=').next().map(|k| k.trim().to_string()))
-                .filter(|k| !k.is_empty())
-                .unwrap_or_else(|| "config".into());
-            err(
-                &key,
-                format!("{} (in {})", e.message().replace('\n', " "), path.display()),
-            )
-        })
+        icebreaker_relay::config::read_toml(path)
     }
 
     /// Fills what flags and environment left unset from `file`.

@@ -53,6 +53,29 @@ fn web_client_in_chromium() {
     for r in &results {
         assert_eq!(r["ok"], true, "{r}");
     }
+    // The page decoded the headless peer's VP8 and the peer counted the page's frames, in
+    // both offer directions (not skipped).
+    let peer = results
+        .iter()
+        .find(|r| r["scenario"] == "peer")
+        .expect("peer scenario");
+    for order in ["peer-offers", "page-offers"] {
+        let m = &peer["media"][order];
+        assert!(
+            m["page_decoded"]["framesDecoded"].as_u64().unwrap_or(0) >= 10,
+            "{order}: {peer}"
+        );
+        let peer_video: u64 = m["peer_report"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .filter(|t| t["kind"].as_str().unwrap_or("").contains("video"))
+                    .map(|t| t["frames"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert!(peer_video >= 10, "{order}: {peer}");
+    }
     assert!(status.success(), "{}", p.output());
     for f in ["screenshot-2.png", "screenshot-3.png"] {
         let meta = std::fs::metadata(shots.join(f)).unwrap_or_else(|_| panic!("{f} saved"));
