@@ -47,6 +47,11 @@ impl RelaySockets for Binder<'_> {
     ) -> std::io::Result<()> {
         let std_sock = UdpSocket::bind(addr)?;
         std_sock.set_nonblocking(true)?;
+        // Room for bursts from peers while the shard is busy (the kernel grows the queue
+        // only as packets arrive, so an idle allocation does not pay for it).
+        let s2 = socket2::SockRef::from(&std_sock);
+        s2.set_recv_buffer_size(1 << 20).ok();
+        s2.set_send_buffer_size(1 << 20).ok();
         if dont_fragment {
             set_dont_fragment(&std_sock, addr.is_ipv6())?;
         }
