@@ -69,8 +69,6 @@ impl Room {
         let (opts2, sig2, remotes2) = (opts.clone(), sig.clone(), remotes.clone());
         tokio::spawn(async move {
             let mut setup: Option<Setup> = None;
-            let make =
-                |tracks: &Option<TrackFactory>| tracks.as_ref().map(|f| f()).unwrap_or_default();
             while let Some(ev) = sig_events.recv().await {
                 let out = match ev {
                     SigEvent::Joined {
@@ -81,23 +79,7 @@ impl Room {
                         let s = Setup::from_joined(&ice_servers, opts2.relay_only, opts2.bind);
                         // We are the newcomer: we offer to everyone already here.
                         for p in &peers {
-                            match Remote::new(
-                                &p.id,
-                                p.polite,
-                                &s,
-                                sig2.clone(),
-                                ptx.clone(),
-                                make(&tracks),
-                            )
-                            .await
-                            {
-                                Ok(r) => {
-                                    remotes2.lock().await.insert(p.id.clone(), r);
-                                }
-                                Err(e) => {
-                                    warn!(peer = %p.id, error = %e, "cannot create connection")
-                                }
-                            }
+                            add_remote(&remotes2, p, &s, &sig2, &ptx, &tracks).await;
                         }
                         setup = Some(s);
                         Event::Joined {
@@ -107,23 +89,7 @@ impl Room {
                     }
                     SigEvent::PeerJoined(p) => {
                         if let Some(s) = &setup {
-                            match Remote::new(
-                                &p.id,
-                                p.polite,
-                                s,
-                                sig2.clone(),
-                                ptx.clone(),
-                                make(&tracks),
-                            )
-                            .await
-                            {
-                                Ok(r) => {
-                                    remotes2.lock().await.insert(p.id.clone(), r);
-                                }
-                                Err(e) => {
-                                    warn!(peer = %p.id, error = %e, "cannot create connection")
-                                }
-                            }
+                            add_remote(&remotes2, &p, s, &sig2, &ptx, &tracks).await;
                         }
                         Event::PeerJoined { peer: p.id }
                     }
@@ -164,6 +130,24 @@ impl Room {
         for r in all {
             r.close().await;
         }
+    }
+}
+
+/// Creates the connection to `p` with fresh local tracks and keeps it.
+async fn add_remote(
+    remotes: &Mutex<HashMap<String, Arc<Remote>>>,
+    p: &crate::signaling::RemoteInfo,
+    setup: &Setup,
+    sig: &SigSender,
+    events: &mpsc::Sender<PeerEvent>,
+    tracks: &Option<TrackFactory>,
+) {
+    let media = tracks.as_ref().map(|f| f()).unwrap_or_default();
+    match Remote::new(&p.id, p.polite, setup, sig.clone(), events.clone(), media).await {
+        Ok(r) => {
+            remotes.lock().await.insert(p.id.clone(), r);
+        }
+        Err(e) => warn!(peer = %p.id, error = %e, "cannot create connection"),
     }
 }
 
