@@ -70,7 +70,7 @@ async fn ws_handler(
     // Small buffers: most connections sit idle, and tungstenite's defaults (128 KiB
     // each way) would cost far more than the connection's own state. Frames up to twice
     // the protocol limit are read so the client gets a `too-large` error, not a reset.
-    ws.read_buffer_size(512)
+    ws.read_buffer_size(256)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * max)
         .max_message_size(2 * max)

@@ -64,7 +64,9 @@ pub struct Hub {
     cfg: HubConfig,
     metrics: Metrics,
     rooms: HashMap<Arc<str>, Room>,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: the map's table then holds a pointer per peer, not the whole struct, which
+    /// matters with tens of thousands of idle peers and a table that grows by doubling.
+    peers: HashMap<PeerId, Box<Peer>>,
     next_conn: u64,
 }
 
@@ -181,7 +183,7 @@ impl Hub {
         self.next_conn += 1;
         self.peers.insert(
             id.clone(),
-            Peer {
+            Box::new(Peer {
                 room: room_name.clone(),
                 meta,
                 resume_token: token.clone(),
@@ -192,7 +194,7 @@ impl Hub {
                 taken: 0,
                 conn,
                 detached_at: None,
-            },
+            }),
         );
         let others: Vec<PeerId> = self
             .rooms

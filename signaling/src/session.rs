@@ -250,7 +250,11 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
     let cfg = &state.cfg;
     let interval = cfg.heartbeat_interval;
     let mut bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now());
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    // The first ping comes soon after joining: its pong acknowledges `joined` and the
+    // first messages, so an idle peer's replay buffer is emptied early, not after a full
+    // interval.
+    let first = interval.min(std::time::Duration::from_secs(1));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut last_written = 0u64;
