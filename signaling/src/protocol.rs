@@ -325,4 +325,89 @@ mod tests {
                 && !valid_room("é")
         );
     }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(20_000)
+        }
+
+        /// Frames shaped like protocol messages, with any type, fields and values.
+        fn frameish() -> impl Strategy<Value = String> {
+            let kind = prop_oneof![
+                Just("join".to_string()),
+                Just("signal".to_string()),
+                Just("resume".to_string()),
+                Just("leave".to_string()),
+                Just("ping".to_string()),
+                "[a-z-]{0,12}",
+            ];
+            let value = prop_oneof![
+                Just("null".to_string()),
+                Just("{}".to_string()),
+                Just("[]".to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|n| format!("{n:?}")),
+                ".{0,40}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            ];
+            (
+                kind,
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("room"),
+                            Just("to"),
+                            Just("data"),
+                            Just("meta"),
+                            Just("id"),
+                            Just("token"),
+                            Just("last_seq"),
+                            Just("x")
+                        ],
+                        value,
+                    ),
+                    0..6,
+                ),
+            )
+                .prop_map(|(k, fields)| {
+                    let mut s = format!("{{\"type\":{}", serde_json::to_string(&k).unwrap());
+                    for (f, v) in fields {
+                        s.push_str(&format!(",\"{f}\":{v}"));
+                    }
+                    s.push('}');
+                    s
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Nothing a client sends panics the parser; every refusal is `bad-message`
+            /// with a reason.
+            #[test]
+            fn parse_never_panics(s in ".{0,200}") {
+                if let Err(e) = parse(&s) {
+                    prop_assert_eq!(e.code, ErrorCode::BadMessage);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+
+            #[test]
+            fn structured_frames_parse_or_explain(s in frameish()) {
+                match parse(&s) {
+                    Ok(ClientMessage::Join { room, .. }) => { let _ = valid_room(&room); }
+                    Ok(_) => {}
+                    Err(e) => {
+                        prop_assert_eq!(e.code, ErrorCode::BadMessage);
+                        prop_assert!(!e.message.is_empty());
+                    }
+                }
+            }
+        }
+    }
 }
