@@ -168,6 +168,29 @@ impl Allocation {
         self.channels.retain(|c| c.expires > now);
     }
 
+    /// The checks every relayed packet passes, in order: a permission for the peer's IP
+    /// (RFC 8656 §9), at most `max_len` bytes, the bandwidth cap. `Err` names the drop reason.
+    pub fn admit(
+        &mut self,
+        peer: IpAddr,
+        len: usize,
+        max_len: usize,
+        now: Instant,
+    ) -> Result<(), &'static str> {
+        if !self.is_permitted(peer, now) {
+            return Err("no_permission");
+        }
+        if len > max_len {
+            return Err("oversized");
+        }
+        if let Some(b) = &mut self.bucket {
+            if !b.take(len, now) {
+                return Err("bandwidth");
+            }
+        }
+        Ok(())
+    }
+
     pub fn remaining(&self, now: Instant) -> Duration {
         self.expires.saturating_duration_since(now)
     }

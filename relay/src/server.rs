@@ -346,19 +346,14 @@ impl Server {
         }
         let a = slot.allocation.as_mut()?;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        if a.expires <= now || !a.is_permitted(peer.ip(), now) {
+        if a.expires <= now {
             metrics.drop("no_permission");
             return None;
         }
-        if data.len() > u16::MAX as usize - 64 {
-            metrics.drop("oversized");
+        // Room for the ChannelData or Data indication header around it.
+        if let Err(reason) = a.admit(peer.ip(), data.len(), u16::MAX as usize - 64, now) {
+            metrics.drop(reason);
             return None;
-        }
-        if let Some(b) = &mut a.bucket {
-            if !b.take(data.len(), now) {
-                metrics.drop("bandwidth");
-                return None;
-            }
         }
         metrics.to_client_packets.inc();
         metrics.to_client_bytes.inc_by(data.len() as u64);
@@ -964,8 +959,8 @@ impl Server {
     }
 }
 
-/// The checks every packet towards a peer passes (permission for its IP, RFC 8656 §9;
-/// the bandwidth cap), then the transmit from the relayed address.
+/// Admits a packet towards a peer (see [`Allocation::admit`]) and sends it from the
+/// relayed address.
 #[inline]
 fn to_peer<'a>(
     a: &mut Allocation,
@@ -974,15 +969,9 @@ fn to_peer<'a>(
     peer: SocketAddr,
     data: &'a [u8],
 ) -> Option<Transmit<'a>> {
-    if !a.is_permitted(peer.ip(), now) {
-        metrics.drop("no_permission");
+    if let Err(reason) = a.admit(peer.ip(), data.len(), usize::MAX, now) {
+        metrics.drop(reason);
         return None;
-    }
-    if let Some(b) = &mut a.bucket {
-        if !b.take(data.len(), now) {
-            metrics.drop("bandwidth");
-            return None;
-        }
     }
     metrics.to_peer_packets.inc();
     metrics.to_peer_bytes.inc_by(data.len() as u64);
