@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # run.sh — Icebreaker signaling and the PeerJS server side by side: the same client
-# (load.mjs), the same loads, one run; prints a Markdown table with ours/PeerJS ratios.
+# (load.mjs, or icebreaker-sigload with CLIENT=rust), the same loads, one run; prints a
+# Markdown table with ours/PeerJS ratios.
 #
 #   bench/signaling/run.sh                                   # PeerJS only
 #   OURS_BIN=target/release/icebreaker bench/signaling/run.sh
 #   OURS_BIN=stub bench/signaling/run.sh                     # tests this tool (stub-v1.mjs)
 #   REPS=3 IDLE_N=30000 bench/signaling/run.sh
+#   CLIENT=rust OURS_BIN=target/release/icebreaker bench/signaling/run.sh
+#
+# Client (CLIENT, default node): node = load.mjs; rust = icebreaker-sigload (bench/sigload,
+# same modes, options and JSON line, far less CPU per message, so "max" measures the servers
+# rather than the client). Build it first: cargo build --release -p icebreaker-sigload.
+# SIGLOAD_BIN overrides its path (default target/release/icebreaker-sigload), SIGLOAD_FLAGS
+# adds flags (e.g. "--threads 1"). The table is made by load.mjs either way.
 #
 # Loads (LOADS, default "idle paced max"), each against every server, alternating which server
 # goes first per repetition so machine noise hits both alike; medians over REPS:
@@ -15,7 +23,7 @@
 #
 # Everything binds 127.0.0.1. Both servers run under `timeout`, every load too, and the EXIT
 # trap stops the servers this script started (and nothing else). Scratch files and the raw
-# results (results.jsonl, one load.mjs JSON line per load) go to BENCH_DIR. Exit status 1 if
+# results (results.jsonl, one client JSON line per load) go to BENCH_DIR. Exit status 1 if
 # any load reported failures (the table lists them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +33,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 OURS_BIN=${OURS_BIN:-}
 OURS_FLAGS=${OURS_FLAGS:-"--listen 127.0.0.1:{PORT} --no-relay --rate-limit 100000 --max-connections-per-ip 1000000"}
 OURS_WS_PATH=${OURS_WS_PATH:-/ws}
+
+# --- Client.
+CLIENT=${CLIENT:-node}
+SIGLOAD_BIN=${SIGLOAD_BIN:-$here/../../target/release/icebreaker-sigload}
+SIGLOAD_FLAGS=${SIGLOAD_FLAGS:-}
 
 # --- Loads.
 IDLE_N=${IDLE_N:-10000}
@@ -42,11 +55,25 @@ BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/icebreaker-bench/signaling}
 mkdir -p "$BENCH_DIR"
 log() { echo "[run.sh] $*" >&2; }
 
-# Per-load time limits (load.mjs has its own watchdog too; these catch a wedged node).
+# Per-load time limits (the client has its own watchdog too; these catch a wedged one).
 idle_limit=$((90 + IDLE_N / 100 + HOLD_S))
 paced_limit=$((90 + PAIRS / 50 + DURATION_S))
 max_limit=$((90 + PAIRS / 50 + MAX_DURATION_S))
 SERVER_MAX_S=${SERVER_MAX_S:-$(((idle_limit + paced_limit + max_limit + 3 * PAUSE_S) * 2 + 120))}  # one repetition
+
+case $CLIENT in
+  node) client_cmd=(node "$here/load.mjs") ;;
+  rust)
+    if [[ ! -x $SIGLOAD_BIN ]]; then
+      log "CLIENT=rust: no executable $SIGLOAD_BIN (cargo build --release -p icebreaker-sigload, or set SIGLOAD_BIN)"
+      exit 2
+    fi
+    read -ra sigload_flags <<<"$SIGLOAD_FLAGS"
+    client_cmd=("$SIGLOAD_BIN" "${sigload_flags[@]}")
+    ;;
+  *) log "CLIENT must be node or rust, got $CLIENT"; exit 2 ;;
+esac
+log "client: ${client_cmd[*]}"
 
 # --- Dependencies (package-lock.json pins them).
 if [[ ! -d $here/node_modules/peer || ! -d $here/node_modules/ws ]]; then
@@ -150,7 +177,7 @@ run_load() { # server load rep
     paced) limit=$paced_limit; args=(throughput "${args[@]}" --pairs "$PAIRS" --rate "$RATE" --duration-s "$DURATION_S" --size "$SIZE") ;;
     max)   limit=$max_limit;   args=(throughput "${args[@]}" --pairs "$PAIRS" --rate 0 --inflight "$INFLIGHT" --duration-s "$MAX_DURATION_S" --size "$SIZE") ;;
   esac
-  line=$(timeout -k 5 "$limit" node "$here/load.mjs" "${args[@]}") || rc=$?
+  line=$(timeout -k 5 "$limit" "${client_cmd[@]}" "${args[@]}") || rc=$?
   [[ $line == \{* ]] || line=null
   echo "{\"server\":\"$server\",\"load\":\"$load\",\"rep\":$rep,\"rc\":$rc,\"r\":$line}" >>"$results"
   log "$server $load rep $rep (exit $rc): $line"
@@ -173,7 +200,7 @@ for rep in $(seq "$REPS"); do
 done
 
 {
-  echo "Signaling load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, node $(node --version)."
+  echo "Signaling load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, node $(node --version), client $CLIENT."
   echo "idle: $IDLE_N connections; paced: $PAIRS pairs, $SIZE B signals, $RATE msg/s for $DURATION_S s;" \
     "max: $PAIRS pairs, $INFLIGHT in flight each, $MAX_DURATION_S s. Client and servers share the machine."
   echo

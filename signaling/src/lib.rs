@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod session;
+pub mod ws;

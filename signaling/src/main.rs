@@ -6,17 +6,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::future::IntoFuture;
-
 use anyhow::Context;
 use clap::Parser;
 use icebreaker_signaling::bus::memory::MemoryBus;
 use icebreaker_signaling::config::{ConfigError, SignalingArgs};
-use icebreaker_signaling::http::{router, AppState};
+use icebreaker_signaling::http::AppState;
 use icebreaker_signaling::limits::PerIp;
 use icebreaker_signaling::metrics::Metrics;
 use icebreaker_signaling::room::{Hub, HubConfig};
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 #[derive(Parser, Debug)]
@@ -112,7 +112,6 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
             room_capacity: cfg.room_capacity,
             resume_grace: cfg.resume_grace,
             replay_limit: cfg.replay_limit,
-            outbox_limit: cfg.outbox_limit,
         },
         metrics.clone(),
     );
@@ -131,6 +130,8 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         metrics,
         registry,
         per_ip: PerIp::default(),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
     });
     // Resume-grace expiry runs on a one-second tick.
     let ticker = {
@@ -144,24 +145,19 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         })
     };
     info!(http = %http_addr, relay = ?relay_addrs, "icebreaker listening; open http://{http_addr}/");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            router(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .into_future(),
-    );
+    let server = tokio::spawn(icebreaker_signaling::http::serve(listener, state.clone()));
     shutdown_signal(term).await;
     info!("shutting down");
-    let _ = stop_tx.send(());
+    // Stop accepting; HTTP connections finish their request, WebSockets close with 1001.
+    state.shutdown.cancel();
+    let _ = server.await;
+    state.tasks.close();
     // Graceful, but bounded: a connection that never finishes must not keep us alive.
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(r) => r??,
-        Err(_) => tracing::warn!("connections still open after 10 s; stopping anyway"),
+    if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; stopping anyway");
     }
     ticker.abort();
     if let Some(r) = relay {

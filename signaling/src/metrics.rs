@@ -35,18 +35,30 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     pub resume_grace_expired: Counter,
     pub refused_connections: Family<CodeLabel, Counter>,
-    /// Seconds from a signal's arrival to its hand-off to the recipient's connection.
+    /// Seconds from a batch of signals' arrival to their hand-off to the recipients'
+    /// connections.
     pub forward_latency: Histogram,
+    /// `messages_in`/`messages_out` for signals, resolved once: they are counted per
+    /// forwarded message.
+    signals_in: Counter,
+    signals_out: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let messages_in = Family::<TypeLabel, Counter>::default();
+        let messages_out = Family::<TypeLabel, Counter>::default();
+        let signal = TypeLabel { r#type: "signal" };
+        let signals_in = messages_in.get_or_create(&signal).clone();
+        let signals_out = messages_out.get_or_create(&signal).clone();
         Metrics {
             connections: Gauge::default(),
             rooms: Gauge::default(),
             peers: Gauge::default(),
-            messages_in: Family::default(),
-            messages_out: Family::default(),
+            messages_in,
+            messages_out,
+            signals_in,
+            signals_out,
             errors: Family::default(),
             resumes: Family::default(),
             heartbeat_timeouts: Counter::default(),
@@ -120,15 +132,23 @@ impl Metrics {
     }
 
     pub fn message_in(&self, t: &'static str) {
-        self.messages_in
-            .get_or_create(&TypeLabel { r#type: t })
-            .inc();
+        if t == "signal" {
+            self.signals_in.inc();
+        } else {
+            self.messages_in
+                .get_or_create(&TypeLabel { r#type: t })
+                .inc();
+        }
     }
 
     pub fn message_out(&self, t: &'static str) {
-        self.messages_out
-            .get_or_create(&TypeLabel { r#type: t })
-            .inc();
+        if t == "signal" {
+            self.signals_out.inc();
+        } else {
+            self.messages_out
+                .get_or_create(&TypeLabel { r#type: t })
+                .inc();
+        }
     }
 
     pub fn error(&self, code: &'static str) {

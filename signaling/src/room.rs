@@ -1,8 +1,6 @@
 //! Rooms, membership, per-peer sequence numbers and resume buffers: a plain state machine.
-//! It never touches a socket or a clock of its own; callers pass `now`. Each peer's
-//! replay buffer doubles as its outbox: the connection is woken through a `Notify` and
-//! takes the frames after the last one it wrote, so a message is stored once per
-//! recipient and an idle connection holds no queue of its own.
+//! It never touches a socket or a clock of its own; callers pass `now`, and messages go
+//! to each peer's [`Outbox`] (the socket that carries it, which writes them at once).
 //!
 //! Resume works like this: every message to a peer gets the next `seq` and is kept in
 //! the peer's replay buffer until the peer's socket acknowledges it (a WebSocket pong
@@ -14,18 +12,50 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, LeaveReason, PeerInfo, ProtocolError, ServerMessage};
 
 pub type PeerId = Arc<str>;
-/// One serialized server message and its seq, as queued to a connection.
-pub type Frame = (u64, Utf8Bytes);
-/// Wakes the connection that carries a peer when frames are waiting for it.
-pub type Outbox = Arc<Notify>;
+/// One serialized server message (JSON) and its seq.
+pub type Frame = (u64, Bytes);
+
+/// Why a connection no longer carries its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// Its output piled up past the limit: the client does not read fast enough.
+    TooSlow,
+    /// Another connection resumed the peer.
+    Replaced,
+}
+
+/// What became of a message handed to an [`Outbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written, or queued behind earlier output.
+    Ok,
+    /// Over the connection's output limit: cut it off.
+    TooSlow,
+    /// The connection is broken or closing.
+    Gone,
+}
+
+/// The connection that currently carries a peer.
+pub trait Outbox: Send + Sync {
+    /// Writes one sequenced message. `bounded`: refuse it when too much output is
+    /// already waiting (replays on resume are not bounded: the replay buffer is).
+    /// `defer`: keep it until [`Outbox::flush`], so a batch costs one write per
+    /// connection rather than one per message.
+    fn push(&self, seq: u64, json: &Bytes, bounded: bool, defer: bool) -> Pushed;
+    /// Writes what `push` deferred.
+    fn flush(&self);
+    /// The connection no longer carries the peer and should close.
+    fn detach(&self, why: Detach);
+}
+
+pub type OutboxRef = Arc<dyn Outbox>;
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -34,9 +64,6 @@ pub struct HubConfig {
     /// Unacknowledged messages kept per peer; beyond it the oldest written ones go and a
     /// later resume that needs them fails (`resume-failed`) instead of silently skipping.
     pub replay_limit: usize,
-    /// Messages queued but not yet taken by the connection; beyond it the connection is
-    /// too slow and is cut off (it may resume). Must be below `replay_limit`.
-    pub outbox_limit: usize,
 }
 
 struct Peer {
@@ -47,9 +74,7 @@ struct Peer {
     buffer: VecDeque<Frame>,
     /// Highest seq dropped from the buffer without acknowledgement (overflow).
     lost_up_to: u64,
-    outbox: Option<Outbox>,
-    /// Highest seq the connection has taken (written or about to be).
-    taken: u64,
+    outbox: Option<OutboxRef>,
     /// Which connection holds the peer; a stale connection's detach is ignored.
     conn: u64,
     detached_at: Option<Instant>,
@@ -68,6 +93,10 @@ pub struct Hub {
     /// matters with tens of thousands of idle peers and a table that grows by doubling.
     peers: HashMap<PeerId, Box<Peer>>,
     next_conn: u64,
+    /// During [`Hub::signals`] messages are deferred, and the outboxes they went to
+    /// (`touched`, kept allocated between batches) are flushed at the end.
+    batching: bool,
+    touched: Vec<OutboxRef>,
 }
 
 /// What a successful join or resume hands back to the connection.
@@ -85,6 +114,8 @@ impl Hub {
             rooms: HashMap::new(),
             peers: HashMap::new(),
             next_conn: 1,
+            batching: false,
+            touched: Vec::new(),
         }
     }
 
@@ -115,24 +146,34 @@ impl Hub {
         let seq = p.seq;
         let msg = build(seq);
         let kind = msg.kind();
-        let frame: Frame = (seq, Utf8Bytes::from(msg.to_json()));
+        let json = Bytes::from(msg.to_json());
         if p.buffer.len() >= self.cfg.replay_limit {
             if let Some((s, _)) = p.buffer.pop_front() {
                 p.lost_up_to = s;
             }
         }
-        p.buffer.push_back(frame);
+        p.buffer.push_back((seq, json.clone()));
         self.metrics.message_out(kind);
-        if p.outbox.is_some() && seq - p.taken > self.cfg.outbox_limit as u64 {
-            // A consumer that cannot keep up is cut off (woken to find itself detached);
-            // it may resume and gets the buffered messages then.
-            self.metrics.slow_consumers.inc();
-            if let Some(n) = p.outbox.take() {
-                n.notify_one();
+        let pushed = match &p.outbox {
+            Some(o) if self.batching => {
+                if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
+                    self.touched.push(o.clone());
+                }
+                o.push(seq, &json, true, true)
             }
-            p.detached_at = Some(now);
-        } else if let Some(n) = &p.outbox {
-            n.notify_one();
+            Some(o) => o.push(seq, &json, true, false),
+            None => Pushed::Ok,
+        };
+        if pushed != Pushed::Ok {
+            // A consumer that cannot keep up is cut off; it may resume and gets the
+            // buffered messages then.
+            if pushed == Pushed::TooSlow {
+                self.metrics.slow_consumers.inc();
+            }
+            if let Some(o) = p.outbox.take() {
+                o.detach(Detach::TooSlow);
+            }
+            p.detached_at.get_or_insert(now);
         }
         true
     }
@@ -164,7 +205,7 @@ impl Hub {
         room: &str,
         meta: Option<Box<RawValue>>,
         ice_servers: &RawValue,
-        outbox: Outbox,
+        outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
         let members = self.rooms.get(room).map(|r| r.members.len()).unwrap_or(0);
         if members >= self.cfg.room_capacity {
@@ -191,7 +232,6 @@ impl Hub {
                 buffer: VecDeque::new(),
                 lost_up_to: 0,
                 outbox: Some(outbox),
-                taken: 0,
                 conn,
                 detached_at: None,
             }),
@@ -214,10 +254,11 @@ impl Hub {
             .to_json();
             let p = self.peers.get_mut(&id).expect("just inserted");
             p.seq = 1;
-            p.buffer.push_back((1, Utf8Bytes::from(msg)));
+            let msg = Bytes::from(msg);
+            p.buffer.push_back((1, msg.clone()));
             self.metrics.message_out("joined");
-            if let Some(n) = &p.outbox {
-                n.notify_one();
+            if let Some(o) = &p.outbox {
+                o.push(1, &msg, false, false);
             }
         }
         // Borrow the newcomer's meta outside the map while the others are told.
@@ -263,6 +304,28 @@ impl Hub {
         }
         self.deliver(now, to, |seq| ServerMessage::Signal { from, data, seq });
         Ok(())
+    }
+
+    /// Signals a connection read together, forwarded in order; each recipient's socket is
+    /// written once for the lot. Returns the errors for the sender, in order.
+    pub fn signals(
+        &mut self,
+        now: Instant,
+        from: &str,
+        batch: &[(String, Box<RawValue>)],
+    ) -> Vec<ProtocolError> {
+        let mut errors = Vec::new();
+        self.batching = true;
+        for (to, data) in batch {
+            if let Err(e) = self.signal(now, from, to, data) {
+                errors.push(e);
+            }
+        }
+        self.batching = false;
+        for o in self.touched.drain(..) {
+            o.flush();
+        }
+        errors
     }
 
     /// A message for the peer itself (pong, error), sequenced like any other.
@@ -319,15 +382,15 @@ impl Hub {
         }
     }
 
-    /// A new connection takes over `id`. Returns the `resumed` frame to write first; the
-    /// connection then takes every message after `last_seq` as usual.
+    /// A new connection takes over `id`: it gets `resumed`, then every message after
+    /// `last_seq`, in order.
     pub fn resume(
         &mut self,
         id: &str,
         token: &str,
         last_seq: u64,
-        outbox: Outbox,
-    ) -> Result<(Attached, Frame), ProtocolError> {
+        outbox: OutboxRef,
+    ) -> Result<Attached, ProtocolError> {
         let fail = |m: &str| Err(ProtocolError::new(ErrorCode::ResumeFailed, m));
         let Some(p) = self.peers.get(id) else {
             return fail("no such peer (it left, or its resume grace ran out)");
@@ -354,51 +417,33 @@ impl Hub {
             .unwrap_or_default();
         // Politeness towards each peer depends on who joined first; the client kept it
         // from `joined`/`peer-joined`, so `resumed` lists peers for presence only.
-        let json = ServerMessage::Resumed {
-            id,
-            peers: self.peer_infos(&members, id, true),
-            seq: last_seq,
-        }
-        .to_json();
+        let json = Bytes::from(
+            ServerMessage::Resumed {
+                id,
+                peers: self.peer_infos(&members, id, true),
+                seq: last_seq,
+            }
+            .to_json(),
+        );
         let conn = self.next_conn;
         self.next_conn += 1;
         let p = self.peers.get_mut(id).expect("checked");
-        // A connection that still holds the peer is woken to find itself replaced.
+        // A connection that still holds the peer learns it is replaced.
         if let Some(old) = p.outbox.replace(outbox.clone()) {
-            old.notify_one();
+            old.detach(Detach::Replaced);
         }
         p.conn = conn;
-        p.taken = last_seq;
         p.detached_at = None;
-        if p.seq > last_seq {
-            outbox.notify_one();
+        outbox.push(last_seq, &json, false, true);
+        for (seq, m) in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
+            outbox.push(*seq, m, false, true);
         }
+        outbox.flush();
         self.metrics.message_out("resumed");
-        Ok((
-            Attached {
-                id: id.into(),
-                conn,
-            },
-            (last_seq, Utf8Bytes::from(json)),
-        ))
-    }
-
-    /// Frames waiting for connection `conn` of `id` (at most `max`), in order. `None` when
-    /// that connection no longer carries the peer (left, cut off as too slow, or resumed
-    /// elsewhere): it should close.
-    pub fn take(&mut self, id: &str, conn: u64, max: usize) -> Option<Vec<Frame>> {
-        let p = self.peers.get_mut(id)?;
-        if p.conn != conn || p.outbox.is_none() {
-            return None;
-        }
-        // Seqs in the buffer are consecutive, so the next frame's index is arithmetic.
-        let first = p.buffer.front().map(|(s, _)| *s).unwrap_or(p.seq + 1);
-        let start = (p.taken + 1).saturating_sub(first) as usize;
-        let out: Vec<Frame> = p.buffer.iter().skip(start).take(max).cloned().collect();
-        if let Some((s, _)) = out.last() {
-            p.taken = *s;
-        }
-        Some(out)
+        Ok(Attached {
+            id: id.into(),
+            conn,
+        })
     }
 
     /// Peers detached longer than the grace are removed (`peer-left`, reason timeout).
@@ -424,36 +469,94 @@ impl Hub {
 mod tests {
     use super::*;
 
+    use std::sync::Mutex;
+
     fn hub(capacity: usize) -> Hub {
         Hub::new(
             HubConfig {
                 room_capacity: capacity,
                 resume_grace: Duration::from_secs(30),
                 replay_limit: 64,
-                outbox_limit: 32,
             },
             Metrics::default(),
         )
+    }
+
+    /// A connection that keeps what it is sent until the test drains it; it holds at
+    /// most `limit` undrained messages, like a socket whose client stopped reading.
+    #[derive(Default)]
+    struct TestBox {
+        frames: Mutex<Vec<Frame>>,
+        detached: Mutex<Option<Detach>>,
+        limit: usize,
+    }
+
+    impl Outbox for TestBox {
+        fn push(&self, seq: u64, json: &Bytes, bounded: bool, _defer: bool) -> Pushed {
+            let mut f = self.frames.lock().unwrap();
+            if bounded && self.limit > 0 && f.len() >= self.limit {
+                return Pushed::TooSlow;
+            }
+            f.push((seq, json.clone()));
+            Pushed::Ok
+        }
+        fn flush(&self) {}
+        fn detach(&self, why: Detach) {
+            *self.detached.lock().unwrap() = Some(why);
+        }
+    }
+
+    /// A joined or resumed peer as a test sees it: its id and connection.
+    struct Conn {
+        id: PeerId,
+        conn: u64,
+        out: Arc<TestBox>,
+    }
+
+    fn boxed(limit: usize) -> Arc<TestBox> {
+        Arc::new(TestBox {
+            limit,
+            ..Default::default()
+        })
     }
 
     fn ice() -> Box<RawValue> {
         RawValue::from_string("[]".into()).unwrap()
     }
 
-    fn parse(frames: Vec<Frame>) -> Vec<serde_json::Value> {
-        frames
+    fn drain(_h: &mut Hub, a: &Conn) -> Vec<serde_json::Value> {
+        std::mem::take(&mut *a.out.frames.lock().unwrap())
             .into_iter()
-            .map(|(_, f)| serde_json::from_str(f.as_str()).unwrap())
+            .map(|(seq, f)| {
+                let v: serde_json::Value = serde_json::from_slice(&f).unwrap();
+                assert_eq!(v["seq"].as_u64(), Some(seq), "pushed with its own seq");
+                v
+            })
             .collect()
     }
 
-    fn drain(h: &mut Hub, a: &Attached) -> Vec<serde_json::Value> {
-        parse(h.take(&a.id, a.conn, 10_000).expect("attached"))
+    fn detached(a: &Conn) -> Option<Detach> {
+        *a.out.detached.lock().unwrap()
     }
 
-    fn join(h: &mut Hub, now: Instant, room: &str) -> Attached {
-        h.join(now, room, None, &ice(), Arc::new(Notify::new()))
-            .unwrap()
+    fn join(h: &mut Hub, now: Instant, room: &str) -> Conn {
+        let out = boxed(0);
+        let a = h.join(now, room, None, &ice(), out.clone()).unwrap();
+        Conn {
+            id: a.id,
+            conn: a.conn,
+            out,
+        }
+    }
+
+    fn resume(h: &mut Hub, id: &str, token: &str, last: u64) -> Result<Conn, ProtocolError> {
+        let out = boxed(0);
+        let a = h.resume(id, token, last, out.clone())?;
+        Ok(Conn {
+            id: a.id,
+            conn: a.conn,
+            out,
+        })
     }
 
     #[test]
@@ -473,7 +576,7 @@ mod tests {
         let data = RawValue::from_string(r#"{"sdp":1}"#.into()).unwrap();
         h.signal(now, &b.id, &a.id, &data).unwrap();
         let ma = drain(&mut h, &a);
-        assert_eq!(ma.len(), 1, "only what was not taken before");
+        assert_eq!(ma.len(), 1, "only the new message");
         assert_eq!(ma[0]["from"], &*b.id);
         assert_eq!(ma[0]["data"]["sdp"], 1);
         assert_eq!(
@@ -490,10 +593,7 @@ mod tests {
             (ma[0]["type"].as_str(), ma[0]["reason"].as_str()),
             (Some("peer-left"), Some("left"))
         );
-        assert!(
-            h.take(&b.id, b.conn, 10).is_none(),
-            "a removed peer's connection is told to close"
-        );
+        assert!(drain(&mut h, &b).is_empty(), "nothing more for who left");
         h.remove(now, &a.id, LeaveReason::Left);
         assert_eq!((h.room_count(), h.peer_count()), (0, 0));
     }
@@ -510,9 +610,7 @@ mod tests {
             ErrorCode::UnknownPeer
         );
         let _c = join(&mut h, now, "r1");
-        let e = h
-            .join(now, "r1", None, &ice(), Arc::new(Notify::new()))
-            .unwrap_err();
+        let e = h.join(now, "r1", None, &ice(), boxed(0)).unwrap_err();
         assert_eq!(e.code, ErrorCode::RoomFull);
     }
 
@@ -530,19 +628,18 @@ mod tests {
             let d = RawValue::from_string(format!("{{\"n\":{i}}}")).unwrap();
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
-        let n = Arc::new(Notify::new());
         assert_eq!(
-            h.resume(&a.id, "bad", last, n.clone()).unwrap_err().code,
+            resume(&mut h, &a.id, "bad", last).err().unwrap().code,
             ErrorCode::ResumeFailed
         );
         let token = seen[0]["resume_token"].as_str().unwrap().to_string();
-        let (att, resumed) = h.resume(&a.id, &token, last, n).unwrap();
-        let r: serde_json::Value = serde_json::from_str(resumed.1.as_str()).unwrap();
+        let att = resume(&mut h, &a.id, &token, last).unwrap();
+        let mut got = drain(&mut h, &att);
+        let r = got.remove(0);
         assert_eq!(
             (r["type"].as_str(), r["seq"].as_u64()),
             (Some("resumed"), Some(last))
         );
-        let got = drain(&mut h, &att);
         let ns: Vec<u64> = got
             .iter()
             .map(|m| m["data"]["n"].as_u64().unwrap())
@@ -550,10 +647,8 @@ mod tests {
         assert_eq!(ns, vec![0, 1, 2, 3, 4]);
         let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (last + 1..=last + 5).collect::<Vec<_>>());
-        // The old connection's late detach does not detach the new one, and the old
-        // connection learns it is replaced.
+        // The old connection's late detach does not detach the new one.
         h.detach(t0, &a.id, a.conn);
-        assert!(h.take(&a.id, a.conn, 10).is_none());
         h.signal(
             t0,
             &b.id,
@@ -584,41 +679,55 @@ mod tests {
             (m[0]["type"].as_str(), m[0]["reason"].as_str()),
             (Some("peer-left"), Some("timeout"))
         );
-        let e = h
-            .resume(&a.id, "x", 0, Arc::new(Notify::new()))
-            .unwrap_err();
+        let e = resume(&mut h, &a.id, "x", 0).err().unwrap();
         assert_eq!(e.code, ErrorCode::ResumeFailed);
+    }
+
+    #[test]
+    fn a_live_connection_learns_it_is_replaced_by_a_resume() {
+        let t0 = Instant::now();
+        let mut h = hub(16);
+        let a = join(&mut h, t0, "r");
+        let token = drain(&mut h, &a)[0]["resume_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let a2 = resume(&mut h, &a.id, &token, 1).unwrap();
+        assert_eq!(detached(&a), Some(Detach::Replaced));
+        assert_eq!(detached(&a2), None);
     }
 
     #[test]
     fn slow_consumer_is_cut_off_then_resumes_until_the_buffer_overflows() {
         let t0 = Instant::now();
         let mut h = hub(16);
-        let a = join(&mut h, t0, "r");
+        let out = boxed(32);
+        let a = h.join(t0, "r", None, &ice(), out.clone()).unwrap();
+        let a = Conn {
+            id: a.id,
+            conn: a.conn,
+            out,
+        };
         let b = join(&mut h, t0, "r");
-        let first = drain(&mut h, &a);
-        let token = first[0]["resume_token"].as_str().unwrap().to_string();
+        let token = a.out.frames.lock().unwrap()[0].1.clone();
+        let token: serde_json::Value = serde_json::from_slice(&token).unwrap();
+        let token = token["resume_token"].as_str().unwrap().to_string();
         let d = RawValue::from_string("{}".into()).unwrap();
-        // A never takes: past the outbox limit (32) it is cut off.
+        // A never reads: its connection holds 32 messages, then it is cut off.
         for _ in 0..40 {
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
         assert_eq!(h.metrics.slow_consumers.get(), 1);
-        assert!(
-            h.take(&a.id, a.conn, 10).is_none(),
-            "the cut-off connection is told to close"
-        );
+        assert_eq!(detached(&a), Some(Detach::TooSlow));
         // Still within the replay buffer (64): resume works and replays all 40.
-        let (att, _) = h.resume(&a.id, &token, 2, Arc::new(Notify::new())).unwrap();
-        assert_eq!(drain(&mut h, &att).len(), 40);
+        let att = resume(&mut h, &a.id, &token, 2).unwrap();
+        assert_eq!(drain(&mut h, &att).len(), 1 + 40);
         // Detached again, 100 more overflow the buffer: resume now fails.
         h.detach(t0, &a.id, att.conn);
         for _ in 0..100 {
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
-        let e = h
-            .resume(&a.id, &token, 42, Arc::new(Notify::new()))
-            .unwrap_err();
+        let e = resume(&mut h, &a.id, &token, 42).err().unwrap();
         assert_eq!(e.code, ErrorCode::ResumeFailed);
     }
 }

@@ -1,12 +1,13 @@
-//! One WebSocket connection: translates frames to bus calls and queued server messages
-//! back to frames. Holds only per-connection state (rate bucket, heartbeat, which peer it
-//! carries); rooms and sequencing live behind the bus.
+//! One WebSocket connection: reads frames and turns them into bus calls. Messages *to*
+//! this connection's peer are written into its socket by the bus directly (see
+//! [`crate::ws::socket`]); this task only writes what the kernel could not take at once,
+//! and its own pings, pongs and close frames. It holds per-connection state only (rate
+//! bucket, heartbeat, an unfinished frame, which peer it carries).
 
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::auth::check_token;
@@ -16,36 +17,97 @@ use crate::limits::{IpSlot, TokenBucket};
 use crate::protocol::{
     self, valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage,
 };
-use crate::room::Attached;
+use crate::room::{Attached, Detach, OutboxRef};
+use crate::ws::frame::{self, FrameError, Opcode};
+use crate::ws::socket::WsSocket;
 
 /// Largest `meta` a peer may attach to itself (it is copied to everyone in the room).
 const MAX_META_BYTES: usize = 1024;
+/// Bytes read per wake-up (a per-thread buffer, so it costs idle connections nothing).
+const SCRATCH_BYTES: usize = 256 * 1024;
+/// How long a closing connection waits for its last bytes to drain and for the client's
+/// FIN, so that the client reads our close frame rather than a reset.
+const LINGER: Duration = Duration::from_secs(2);
 
-enum Event {
-    In(Option<Result<Message, axum::Error>>),
-    /// Frames are waiting in the peer's buffer.
-    Wake,
-    Heartbeat,
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-#[derive(PartialEq, Eq)]
+/// The thread's read buffer; a task that awaits while holding it and moves threads just
+/// makes the next reader on this thread allocate a new one.
+fn take_scratch() -> Vec<u8> {
+    let mut b = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if b.len() < SCRATCH_BYTES {
+        b = vec![0; SCRATCH_BYTES];
+    }
+    b
+}
+
+fn put_scratch(b: Vec<u8>) {
+    SCRATCH.with(|s| *s.borrow_mut() = b);
+}
+
+/// How a connection ends.
+#[derive(Debug, PartialEq, Eq)]
 enum End {
-    /// The client closed the socket cleanly: it left.
-    Closed,
-    /// The socket broke or went silent: keep the peer for the resume grace.
+    /// The client sent a close frame: it left.
+    Closed(u16),
+    /// The socket broke, went silent, or broke the protocol: keep the peer for the grace.
     Dropped,
+    /// We close it with this code (too large, bad frames); the peer is kept for the grace.
+    Close(u16, &'static str),
+    /// The bus detached the peer from this connection.
+    Detached(Detach),
+    ShuttingDown,
 }
 
 struct Conn {
     state: Arc<AppState>,
+    sock: Arc<WsSocket>,
     me: Option<Attached>,
-    notify: Arc<Notify>,
+    bucket: TokenBucket,
+    last_seen: Instant,
+    /// A message arriving in several frames (rare: browsers send one frame each).
+    fragments: Option<(Opcode, Vec<u8>)>,
+    /// Signals read in this wake-up, forwarded together (see [`Conn::forward`]).
+    batch: Vec<(String, Box<serde_json::value::RawValue>)>,
 }
 
 impl Conn {
+    /// Forwards the signals read so far, in one bus call: each recipient's socket is then
+    /// written once for all of them.
+    async fn forward(&mut self) {
+        let Some(a) = &self.me else {
+            self.batch.clear();
+            return;
+        };
+        if self.batch.is_empty() {
+            return;
+        }
+        let t0 = Instant::now();
+        let errors = self.state.bus.signal(&a.id, &self.batch).await;
+        self.state
+            .metrics
+            .forward_latency
+            .observe(t0.elapsed().as_secs_f64());
+        self.batch.clear();
+        if self.batch.capacity() > 64 {
+            self.batch = Vec::new();
+        }
+        for e in errors {
+            self.report(e).await;
+        }
+    }
+
+    /// An error for the client, after the signals before it.
+    async fn error(&mut self, err: ProtocolError) -> bool {
+        self.forward().await;
+        self.report(err).await
+    }
+
     /// An error goes through the peer's sequenced stream once joined; before that it is
     /// written directly with `seq` 0.
-    async fn error(&mut self, socket: &mut WebSocket, err: ProtocolError) -> bool {
+    async fn report(&mut self, err: ProtocolError) -> bool {
         self.state.metrics.error(err.code.as_str());
         debug!(code = err.code.as_str(), message = %err.message, "error to client");
         match &self.me {
@@ -60,31 +122,42 @@ impl Conn {
                     seq: 0,
                 }
                 .to_json();
-                socket.send(Message::Text(json.into())).await.is_ok()
+                self.sock.send_unsequenced(json.as_bytes())
             }
         }
     }
 
-    async fn handle(&mut self, socket: &mut WebSocket, text: &str) -> bool {
+    fn outbox(&self) -> OutboxRef {
+        self.sock.clone()
+    }
+
+    /// One client message. False: the connection is unusable.
+    async fn handle(&mut self, text: &str) -> bool {
         let msg = match protocol::parse(text) {
             Ok(m) => m,
-            Err(e) => return self.error(socket, e).await,
+            Err(e) => return self.error(e).await,
         };
+        self.state.metrics.message_in(msg.kind());
+        let msg = match msg {
+            ClientMessage::Signal { to, data } if self.me.is_some() => {
+                self.batch.push((to, data));
+                return true;
+            }
+            other => other,
+        };
+        // Anything else comes after the signals before it.
+        self.forward().await;
         let st = self.state.clone();
-        st.metrics.message_in(msg.kind());
         let cfg = &st.cfg;
         let bad = |m: &str| ProtocolError::new(ErrorCode::BadMessage, m);
         match msg {
             ClientMessage::Join { room, token, meta } => {
                 if self.me.is_some() {
-                    return self.error(socket, bad("already joined; leave first")).await;
+                    return self.error(bad("already joined; leave first")).await;
                 }
                 if !valid_room(&room) {
                     return self
-                        .error(
-                            socket,
-                            bad("room must be 1-64 characters of A-Z a-z 0-9 _ -"),
-                        )
+                        .error(bad("room must be 1-64 characters of A-Z a-z 0-9 _ -"))
                         .await;
                 }
                 if meta
@@ -92,7 +165,7 @@ impl Conn {
                     .is_some_and(|m| m.get().len() > MAX_META_BYTES || !m.get().starts_with('{'))
                 {
                     return self
-                        .error(socket, bad("meta must be a JSON object of at most 1 KiB"))
+                        .error(bad("meta must be a JSON object of at most 1 KiB"))
                         .await;
                 }
                 let mut label = String::from("peer");
@@ -106,38 +179,25 @@ impl Conn {
                                 .take(32)
                                 .collect()
                         }
-                        Err(e) => return self.error(socket, e).await,
+                        Err(e) => return self.error(e).await,
                     }
                 }
                 let ice = ice_servers_json(cfg, &label, icebreaker_relay::server::unix_now());
-                match st.bus.join(&room, meta, &ice, self.notify.clone()).await {
+                match st.bus.join(&room, meta, &ice, self.outbox()).await {
                     Ok(a) => {
                         debug!(id = %a.id, %room, "joined");
                         self.me = Some(a);
                         true
                     }
-                    Err(e) => self.error(socket, e).await,
+                    Err(e) => self.error(e).await,
                 }
             }
-            ClientMessage::Signal { to, data } => {
-                let Some(a) = &self.me else {
-                    return self
-                        .error(
-                            socket,
-                            ProtocolError::new(ErrorCode::NotJoined, "join a room first"),
-                        )
-                        .await;
-                };
-                let t0 = Instant::now();
-                match st.bus.signal(&a.id, &to, &data).await {
-                    Ok(()) => {
-                        st.metrics
-                            .forward_latency
-                            .observe(t0.elapsed().as_secs_f64());
-                        true
-                    }
-                    Err(e) => self.error(socket, e).await,
-                }
+            ClientMessage::Signal { .. } => {
+                self.error(ProtocolError::new(
+                    ErrorCode::NotJoined,
+                    "join a room first",
+                ))
+                .await
             }
             ClientMessage::Leave => match self.me.take() {
                 Some(a) => {
@@ -145,11 +205,8 @@ impl Conn {
                     true
                 }
                 None => {
-                    self.error(
-                        socket,
-                        ProtocolError::new(ErrorCode::NotJoined, "not in a room"),
-                    )
-                    .await
+                    self.error(ProtocolError::new(ErrorCode::NotJoined, "not in a room"))
+                        .await
                 }
             },
             ClientMessage::Ping => match &self.me {
@@ -157,12 +214,9 @@ impl Conn {
                     st.bus.pong(&a.id).await;
                     true
                 }
-                None => socket
-                    .send(Message::Text(
-                        ServerMessage::Pong { seq: 0 }.to_json().into(),
-                    ))
-                    .await
-                    .is_ok(),
+                None => self
+                    .sock
+                    .send_unsequenced(ServerMessage::Pong { seq: 0 }.to_json().as_bytes()),
             },
             ClientMessage::Resume {
                 id,
@@ -170,186 +224,288 @@ impl Conn {
                 last_seq,
             } => {
                 if self.me.is_some() {
-                    return self.error(socket, bad("already joined")).await;
+                    return self.error(bad("already joined")).await;
                 }
-                match st
-                    .bus
-                    .resume(&id, &token, last_seq, self.notify.clone())
-                    .await
-                {
-                    Ok((a, (_, resumed))) => {
+                match st.bus.resume(&id, &token, last_seq, self.outbox()).await {
+                    Ok(a) => {
                         st.metrics
                             .resumes
                             .get_or_create(&crate::metrics::ResultLabel { result: "ok" })
                             .inc();
                         debug!(id = %a.id, last_seq, "resumed");
+                        // The bus wrote `resumed` and the missed messages already.
                         self.me = Some(a);
-                        // `resumed` first; the missed messages follow on the next wake.
-                        socket.send(Message::Text(resumed)).await.is_ok()
+                        true
                     }
                     Err(e) => {
                         st.metrics
                             .resumes
                             .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
                             .inc();
-                        self.error(socket, e).await
+                        self.error(e).await
                     }
                 }
             }
         }
     }
-}
 
-/// Writes every frame waiting for this connection. False: the socket failed, or the bus
-/// detached the peer from this connection (too slow, or resumed elsewhere).
-async fn flush(
-    state: &AppState,
-    conn: &Conn,
-    socket: &mut WebSocket,
-    last_written: &mut u64,
-) -> bool {
-    let Some(a) = &conn.me else { return true };
-    loop {
-        match state.bus.take(&a.id, a.conn, 64).await {
-            None => {
-                close(
-                    socket,
-                    1008,
-                    "detached: too slow to receive, or resumed elsewhere",
-                )
-                .await;
-                return false;
+    /// A complete data message (text or binary).
+    async fn message(&mut self, opcode: Opcode, payload: &[u8], now: Instant) -> Option<End> {
+        if opcode == Opcode::Binary {
+            let e = ProtocolError::new(
+                ErrorCode::BadMessage,
+                "binary frames are not part of protocol v1",
+            );
+            return (!self.error(e).await).then_some(End::Dropped);
+        }
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Some(End::Close(1007, "text frames must be UTF-8"));
+        };
+        if !self.bucket.take(now) {
+            let e = ProtocolError::new(ErrorCode::RateLimited, "too many messages; slow down");
+            return (!self.error(e).await).then_some(End::Dropped);
+        }
+        (!self.handle(text).await).then_some(End::Dropped)
+    }
+
+    async fn too_large(&mut self) -> End {
+        let max = self.state.cfg.max_message_bytes;
+        let e = ProtocolError::new(
+            ErrorCode::TooLarge,
+            format!("messages are limited to {max} bytes"),
+        );
+        self.error(e).await;
+        End::Close(1009, "message too large")
+    }
+
+    async fn frame(
+        &mut self,
+        fin: bool,
+        opcode: Opcode,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<End> {
+        match opcode {
+            Opcode::Text | Opcode::Binary if self.fragments.is_some() => Some(End::Close(
+                1002,
+                "a new message began inside a fragmented one",
+            )),
+            Opcode::Text | Opcode::Binary if fin => self.message(opcode, payload, now).await,
+            Opcode::Text | Opcode::Binary => {
+                self.fragments = Some((opcode, payload.to_vec()));
+                None
             }
-            Some(frames) if frames.is_empty() => return true,
-            Some(frames) => {
-                for (seq, f) in frames {
-                    if socket.send(Message::Text(f)).await.is_err() {
-                        return false;
-                    }
-                    *last_written = seq;
+            Opcode::Continuation => {
+                let Some((op, mut buf)) = self.fragments.take() else {
+                    return Some(End::Close(1002, "continuation without a message"));
+                };
+                if buf.len() + payload.len() > self.state.cfg.max_message_bytes {
+                    return Some(self.too_large().await);
                 }
+                buf.extend_from_slice(payload);
+                if !fin {
+                    self.fragments = Some((op, buf));
+                    return None;
+                }
+                self.message(op, &buf, now).await
+            }
+            Opcode::Ping => (!self.sock.pong(payload)).then_some(End::Dropped),
+            Opcode::Pong => {
+                if let (Some(a), Ok(b)) = (&self.me, <[u8; 8]>::try_from(payload)) {
+                    self.state
+                        .bus
+                        .ack(&a.id, a.conn, u64::from_be_bytes(b))
+                        .await;
+                }
+                None
+            }
+            Opcode::Close => {
+                let code = match payload {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    _ => 1000,
+                };
+                Some(End::Closed(code))
             }
         }
     }
+
+    /// Reads what the socket has and handles every complete frame in it; an unfinished
+    /// frame is kept in `leftover` (the only read buffer a connection owns).
+    async fn readable(&mut self, leftover: &mut Vec<u8>) -> Option<End> {
+        let mut buf = take_scratch();
+        let mut filled = leftover.len();
+        buf[..filled].copy_from_slice(leftover);
+        let read = self.sock.try_read(&mut buf[filled..]);
+        let end = match read {
+            Ok(None) => None,
+            Ok(Some(0)) | Err(_) => Some(End::Dropped),
+            Ok(Some(n)) => {
+                filled += n;
+                self.frames(&mut buf[..filled], leftover).await
+            }
+        };
+        put_scratch(buf);
+        end
+    }
+
+    async fn frames(&mut self, buf: &mut [u8], leftover: &mut Vec<u8>) -> Option<End> {
+        let now = Instant::now();
+        self.last_seen = now;
+        let max = self.state.cfg.max_message_bytes;
+        let mut at = 0;
+        loop {
+            match frame::parse(&mut buf[at..], max) {
+                Ok(None) => break,
+                Ok(Some(h)) => {
+                    let payload = &buf[at + h.payload.start..at + h.payload.end];
+                    if let Some(end) = self.frame(h.fin, h.opcode, payload, now).await {
+                        self.forward().await;
+                        return Some(end);
+                    }
+                    at += h.len;
+                }
+                Err(FrameError::TooLarge(_)) => return Some(self.too_large().await),
+                Err(e) => {
+                    self.forward().await;
+                    debug!(error = %e, "bad frame");
+                    return Some(End::Close(1002, "protocol error"));
+                }
+            }
+        }
+        self.forward().await;
+        leftover.clear();
+        if at < buf.len() {
+            leftover.extend_from_slice(&buf[at..]);
+        } else if leftover.capacity() > 0 {
+            *leftover = Vec::new();
+        }
+        None
+    }
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
-}
-
-/// The connection's task. Rare, large steps (handling a message, errors, flushing) are
-/// boxed so that the state an idle connection keeps stays small.
-pub async fn run(mut socket: WebSocket, state: Arc<AppState>, _slot: IpSlot) {
+/// The connection's task. `early`: bytes the client sent right behind its handshake.
+pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>, _slot: IpSlot) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     let cfg = &state.cfg;
     let interval = cfg.heartbeat_interval;
-    let mut bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now());
     // The first ping comes soon after joining: its pong acknowledges `joined` and the
     // first messages, so an idle peer's replay buffer is emptied early, not after a full
     // interval.
-    let first = interval.min(std::time::Duration::from_secs(1));
+    let first = interval.min(Duration::from_secs(1));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    let mut last_written = 0u64;
     let mut conn = Conn {
         state: state.clone(),
+        sock: sock.clone(),
         me: None,
-        notify: Arc::new(Notify::new()),
+        bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now()),
+        last_seen: Instant::now(),
+        fragments: None,
+        batch: Vec::new(),
     };
-    let notify = conn.notify.clone();
-    let end = loop {
-        let ev = tokio::select! {
-            m = socket.recv() => Event::In(m),
-            _ = notify.notified() => Event::Wake,
-            _ = heartbeat.tick() => Event::Heartbeat,
-        };
-        match ev {
-            Event::In(None) | Event::In(Some(Err(_))) => break End::Dropped,
-            Event::In(Some(Ok(msg))) => {
-                last_seen = Instant::now();
-                match msg {
-                    Message::Text(t) => {
-                        if t.len() > cfg.max_message_bytes {
-                            let e = ProtocolError::new(
-                                ErrorCode::TooLarge,
-                                format!("messages are limited to {} bytes", cfg.max_message_bytes),
-                            );
-                            Box::pin(conn.error(&mut socket, e)).await;
-                            // Flush what the error queued, then close with 1009 (message too big).
-                            if Box::pin(flush(&state, &conn, &mut socket, &mut last_written)).await
-                            {
-                                Box::pin(close(&mut socket, 1009, "message too large")).await;
-                            }
-                            break End::Dropped;
-                        }
-                        if !bucket.take(Instant::now()) {
-                            let e = ProtocolError::new(
-                                ErrorCode::RateLimited,
-                                "too many messages; slow down",
-                            );
-                            if !Box::pin(conn.error(&mut socket, e)).await {
-                                break End::Dropped;
-                            }
-                            continue;
-                        }
-                        // Boxed: the handler's future is large and rarely alive, so it
-                        // is not kept inline in every idle connection's state.
-                        if !Box::pin(conn.handle(&mut socket, t.as_str())).await {
-                            break End::Dropped;
-                        }
-                    }
-                    Message::Binary(_) => {
-                        let e = ProtocolError::new(
-                            ErrorCode::BadMessage,
-                            "binary frames are not part of protocol v1",
-                        );
-                        if !Box::pin(conn.error(&mut socket, e)).await {
-                            break End::Dropped;
-                        }
-                    }
-                    Message::Pong(p) => {
-                        if let (Some(a), Ok(b)) = (&conn.me, <[u8; 8]>::try_from(&p[..])) {
-                            state.bus.ack(&a.id, a.conn, u64::from_be_bytes(b)).await;
-                        }
-                    }
-                    Message::Ping(_) => {}
-                    Message::Close(_) => break End::Closed,
-                }
-            }
-            Event::Wake => {
-                if !Box::pin(flush(&state, &conn, &mut socket, &mut last_written)).await {
-                    break End::Dropped;
-                }
-            }
-            Event::Heartbeat => {
-                if last_seen.elapsed() > 2 * interval {
-                    metrics.heartbeat_timeouts.inc();
-                    debug!("heartbeat timeout");
-                    break End::Dropped;
-                }
-                // The payload names the last seq written: its pong acknowledges it.
-                if socket
-                    .send(Message::Ping(last_written.to_be_bytes().to_vec().into()))
-                    .await
-                    .is_err()
-                {
-                    break End::Dropped;
-                }
-            }
-        }
-    };
-    if let Some(a) = conn.me.take() {
-        match end {
-            End::Closed => state.bus.leave(&a.id, LeaveReason::Left).await,
-            End::Dropped => state.bus.detach(&a.id, a.conn).await,
-        }
+    let mut leftover = Vec::new();
+    let mut end = None;
+    if !early.is_empty() {
+        let mut buf = early.to_vec();
+        end = Box::pin(conn.frames(&mut buf, &mut leftover)).await;
     }
+    let end = match end {
+        Some(e) => e,
+        None => loop {
+            if state.shutdown.is_cancelled() {
+                break End::ShuttingDown;
+            }
+            let (pending, closing, broken) = sock.status();
+            if broken {
+                break End::Dropped;
+            }
+            if let Some(why) = closing {
+                break End::Detached(why);
+            }
+            tokio::select! {
+                r = sock.readable() => {
+                    if r.is_err() {
+                        break End::Dropped;
+                    }
+                    // Boxed: handling messages is a large future, alive only briefly.
+                    if let Some(e) = Box::pin(conn.readable(&mut leftover)).await {
+                        break e;
+                    }
+                }
+                r = sock.flush(), if pending => {
+                    if r.is_err() {
+                        break End::Dropped;
+                    }
+                }
+                _ = sock.woken() => {}
+                _ = heartbeat.tick() => {
+                    if conn.last_seen.elapsed() > 2 * interval {
+                        metrics.heartbeat_timeouts.inc();
+                        debug!("heartbeat timeout");
+                        break End::Dropped;
+                    }
+                    // The payload names the last seq written: its pong acknowledges it.
+                    if !sock.ping() {
+                        break End::Dropped;
+                    }
+                }
+                _ = state.shutdown.cancelled() => {}
+            }
+        },
+    };
+    debug!(?end, "connection ends");
+    let me = conn.me.take();
+    match (&end, me) {
+        (End::Closed(_), Some(a)) => state.bus.leave(&a.id, LeaveReason::Left).await,
+        (End::Detached(_), _) | (_, None) => {}
+        (_, Some(a)) => state.bus.detach(&a.id, a.conn).await,
+    }
+    drop(conn);
+    Box::pin(close(&sock, end)).await;
     metrics.connections.dec();
+}
+
+/// Writes the close frame (after what is pending), then shuts the socket down gently:
+/// FIN, and reads until the client's FIN, so unread input does not turn into a reset that
+/// would destroy the close frame before the client reads it.
+async fn close(sock: &WsSocket, end: End) {
+    let (code, reason) = match end {
+        // Echo the client's code (RFC 6455 §5.5.1); codes it may not send become 1000.
+        End::Closed(c)
+            if (1000..=1003).contains(&c)
+                || (1007..=1011).contains(&c)
+                || (3000..5000).contains(&c) =>
+        {
+            (c, "")
+        }
+        End::Closed(_) => (1000, ""),
+        End::Dropped => (1000, ""),
+        End::Close(c, r) => (c, r),
+        End::Detached(Detach::TooSlow) => (1008, "detached: too slow to receive"),
+        End::Detached(Detach::Replaced) => (1008, "detached: resumed elsewhere"),
+        End::ShuttingDown => (1001, "server shutting down"),
+    };
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = sock.flush().await;
+        sock.close(code, reason);
+        let _ = sock.flush().await;
+    })
+    .await;
+    sock.shutdown_write();
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut budget = 1 << 20;
+        while budget > 0 {
+            if sock.readable().await.is_err() {
+                return;
+            }
+            match sock.try_read(&mut buf) {
+                Ok(Some(0)) | Err(_) => return,
+                Ok(Some(n)) => budget -= n.min(budget),
+                Ok(None) => {}
+            }
+        }
+    })
+    .await;
 }

@@ -1,5 +1,5 @@
 //! The in-process bus: one [`Hub`] behind a mutex. Every operation is a few map lookups
-//! and channel pushes, so the lock is held for microseconds.
+//! and socket writes, so the lock is held for microseconds.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::Bus;
 use crate::protocol::{LeaveReason, ProtocolError, ServerMessage};
-use crate::room::{Attached, Frame, Hub, Outbox};
+use crate::room::{Attached, Hub, OutboxRef};
 
 pub struct MemoryBus {
     hub: Mutex<Hub>,
@@ -36,14 +36,14 @@ impl Bus for MemoryBus {
         room: &str,
         meta: Option<Box<RawValue>>,
         ice_servers: &RawValue,
-        outbox: Outbox,
+        outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
         self.hub()
             .join(Instant::now(), room, meta, ice_servers, outbox)
     }
 
-    async fn signal(&self, from: &str, to: &str, data: &RawValue) -> Result<(), ProtocolError> {
-        self.hub().signal(Instant::now(), from, to, data)
+    async fn signal(&self, from: &str, batch: &[(String, Box<RawValue>)]) -> Vec<ProtocolError> {
+        self.hub().signals(Instant::now(), from, batch)
     }
 
     async fn pong(&self, id: &str) {
@@ -77,13 +77,9 @@ impl Bus for MemoryBus {
         id: &str,
         token: &str,
         last_seq: u64,
-        outbox: Outbox,
-    ) -> Result<(Attached, Frame), ProtocolError> {
+        outbox: OutboxRef,
+    ) -> Result<Attached, ProtocolError> {
         self.hub().resume(id, token, last_seq, outbox)
-    }
-
-    async fn take(&self, id: &str, conn: u64, max: usize) -> Option<Vec<Frame>> {
-        self.hub().take(id, conn, max)
     }
 
     async fn tick(&self, now: Instant) {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::protocol::{LeaveReason, ProtocolError};
-use crate::room::{Attached, Frame, Outbox};
+use crate::room::{Attached, OutboxRef};
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -19,9 +19,11 @@ pub trait Bus: Send + Sync + 'static {
         room: &str,
         meta: Option<Box<RawValue>>,
         ice_servers: &RawValue,
-        outbox: Outbox,
+        outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError>;
-    async fn signal(&self, from: &str, to: &str, data: &RawValue) -> Result<(), ProtocolError>;
+    /// Forwards signals a connection read together, in order (each `(to, data)`); returns
+    /// the errors for the sender, in order.
+    async fn signal(&self, from: &str, batch: &[(String, Box<RawValue>)]) -> Vec<ProtocolError>;
     /// Answers the peer's application-level ping, sequenced with the rest.
     async fn pong(&self, id: &str);
     /// Tells the peer what went wrong, sequenced with the rest.
@@ -34,11 +36,8 @@ pub trait Bus: Send + Sync + 'static {
         id: &str,
         token: &str,
         last_seq: u64,
-        outbox: Outbox,
-    ) -> Result<(Attached, Frame), ProtocolError>;
-    /// Frames waiting for this connection, in order; `None`: the connection no longer
-    /// carries the peer and should close.
-    async fn take(&self, id: &str, conn: u64, max: usize) -> Option<Vec<Frame>>;
+        outbox: OutboxRef,
+    ) -> Result<Attached, ProtocolError>;
     /// Expires detached peers; the server calls it about once a second.
     async fn tick(&self, now: Instant);
     fn counts(&self) -> (usize, usize);

@@ -1,0 +1,608 @@
+//! Everything that differs between the two servers, plus connection setup: URL checks, the
+//! WebSocket handshake, join / OPEN, and a cheap parser for what the servers send.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{fail, sh};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    Ours,
+    Peerjs,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ours => "ours",
+            Target::Peerjs => "peerjs",
+        }
+    }
+
+    /// Ours gets `ping` (answered by `pong`); PeerJS drops clients that send no HEARTBEAT for
+    /// 90 s whatever else they send.
+    pub fn heartbeat(self) -> &'static str {
+        match self {
+            Target::Ours => r#"{"type":"ping"}"#,
+            Target::Peerjs => r#"{"type":"HEARTBEAT"}"#,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// URL
+
+/// A ws:// URL on loopback.
+pub struct UrlParts {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// path and query, starting with '/'
+    pub path: String,
+}
+
+impl UrlParts {
+    fn authority(&self) -> String {
+        let host = match self.ip {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Like JavaScript's URL.href.
+    pub fn href(&self) -> String {
+        format!("ws://{}{}", self.authority(), self.path)
+    }
+
+    /// PeerJS: /peerjs?key=..&id=..&token=.. appended, as load.mjs does.
+    pub fn peerjs(&self, key: &str, id: &str, token: &str) -> String {
+        let path = self.path.split('?').next().unwrap_or("/");
+        let path = if path.ends_with("/peerjs") {
+            path.to_string()
+        } else {
+            format!("{}/peerjs", path.strip_suffix('/').unwrap_or(path))
+        };
+        format!(
+            "ws://{}{}?key={}&id={}&token={}",
+            self.authority(),
+            path,
+            form_enc(key),
+            form_enc(id),
+            form_enc(token)
+        )
+    }
+}
+
+/// application/x-www-form-urlencoded, as URLSearchParams writes it.
+fn form_enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// Parses ws://HOST[:PORT][/path][?query]; only 127.0.0.0/8 and ::1 (and localhost) pass.
+pub fn parse_url(s: &str) -> Result<UrlParts, String> {
+    let rest = s.strip_prefix("ws://").ok_or("--url must be ws://")?;
+    let rest = rest.split('#').next().unwrap_or("");
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err("credentials in --url are not supported".into());
+    }
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let end = r.find(']').ok_or(format!("bad --url {s}"))?;
+        let after = &r[end + 1..];
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':').ok_or(format!("bad --url {s}"))?)
+        };
+        (&r[..end], port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port: u16 = match port {
+        None | Some("") => 80,
+        Some(p) => p.parse().map_err(|_| format!("bad port in --url {s}"))?,
+    };
+    let host = if host.eq_ignore_ascii_case("localhost") {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    // Load goes to this machine only: 127.0.0.0/8 or ::1.
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("refusing non-loopback target {host}"))?;
+    if !ip.is_loopback() {
+        return Err(format!("refusing non-loopback target {host}"));
+    }
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    Ok(UrlParts { ip, port, path })
+}
+
+// ---------------------------------------------------------------------------------------------
+// frames we send
+
+/// Digits of the send timestamp (µs since the process epoch, zero-padded: fixed frame size).
+pub const T_DIGITS: usize = 12;
+/// What follows the timestamp in a frame with counter 0.
+pub const TAIL0: &str = r#"","n":0}}"#;
+
+/// frame = prefix + t + '","n":' + n + '}}', with data/payload
+/// {"sdp":{"type":"offer","sdp":PAD},"t":"<µs>","n":N} as in load.mjs.
+pub fn signal_prefix(target: Target, to: &str, pad: &str) -> String {
+    let to = serde_json::to_string(to).expect("string to JSON");
+    match target {
+        Target::Ours => {
+            format!(
+                r#"{{"type":"signal","to":{to},"data":{{"sdp":{{"type":"offer","sdp":"{pad}"}},"t":""#
+            )
+        }
+        Target::Peerjs => {
+            format!(
+                r#"{{"type":"OFFER","dst":{to},"payload":{{"sdp":{{"type":"offer","sdp":"{pad}"}},"t":""#
+            )
+        }
+    }
+}
+
+/// The prefix padded so that the whole frame (with n = 0) is `size` bytes, as in load.mjs.
+pub fn padded_prefix(target: Target, to: &str, size: usize) -> String {
+    let base = signal_prefix(target, to, "").len() + T_DIGITS + TAIL0.len();
+    // 'x' needs no JSON escaping, so frames can be built by concatenation.
+    signal_prefix(target, to, &"x".repeat(size.saturating_sub(base)))
+}
+
+pub fn frame(prefix: &str, t_us: u64, n: u64) -> String {
+    // Exact capacity: a full Vec becomes Bytes without another allocation.
+    let n_digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut s = String::with_capacity(prefix.len() + T_DIGITS + r#"","n":"#.len() + n_digits + 2);
+    s.push_str(prefix);
+    let _ = write!(s, "{t_us:012}\",\"n\":{n}}}}}");
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// frames we receive
+
+/// The fields of a server message we look at. Strings without escapes and `data` / `payload`
+/// are borrowed from the frame; nothing else is built.
+#[derive(Deserialize)]
+struct In<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<f64>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    peers: Option<Vec<PeerRef>>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PeerRef {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrPayload {
+    #[serde(default)]
+    msg: Option<String>,
+}
+
+/// What we embedded in a signal: counter and send time.
+#[derive(Deserialize)]
+pub struct Sig<'a> {
+    #[serde(default)]
+    pub n: Option<u64>,
+    #[serde(default, borrow)]
+    pub t: Option<&'a str>,
+}
+
+/// (n, t in µs) of a signal's data, or None (a `bad_payload`).
+pub fn parse_sig(data: Option<&RawValue>) -> Option<(u64, u64)> {
+    let sig: Sig = serde_json::from_str(data?.get()).ok()?;
+    Some((sig.n?, sig.t?.parse().ok()?))
+}
+
+#[derive(Default)]
+pub struct ConnState {
+    pub id: Option<String>,
+    pub peers: Vec<String>,
+    pub last_seq: f64,
+    /// joined (ours) / OPEN (PeerJS) seen
+    pub ready: bool,
+    pub alive: bool,
+}
+
+pub struct Conn {
+    pub ws: Ws,
+    pub st: ConnState,
+}
+
+pub enum Ev<'t> {
+    None,
+    /// joined / OPEN
+    Ready,
+    /// a signal's data (ours) / payload (PeerJS)
+    Signal(Option<&'t RawValue>),
+    /// a server error while opening
+    Reject(String),
+}
+
+fn add_peer(st: &mut ConnState, id: Option<String>) {
+    match id {
+        Some(id) => st.peers.push(id),
+        None => fail("bad_peer_id"),
+    }
+}
+
+/// One text frame from the server: checks, state changes and failures as in load.mjs.
+pub fn dispatch<'t>(target: Target, st: &mut ConnState, text: &'t str) -> Ev<'t> {
+    let m: In<'t> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(_) => {
+            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                fail("unexpected_message_shape");
+            } else {
+                fail("bad_json_from_server");
+            }
+            return Ev::None;
+        }
+    };
+    match target {
+        Target::Ours => {
+            // Every server message carries a per-connection sequence number (used for resume).
+            match m.seq {
+                None => fail("seq_missing"),
+                Some(s) if s <= st.last_seq => fail("seq_not_increasing"),
+                Some(s) => st.last_seq = s,
+            }
+            match &*m.ty {
+                "signal" => Ev::Signal(m.data),
+                "joined" => {
+                    st.id = m.id;
+                    for p in m.peers.unwrap_or_default() {
+                        add_peer(st, p.id);
+                    }
+                    st.ready = true;
+                    Ev::Ready
+                }
+                "peer-joined" => {
+                    add_peer(st, m.id);
+                    Ev::None
+                }
+                "peer-left" => {
+                    fail(&format!(
+                        "peer_left_{}",
+                        m.reason.as_deref().unwrap_or("undefined")
+                    ));
+                    Ev::None
+                }
+                "pong" => Ev::None,
+                "error" => {
+                    // rate-limited shows up here as server_error_rate-limited
+                    let code = m.code.unwrap_or_else(|| "undefined".into());
+                    fail(&format!("server_error_{code}"));
+                    if st.ready {
+                        Ev::None
+                    } else {
+                        Ev::Reject(format!("server error {code}"))
+                    }
+                }
+                _ => {
+                    fail("unknown_message_type");
+                    Ev::None
+                }
+            }
+        }
+        Target::Peerjs => match &*m.ty {
+            "OFFER" | "ANSWER" | "CANDIDATE" => Ev::Signal(m.payload),
+            "OPEN" => {
+                st.ready = true;
+                Ev::Ready
+            }
+            "ERROR" | "ID-TAKEN" => {
+                let what = if &*m.ty == "ERROR" {
+                    m.payload
+                        .and_then(|p| serde_json::from_str::<ErrPayload>(p.get()).ok())
+                        .and_then(|p| p.msg)
+                        .unwrap_or_else(|| "ERROR".into())
+                } else {
+                    "ID-TAKEN".into()
+                };
+                fail(&format!("server_error_{what}"));
+                if st.ready {
+                    Ev::None
+                } else {
+                    Ev::Reject(format!("server error {what}"))
+                }
+            }
+            // EXPIRE: the server gave up on a queued message (unknown destination)
+            "EXPIRE" | "LEAVE" => {
+                fail(&format!("server_{}", m.ty));
+                Ev::None
+            }
+            _ => {
+                fail("unknown_message_type");
+                Ev::None
+            }
+        },
+    }
+}
+
+/// Marks a connection gone; counts it as a failure if it had opened and we are not finishing.
+pub fn mark_dead(st: &mut ConnState, err: Option<&WsError>) {
+    if !st.alive {
+        return;
+    }
+    st.alive = false;
+    if !st.ready || sh().closing.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    match err {
+        Some(e) => fail(&format!("socket_error_{}", ws_err_key(e))),
+        None => fail("unexpected_close"),
+    }
+}
+
+/// The text of a frame read from the socket; closes, errors and binary frames are accounted
+/// for here. Pings are answered by tungstenite on the next read.
+pub fn take_text(st: &mut ConnState, item: Option<Result<Message, WsError>>) -> Option<Utf8Bytes> {
+    match item {
+        Some(Ok(Message::Text(t))) => Some(t),
+        Some(Ok(Message::Binary(_))) => {
+            fail("binary_frame");
+            None
+        }
+        Some(Ok(Message::Close(_))) | None => {
+            mark_dead(st, None);
+            None
+        }
+        Some(Err(e)) => {
+            mark_dead(st, Some(&e));
+            None
+        }
+        Some(Ok(_)) => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// errors as failure keys
+
+pub fn sanitize(s: &str) -> String {
+    // s.replace(/[^A-Za-z0-9]+/g, '_').slice(0, 40)
+    let mut out = String::new();
+    let mut in_gap = false;
+    for ch in s.chars() {
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch);
+            in_gap = false;
+        } else if !in_gap {
+            out.push('_');
+            in_gap = true;
+        }
+        if out.len() >= 40 {
+            break;
+        }
+    }
+    out
+}
+
+fn io_key(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(111) => "ECONNREFUSED".into(),
+        Some(104) => "ECONNRESET".into(),
+        Some(99) => "EADDRNOTAVAIL".into(),
+        Some(98) => "EADDRINUSE".into(),
+        Some(110) => "ETIMEDOUT".into(),
+        Some(24) => "EMFILE".into(),
+        Some(23) => "ENFILE".into(),
+        Some(32) => "EPIPE".into(),
+        Some(n) => format!("errno_{n}"),
+        None => sanitize(&format!("{:?}", e.kind())),
+    }
+}
+
+pub fn ws_err_key(e: &WsError) -> String {
+    match e {
+        WsError::Io(io) => io_key(io),
+        WsError::Http(resp) => format!("HTTP_{}", resp.status().as_u16()),
+        other => sanitize(&other.to_string()),
+    }
+}
+
+/// Like load.mjs: the error's code (ECONNREFUSED, ...) or its message made into a key.
+pub fn err_key(e: &anyhow::Error) -> String {
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io_key(io);
+        }
+        if let Some(we) = cause.downcast_ref::<WsError>() {
+            return ws_err_key(we);
+        }
+    }
+    sanitize(&e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// opening connections
+
+pub enum Who {
+    /// ours: join this room
+    Room(String),
+    /// PeerJS: this client-chosen id
+    Id(String),
+}
+
+/// Source address for connection k. Linux gives one source IP ~28k ephemeral ports towards a
+/// given destination, so connections past --per-source are bound to 127.0.0.2, .3, …: all of
+/// 127.0.0.0/8 is local. ::1 has no such range.
+fn source_address(k: usize) -> anyhow::Result<Option<IpAddr>> {
+    let cfg = &sh().cfg;
+    let s = k as u64 / cfg.per_source;
+    if s == 0 {
+        return Ok(None);
+    }
+    if cfg.url.ip.is_ipv6() {
+        bail!("IPv6 loopback cannot spread source addresses");
+    }
+    if s + 1 > 254 {
+        bail!("out of 127.0.0.x source addresses");
+    }
+    Ok(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, (s + 1) as u8))))
+}
+
+fn token(k: usize) -> String {
+    // Not a secret: PeerJS only wants some token per id.
+    let mut x = crate::seed() ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x = crate::splitmix(x);
+    format!("{:012x}", x & 0xffff_ffff_ffff)
+}
+
+/// Connects, upgrades and waits until the server confirmed membership (ours: joined; PeerJS:
+/// OPEN), all within --open-timeout-s.
+pub async fn open_conn(k: usize, who: Who) -> anyhow::Result<Conn> {
+    match tokio::time::timeout(sh().cfg.open_timeout, open_inner(k, who)).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("open timeout")),
+    }
+}
+
+async fn open_inner(k: usize, who: Who) -> anyhow::Result<Conn> {
+    let cfg = &sh().cfg;
+    let addr = SocketAddr::new(cfg.url.ip, cfg.url.port);
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(src) = source_address(k)? {
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    let tcp = sock.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let request = match &who {
+        Who::Room(_) => cfg.url.href(),
+        Who::Id(id) => cfg.url.peerjs(&cfg.key, id, &token(k)),
+    };
+    let (ws, resp) =
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(cfg.ws_cfg)).await?;
+    {
+        // Shows whether a server negotiated an extension ("" when none, as load.mjs prints it).
+        let mut ext = sh().extensions.lock().unwrap_or_else(|e| e.into_inner());
+        if ext.is_none() {
+            let v = resp
+                .headers()
+                .get("sec-websocket-extensions")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            *ext = Some(v.to_string());
+        }
+    }
+    let mut c = Conn {
+        ws,
+        st: ConnState {
+            alive: true,
+            ..Default::default()
+        },
+    };
+    if let Who::Room(room) = &who {
+        let join = format!(
+            r#"{{"type":"join","room":{}}}"#,
+            serde_json::to_string(room)?
+        );
+        c.ws.send(Message::text(join)).await?;
+    }
+    loop {
+        let text = match c.ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                fail("binary_frame");
+                continue;
+            }
+            Some(Ok(Message::Close(f))) => {
+                let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
+                bail!("closed during open ({code})");
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed during open"),
+        };
+        match dispatch(cfg.target, &mut c.st, text.as_str()) {
+            Ev::Ready => return Ok(c),
+            Ev::Reject(why) => bail!("{why}"),
+            Ev::None | Ev::Signal(_) => {}
+        }
+    }
+}
+
+/// The first peer id this connection learns (ours: from joined.peers or peer-joined).
+pub async fn first_peer(c: &mut Conn) -> anyhow::Result<String> {
+    match tokio::time::timeout(sh().cfg.open_timeout, wait_peer(c)).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("peer never joined")),
+    }
+}
+
+async fn wait_peer(c: &mut Conn) -> anyhow::Result<String> {
+    let target = sh().cfg.target;
+    loop {
+        if let Some(p) = c.st.peers.first() {
+            return Ok(p.clone());
+        }
+        let item = c.ws.next().await;
+        if let Some(text) = take_text(&mut c.st, item) {
+            let _ = dispatch(target, &mut c.st, text.as_str());
+        } else if !c.st.alive {
+            bail!("closed before the peer joined");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! A WebSocket connection's socket, shared between the task that owns it (reads, pings,
+//! closes) and whoever delivers a message to its peer (writes).
+//!
+//! A message is written by the delivering task directly, with one `writev` (frame header
+//! and the message, no copy), when nothing is queued before it. Only what the kernel does
+//! not take is kept in `pending`, and the owner is woken to write it when the socket is
+//! writable again. So a forwarded signal costs one read on the sender's socket and one
+//! write on the recipient's, with no hand-over between tasks, and an idle connection holds
+//! no buffer at all.
+
+use std::io::{self, IoSlice};
+use std::sync::Mutex;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::frame::{self, Opcode};
+use crate::room::{Detach, Outbox, Pushed};
+
+struct Out {
+    /// Bytes not written yet, in order: deferred to the end of a batch, or refused by
+    /// the kernel (`blocked`).
+    pending: Vec<u8>,
+    /// Messages in `pending` (counted until it is drained).
+    pending_msgs: usize,
+    /// The kernel refused part of `pending`: the owner writes it when the socket drains.
+    blocked: bool,
+    /// `pending` holds messages deferred by a batch, written by [`Outbox::flush`].
+    deferred: bool,
+    /// The last sequenced message written or queued: a ping sent now is answered only
+    /// after the client has read it.
+    last_seq: u64,
+    closing: Option<Detach>,
+    /// The close frame is written or queued: nothing may follow it.
+    close_sent: bool,
+    /// A write failed: the connection is gone.
+    broken: bool,
+}
+
+pub struct WsSocket {
+    io: TcpStream,
+    out: Mutex<Out>,
+    /// Wakes the owner: output is blocked, or the connection should close.
+    wake: Notify,
+    max_pending_msgs: usize,
+    max_pending_bytes: usize,
+}
+
+/// `pending` keeps at most this much capacity once drained, so a burst does not leave
+/// a large buffer on an idle connection.
+const KEEP_CAPACITY: usize = 4096;
+/// A batch writes a connection's deferred messages early once they reach this size.
+const DEFER_BYTES: usize = 32 * 1024;
+
+impl WsSocket {
+    pub fn new(stream: TcpStream, max_pending_msgs: usize, max_pending_bytes: usize) -> Self {
+        WsSocket {
+            io: stream,
+            out: Mutex::new(Out {
+                pending: Vec::new(),
+                pending_msgs: 0,
+                blocked: false,
+                deferred: false,
+                last_seq: 0,
+                closing: None,
+                close_sent: false,
+                broken: false,
+            }),
+            wake: Notify::new(),
+            max_pending_msgs,
+            max_pending_bytes,
+        }
+    }
+
+    fn out(&self) -> std::sync::MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes as much of `pending` as the kernel takes. Whatever it refuses makes the
+    /// socket `blocked`, and the owner is woken to finish when it drains.
+    fn write_out(&self, out: &mut Out) -> Pushed {
+        out.deferred = false;
+        while !out.pending.is_empty() {
+            match self.io.try_write(&out.pending) {
+                Ok(0) => return self.broke(out),
+                Ok(n) => {
+                    out.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !out.blocked {
+                        out.blocked = true;
+                        self.wake.notify_one();
+                    }
+                    return Pushed::Ok;
+                }
+                Err(_) => return self.broke(out),
+            }
+        }
+        self.drained(out);
+        Pushed::Ok
+    }
+
+    fn drained(&self, out: &mut Out) {
+        out.blocked = false;
+        out.pending_msgs = 0;
+        if out.pending.capacity() > KEEP_CAPACITY {
+            out.pending = Vec::new();
+        }
+    }
+
+    fn broke(&self, out: &mut Out) -> Pushed {
+        out.broken = true;
+        out.pending = Vec::new();
+        self.wake.notify_one();
+        Pushed::Gone
+    }
+
+    /// Writes one frame now (one `writev`, header and payload, no copy) when nothing is
+    /// pending; otherwise queues it behind what is. `defer`: queue it even so, for a batch
+    /// that writes each connection once at its end.
+    fn write_frame(
+        &self,
+        out: &mut Out,
+        opcode: Opcode,
+        payload: &[u8],
+        bounded: bool,
+        defer: bool,
+    ) -> Pushed {
+        if out.broken || out.close_sent {
+            return Pushed::Gone;
+        }
+        let mut h = [0u8; 10];
+        let hl = frame::header(opcode, payload.len(), &mut h);
+        let total = hl + payload.len();
+        if out.pending.is_empty() && !defer {
+            let written = loop {
+                let bufs = [IoSlice::new(&h[..hl]), IoSlice::new(payload)];
+                match self.io.try_write_vectored(&bufs) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                    Err(_) => return self.broke(out),
+                }
+            };
+            if written == total {
+                return Pushed::Ok;
+            }
+            if written < hl {
+                out.pending.extend_from_slice(&h[written..hl]);
+                out.pending.extend_from_slice(payload);
+            } else {
+                out.pending.extend_from_slice(&payload[written - hl..]);
+            }
+            out.pending_msgs = 1;
+            out.blocked = true;
+            self.wake.notify_one();
+            return Pushed::Ok;
+        }
+        if bounded
+            && out.blocked
+            && (out.pending_msgs >= self.max_pending_msgs
+                || out.pending.len() + total > self.max_pending_bytes)
+        {
+            out.closing = Some(Detach::TooSlow);
+            self.wake.notify_one();
+            return Pushed::TooSlow;
+        }
+        out.pending.extend_from_slice(&h[..hl]);
+        out.pending.extend_from_slice(payload);
+        out.pending_msgs += 1;
+        if !out.blocked {
+            if defer || out.deferred {
+                out.deferred = true;
+                if out.pending.len() >= DEFER_BYTES {
+                    return self.write_out(out);
+                }
+            } else {
+                return self.write_out(out);
+            }
+        }
+        Pushed::Ok
+    }
+
+    /// A message outside the peer's sequence (before joining: errors, pongs).
+    pub fn send_unsequenced(&self, json: &[u8]) -> bool {
+        let mut out = self.out();
+        self.write_frame(&mut out, Opcode::Text, json, false, false) == Pushed::Ok
+    }
+
+    /// A heartbeat ping whose payload names the last sequenced message before it.
+    pub fn ping(&self) -> bool {
+        let mut out = self.out();
+        let seq = out.last_seq;
+        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), false, false) == Pushed::Ok
+    }
+
+    pub fn pong(&self, payload: &[u8]) -> bool {
+        let mut out = self.out();
+        self.write_frame(&mut out, Opcode::Pong, payload, false, false) == Pushed::Ok
+    }
+
+    /// Queues a close frame; nothing is written after it.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut out = self.out();
+        let p = frame::close_payload(code, reason);
+        self.write_frame(&mut out, Opcode::Close, &p, false, false);
+        out.close_sent = true;
+    }
+
+    /// (output blocked?, closing reason, broken?)
+    pub fn status(&self) -> (bool, Option<Detach>, bool) {
+        let o = self.out();
+        (o.blocked, o.closing, o.broken)
+    }
+
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+
+    /// Reads what is there into `buf`; `Ok(None)`: nothing after all (wait again).
+    /// A short read means the kernel's queue is empty: readiness is cleared without the
+    /// extra `read` that would only return `EAGAIN` (epoll is edge-triggered, and the
+    /// clearing only applies to the readiness this read saw, so new data wakes us again).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.io.try_read(buf) {
+            Ok(n) => {
+                if n > 0 && n < buf.len() {
+                    let _ = self.io.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
+                Ok(Some(n))
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes everything pending, waiting for the socket to drain as needed.
+    pub async fn flush(&self) -> io::Result<()> {
+        loop {
+            self.io.writable().await?;
+            let mut out = self.out();
+            if self.write_out(&mut out) == Pushed::Gone {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            if out.pending.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ends the connection: no more writes from anyone, FIN to the client.
+    pub fn shutdown_write(&self) {
+        let mut out = self.out();
+        out.broken = true;
+        out.pending = Vec::new();
+        let _ = socket2::SockRef::from(&self.io).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Outbox for WsSocket {
+    fn push(&self, seq: u64, json: &bytes::Bytes, bounded: bool, defer: bool) -> Pushed {
+        let mut out = self.out();
+        let r = self.write_frame(&mut out, Opcode::Text, json, bounded, defer);
+        if r == Pushed::Ok {
+            out.last_seq = seq;
+        }
+        r
+    }
+
+    fn flush(&self) {
+        let mut out = self.out();
+        if out.deferred && !out.blocked {
+            self.write_out(&mut out);
+        }
+    }
+
+    fn detach(&self, why: Detach) {
+        self.out().closing.get_or_insert(why);
+        self.wake.notify_one();
+    }
+}
