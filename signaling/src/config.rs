@@ -41,7 +41,10 @@ pub struct SignalingConfig {
     pub max_message_bytes: usize,
     pub outbox_limit: usize,
     pub replay_limit: usize,
+    pub replay_bytes: usize,
     pub web_dir: Option<PathBuf>,
+    /// Threads serving HTTP and WebSocket connections, each with its own listener.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
@@ -106,6 +109,9 @@ pub struct SignalingArgs {
     /// Serve the web client from this directory instead of the embedded copy.
     #[arg(long, env = "ICEBREAKER_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
+    /// Threads serving connections (default: half the CPUs, at least one).
+    #[arg(long, env = "ICEBREAKER_THREADS")]
+    pub threads: Option<usize>,
 }
 
 impl SignalingArgs {
@@ -131,7 +137,8 @@ impl SignalingArgs {
             rate_limit,
             rate_burst,
             max_connections_per_ip,
-            web_dir
+            web_dir,
+            threads
         );
         vec![relay_allow_peer, turn_url, allowed_origin];
         self.no_relay |= file.no_relay;
@@ -213,6 +220,14 @@ impl SignalingArgs {
                 "must be positive (and rate-burst at least 1)",
             ));
         }
+        let threads = match self.threads {
+            Some(0) => return Err(err("threads", "must be at least 1")),
+            Some(n) if n > 1024 => return Err(err("threads", "must be at most 1024")),
+            Some(n) => n,
+            // Half the CPUs: the bundled relay runs a thread per CPU beside us, and one
+            // thread already forwards ~300k signals/s (BENCHMARKS.md).
+            None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        };
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err(err("jwt-secret", "must be at least 16 characters"));
         }
@@ -239,7 +254,9 @@ impl SignalingArgs {
             max_message_bytes: 64 * 1024,
             outbox_limit: 1024,
             replay_limit: 4096,
+            replay_bytes: 1 << 20,
             web_dir: self.web_dir.clone(),
+            threads,
         })
     }
 }

@@ -66,7 +66,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // This thread serves one share of the connections (and signals, timers); the other
+    // `--threads` - 1 run their own single-threaded runtimes (see `serve`).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -112,14 +114,14 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
             room_capacity: cfg.room_capacity,
             resume_grace: cfg.resume_grace,
             replay_limit: cfg.replay_limit,
+            replay_bytes: cfg.replay_bytes,
         },
         metrics.clone(),
     );
     let bus = Arc::new(MemoryBus::new(hub));
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
+    let listeners = icebreaker_signaling::http::bind_listeners(cfg.listen, cfg.threads)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let http_addr = listener.local_addr()?;
+    let http_addr = listeners[0].local_addr()?;
     let relay_addrs: Vec<SocketAddr> = relay
         .as_ref()
         .map(|r| r.local_addrs.clone())
@@ -145,7 +147,32 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         })
     };
     info!(http = %http_addr, relay = ?relay_addrs, "icebreaker listening; open http://{http_addr}/");
-    let server = tokio::spawn(icebreaker_signaling::http::serve(listener, state.clone()));
+    // One single-threaded runtime per thread, each accepting on its own listener: a
+    // connection lives on one thread, and a message to a peer on another thread is
+    // written into its socket directly, so threads hand nothing to each other.
+    let mut listeners = listeners.into_iter();
+    let first = tokio::net::TcpListener::from_std(listeners.next().context("no listener")?)?;
+    let mut shards = Vec::new();
+    for (i, l) in listeners.enumerate() {
+        let state = state.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("icebreaker-{}", i + 1))
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let l = tokio::net::TcpListener::from_std(l)?;
+                    icebreaker_signaling::http::serve(l, state.clone()).await;
+                    // Keep running this thread's connections until they have closed.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), state.tasks.wait()).await;
+                    Ok(())
+                })
+            })
+            .context("cannot start a serving thread")?;
+        shards.push(t);
+    }
+    let server = tokio::spawn(icebreaker_signaling::http::serve(first, state.clone()));
     shutdown_signal(term).await;
     info!("shutting down");
     // Stop accepting; HTTP connections finish their request, WebSockets close with 1001.
@@ -160,6 +187,9 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         tracing::warn!("connections still open after 10 s; stopping anyway");
     }
     ticker.abort();
+    for t in shards {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     if let Some(r) = relay {
         tokio::task::spawn_blocking(move || r.shutdown()).await?;
     }

@@ -116,7 +116,16 @@ impl ServerMessage<'_> {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("server messages always serialize")
+        // Sized up front: a signal is its `data` plus a few dozen bytes, and growing the
+        // buffer while serializing would copy it several times.
+        let hint = match self {
+            ServerMessage::Signal { data, .. } => data.get().len() + 96,
+            _ => 256,
+        };
+        let mut out = Vec::with_capacity(hint);
+        serde_json::to_writer(&mut out, self).expect("server messages always serialize");
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 }
 

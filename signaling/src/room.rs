@@ -51,19 +51,27 @@ pub trait Outbox: Send + Sync {
     fn push(&self, seq: u64, json: &Bytes, bounded: bool, defer: bool) -> Pushed;
     /// Writes what `push` deferred.
     fn flush(&self);
+    /// Asks the client to acknowledge everything pushed so far (a WebSocket ping naming
+    /// the last seq; its pong comes back to [`Hub::ack`]).
+    fn request_ack(&self, defer: bool);
     /// The connection no longer carries the peer and should close.
     fn detach(&self, why: Detach);
 }
 
 pub type OutboxRef = Arc<dyn Outbox>;
 
+/// Messages between requests for an acknowledgement (see [`Outbox::request_ack`]).
+const ACK_EVERY: u64 = 32;
+
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub room_capacity: usize,
     pub resume_grace: Duration,
-    /// Unacknowledged messages kept per peer; beyond it the oldest written ones go and a
-    /// later resume that needs them fails (`resume-failed`) instead of silently skipping.
+    /// Unacknowledged messages kept per peer, and their bytes; beyond either the oldest
+    /// go and a later resume that needs them fails (`resume-failed`) instead of silently
+    /// skipping.
     pub replay_limit: usize,
+    pub replay_bytes: usize,
 }
 
 struct Peer {
@@ -72,6 +80,9 @@ struct Peer {
     resume_token: Box<str>,
     seq: u64,
     buffer: VecDeque<Frame>,
+    buffer_bytes: usize,
+    /// The seq after which the connection was last asked to acknowledge.
+    ack_asked: u64,
     /// Highest seq dropped from the buffer without acknowledgement (overflow).
     lost_up_to: u64,
     outbox: Option<OutboxRef>,
@@ -147,21 +158,42 @@ impl Hub {
         let msg = build(seq);
         let kind = msg.kind();
         let json = Bytes::from(msg.to_json());
-        if p.buffer.len() >= self.cfg.replay_limit {
-            if let Some((s, _)) = p.buffer.pop_front() {
-                p.lost_up_to = s;
-            }
+        p.buffer_bytes += json.len();
+        // Kept once, in the replay buffer; the socket writes from it (no clone: cloning
+        // a `Bytes` made from a `String` allocates its shared header).
+        p.buffer.push_back((seq, json));
+        while p.buffer.len() > 1
+            && (p.buffer.len() > self.cfg.replay_limit || p.buffer_bytes > self.cfg.replay_bytes)
+        {
+            let Some((s, m)) = p.buffer.pop_front() else {
+                break;
+            };
+            p.lost_up_to = s;
+            p.buffer_bytes = p.buffer_bytes.saturating_sub(m.len());
         }
-        p.buffer.push_back((seq, json.clone()));
+        let json = match p.buffer.back() {
+            Some((_, j)) => j,
+            None => return true,
+        };
         self.metrics.message_out(kind);
+        // Ask for an acknowledgement every so many messages, not only at the heartbeat:
+        // a busy peer's replay buffer then stays short (and its memory hot).
+        let ask = seq - p.ack_asked >= ACK_EVERY;
+        if ask {
+            p.ack_asked = seq;
+        }
+        let defer = self.batching;
         let pushed = match &p.outbox {
-            Some(o) if self.batching => {
-                if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
+            Some(o) => {
+                if defer && !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
                     self.touched.push(o.clone());
                 }
-                o.push(seq, &json, true, true)
+                let r = o.push(seq, json, true, defer);
+                if ask && r == Pushed::Ok {
+                    o.request_ack(defer);
+                }
+                r
             }
-            Some(o) => o.push(seq, &json, true, false),
             None => Pushed::Ok,
         };
         if pushed != Pushed::Ok {
@@ -230,6 +262,8 @@ impl Hub {
                 resume_token: token.clone(),
                 seq: 0,
                 buffer: VecDeque::new(),
+                buffer_bytes: 0,
+                ack_asked: 0,
                 lost_up_to: 0,
                 outbox: Some(outbox),
                 conn,
@@ -255,6 +289,7 @@ impl Hub {
             let p = self.peers.get_mut(&id).expect("just inserted");
             p.seq = 1;
             let msg = Bytes::from(msg);
+            p.buffer_bytes += msg.len();
             p.buffer.push_back((1, msg.clone()));
             self.metrics.message_out("joined");
             if let Some(o) = &p.outbox {
@@ -373,7 +408,9 @@ impl Hub {
         if let Some(p) = self.peers.get_mut(id) {
             if p.conn == conn {
                 while p.buffer.front().is_some_and(|(s, _)| *s <= seq) {
-                    p.buffer.pop_front();
+                    if let Some((_, m)) = p.buffer.pop_front() {
+                        p.buffer_bytes = p.buffer_bytes.saturating_sub(m.len());
+                    }
                 }
                 if p.buffer.is_empty() {
                     p.buffer = VecDeque::new();
@@ -477,6 +514,7 @@ mod tests {
                 room_capacity: capacity,
                 resume_grace: Duration::from_secs(30),
                 replay_limit: 64,
+                replay_bytes: 1 << 20,
             },
             Metrics::default(),
         )
@@ -501,6 +539,7 @@ mod tests {
             Pushed::Ok
         }
         fn flush(&self) {}
+        fn request_ack(&self, _defer: bool) {}
         fn detach(&self, why: Detach) {
             *self.detached.lock().unwrap() = Some(why);
         }
@@ -681,6 +720,52 @@ mod tests {
         );
         let e = resume(&mut h, &a.id, "x", 0).err().unwrap();
         assert_eq!(e.code, ErrorCode::ResumeFailed);
+    }
+
+    #[test]
+    fn acknowledged_messages_leave_the_buffer_and_delivery_goes_on() {
+        let t0 = Instant::now();
+        let mut h = hub(16);
+        let a = join(&mut h, t0, "r");
+        let b = join(&mut h, t0, "r");
+        let seen = drain(&mut h, &a);
+        h.ack(&a.id, a.conn, seen.last().unwrap()["seq"].as_u64().unwrap());
+        assert_eq!(h.peers[&a.id].buffer_bytes, 0);
+        let d = RawValue::from_string("{\"x\":1}".into()).unwrap();
+        for _ in 0..3 {
+            h.signal(t0, &b.id, &a.id, &d).unwrap();
+        }
+        assert_eq!(drain(&mut h, &a).len(), 3);
+        let p = &h.peers[&a.id];
+        assert_eq!(p.buffer.len(), 3);
+        assert_eq!(
+            p.buffer_bytes,
+            p.buffer.iter().map(|(_, m)| m.len()).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn replay_buffer_is_bounded_in_bytes() {
+        let t0 = Instant::now();
+        let mut h = Hub::new(
+            HubConfig {
+                room_capacity: 16,
+                resume_grace: Duration::from_secs(30),
+                replay_limit: 1000,
+                replay_bytes: 10_000,
+            },
+            Metrics::default(),
+        );
+        let a = join(&mut h, t0, "r");
+        let b = join(&mut h, t0, "r");
+        let d = RawValue::from_string(format!("\"{}\"", "x".repeat(1000))).unwrap();
+        for _ in 0..50 {
+            h.signal(t0, &b.id, &a.id, &d).unwrap();
+        }
+        assert_eq!(drain(&mut h, &a).len(), 2 + 50, "all delivered");
+        let p = &h.peers[&a.id];
+        assert!(p.buffer_bytes <= 10_000 && p.buffer.len() < 11, "{}", p.buffer_bytes);
+        assert!(p.lost_up_to > 0);
     }
 
     #[test]

@@ -406,10 +406,13 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
     };
     let mut leftover = Vec::new();
     let mut end = None;
-    if !early.is_empty() {
-        let mut buf = early.to_vec();
+    // Copied out and dropped: `early` may share hyper's whole read buffer.
+    let mut buf = early.to_vec();
+    drop(early);
+    if !buf.is_empty() {
         end = Box::pin(conn.frames(&mut buf, &mut leftover)).await;
     }
+    drop(buf);
     let end = match end {
         Some(e) => e,
         None => loop {
@@ -445,6 +448,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
                         debug!("heartbeat timeout");
                         break End::Dropped;
                     }
+                    sock.trim();
                     // The payload names the last seq written: its pong acknowledges it.
                     if !sock.ping() {
                         break End::Dropped;

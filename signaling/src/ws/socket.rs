@@ -47,9 +47,9 @@ pub struct WsSocket {
     max_pending_bytes: usize,
 }
 
-/// `pending` keeps at most this much capacity once drained, so a burst does not leave
-/// a large buffer on an idle connection.
-const KEEP_CAPACITY: usize = 4096;
+/// `pending` keeps at most this much capacity once drained (a busy connection reuses
+/// it); [`WsSocket::trim`] frees it when the connection goes quiet.
+const KEEP_CAPACITY: usize = 64 * 1024;
 /// A batch writes a connection's deferred messages early once they reach this size.
 const DEFER_BYTES: usize = 32 * 1024;
 
@@ -189,6 +189,15 @@ impl WsSocket {
         self.write_frame(&mut out, Opcode::Text, json, false, false) == Pushed::Ok
     }
 
+    /// Frees the output buffer of a connection with nothing pending (called when it is
+    /// quiet, so an idle connection holds no buffer).
+    pub fn trim(&self) {
+        let mut out = self.out();
+        if out.pending.is_empty() && out.pending.capacity() > 0 {
+            out.pending = Vec::new();
+        }
+    }
+
     /// A heartbeat ping whose payload names the last sequenced message before it.
     pub fn ping(&self) -> bool {
         let mut out = self.out();
@@ -278,6 +287,12 @@ impl Outbox for WsSocket {
             out.last_seq = seq;
         }
         r
+    }
+
+    fn request_ack(&self, defer: bool) {
+        let mut out = self.out();
+        let seq = out.last_seq;
+        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), false, defer);
     }
 
     fn flush(&self) {
