@@ -764,7 +764,11 @@ mod tests {
         }
         assert_eq!(drain(&mut h, &a).len(), 2 + 50, "all delivered");
         let p = &h.peers[&a.id];
-        assert!(p.buffer_bytes <= 10_000 && p.buffer.len() < 11, "{}", p.buffer_bytes);
+        assert!(
+            p.buffer_bytes <= 10_000 && p.buffer.len() < 11,
+            "{}",
+            p.buffer_bytes
+        );
         assert!(p.lost_up_to > 0);
     }
 

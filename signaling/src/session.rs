@@ -25,9 +25,9 @@ use crate::ws::socket::WsSocket;
 const MAX_META_BYTES: usize = 1024;
 /// Bytes read per wake-up (a per-thread buffer, so it costs idle connections nothing).
 const SCRATCH_BYTES: usize = 256 * 1024;
-/// How long a closing connection waits for its last bytes to drain and for the client's
-/// FIN, so that the client reads our close frame rather than a reset.
-const LINGER: Duration = Duration::from_secs(2);
+/// How long a closing connection waits for its last bytes to drain, and then for the
+/// client's FIN, so that the client reads our close frame rather than a reset.
+const LINGER: Duration = Duration::from_secs(5);
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -490,12 +490,8 @@ async fn close(sock: &WsSocket, end: End) {
         End::Detached(Detach::Replaced) => (1008, "detached: resumed elsewhere"),
         End::ShuttingDown => (1001, "server shutting down"),
     };
-    let _ = tokio::time::timeout(LINGER, async {
-        let _ = sock.flush().await;
-        sock.close(code, reason);
-        let _ = sock.flush().await;
-    })
-    .await;
+    sock.close(code, reason);
+    let _ = tokio::time::timeout(LINGER, sock.flush()).await;
     sock.shutdown_write();
     let _ = tokio::time::timeout(LINGER, async {
         let mut buf = [0u8; 4096];

@@ -1,0 +1,373 @@
+//! `icebreaker`'s WebSocket layer (hand-written, see signaling/src/ws) against raw bytes on
+//! a TCP socket: the handshake, fragmented messages, control frames, the close codes for
+//! what RFC 6455 forbids, a client that stops reading, and the close on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use icebreaker_tests::{http_get, metric, start_icebreaker, Icebreaker};
+
+/// A WebSocket client written out byte by byte, so tests can send what real libraries
+/// never would.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq)]
+enum In {
+    Text(Value),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(u16, String),
+    /// The server closed the TCP connection.
+    Eof,
+}
+
+impl Raw {
+    fn connect(ib: &Icebreaker) -> Raw {
+        let (status, head, raw) = Self::handshake(
+            ib,
+            "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+        assert_eq!(status, 101, "{head}");
+        assert!(
+            head.to_lowercase().contains("sec-websocket-accept: ")
+                && head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "RFC 6455 accept key: {head}"
+        );
+        raw
+    }
+
+    /// Sends the request with `headers`; returns the status, the response head and the
+    /// connection.
+    fn handshake(ib: &Icebreaker, headers: &str) -> (u16, String, Raw) {
+        let mut s = TcpStream::connect(ib.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /ws HTTP/1.1\r\nHost: {}\r\n{headers}\r\n", ib.http).unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&b[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let status = head[9..12].parse().unwrap();
+        let rest = buf[end..].to_vec();
+        (status, head, Raw { s, buf: rest })
+    }
+
+    /// One client frame: masked (unless `unmasked`), FIN as given.
+    fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], unmasked: bool) {
+        let mut f = vec![if fin { 0x80 | opcode } else { opcode }];
+        let mask = if unmasked { 0 } else { 0x80 };
+        match payload.len() {
+            n if n < 126 => f.push(mask | n as u8),
+            n if n <= 0xFFFF => {
+                f.push(mask | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let key = [0x12, 0x34, 0x56, 0x78];
+        if unmasked {
+            f.extend_from_slice(payload);
+        } else {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        self.s.write_all(&f).unwrap();
+    }
+
+    fn text(&mut self, v: Value) {
+        self.frame(true, 0x1, v.to_string().as_bytes(), false);
+    }
+
+    /// The next frame from the server (which must not mask).
+    fn recv(&mut self) -> In {
+        loop {
+            if self.buf.len() >= 2 {
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
+                assert_ne!(self.buf[0] & 0x80, 0, "server frames are final");
+                let (len, at) = match self.buf[1] & 0x7F {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let op = self.buf[0] & 0x0F;
+                    let p: Vec<u8> = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return match op {
+                        0x1 => In::Text(serde_json::from_slice(&p).unwrap()),
+                        0x9 => In::Ping(p),
+                        0xA => In::Pong(p),
+                        0x8 => In::Close(
+                            u16::from_be_bytes([p[0], p[1]]),
+                            String::from_utf8(p[2..].to_vec()).unwrap(),
+                        ),
+                        other => panic!("unexpected opcode {other}"),
+                    };
+                }
+            }
+            let mut b = [0u8; 65536];
+            match self.s.read(&mut b) {
+                Ok(0) | Err(_) => return In::Eof,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+            }
+        }
+    }
+
+    /// The next text message, skipping pings.
+    fn message(&mut self) -> Value {
+        loop {
+            match self.recv() {
+                In::Text(v) => return v,
+                In::Ping(_) => {}
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The close frame, skipping messages and pings; then the server ends the TCP stream.
+    fn close_code(&mut self) -> u16 {
+        loop {
+            match self.recv() {
+                In::Close(code, _) => {
+                    assert_eq!(self.recv(), In::Eof, "closed after the close frame");
+                    return code;
+                }
+                In::Eof => panic!("connection ended without a close frame"),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn handshake_fragments_and_control_frames() {
+    let ib = start_icebreaker(&["--no-relay"]);
+    // Not a WebSocket request: 426 with a reason, and a wrong version names the right one.
+    let (status, _) = http_get(ib.http, "/ws");
+    assert_eq!(status, 426);
+    let (status, head, _) = Raw::handshake(
+        &ib,
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    );
+    assert_eq!(status, 426);
+    assert!(
+        head.to_lowercase().contains("sec-websocket-version: 13"),
+        "{head}"
+    );
+
+    let mut c = Raw::connect(&ib);
+    // A join split over three frames (text, continuation, final continuation), with a
+    // ping between the fragments (control frames may interleave).
+    let join = json!({"type": "join", "room": "frag"}).to_string();
+    let (a, rest) = join.as_bytes().split_at(5);
+    let (b, d) = rest.split_at(7);
+    c.frame(false, 0x1, a, false);
+    c.frame(true, 0x9, b"hello", false);
+    c.frame(false, 0x0, b, false);
+    c.frame(true, 0x0, d, false);
+    assert_eq!(
+        c.recv(),
+        In::Pong(b"hello".to_vec()),
+        "ping answered in place"
+    );
+    let joined = c.message();
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["room"], "frag");
+
+    // Two messages in one TCP write, then an application ping: answered in order.
+    let mut both = Vec::new();
+    for v in [json!({"type": "ping"}), json!({"type": "nonsense"})] {
+        let p = v.to_string();
+        both.push(0x81);
+        both.push(0x80 | p.len() as u8);
+        both.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the bytes as they are
+        both.extend_from_slice(p.as_bytes());
+    }
+    c.s.write_all(&both).unwrap();
+    assert_eq!(c.message()["type"], "pong");
+    let e = c.message();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad-message"))
+    );
+
+    // A heartbeat ping names the last seq written; its pong acknowledges it.
+    let mut c2 = Raw::connect(&ib);
+    c2.text(json!({"type": "join", "room": "frag"}));
+    assert_eq!(c2.message()["type"], "joined");
+    assert_eq!(c.message()["type"], "peer-joined");
+
+    // The client closes: the server answers with the same code and ends the stream, and
+    // the peer has left.
+    c2.frame(true, 0x8, &[0x03, 0xE8], false);
+    assert_eq!(c2.close_code(), 1000);
+    let left = c.message();
+    assert_eq!(
+        (left["type"].as_str(), left["reason"].as_str()),
+        (Some("peer-left"), Some("left"))
+    );
+}
+
+#[test]
+fn frames_rfc6455_forbids_close_the_connection_with_the_right_code() {
+    let ib = start_icebreaker(&["--no-relay"]);
+    // Unmasked client frame: protocol error.
+    let mut c = Raw::connect(&ib);
+    c.frame(true, 0x1, br#"{"type":"ping"}"#, true);
+    assert_eq!(c.close_code(), 1002);
+    // Text that is not UTF-8.
+    let mut c = Raw::connect(&ib);
+    c.frame(true, 0x1, &[b'"', 0xC3, 0x28, b'"'], false);
+    assert_eq!(c.close_code(), 1007);
+    // A continuation with nothing to continue.
+    let mut c = Raw::connect(&ib);
+    c.frame(true, 0x0, b"{}", false);
+    assert_eq!(c.close_code(), 1002);
+    // An oversized control frame.
+    let mut c = Raw::connect(&ib);
+    c.frame(true, 0x9, &[0u8; 126], false);
+    assert_eq!(c.close_code(), 1002);
+    // A frame header announcing more than 64 KiB: refused from the header alone, with the
+    // protocol's `too-large` error first; the payload is never sent.
+    let mut c = Raw::connect(&ib);
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    c.s.write_all(&head).unwrap();
+    let e = c.message();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("too-large"))
+    );
+    assert_eq!(c.close_code(), 1009);
+    // The same over 4 continuation frames of 20 KiB each.
+    let mut c = Raw::connect(&ib);
+    c.frame(false, 0x1, &[b' '; 20_000], false);
+    for _ in 0..3 {
+        c.frame(false, 0x0, &[b' '; 20_000], false);
+    }
+    assert_eq!(c.message()["code"], "too-large");
+    assert_eq!(c.close_code(), 1009);
+
+    // The server is still fine.
+    let mut c = Raw::connect(&ib);
+    c.text(json!({"type": "ping"}));
+    assert_eq!(c.message()["type"], "pong");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_others_are_not_held_up() {
+    let ib = start_icebreaker(&["--no-relay", "--rate-limit", "100000"]);
+    let mut reader = Raw::connect(&ib);
+    reader.text(json!({"type": "join", "room": "slow"}));
+    let joined = reader.message();
+    let slow_id = joined["id"].as_str().unwrap().to_string();
+    let mut sender = Raw::connect(&ib);
+    sender.text(json!({"type": "join", "room": "slow"}));
+    assert_eq!(sender.message()["type"], "joined");
+    assert_eq!(reader.message()["type"], "peer-joined");
+    // `reader` stops reading. 60 KB signals fill the kernel's buffers, then the server's
+    // bounded output (4 MiB): it is cut off, and the sender keeps being served.
+    let big = "x".repeat(60_000);
+    let t0 = Instant::now();
+    let mut cut = false;
+    for i in 0..2000 {
+        sender.text(json!({"type": "signal", "to": slow_id, "data": {"pad": big}}));
+        if i % 50 == 49 {
+            let (_, m) = http_get(ib.http, "/metrics");
+            if metric(&m, "icebreaker_slow_consumers_total", &[]) >= 1.0 {
+                cut = true;
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "sending took too long"
+        );
+    }
+    assert!(cut, "the reader was never cut off");
+    sender.text(json!({"type": "ping"}));
+    loop {
+        match sender.message() {
+            m if m["type"] == "pong" => break,
+            m => assert_ne!(m["type"], "error", "{m}"),
+        }
+    }
+    // What reached the reader is whole messages, then a close with 1008.
+    let mut messages = 0;
+    loop {
+        match reader.recv() {
+            In::Text(m) => {
+                assert_eq!(m["type"], "signal");
+                messages += 1;
+            }
+            In::Ping(_) => {}
+            In::Close(code, reason) => {
+                assert_eq!(code, 1008, "{reason}");
+                break;
+            }
+            other => panic!("{other:?} after {messages} messages"),
+        }
+    }
+    assert!(messages > 0);
+}
+
+#[test]
+fn sigterm_closes_websockets_with_going_away() {
+    let mut ib = start_icebreaker(&["--no-relay"]);
+    let mut c = Raw::connect(&ib);
+    c.text(json!({"type": "join", "room": "bye"}));
+    assert_eq!(c.message()["type"], "joined");
+    let t = std::thread::spawn(move || {
+        let s = ib.proc.terminate(Duration::from_secs(15));
+        (s, ib)
+    });
+    assert_eq!(c.close_code(), 1001);
+    let (status, _ib) = t.join().unwrap();
+    assert!(status.expect("exits on SIGTERM").success());
+}
+
+/// Pairs sending as fast as the server takes them (several messages per read and per
+/// write): every message arrives once, in order, with consecutive seqs.
+#[test]
+fn signals_under_load_arrive_complete_and_in_order() {
+    let ib = start_icebreaker(&["--no-relay", "--rate-limit", "1000000"]);
+    let out = std::process::Command::new(icebreaker_tests::bin("icebreaker-sigload"))
+        .args(["throughput", "--target", "ours", "--url", &ib.ws_url()])
+        .args(["--pairs", "20", "--rate", "0", "--inflight", "16"])
+        .args(["--duration-s", "2", "--size", "300", "--quiet"])
+        .output()
+        .expect("icebreaker-sigload runs (cargo build --workspace builds it)");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert!(r["sent"].as_u64().unwrap() > 1000, "{r}");
+    assert_eq!(r["sent"], r["delivered"], "{r}");
+    assert_eq!(
+        (&r["lost"], &r["order_violations"], &r["gaps"]),
+        (&json!(0), &json!(0), &json!(0)),
+        "{r}"
+    );
+}
