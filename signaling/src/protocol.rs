@@ -2,12 +2,15 @@
 //! These names are a public interface (browsers and third-party clients depend on them);
 //! `docs/protocol.md` documents them with examples.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Client → server.
+/// Client → server. A signal borrows from the frame it came in (it is forwarded before
+/// the frame's buffer is reused), so forwarding one allocates nothing for the input.
 #[derive(Debug)]
-pub enum ClientMessage {
+pub enum ClientMessage<'a> {
     Join {
         room: String,
         token: Option<String>,
@@ -15,8 +18,8 @@ pub enum ClientMessage {
     },
     /// `data` is opaque to the server and forwarded byte for byte.
     Signal {
-        to: String,
-        data: Box<RawValue>,
+        to: Cow<'a, str>,
+        data: &'a RawValue,
     },
     Leave,
     Ping,
@@ -27,7 +30,7 @@ pub enum ClientMessage {
     },
 }
 
-impl ClientMessage {
+impl ClientMessage<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMessage::Join { .. } => "join",
@@ -201,7 +204,8 @@ struct Wire<'a> {
     token: Option<String>,
     #[serde(borrow)]
     meta: Option<&'a RawValue>,
-    to: Option<String>,
+    #[serde(borrow)]
+    to: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     id: Option<String>,
@@ -209,7 +213,7 @@ struct Wire<'a> {
 }
 
 /// Parses a client frame; the error says what is wrong in a sentence.
-pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+pub fn parse(text: &str) -> Result<ClientMessage<'_>, ProtocolError> {
     let bad = |m: String| ProtocolError::new(ErrorCode::BadMessage, m);
     let w: Wire<'_> =
         serde_json::from_str(text).map_err(|e| bad(format!("not a protocol v1 message: {e}")))?;
@@ -224,11 +228,8 @@ pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
             meta: w.meta.map(|m| m.to_owned()),
         },
         "signal" => ClientMessage::Signal {
-            to: need(w.to, "to", "signal")?,
-            data: w
-                .data
-                .ok_or_else(|| bad("`signal` needs `data`".into()))?
-                .to_owned(),
+            to: w.to.ok_or_else(|| bad("`signal` needs `to`".into()))?,
+            data: w.data.ok_or_else(|| bad("`signal` needs `data`".into()))?,
         },
         "leave" => ClientMessage::Leave,
         "ping" => ClientMessage::Ping,

@@ -60,6 +60,9 @@ pub trait Outbox: Send + Sync {
 
 pub type OutboxRef = Arc<dyn Outbox>;
 
+/// One signal as a connection read it: recipient and the opaque `data`.
+pub type Signal<'a> = (std::borrow::Cow<'a, str>, &'a RawValue);
+
 /// Messages between requests for an acknowledgement (see [`Outbox::request_ack`]).
 const ACK_EVERY: u64 = 32;
 
@@ -347,7 +350,7 @@ impl Hub {
         &mut self,
         now: Instant,
         from: &str,
-        batch: &[(String, Box<RawValue>)],
+        batch: &[Signal<'_>],
     ) -> Vec<ProtocolError> {
         let mut errors = Vec::new();
         self.batching = true;

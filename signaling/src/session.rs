@@ -17,7 +17,7 @@ use crate::limits::{IpSlot, TokenBucket};
 use crate::protocol::{
     self, valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage,
 };
-use crate::room::{Attached, Detach, OutboxRef};
+use crate::room::{Attached, Detach, OutboxRef, Signal};
 use crate::ws::frame::{self, FrameError, Opcode};
 use crate::ws::socket::WsSocket;
 
@@ -69,39 +69,38 @@ struct Conn {
     last_seen: Instant,
     /// A message arriving in several frames (rare: browsers send one frame each).
     fragments: Option<(Opcode, Vec<u8>)>,
-    /// Signals read in this wake-up, forwarded together (see [`Conn::forward`]).
-    batch: Vec<(String, Box<serde_json::value::RawValue>)>,
 }
+
+/// Signals read in one wake-up, borrowed from the read buffer and forwarded together
+/// (see [`Conn::forward`]).
+type Batch<'b> = Vec<Signal<'b>>;
 
 impl Conn {
     /// Forwards the signals read so far, in one bus call: each recipient's socket is then
     /// written once for all of them.
-    async fn forward(&mut self) {
-        let Some(a) = &self.me else {
-            self.batch.clear();
-            return;
-        };
-        if self.batch.is_empty() {
+    async fn forward(&mut self, batch: &mut Batch<'_>) {
+        if batch.is_empty() {
             return;
         }
+        let Some(a) = &self.me else {
+            batch.clear();
+            return;
+        };
         let t0 = Instant::now();
-        let errors = self.state.bus.signal(&a.id, &self.batch).await;
+        let errors = self.state.bus.signal(&a.id, batch).await;
         self.state
             .metrics
             .forward_latency
             .observe(t0.elapsed().as_secs_f64());
-        self.batch.clear();
-        if self.batch.capacity() > 64 {
-            self.batch = Vec::new();
-        }
+        batch.clear();
         for e in errors {
             self.report(e).await;
         }
     }
 
     /// An error for the client, after the signals before it.
-    async fn error(&mut self, err: ProtocolError) -> bool {
-        self.forward().await;
+    async fn error(&mut self, err: ProtocolError, batch: &mut Batch<'_>) -> bool {
+        self.forward(batch).await;
         self.report(err).await
     }
 
@@ -132,32 +131,32 @@ impl Conn {
     }
 
     /// One client message. False: the connection is unusable.
-    async fn handle(&mut self, text: &str) -> bool {
+    async fn handle<'b>(&mut self, text: &'b str, batch: &mut Batch<'b>) -> bool {
         let msg = match protocol::parse(text) {
             Ok(m) => m,
-            Err(e) => return self.error(e).await,
+            Err(e) => return self.error(e, batch).await,
         };
         self.state.metrics.message_in(msg.kind());
         let msg = match msg {
             ClientMessage::Signal { to, data } if self.me.is_some() => {
-                self.batch.push((to, data));
+                batch.push((to, data));
                 return true;
             }
             other => other,
         };
-        // Anything else comes after the signals before it.
-        self.forward().await;
+        // Anything else comes after the signals before it; from here on `report`.
+        self.forward(batch).await;
         let st = self.state.clone();
         let cfg = &st.cfg;
         let bad = |m: &str| ProtocolError::new(ErrorCode::BadMessage, m);
         match msg {
             ClientMessage::Join { room, token, meta } => {
                 if self.me.is_some() {
-                    return self.error(bad("already joined; leave first")).await;
+                    return self.report(bad("already joined; leave first")).await;
                 }
                 if !valid_room(&room) {
                     return self
-                        .error(bad("room must be 1-64 characters of A-Z a-z 0-9 _ -"))
+                        .report(bad("room must be 1-64 characters of A-Z a-z 0-9 _ -"))
                         .await;
                 }
                 if meta
@@ -165,7 +164,7 @@ impl Conn {
                     .is_some_and(|m| m.get().len() > MAX_META_BYTES || !m.get().starts_with('{'))
                 {
                     return self
-                        .error(bad("meta must be a JSON object of at most 1 KiB"))
+                        .report(bad("meta must be a JSON object of at most 1 KiB"))
                         .await;
                 }
                 let mut label = String::from("peer");
@@ -179,7 +178,7 @@ impl Conn {
                                 .take(32)
                                 .collect()
                         }
-                        Err(e) => return self.error(e).await,
+                        Err(e) => return self.report(e).await,
                     }
                 }
                 let ice = ice_servers_json(cfg, &label, icebreaker_relay::server::unix_now());
@@ -189,11 +188,11 @@ impl Conn {
                         self.me = Some(a);
                         true
                     }
-                    Err(e) => self.error(e).await,
+                    Err(e) => self.report(e).await,
                 }
             }
             ClientMessage::Signal { .. } => {
-                self.error(ProtocolError::new(
+                self.report(ProtocolError::new(
                     ErrorCode::NotJoined,
                     "join a room first",
                 ))
@@ -205,7 +204,7 @@ impl Conn {
                     true
                 }
                 None => {
-                    self.error(ProtocolError::new(ErrorCode::NotJoined, "not in a room"))
+                    self.report(ProtocolError::new(ErrorCode::NotJoined, "not in a room"))
                         .await
                 }
             },
@@ -224,7 +223,7 @@ impl Conn {
                 last_seq,
             } => {
                 if self.me.is_some() {
-                    return self.error(bad("already joined")).await;
+                    return self.report(bad("already joined")).await;
                 }
                 match st.bus.resume(&id, &token, last_seq, self.outbox()).await {
                     Ok(a) => {
@@ -242,7 +241,7 @@ impl Conn {
                             .resumes
                             .get_or_create(&crate::metrics::ResultLabel { result: "failed" })
                             .inc();
-                        self.error(e).await
+                        self.report(e).await
                     }
                 }
             }
@@ -250,47 +249,55 @@ impl Conn {
     }
 
     /// A complete data message (text or binary).
-    async fn message(&mut self, opcode: Opcode, payload: &[u8], now: Instant) -> Option<End> {
+    async fn message<'b>(
+        &mut self,
+        opcode: Opcode,
+        payload: &'b [u8],
+        now: Instant,
+        batch: &mut Batch<'b>,
+    ) -> Option<End> {
         if opcode == Opcode::Binary {
             let e = ProtocolError::new(
                 ErrorCode::BadMessage,
                 "binary frames are not part of protocol v1",
             );
-            return (!self.error(e).await).then_some(End::Dropped);
+            return (!self.error(e, batch).await).then_some(End::Dropped);
         }
         let Ok(text) = std::str::from_utf8(payload) else {
             return Some(End::Close(1007, "text frames must be UTF-8"));
         };
         if !self.bucket.take(now) {
             let e = ProtocolError::new(ErrorCode::RateLimited, "too many messages; slow down");
-            return (!self.error(e).await).then_some(End::Dropped);
+            return (!self.error(e, batch).await).then_some(End::Dropped);
         }
-        (!self.handle(text).await).then_some(End::Dropped)
+        (!self.handle(text, batch).await).then_some(End::Dropped)
     }
 
+    /// Called with the batch already forwarded.
     async fn too_large(&mut self) -> End {
         let max = self.state.cfg.max_message_bytes;
         let e = ProtocolError::new(
             ErrorCode::TooLarge,
             format!("messages are limited to {max} bytes"),
         );
-        self.error(e).await;
+        self.report(e).await;
         End::Close(1009, "message too large")
     }
 
-    async fn frame(
+    async fn frame<'b>(
         &mut self,
         fin: bool,
         opcode: Opcode,
-        payload: &[u8],
+        payload: &'b [u8],
         now: Instant,
+        batch: &mut Batch<'b>,
     ) -> Option<End> {
         match opcode {
             Opcode::Text | Opcode::Binary if self.fragments.is_some() => Some(End::Close(
                 1002,
                 "a new message began inside a fragmented one",
             )),
-            Opcode::Text | Opcode::Binary if fin => self.message(opcode, payload, now).await,
+            Opcode::Text | Opcode::Binary if fin => self.message(opcode, payload, now, batch).await,
             Opcode::Text | Opcode::Binary => {
                 self.fragments = Some((opcode, payload.to_vec()));
                 None
@@ -300,6 +307,7 @@ impl Conn {
                     return Some(End::Close(1002, "continuation without a message"));
                 };
                 if buf.len() + payload.len() > self.state.cfg.max_message_bytes {
+                    self.forward(batch).await;
                     return Some(self.too_large().await);
                 }
                 buf.extend_from_slice(payload);
@@ -307,7 +315,13 @@ impl Conn {
                     self.fragments = Some((op, buf));
                     return None;
                 }
-                self.message(op, &buf, now).await
+                // The assembled message lives only here: what came before goes first,
+                // and a signal in it is forwarded on its own.
+                self.forward(batch).await;
+                let mut own = Batch::new();
+                let end = self.message(op, &buf, now, &mut own).await;
+                self.forward(&mut own).await;
+                end
             }
             Opcode::Ping => (!self.sock.pong(payload)).then_some(End::Dropped),
             Opcode::Pong => {
@@ -352,30 +366,39 @@ impl Conn {
         let now = Instant::now();
         self.last_seen = now;
         let max = self.state.cfg.max_message_bytes;
-        let mut at = 0;
-        loop {
-            match frame::parse(&mut buf[at..], max) {
-                Ok(None) => break,
+        let mut batch = Batch::new();
+        // Walk the buffer frame by frame: each frame is unmasked in place, then only read,
+        // so the batch may borrow from the frames before the one being parsed.
+        let mut rest: &mut [u8] = buf;
+        let end = loop {
+            match frame::parse(rest, max) {
+                Ok(None) => break None,
                 Ok(Some(h)) => {
-                    let payload = &buf[at + h.payload.start..at + h.payload.end];
-                    if let Some(end) = self.frame(h.fin, h.opcode, payload, now).await {
-                        self.forward().await;
-                        return Some(end);
+                    let (this, next) = std::mem::take(&mut rest).split_at_mut(h.len);
+                    rest = next;
+                    let this: &[u8] = this;
+                    let payload = &this[h.payload];
+                    if let Some(end) = self.frame(h.fin, h.opcode, payload, now, &mut batch).await {
+                        break Some(end);
                     }
-                    at += h.len;
                 }
-                Err(FrameError::TooLarge(_)) => return Some(self.too_large().await),
+                Err(FrameError::TooLarge(_)) => {
+                    self.forward(&mut batch).await;
+                    break Some(self.too_large().await);
+                }
                 Err(e) => {
-                    self.forward().await;
                     debug!(error = %e, "bad frame");
-                    return Some(End::Close(1002, "protocol error"));
+                    break Some(End::Close(1002, "protocol error"));
                 }
             }
+        };
+        self.forward(&mut batch).await;
+        if end.is_some() {
+            return end;
         }
-        self.forward().await;
         leftover.clear();
-        if at < buf.len() {
-            leftover.extend_from_slice(&buf[at..]);
+        if !rest.is_empty() {
+            leftover.extend_from_slice(rest);
         } else if leftover.capacity() > 0 {
             *leftover = Vec::new();
         }
@@ -402,7 +425,6 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
         bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now()),
         last_seen: Instant::now(),
         fragments: None,
-        batch: Vec::new(),
     };
     let mut leftover = Vec::new();
     let mut end = None;

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::Bus;
 use crate::protocol::{LeaveReason, ProtocolError, ServerMessage};
-use crate::room::{Attached, Hub, OutboxRef};
+use crate::room::{Attached, Hub, OutboxRef, Signal};
 
 pub struct MemoryBus {
     hub: Mutex<Hub>,
@@ -42,7 +42,7 @@ impl Bus for MemoryBus {
             .join(Instant::now(), room, meta, ice_servers, outbox)
     }
 
-    async fn signal(&self, from: &str, batch: &[(String, Box<RawValue>)]) -> Vec<ProtocolError> {
+    async fn signal(&self, from: &str, batch: &[Signal<'_>]) -> Vec<ProtocolError> {
         self.hub().signals(Instant::now(), from, batch)
     }
 

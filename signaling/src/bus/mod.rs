@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::protocol::{LeaveReason, ProtocolError};
-use crate::room::{Attached, OutboxRef};
+use crate::room::{Attached, OutboxRef, Signal};
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -23,7 +23,7 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Attached, ProtocolError>;
     /// Forwards signals a connection read together, in order (each `(to, data)`); returns
     /// the errors for the sender, in order.
-    async fn signal(&self, from: &str, batch: &[(String, Box<RawValue>)]) -> Vec<ProtocolError>;
+    async fn signal(&self, from: &str, batch: &[Signal<'_>]) -> Vec<ProtocolError>;
     /// Answers the peer's application-level ping, sequenced with the rest.
     async fn pong(&self, id: &str);
     /// Tells the peer what went wrong, sequenced with the rest.
