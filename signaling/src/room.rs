@@ -424,8 +424,12 @@ impl Hub {
 
     /// A new connection takes over `id`: it gets `resumed`, then every message after
     /// `last_seq`, in order.
+    /// With the right token but a `last_seq` that cannot be served, a detached peer is
+    /// removed at once (the others get `peer-left`): its owner starts over with a fresh
+    /// join, and the old id would otherwise linger until its grace ran out.
     pub fn resume(
         &mut self,
+        now: Instant,
         id: &str,
         token: &str,
         last_seq: u64,
@@ -444,11 +448,20 @@ impl Hub {
         if !token_ok {
             return fail("wrong resume token");
         }
-        if last_seq > p.seq {
-            return fail("last_seq is ahead of what the server sent");
-        }
-        if last_seq < p.lost_up_to || p.buffer.front().is_some_and(|(s, _)| *s > last_seq + 1) {
-            return fail("messages after last_seq are no longer buffered");
+        let unservable = if last_seq > p.seq {
+            Some("last_seq is ahead of what the server sent")
+        } else if last_seq < p.lost_up_to
+            || p.buffer.front().is_some_and(|(s, _)| *s > last_seq + 1)
+        {
+            Some("messages after last_seq are no longer buffered")
+        } else {
+            None
+        };
+        if let Some(why) = unservable {
+            if p.outbox.is_none() {
+                self.remove(now, id, LeaveReason::Timeout);
+            }
+            return fail(why);
         }
         let members = self
             .rooms
@@ -593,7 +606,7 @@ mod tests {
 
     fn resume(h: &mut Hub, id: &str, token: &str, last: u64) -> Result<Conn, ProtocolError> {
         let out = boxed(0);
-        let a = h.resume(id, token, last, out.clone())?;
+        let a = h.resume(Instant::now(), id, token, last, out.clone())?;
         Ok(Conn {
             id: a.id,
             conn: a.conn,
@@ -819,7 +832,15 @@ mod tests {
         for _ in 0..100 {
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
+        drain(&mut h, &b);
         let e = resume(&mut h, &a.id, &token, 42).err().unwrap();
         assert_eq!(e.code, ErrorCode::ResumeFailed);
+        // The token was right: the old id goes now, not when its grace runs out.
+        let left = drain(&mut h, &b);
+        assert_eq!(
+            (left[0]["type"].as_str(), left[0]["id"].as_str()),
+            (Some("peer-left"), Some(&*a.id))
+        );
+        assert_eq!(h.peer_count(), 1);
     }
 }

@@ -79,7 +79,8 @@ impl Bus for MemoryBus {
         last_seq: u64,
         outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
-        self.hub().resume(id, token, last_seq, outbox)
+        self.hub()
+            .resume(Instant::now(), id, token, last_seq, outbox)
     }
 
     async fn tick(&self, now: Instant) {
