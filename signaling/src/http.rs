@@ -47,20 +47,14 @@ const MAX_PENDING_BYTES: usize = 4 << 20;
 /// `n` listeners on one address (SO_REUSEPORT): one per serving thread, and the kernel
 /// spreads new connections over them. With port 0 the first picks the port.
 pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Socket, Type};
+    use socket2::{Protocol, Type};
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let at = match out.first() {
             Some(l) => l.local_addr()?,
             None => addr,
         };
-        let s = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
-        if at.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
+        let s = icebreaker_relay::io::reuse_socket(at, Type::STREAM, Protocol::TCP)?;
         s.bind(&at.into())?;
         s.listen(1024)?;
         out.push(s.into());

@@ -118,7 +118,8 @@ impl ServerMessage<'_> {
         }
     }
 
-    pub fn to_json(&self) -> String {
+    /// The message as a WebSocket text frame's payload (serde_json writes UTF-8 only).
+    pub fn to_json(&self) -> Vec<u8> {
         // Sized up front: a signal is its `data` plus a few dozen bytes, and growing the
         // buffer while serializing would copy it several times.
         let hint = match self {
@@ -127,8 +128,7 @@ impl ServerMessage<'_> {
         };
         let mut out = Vec::with_capacity(hint);
         serde_json::to_writer(&mut out, self).expect("server messages always serialize");
-        // serde_json writes UTF-8 only.
-        String::from_utf8(out).expect("serde_json writes UTF-8")
+        out
     }
 }
 
@@ -310,7 +310,7 @@ mod tests {
         }
         .to_json();
         assert_eq!(
-            s,
+            String::from_utf8(s).unwrap(),
             r#"{"type":"signal","from":"a","data":{"candidate":null},"seq":7}"#
         );
         let e = ServerMessage::Error {
@@ -320,7 +320,7 @@ mod tests {
         }
         .to_json();
         assert_eq!(
-            e,
+            String::from_utf8(e).unwrap(),
             r#"{"type":"error","code":"room-full","message":"full","seq":1}"#
         );
     }

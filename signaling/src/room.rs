@@ -153,14 +153,21 @@ impl Hub {
         id: &str,
         build: impl FnOnce(u64) -> ServerMessage<'m>,
     ) -> bool {
+        let Some(p) = self.peers.get(id) else {
+            return false;
+        };
+        let msg = build(p.seq + 1);
+        self.enqueue(now, id, msg.kind(), Bytes::from(msg.to_json()))
+    }
+
+    /// Keeps `json` (serialized with the peer's next seq) in the replay buffer and hands
+    /// it to the peer's connection; false when the peer is gone.
+    fn enqueue(&mut self, now: Instant, id: &str, kind: &'static str, json: Bytes) -> bool {
         let Some(p) = self.peers.get_mut(id) else {
             return false;
         };
         p.seq += 1;
         let seq = p.seq;
-        let msg = build(seq);
-        let kind = msg.kind();
-        let json = Bytes::from(msg.to_json());
         p.buffer_bytes += json.len();
         // Kept once, in the replay buffer; the socket writes from it (no clone: cloning
         // a `Bytes` made from a `String` allocates its shared header).
@@ -278,27 +285,16 @@ impl Hub {
             .get(room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
-        {
-            let peers = self.peer_infos(&others, &id, false);
-            let msg = ServerMessage::Joined {
-                id: &id,
-                room: &room_name,
-                peers,
-                ice_servers,
-                resume_token: &token,
-                seq: 1,
-            }
-            .to_json();
-            let p = self.peers.get_mut(&id).expect("just inserted");
-            p.seq = 1;
-            let msg = Bytes::from(msg);
-            p.buffer_bytes += msg.len();
-            p.buffer.push_back((1, msg.clone()));
-            self.metrics.message_out("joined");
-            if let Some(o) = &p.outbox {
-                o.push(1, &msg, false, false);
-            }
+        let joined = ServerMessage::Joined {
+            id: &id,
+            room: &room_name,
+            peers: self.peer_infos(&others, &id, false),
+            ice_servers,
+            resume_token: &token,
+            seq: 1,
         }
+        .to_json();
+        self.enqueue(now, &id, "joined", Bytes::from(joined));
         // Borrow the newcomer's meta outside the map while the others are told.
         let meta = self.peers.get_mut(&id).and_then(|p| p.meta.take());
         for o in &others {

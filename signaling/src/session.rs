@@ -121,7 +121,7 @@ impl Conn {
                     seq: 0,
                 }
                 .to_json();
-                self.sock.send_unsequenced(json.as_bytes())
+                self.sock.send_unsequenced(&json)
             }
         }
     }
@@ -215,7 +215,7 @@ impl Conn {
                 }
                 None => self
                     .sock
-                    .send_unsequenced(ServerMessage::Pong { seq: 0 }.to_json().as_bytes()),
+                    .send_unsequenced(&ServerMessage::Pong { seq: 0 }.to_json()),
             },
             ClientMessage::Resume {
                 id,
@@ -273,14 +273,13 @@ impl Conn {
         (!self.handle(text, batch).await).then_some(End::Dropped)
     }
 
-    /// Called with the batch already forwarded.
-    async fn too_large(&mut self) -> End {
+    async fn too_large(&mut self, batch: &mut Batch<'_>) -> End {
         let max = self.state.cfg.max_message_bytes;
         let e = ProtocolError::new(
             ErrorCode::TooLarge,
             format!("messages are limited to {max} bytes"),
         );
-        self.report(e).await;
+        self.error(e, batch).await;
         End::Close(1009, "message too large")
     }
 
@@ -307,8 +306,7 @@ impl Conn {
                     return Some(End::Close(1002, "continuation without a message"));
                 };
                 if buf.len() + payload.len() > self.state.cfg.max_message_bytes {
-                    self.forward(batch).await;
-                    return Some(self.too_large().await);
+                    return Some(self.too_large(batch).await);
                 }
                 buf.extend_from_slice(payload);
                 if !fin {
@@ -382,10 +380,7 @@ impl Conn {
                         break Some(end);
                     }
                 }
-                Err(FrameError::TooLarge(_)) => {
-                    self.forward(&mut batch).await;
-                    break Some(self.too_large().await);
-                }
+                Err(FrameError::TooLarge(_)) => break Some(self.too_large(&mut batch).await),
                 Err(e) => {
                     debug!(error = %e, "bad frame");
                     break Some(End::Close(1002, "protocol error"));
@@ -472,7 +467,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
                     }
                     sock.trim();
                     // The payload names the last seq written: its pong acknowledges it.
-                    if !sock.ping() {
+                    if !sock.ping(false) {
                         break End::Dropped;
                     }
                 }

@@ -40,7 +40,10 @@ impl RelayHandle {
     }
 }
 
-fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+/// A non-blocking socket for `addr` that joins an SO_REUSEPORT group (IPv6 sockets are
+/// v6-only): one per shard, and the kernel spreads clients over them. The signaling
+/// server's listeners use it too.
+pub fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;

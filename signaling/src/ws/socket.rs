@@ -198,11 +198,12 @@ impl WsSocket {
         }
     }
 
-    /// A heartbeat ping whose payload names the last sequenced message before it.
-    pub fn ping(&self) -> bool {
+    /// A ping whose payload names the last sequenced message before it: its pong
+    /// acknowledges everything up to there (heartbeats, and [`Outbox::request_ack`]).
+    pub fn ping(&self, defer: bool) -> bool {
         let mut out = self.out();
         let seq = out.last_seq;
-        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), false, false) == Pushed::Ok
+        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), false, defer) == Pushed::Ok
     }
 
     pub fn pong(&self, payload: &[u8]) -> bool {
@@ -290,9 +291,7 @@ impl Outbox for WsSocket {
     }
 
     fn request_ack(&self, defer: bool) {
-        let mut out = self.out();
-        let seq = out.last_seq;
-        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), false, defer);
+        self.ping(defer);
     }
 
     fn flush(&self) {
