@@ -492,6 +492,12 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
 /// would destroy the close frame before the client reads it.
 async fn close(sock: &WsSocket, end: End) {
     let (code, reason) = match end {
+        // Broken or silent (docs/protocol.md: dropped without a close frame); the peer
+        // resumes on a new socket.
+        End::Dropped => {
+            sock.shutdown_write();
+            return;
+        }
         // Echo the client's code (RFC 6455 §5.5.1); codes it may not send become 1000.
         End::Closed(c)
             if (1000..=1003).contains(&c)
@@ -501,7 +507,6 @@ async fn close(sock: &WsSocket, end: End) {
             (c, "")
         }
         End::Closed(_) => (1000, ""),
-        End::Dropped => (1000, ""),
         End::Close(c, r) => (c, r),
         End::Detached(Detach::TooSlow) => (1008, "detached: too slow to receive"),
         End::Detached(Detach::Replaced) => (1008, "detached: resumed elsewhere"),

@@ -335,6 +335,28 @@ fn a_client_that_stops_reading_is_cut_off_and_others_are_not_held_up() {
 }
 
 #[test]
+fn a_silent_client_is_dropped_without_a_close_frame() {
+    let ib = start_icebreaker(&["--no-relay", "--heartbeat-interval", "200ms"]);
+    let mut c = Raw::connect(&ib);
+    c.text(json!({"type": "join", "room": "quiet"}));
+    assert_eq!(c.message()["type"], "joined");
+    // Never answer a ping: after two intervals the server ends the stream, with no close
+    // frame (docs/protocol.md), so the client knows to resume rather than treat it as a
+    // clean close.
+    let mut pings = 0;
+    loop {
+        match c.recv() {
+            In::Ping(_) => pings += 1,
+            In::Eof => break,
+            other => panic!("expected pings then the end of the stream, got {other:?}"),
+        }
+    }
+    assert!(pings >= 1);
+    let (_, m) = http_get(ib.http, "/metrics");
+    assert_eq!(metric(&m, "icebreaker_heartbeat_timeouts_total", &[]), 1.0);
+}
+
+#[test]
 fn sigterm_closes_websockets_with_going_away() {
     let mut ib = start_icebreaker(&["--no-relay"]);
     let mut c = Raw::connect(&ib);
