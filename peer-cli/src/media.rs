@@ -126,6 +126,23 @@ fn factory(video: bool, audio: bool, echo: bool, name: String) -> TrackFactory {
     })
 }
 
+/// Writes one sample; false when the peer is gone. A failed write alone is not that: the
+/// track is not bound yet right after negotiation.
+async fn write(
+    track: &TrackLocalStaticSample,
+    ssrc: u32,
+    pt: u8,
+    sender: &dyn webrtc::rtp_transceiver::RtpSender,
+    sample: &Sample,
+) -> bool {
+    track
+        .sample_writer(ssrc, pt)
+        .write_sample(sample)
+        .await
+        .is_ok()
+        || sender.get_parameters().await.is_ok()
+}
+
 /// Writes samples to one track until the connection goes away, looping the file.
 async fn play(
     m: LocalMedia,
@@ -167,16 +184,8 @@ async fn play(
                     duration: frame_time,
                     ..Sample::new(Instant::now())
                 };
-                if track
-                    .sample_writer(m.ssrc, pt)
-                    .write_sample(&sample)
-                    .await
-                    .is_err()
-                {
-                    // Not bound yet right after negotiation, or gone when the peer left.
-                    if sender.get_parameters().await.is_err() {
-                        return;
-                    }
+                if !write(&track, m.ssrc, pt, &*sender, &sample).await {
+                    return;
                 }
             }
         }
@@ -199,13 +208,7 @@ async fn play(
                     duration: Duration::from_micros(samples * 1_000_000 / 48_000),
                     ..Sample::new(Instant::now())
                 };
-                if track
-                    .sample_writer(m.ssrc, pt)
-                    .write_sample(&sample)
-                    .await
-                    .is_err()
-                    && sender.get_parameters().await.is_err()
-                {
+                if !write(&track, m.ssrc, pt, &*sender, &sample).await {
                     return;
                 }
             }
