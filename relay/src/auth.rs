@@ -113,12 +113,15 @@ impl Authenticator {
             .collect())
     }
 
-    /// A stateless nonce: hex(issue time) ‖ hex(HMAC(secret, time ‖ client IP)[..12]).
+    /// A stateless nonce: hex(issue time, 32 bits) ‖ hex(HMAC(secret, time ‖ client IP)[..8]).
     /// Nothing is stored per client, and a nonce replayed from another address is stale.
+    /// 24 characters: it goes out in every 401, to anyone, so it is kept short (64 bits of
+    /// tag cannot be forged within a nonce's lifetime).
     pub fn nonce(&self, unix_now: u64, client: IpAddr) -> String {
-        let tag = self.nonce_tag(unix_now, client);
-        let mut s = format!("{unix_now:016x}");
-        for b in &tag[..12] {
+        let t = unix_now as u32 as u64;
+        let tag = self.nonce_tag(t, client);
+        let mut s = format!("{t:08x}");
+        for b in &tag[..NONCE_TAG] {
             s.push_str(&format!("{b:02x}"));
         }
         s
@@ -140,11 +143,13 @@ impl Authenticator {
         };
         let expected = self.nonce_tag(t, client);
         // Constant-time comparison of the tag, so the nonce cannot be guessed byte by byte.
-        let diff = expected[..12]
+        let diff = expected[..NONCE_TAG]
             .iter()
             .zip(tag.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        let fresh = t <= unix_now + 5 && unix_now.saturating_sub(t) < self.nonce_lifetime_secs;
+        // The issue time is 32 bits (until 2106): compare in that width.
+        let now = unix_now as u32 as u64;
+        let fresh = t <= now + 5 && now.saturating_sub(t) < self.nonce_lifetime_secs;
         if diff == 0 && fresh {
             NonceCheck::Valid
         } else {
@@ -153,14 +158,17 @@ impl Authenticator {
     }
 }
 
-fn parse_nonce(n: &str) -> Option<(u64, [u8; 12])> {
-    if n.len() != 40 || !n.is_ascii() {
+/// Bytes of HMAC in a nonce.
+const NONCE_TAG: usize = 8;
+
+fn parse_nonce(n: &str) -> Option<(u64, [u8; NONCE_TAG])> {
+    if n.len() != 8 + 2 * NONCE_TAG || !n.is_ascii() {
         return None;
     }
-    let t = u64::from_str_radix(&n[..16], 16).ok()?;
-    let mut tag = [0u8; 12];
+    let t = u64::from_str_radix(&n[..8], 16).ok()?;
+    let mut tag = [0u8; NONCE_TAG];
     for (i, b) in tag.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&n[16 + 2 * i..18 + 2 * i], 16).ok()?;
+        *b = u8::from_str_radix(&n[8 + 2 * i..10 + 2 * i], 16).ok()?;
     }
     Some((t, tag))
 }
@@ -187,11 +195,12 @@ mod tests {
         );
         // forged or garbage
         let mut forged = n.clone();
-        forged.replace_range(39..40, if n.ends_with('0') { "1" } else { "0" });
+        let last = forged.len() - 1;
+        forged.replace_range(last.., if n.ends_with('0') { "1" } else { "0" });
         assert_eq!(a.check_nonce(&forged, 1000, ip()), NonceCheck::Stale);
         assert_eq!(a.check_nonce("xyz", 1000, ip()), NonceCheck::Stale);
         assert_eq!(
-            a.check_nonce(&"é".repeat(20), 1000, ip()),
+            a.check_nonce(&"é".repeat(12), 1000, ip()),
             NonceCheck::Stale
         );
     }

@@ -47,6 +47,13 @@ pub struct RelayConfig {
     pub max_bps: u64,
     pub max_permissions: usize,
     pub max_tcp_connections: usize,
+    /// Largest STUN message or ChannelData frame a TCP client may send; a longer one
+    /// closes its connection.
+    pub max_tcp_frame: usize,
+    /// Bytes all client TCP connections together may hold in unfinished frames and
+    /// output queues; past it a connection that needs more is closed (or, for output,
+    /// the packet dropped).
+    pub tcp_buffer_limit: usize,
     pub threads: usize,
     pub metrics_listen: Option<SocketAddr>,
     pub software: String,
@@ -75,6 +82,8 @@ impl Default for RelayConfig {
             max_bps: 0,
             max_permissions: 256,
             max_tcp_connections: 10_000,
+            max_tcp_frame: 16 * 1024,
+            tcp_buffer_limit: 64 << 20,
             threads: 0,
             metrics_listen: None,
             software: concat!("icebreaker-relay/", env!("CARGO_PKG_VERSION")).into(),
@@ -150,6 +159,13 @@ pub struct RelayArgs {
     /// Client TCP connections held at once; more are refused.
     #[arg(long, env = "ICEBREAKER_RELAY_MAX_TCP_CONNECTIONS")]
     pub max_tcp_connections: Option<usize>,
+    /// Largest frame a TCP client may send, bytes (16384; at most 65552).
+    #[arg(long, env = "ICEBREAKER_RELAY_MAX_TCP_FRAME")]
+    pub max_tcp_frame: Option<usize>,
+    /// Bytes all TCP connections may hold in unfinished frames and output queues
+    /// together (67108864).
+    #[arg(long, env = "ICEBREAKER_RELAY_TCP_BUFFER_LIMIT")]
+    pub tcp_buffer_limit: Option<usize>,
     /// Worker threads (shards); 0 = one per core.
     #[arg(long, env = "ICEBREAKER_RELAY_THREADS")]
     pub threads: Option<usize>,
@@ -193,6 +209,8 @@ impl RelayArgs {
             user_quota,
             max_bps,
             max_tcp_connections,
+            max_tcp_frame,
+            tcp_buffer_limit,
             threads,
             metrics_listen
         );
@@ -327,6 +345,15 @@ impl RelayArgs {
                 "no relay address: give --relay-ip or --external-ip",
             ));
         }
+        // The largest STUN message (20 + 65532) is the most a TURN client can ever need.
+        let max_tcp_frame = self.max_tcp_frame.unwrap_or(d.max_tcp_frame);
+        if !(64..=65552).contains(&max_tcp_frame) {
+            return Err(err("max-tcp-frame", "must be 64 to 65552 bytes"));
+        }
+        let tcp_buffer_limit = self.tcp_buffer_limit.unwrap_or(d.tcp_buffer_limit);
+        if tcp_buffer_limit < max_tcp_frame {
+            return Err(err("tcp-buffer-limit", "must be at least max-tcp-frame"));
+        }
         Ok(RelayConfig {
             listen,
             relay_v4,
@@ -355,6 +382,8 @@ impl RelayArgs {
             max_bps: self.max_bps.unwrap_or(d.max_bps),
             max_permissions: d.max_permissions,
             max_tcp_connections: self.max_tcp_connections.unwrap_or(d.max_tcp_connections),
+            max_tcp_frame,
+            tcp_buffer_limit,
             threads: self.threads.unwrap_or(d.threads),
             metrics_listen: self.metrics_listen,
             software: d.software,
@@ -447,6 +476,8 @@ impl RelayConfig {
             user_quota: Some(self.user_quota),
             max_bps: Some(self.max_bps),
             max_tcp_connections: Some(self.max_tcp_connections),
+            max_tcp_frame: Some(self.max_tcp_frame),
+            tcp_buffer_limit: Some(self.tcp_buffer_limit),
             threads: Some(self.threads),
             metrics_listen: self.metrics_listen,
         };

@@ -39,6 +39,7 @@ pub struct RelayMetrics {
     pub packets: Family<DirLabel, Counter>,
     pub bytes: Family<DirLabel, Counter>,
     pub dropped: Family<ReasonLabel, Counter>,
+    pub peer_refusals: Family<ReasonLabel, Counter>,
     pub tcp_connections: Gauge,
 }
 
@@ -75,6 +76,11 @@ impl RelayMetrics {
             "dropped",
             "Packets dropped, by reason",
             self.dropped.clone(),
+        );
+        r.register(
+            "peer_refusals",
+            "Permissions and channels refused for the peer they name, by reason (default_deny, operator_deny, own_address)",
+            self.peer_refusals.clone(),
         );
         r.register(
             "tcp_connections",
@@ -130,6 +136,13 @@ impl ShardMetrics {
     pub fn drop(&self, reason: &'static str) {
         self.all
             .dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.all
+            .peer_refusals
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

@@ -6,7 +6,7 @@
 //! opened and closed through [`RelaySockets`], which the tokio driver implements with real
 //! UDP sockets and tests implement with a fake.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +20,7 @@ use crate::codec::{
 };
 use crate::config::RelayConfig;
 use crate::metrics::ShardMetrics;
-use crate::policy::PeerPolicy;
+use crate::policy::{OwnAddresses, PeerPolicy};
 use crate::ports::PortPool;
 use crate::quota::{Quota, QuotaError};
 use crate::{FiveTuple, Transport};
@@ -36,6 +36,10 @@ pub trait RelaySockets {
         dont_fragment: bool,
     ) -> std::io::Result<()>;
     fn close(&mut self, addr: SocketAddr);
+    /// The allocation of `five_tuple` is gone: a TCP client's connection closes with it.
+    fn allocation_ended(&mut self, five_tuple: &FiveTuple) {
+        let _ = five_tuple;
+    }
 }
 
 /// Index of an allocation in its shard plus a generation, so a stale id never reaches a
@@ -64,6 +68,8 @@ pub struct Shared {
     pub config: RelayConfig,
     pub auth: Authenticator,
     pub policy: PeerPolicy,
+    /// The relay's own addresses, never relayed to (see [`OwnAddresses`]).
+    pub own: OwnAddresses,
     pub quota: Quota,
     /// Wall clock at `epoch`, for REST expiry and nonces (the core otherwise runs on
     /// the monotonic `now` it is handed, so tests can drive it with a fake clock).
@@ -77,6 +83,18 @@ impl Shared {
     }
 
     pub fn with_clock(config: RelayConfig, epoch: Instant, unix_at_epoch: u64) -> Arc<Self> {
+        let own = own_addresses(&config, &config.listen, &[]);
+        Self::with_own(config, own, epoch, unix_at_epoch)
+    }
+
+    /// With the relay's own addresses as the driver found them (listen ports resolved,
+    /// the host's interface addresses for an unspecified listen IP).
+    pub fn with_own(
+        config: RelayConfig,
+        own: OwnAddresses,
+        epoch: Instant,
+        unix_at_epoch: u64,
+    ) -> Arc<Self> {
         let auth = Authenticator::new(
             &config.realm,
             &config.users,
@@ -89,6 +107,7 @@ impl Shared {
             config,
             auth,
             policy,
+            own,
             quota,
             unix_at_epoch,
             epoch,
@@ -98,6 +117,21 @@ impl Shared {
     fn unix(&self, now: Instant) -> u64 {
         self.unix_at_epoch + now.saturating_duration_since(self.epoch).as_secs()
     }
+}
+
+/// The relay's own addresses for `config` listening on `listen`: those, and the relayed
+/// and advertised IPs of both families.
+pub fn own_addresses(
+    config: &RelayConfig,
+    listen: &[SocketAddr],
+    host_ips: &[IpAddr],
+) -> OwnAddresses {
+    let ips: Vec<IpAddr> = [config.relay_v4, config.relay_v6]
+        .into_iter()
+        .flatten()
+        .flat_map(|(bind, adv)| [bind, adv])
+        .collect();
+    OwnAddresses::new(listen, &ips, host_ips)
 }
 
 pub fn unix_now() -> u64 {
@@ -275,6 +309,8 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
         sockets.close(a.relay);
+        sockets.allocation_ended(ft);
+        self.shared.own.set_relayed(a.relay.port(), false);
         self.ports.release(a.relay.port());
         self.shared.quota.release(&a.username);
         self.metrics.allocations.dec();
@@ -348,6 +384,12 @@ impl Server {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         if a.expires <= now {
             metrics.drop("no_permission");
+            return None;
+        }
+        // From one of our own sockets: part of a loop (or a request relayed to ourselves);
+        // never passed on, whatever the permissions say.
+        if self.shared.own.contains(peer) {
+            metrics.drop("own_address");
             return None;
         }
         // Room for the ChannelData or Data indication header around it.
@@ -469,9 +511,8 @@ impl Server {
     fn respond_unknown(&mut self, msg: &Message<'_>, unknown: &[u16]) {
         let mut w = MessageWriter::new(&mut self.buf, msg.method, Class::Error, msg.transaction_id);
         w.error_code(420, "unknown comprehension-required attribute")
-            .unknown_attributes(unknown)
-            .attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
-        w.finish_with_fingerprint();
+            .unknown_attributes(unknown);
+        finish_unauthenticated(w, msg);
     }
 
     fn respond_error(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, r: &Reject) {
@@ -486,11 +527,14 @@ impl Server {
             w.attr(attr::REALM, self.shared.auth.realm().as_bytes())
                 .attr(attr::NONCE, n.as_bytes());
         }
-        w.attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
-        if let Some(k) = &r.key {
-            w.integrity(k, msg.uses_sha256());
+        match &r.key {
+            Some(k) => {
+                w.attr(attr::SOFTWARE, self.shared.config.software.as_bytes())
+                    .integrity(k, msg.uses_sha256());
+                w.finish_with_fingerprint();
+            }
+            None => finish_unauthenticated(w, msg),
         }
-        w.finish_with_fingerprint();
     }
 
     fn binding(&mut self, ft: &FiveTuple, msg: &Message<'_>) {
@@ -500,9 +544,8 @@ impl Server {
             Class::Success,
             msg.transaction_id,
         );
-        w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client)
-            .attr(attr::SOFTWARE, self.shared.config.software.as_bytes());
-        w.finish_with_fingerprint();
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
+        finish_unauthenticated(w, msg);
     }
 
     /// RFC 8489 §9.2.4: challenge, check the nonce, find the key, verify the HMAC; then,
@@ -514,7 +557,8 @@ impl Server {
         msg: &Message<'_>,
     ) -> Result<Authenticated, Reject> {
         if !msg.has_integrity() {
-            return Err(Reject::challenge(401, "authentication required"));
+            // The RFC's reason phrase: short, since this answer goes to anyone who asks.
+            return Err(Reject::challenge(401, "Unauthorized"));
         }
         let (Some(Ok(username)), Some(Ok(realm)), Some(Ok(nonce))) = (
             msg.text(attr::USERNAME),
@@ -785,6 +829,7 @@ impl Server {
         };
         match sockets.open(addr, id, dont_fragment) {
             Ok(()) => {
+                self.shared.own.set_relayed(addr.port(), true);
                 self.free_slots.pop();
                 Ok(id)
             }
@@ -846,9 +891,9 @@ impl Server {
                 )
                 .signed(key));
             }
-            if let Err(refusal) = self.shared.policy.check(peer.ip()) {
-                info!(client = %ft.client, peer = %peer.ip(), "{refusal}");
-                self.metrics.drop("policy");
+            if let Err(refusal) = self.shared.own.check(&self.shared.policy, peer) {
+                info!(client = %ft.client, %peer, reason = refusal.reason(), "{refusal}");
+                self.metrics.refused(refusal.reason());
                 return Err(
                     Reject::new(403, "peer address is forbidden by the server's policy")
                         .signed(key),
@@ -950,12 +995,30 @@ impl Server {
             return None;
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        // A permission is for an IP, so a Send indication could name any port on it:
+        // our own ports are refused here too.
+        if self.shared.own.contains(peer) {
+            self.metrics.drop("own_address");
+            return None;
+        }
         let metrics = &self.metrics;
         let a = self.slots[id.index as usize].allocation.as_mut()?;
         if a.expires <= now {
             return None;
         }
         to_peer(a, metrics, now, peer, data)
+    }
+}
+
+/// Ends a response to a request nobody authenticated. Such a request can come from a
+/// spoofed source address, so its answer carries only what the RFC requires: no SOFTWARE,
+/// and FINGERPRINT only when the request had one (a client multiplexing STUN with other
+/// protocols sends it and needs it back). BENCHMARKS.md has the amplification factors.
+fn finish_unauthenticated(w: MessageWriter<'_>, msg: &Message<'_>) {
+    if msg.has_fingerprint() {
+        w.finish_with_fingerprint();
+    } else {
+        w.finish();
     }
 }
 

@@ -263,7 +263,8 @@ fn binding_answers_mapped_address() {
         m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
         c.ft.client
     );
-    assert!(m.has(attr::SOFTWARE) && m.has_fingerprint() && m.verify_fingerprint());
+    // Unauthenticated: no SOFTWARE (amplification), FINGERPRINT because the request had one.
+    assert!(!m.has(attr::SOFTWARE) && m.has_fingerprint() && m.verify_fingerprint());
 }
 
 #[test]
@@ -790,4 +791,105 @@ mod prop {
             });
         }
     }
+}
+
+/// The relay never relays to itself, whatever `--allow-peer` says: not to its client-facing
+/// port (a request served "from itself"), not to a relayed address of its own (two
+/// allocations pointed at each other would loop one datagram forever).
+#[test]
+fn own_addresses_are_refused_even_when_allowed() {
+    let mut w = world(|a| {
+        a.allow_peer = vec!["0.0.0.0/0".parse().unwrap(), "127.0.0.0/8".parse().unwrap()]
+    });
+    let mut a = client(40000, "alice", "pw");
+    let mut b = client(40001, "bob", "pw");
+    let ra = w.allocate(&mut a, None);
+    let rb = w.allocate(&mut b, None);
+    let (relay_a, relay_b) = (w.relayed(&ra), w.relayed(&rb));
+    let listen: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+    for own in [
+        relay_b,
+        listen,
+        "[::ffff:127.0.0.1]:3478".parse().unwrap(),
+        "0.0.0.0:3478".parse().unwrap(),
+    ] {
+        if own.is_ipv6() {
+            // A v4 allocation: a v6 peer is a 443 before the policy is asked.
+            continue;
+        }
+        assert_eq!(w.permit(&mut a, &[own]).code, Some(403), "{own}");
+        assert_eq!(w.bind(&mut a, 0x4001, own).code, Some(403), "{own}");
+    }
+    assert_eq!(w.permit(&mut b, &[relay_a]).code, Some(403));
+    // Another port on the same IP is the policy's business (allowed here): a permission is
+    // per IP, so data to the relay's own ports must be refused per packet as well.
+    assert!(w.permit(&mut a, &["127.0.0.1:9".parse().unwrap()]).ok());
+    for target in [relay_b, listen] {
+        let mut buf = Vec::new();
+        let mut mw = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, [7; 12]);
+        mw.xor_address(attr::XOR_PEER_ADDRESS, target)
+            .attr(attr::DATA, b"loop?");
+        let raw = mw.finish().to_vec();
+        assert!(
+            w.server
+                .handle_client(w.now, a.ft, &raw, &mut w.sockets)
+                .is_none(),
+            "a Send indication to {target} is dropped"
+        );
+    }
+    // Whatever reaches a relayed socket from one of our own sockets is dropped too.
+    assert!(w.permit(&mut b, &["127.0.0.1:9".parse().unwrap()]).ok());
+    assert_eq!(w.peer_sends(relay_b, relay_a, b"loop?"), None);
+    assert_eq!(w.peer_sends(relay_b, listen, b"loop?"), None);
+    assert!(w
+        .peer_sends(relay_b, "127.0.0.1:9".parse().unwrap(), b"hi")
+        .is_some());
+    // Once A's allocation is gone its port is nobody's: no longer refused as our own.
+    assert!(w.refresh(&mut a, 0).ok());
+    assert!(w.permit(&mut b, &[relay_a]).ok());
+}
+
+/// Answers to requests nobody authenticated are as small as the RFC allows: such a
+/// request can carry a spoofed source, and its answer goes to the victim. Prints the
+/// factors that BENCHMARKS.md records.
+#[test]
+fn unauthenticated_answers_are_small() {
+    let mut w = world(|_| {});
+    let c = client(40000, "alice", "pw");
+    let mut worst = 0.0f64;
+    for (name, method) in [
+        ("Binding", Method::BINDING),
+        ("Allocate", Method::ALLOCATE),
+        ("Refresh", Method::REFRESH),
+        ("CreatePermission", Method::CREATE_PERMISSION),
+        ("ChannelBind", Method::CHANNEL_BIND),
+    ] {
+        for fingerprint in [false, true] {
+            let mut buf = Vec::new();
+            let mw = MessageWriter::new(&mut buf, method, Class::Request, [3; 12]);
+            let raw = if fingerprint {
+                mw.finish_with_fingerprint().to_vec()
+            } else {
+                mw.finish().to_vec()
+            };
+            let out = w.send_raw(c.ft, &raw).expect("answered");
+            let m = Message::parse(&out).unwrap();
+            assert!(!m.has(attr::SOFTWARE), "{name}: no SOFTWARE to strangers");
+            assert_eq!(
+                m.has_fingerprint(),
+                fingerprint,
+                "{name}: FINGERPRINT as asked"
+            );
+            let factor = out.len() as f64 / raw.len() as f64;
+            println!(
+                "amplification {name:<16} fingerprint={fingerprint:<5} {} -> {} bytes = {factor:.2}x",
+                raw.len(),
+                out.len()
+            );
+            worst = worst.max(factor);
+        }
+    }
+    // 401 with ERROR-CODE "Unauthorized", REALM "example.org" and a 24-byte NONCE: 84
+    // bytes for 20 (it was 148 bytes, 7.4x, with SOFTWARE, FINGERPRINT and a 40-byte nonce).
+    assert!(worst <= 4.2, "worst amplification {worst:.2}x");
 }

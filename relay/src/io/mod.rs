@@ -54,6 +54,18 @@ pub fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Res
     Ok(s)
 }
 
+/// The addresses of this host's interfaces: what an unspecified listen address means when
+/// the relay refuses to relay to itself.
+fn host_ips() -> Vec<std::net::IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(v) => v.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list interface addresses");
+            Vec::new()
+        }
+    }
+}
+
 /// One UDP socket and one TCP listener per shard on `want` (SO_REUSEPORT group).
 fn bind_shards(
     want: SocketAddr,
@@ -81,11 +93,10 @@ fn bind_shards(
 /// any thread runs, so a misconfigured port fails the start with a clear error.
 pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayHandle> {
     let shards = config.worker_threads();
-    let shared = Shared::new(config);
     let mut per_shard: Vec<(Vec<UdpSocket>, Vec<TcpListener>)> =
         (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     let mut local_addrs = Vec::new();
-    for &want in &shared.config.listen {
+    for &want in &config.listen {
         // Port 0: the first UDP bind picks a port, which the TCP listener and the other
         // shards then share; if TCP has that port taken already, try another.
         let mut attempt = 0;
@@ -108,6 +119,13 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
             tcps.push(t);
         }
     }
+    let own = crate::server::own_addresses(&config, &local_addrs, &host_ips());
+    let shared = Shared::with_own(
+        config,
+        own,
+        std::time::Instant::now(),
+        crate::server::unix_now(),
+    );
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     for (i, (udps, tcps)) in per_shard.into_iter().enumerate() {

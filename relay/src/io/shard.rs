@@ -1,6 +1,6 @@
 //! One shard: its runtime, its UDP sockets, relayed sockets, TCP connections and timer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::rc::Rc;
@@ -8,16 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, LocalSet};
 use tracing::{debug, error, warn};
 
+use super::tcp::TcpClient;
 use crate::metrics::ShardMetrics;
 use crate::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
 use crate::{FiveTuple, Transport};
-
-/// Bytes queued towards one TCP client before packets for it are dropped.
-pub(super) const TCP_QUEUE: usize = 256;
 
 struct RelaySocket {
     sock: Rc<tokio::net::UdpSocket>,
@@ -28,11 +26,16 @@ pub(super) struct Ctx {
     pub core: RefCell<Server>,
     pub metrics: ShardMetrics,
     pub max_tcp: usize,
+    pub max_tcp_frame: usize,
     udp: Vec<(SocketAddr, Rc<tokio::net::UdpSocket>)>,
     relays: RefCell<FxHashMap<SocketAddr, RelaySocket>>,
-    pub tcp: RefCell<FxHashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
-    /// The shard's one receive buffer, shared by every socket it reads.
-    buf: RefCell<Vec<u8>>,
+    pub tcp: RefCell<FxHashMap<SocketAddr, TcpClient>>,
+    /// This shard's part of `tcp-buffer-limit`, and what its TCP connections hold now.
+    tcp_budget: usize,
+    tcp_used: Cell<usize>,
+    /// The shard's one receive buffer, shared by every socket it reads (TCP connections
+    /// put their unfinished frame in front of what they read, so it holds two frames).
+    pub buf: RefCell<Vec<u8>>,
 }
 
 /// Implements [`RelaySockets`] with real UDP sockets and a reader task per socket.
@@ -67,6 +70,14 @@ impl RelaySockets for Binder<'_> {
     fn close(&mut self, addr: SocketAddr) {
         if let Some(r) = self.0.relays.borrow_mut().remove(&addr) {
             r.reader.abort();
+        }
+    }
+
+    fn allocation_ended(&mut self, five_tuple: &FiveTuple) {
+        if five_tuple.transport == Transport::Tcp {
+            if let Some(c) = self.0.tcp.borrow().get(&five_tuple.client) {
+                c.close();
+            }
         }
     }
 }
@@ -119,8 +130,8 @@ impl Ctx {
                     }
                 }
                 Transport::Tcp => {
-                    if let Some(tx) = self.tcp.borrow().get(&to.client) {
-                        if tx.try_send(data.to_vec()).is_err() {
+                    if let Some(c) = self.tcp.borrow().get(&to.client) {
+                        if !c.send(self, data) {
                             self.metrics.drop("tcp_queue_full");
                         }
                     }
@@ -134,6 +145,20 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    /// Takes `n` bytes of the shard's TCP buffer budget; false when it is spent.
+    pub fn tcp_charge(&self, n: usize) -> bool {
+        let used = self.tcp_used.get();
+        if used + n > self.tcp_budget {
+            return false;
+        }
+        self.tcp_used.set(used + n);
+        true
+    }
+
+    pub fn tcp_release(&self, n: usize) {
+        self.tcp_used.set(self.tcp_used.get().saturating_sub(n));
     }
 
     fn send_failed(&self, e: std::io::Error) {
@@ -177,6 +202,9 @@ pub(super) fn run_shard(
     let local = LocalSet::new();
     local.block_on(&rt, async move {
         let max_tcp = shared.config.max_tcp_connections / shards.max(1) + 1;
+        let max_tcp_frame = shared.config.max_tcp_frame;
+        // Every shard can hold at least one frame however small the limit.
+        let tcp_budget = (shared.config.tcp_buffer_limit / shards.max(1)).max(max_tcp_frame);
         let mut udp = Vec::new();
         for u in udps {
             let addr = u.local_addr().expect("bound");
@@ -189,10 +217,13 @@ pub(super) fn run_shard(
             core: RefCell::new(Server::new(shared, index, shards, metrics.clone())),
             metrics,
             max_tcp,
+            max_tcp_frame,
             udp: udp.clone(),
             relays: RefCell::default(),
             tcp: RefCell::default(),
-            buf: RefCell::new(vec![0u8; 65536]),
+            tcp_budget,
+            tcp_used: Cell::new(0),
+            buf: RefCell::new(vec![0u8; 2 * 65536]),
         });
         for (addr, sock) in udp {
             tokio::task::spawn_local(udp_listener(ctx.clone(), addr, sock));
