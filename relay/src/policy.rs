@@ -8,13 +8,17 @@
 //! - IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) are
 //!   judged as that IPv4 address too, so `64:ff9b::127.0.0.1` is not a way around a
 //!   refusal of 127.0.0.0/8.
-//! - The relay never relays to its own addresses ([`OwnAddresses`]): its client-facing
-//!   ports and the relayed ports it has bound. Otherwise one datagram between two
-//!   allocations pointed at each other loops for as long as they live, and a client can
-//!   make the relay serve requests from itself (CVE-2020-26262 was this class in coturn).
+//! - The relay never relays to its own client-facing addresses ([`OwnAddresses`]), in any
+//!   spelling (the listen IP, an unspecified address, a mapped or NAT64 form). Otherwise a
+//!   client makes the relay serve requests from itself: allocations owned by a relayed
+//!   address, and two of them pointed at each other loop one datagram, growing by a Data
+//!   indication header per turn, for as long as they live (CVE-2020-26262 was this class
+//!   in coturn). A relayed packet can only turn into client input through a listen port,
+//!   so refusing those breaks every such loop. Relayed addresses of our own stay valid
+//!   peers: two relay-only clients of one server reach each other exactly that way, and a
+//!   packet between two relayed sockets is delivered to a real client, once.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::IpNet;
 
@@ -38,7 +42,7 @@ pub enum Refusal {
     Default(IpNet),
     /// In a range the operator denied with `--deny-peer`.
     Operator(IpNet),
-    /// One of the relay's own client-facing or relayed addresses (never allowed).
+    /// One of the relay's own client-facing addresses (never allowed).
     OwnAddress(SocketAddr),
 }
 
@@ -174,19 +178,16 @@ impl PeerPolicy {
     }
 }
 
-/// The relay's own addresses: the IPs it is reachable on, with its client-facing ports and
-/// the relayed ports it has bound right now. Shared by every shard; a relayed port is
-/// marked when its socket is bound and cleared when it closes (one bit each, no lock), so
-/// a shard refuses peers that are another shard's relayed sockets too.
+/// The relay's own client-facing addresses: the IPs it is reachable on with its listen
+/// ports. Read-only once built, shared by every shard.
 pub struct OwnAddresses {
     ips: Vec<IpNet>,
     listen_ports: Vec<u16>,
-    relayed: Box<[AtomicU64; 1024]>,
 }
 
 impl OwnAddresses {
     /// `listen`: the client-facing addresses; `ips`: every other IP the relay is reachable
-    /// on (relayed and advertised addresses). An unspecified IP stands for every address of
+    /// on (relayed and advertised addresses: behind NAT the public one forwards to us). An unspecified IP stands for every address of
     /// this host: `host_ips` (the interfaces' addresses) and all of loopback.
     pub fn new(listen: &[SocketAddr], ips: &[IpAddr], host_ips: &[IpAddr]) -> Self {
         let mut nets: Vec<IpNet> = Vec::new();
@@ -219,17 +220,6 @@ impl OwnAddresses {
         OwnAddresses {
             ips: nets,
             listen_ports,
-            relayed: Box::new([const { AtomicU64::new(0) }; 1024]),
-        }
-    }
-
-    /// A relayed socket was bound on `port` (true) or closed (false).
-    pub fn set_relayed(&self, port: u16, bound: bool) {
-        let (w, b) = (port as usize / 64, 1u64 << (port % 64));
-        if bound {
-            self.relayed[w].fetch_or(b, Ordering::Relaxed);
-        } else {
-            self.relayed[w].fetch_and(!b, Ordering::Relaxed);
         }
     }
 
@@ -243,13 +233,10 @@ impl OwnAddresses {
             }
     }
 
-    /// Is `addr` one of the relay's own client-facing or relayed addresses? Cheap on the
-    /// packet path: the IP list is short and the port check is one bit.
+    /// Is `addr` one of the relay's own client-facing addresses? Cheap on the packet
+    /// path: one or two ports to compare, and the IP only when one matches.
     pub fn contains(&self, addr: SocketAddr) -> bool {
-        let p = addr.port();
-        (self.listen_ports.binary_search(&p).is_ok()
-            || self.relayed[p as usize / 64].load(Ordering::Relaxed) & (1 << (p % 64)) != 0)
-            && self.is_own_ip(addr.ip())
+        self.listen_ports.contains(&addr.port()) && self.is_own_ip(addr.ip())
     }
 
     /// [`PeerPolicy::check`] for an address, plus the refusal of the relay's own ones.
@@ -365,26 +352,29 @@ mod tests {
     #[test]
     fn own_addresses_are_refused_whatever_the_policy() {
         let pol = p(&["0.0.0.0/0", "127.0.0.0/8", "::/0"], &[]);
-        let own = OwnAddresses::new(&[sa("127.0.0.1:3478")], &[ip("127.0.0.1")], &[]);
-        own.set_relayed(50000, true);
+        let own = OwnAddresses::new(
+            &[sa("127.0.0.1:3478"), sa("[::1]:3479")],
+            &[ip("127.0.0.1")],
+            &[],
+        );
         for bad in [
             "127.0.0.1:3478",
-            "127.0.0.1:50000",
             "[::ffff:127.0.0.1]:3478",
-            "[64:ff9b::7f00:1]:50000",
+            "[64:ff9b::7f00:1]:3478",
             "[2002:7f00:1::]:3478",
+            "[::127.0.0.1]:3478",
             "0.0.0.0:3478",
-            "[::]:50000",
+            "[::]:3479",
+            "[::1]:3479",
         ] {
             let r = own.check(&pol, sa(bad)).unwrap_err();
             assert!(matches!(r, Refusal::OwnAddress(_)), "{bad}");
             assert_eq!(r.reason(), "own_address");
         }
-        // Other ports of the same host, and other hosts, are the policy's business.
+        // Other ports of the same host (relayed ones among them), and other hosts, are the
+        // policy's business.
         assert!(own.check(&pol, sa("127.0.0.1:50001")).is_ok());
         assert!(own.check(&pol, sa("127.0.0.2:3478")).is_ok());
-        own.set_relayed(50000, false);
-        assert!(own.check(&pol, sa("127.0.0.1:50000")).is_ok());
     }
 
     #[test]

@@ -310,7 +310,6 @@ impl Server {
         self.free_slots.push(id.index);
         sockets.close(a.relay);
         sockets.allocation_ended(ft);
-        self.shared.own.set_relayed(a.relay.port(), false);
         self.ports.release(a.relay.port());
         self.shared.quota.release(&a.username);
         self.metrics.allocations.dec();
@@ -386,8 +385,8 @@ impl Server {
             metrics.drop("no_permission");
             return None;
         }
-        // From one of our own sockets: part of a loop (or a request relayed to ourselves);
-        // never passed on, whatever the permissions say.
+        // From our own client-facing port: part of a loop (which needs a client that is one
+        // of our relayed addresses); never passed on, whatever the permissions say.
         if self.shared.own.contains(peer) {
             metrics.drop("own_address");
             return None;
@@ -829,7 +828,6 @@ impl Server {
         };
         match sockets.open(addr, id, dont_fragment) {
             Ok(()) => {
-                self.shared.own.set_relayed(addr.port(), true);
                 self.free_slots.pop();
                 Ok(id)
             }
@@ -996,7 +994,7 @@ impl Server {
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // A permission is for an IP, so a Send indication could name any port on it:
-        // our own ports are refused here too.
+        // our own listen ports are refused here too.
         if self.shared.own.contains(peer) {
             self.metrics.drop("own_address");
             return None;

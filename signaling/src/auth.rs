@@ -36,8 +36,11 @@ pub fn check_token(secret: &str, token: Option<&str>, room: &str) -> Result<Clai
 /// same origin (Origin host = Host header) or no Origin at all may open a socket, which
 /// stops other web sites from using a visitor's browser against this server.
 pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
-        return true;
+    let origin = match headers.get("origin").map(|o| o.to_str()) {
+        None => return true,
+        Some(Ok(o)) => o,
+        // Present but not visible ASCII: no origin we could match, so not allowed.
+        Some(Err(_)) => return false,
     };
     if !allowed.is_empty() {
         return allowed
@@ -120,5 +123,12 @@ mod tests {
         assert!(!origin_allowed(&h, &[]));
         assert!(origin_allowed(&h, &["https://evil.example".into()]));
         assert!(!origin_allowed(&h, &["https://good.example".into()]));
+        // Bytes that are not visible ASCII are refused, not read as "no Origin".
+        h.insert(
+            "origin",
+            axum::http::HeaderValue::from_bytes(b"http://127.0.0.1:8080\xff").unwrap(),
+        );
+        assert!(!origin_allowed(&h, &[]));
+        assert!(!origin_allowed(&h, &["*".into()]));
     }
 }

@@ -38,6 +38,9 @@ pub struct SignalingConfig {
     pub rate_limit: f64,
     pub rate_burst: f64,
     pub max_connections_per_ip: usize,
+    /// Joins per second per client IP (token bucket refill) and the burst.
+    pub join_rate: f64,
+    pub join_burst: f64,
     pub max_message_bytes: usize,
     pub outbox_limit: usize,
     pub replay_limit: usize,
@@ -106,6 +109,12 @@ pub struct SignalingArgs {
     /// WebSocket connections per client IP (default 256).
     #[arg(long, env = "ICEBREAKER_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
+    /// Joins per second per client IP (default 20).
+    #[arg(long, env = "ICEBREAKER_JOIN_RATE")]
+    pub join_rate: Option<f64>,
+    /// Burst of joins per client IP (default: max-connections-per-ip).
+    #[arg(long, env = "ICEBREAKER_JOIN_BURST")]
+    pub join_burst: Option<f64>,
     /// Serve the web client from this directory instead of the embedded copy.
     #[arg(long, env = "ICEBREAKER_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -137,6 +146,8 @@ impl SignalingArgs {
             rate_limit,
             rate_burst,
             max_connections_per_ip,
+            join_rate,
+            join_burst,
             web_dir,
             threads
         );
@@ -220,6 +231,15 @@ impl SignalingArgs {
                 "must be positive (and rate-burst at least 1)",
             ));
         }
+        let max_connections_per_ip = self.max_connections_per_ip.unwrap_or(256).max(1);
+        let join_rate = self.join_rate.unwrap_or(20.0);
+        let join_burst = self.join_burst.unwrap_or(max_connections_per_ip as f64);
+        if !(join_rate > 0.0 && join_burst >= 1.0) {
+            return Err(err(
+                "join-rate",
+                "must be positive (and join-burst at least 1)",
+            ));
+        }
         let threads = match self.threads {
             Some(0) => return Err(err("threads", "must be at least 1")),
             Some(n) if n > 1024 => return Err(err("threads", "must be at most 1024")),
@@ -250,7 +270,9 @@ impl SignalingArgs {
             )?,
             rate_limit,
             rate_burst,
-            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(256).max(1),
+            max_connections_per_ip,
+            join_rate,
+            join_burst,
             max_message_bytes: 64 * 1024,
             outbox_limit: 1024,
             replay_limit: 4096,

@@ -203,12 +203,14 @@ async fn ws_handler(
                 return;
             }
         };
+        let ip = slot.ip;
         let sock = WsSocket::new(
             parts.io.into_inner(),
             state.cfg.outbox_limit,
             MAX_PENDING_BYTES,
+            Some(slot),
         );
-        crate::session::run(Arc::new(sock), parts.read_buf, state, slot).await;
+        crate::session::run(Arc::new(sock), parts.read_buf, state, ip).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -126,23 +126,27 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         .as_ref()
         .map(|r| r.local_addrs.clone())
         .unwrap_or_default();
+    let per_ip = PerIp::new(cfg.join_rate, cfg.join_burst);
     let state = Arc::new(AppState {
         cfg,
         bus: bus.clone(),
         metrics,
         registry,
-        per_ip: PerIp::default(),
+        per_ip,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
-    // Resume-grace expiry runs on a one-second tick.
+    // Resume-grace expiry (and forgetting idle client IPs) runs on a short tick.
     let ticker = {
         let bus = bus.clone();
+        let per_ip = state.per_ip.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_millis(250));
             loop {
                 t.tick().await;
-                icebreaker_signaling::bus::Bus::tick(&*bus, Instant::now()).await;
+                let now = Instant::now();
+                icebreaker_signaling::bus::Bus::tick(&*bus, now).await;
+                per_ip.sweep(now);
             }
         })
     };

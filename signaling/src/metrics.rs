@@ -33,6 +33,7 @@ pub struct Metrics {
     pub resumes: Family<ResultLabel, Counter>,
     pub heartbeat_timeouts: Counter,
     pub slow_consumers: Counter,
+    pub rate_limited: Family<TypeLabel, Counter>,
     pub resume_grace_expired: Counter,
     pub refused_connections: Family<CodeLabel, Counter>,
     /// Seconds from a batch of signals' arrival to their hand-off to the recipients'
@@ -63,6 +64,7 @@ impl Default for Metrics {
             resumes: Family::default(),
             heartbeat_timeouts: Counter::default(),
             slow_consumers: Counter::default(),
+            rate_limited: Family::default(),
             resume_grace_expired: Counter::default(),
             refused_connections: Family::default(),
             forward_latency: Histogram::new([1e-6, 5e-6, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 2e-2]),
@@ -111,8 +113,13 @@ impl Metrics {
         );
         r.register(
             "slow_consumers",
-            "Connections cut off because their queue was full",
+            "Connections cut off (close 1008) because their output, control replies included, was over its bound",
             self.slow_consumers.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Frames and joins refused by a rate limit, by type (text, binary, ping, join)",
+            self.rate_limited.clone(),
         );
         r.register(
             "resume_grace_expired",
@@ -129,6 +136,12 @@ impl Metrics {
             "Signal arrival to hand-off to the recipient",
             self.forward_latency.clone(),
         );
+    }
+
+    pub fn rate_limited(&self, t: &'static str) {
+        self.rate_limited
+            .get_or_create(&TypeLabel { r#type: t })
+            .inc();
     }
 
     pub fn message_in(&self, t: &'static str) {

@@ -56,7 +56,15 @@ pub trait Outbox: Send + Sync {
     fn request_ack(&self, defer: bool);
     /// The connection no longer carries the peer and should close.
     fn detach(&self, why: Detach);
+    /// What the peer keeps alive for as long as it exists, attached or not: its client's
+    /// per-IP slot, so a peer kept for its resume grace counts against its IP's limit.
+    fn hold(&self) -> Option<Hold> {
+        None
+    }
 }
+
+/// See [`Outbox::hold`].
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 
 pub type OutboxRef = Arc<dyn Outbox>;
 
@@ -89,6 +97,8 @@ struct Peer {
     /// Highest seq dropped from the buffer without acknowledgement (overflow).
     lost_up_to: u64,
     outbox: Option<OutboxRef>,
+    /// Released when the peer goes (see [`Outbox::hold`]).
+    _hold: Option<Hold>,
     /// Which connection holds the peer; a stale connection's detach is ignored.
     conn: u64,
     detached_at: Option<Instant>,
@@ -207,11 +217,8 @@ impl Hub {
             None => Pushed::Ok,
         };
         if pushed != Pushed::Ok {
-            // A consumer that cannot keep up is cut off; it may resume and gets the
-            // buffered messages then.
-            if pushed == Pushed::TooSlow {
-                self.metrics.slow_consumers.inc();
-            }
+            // A consumer that cannot keep up is cut off (its connection counts it); it may
+            // resume and gets the buffered messages then.
             if let Some(o) = p.outbox.take() {
                 o.detach(Detach::TooSlow);
             }
@@ -275,6 +282,7 @@ impl Hub {
                 buffer_bytes: 0,
                 ack_asked: 0,
                 lost_up_to: 0,
+                _hold: outbox.hold(),
                 outbox: Some(outbox),
                 conn,
                 detached_at: None,
@@ -432,8 +440,11 @@ impl Hub {
         outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
         let fail = |m: &str| Err(ProtocolError::new(ErrorCode::ResumeFailed, m));
+        // One answer for an unknown id and a wrong token: a failed resume must not tell
+        // a prober which peer ids exist.
+        const UNKNOWN: &str = "no such peer with that token (it left, or its resume grace ran out)";
         let Some(p) = self.peers.get(id) else {
-            return fail("no such peer (it left, or its resume grace ran out)");
+            return fail(UNKNOWN);
         };
         let token_ok = p.resume_token.len() == token.len()
             && p.resume_token
@@ -442,7 +453,7 @@ impl Hub {
                 .fold(0u8, |a, (x, y)| a | (x ^ y))
                 == 0;
         if !token_ok {
-            return fail("wrong resume token");
+            return fail(UNKNOWN);
         }
         let unservable = if last_seq > p.seq {
             Some("last_seq is ahead of what the server sent")
@@ -483,6 +494,8 @@ impl Hub {
         }
         p.conn = conn;
         p.detached_at = None;
+        // The new connection's slot replaces the old one.
+        p._hold = outbox.hold();
         outbox.push(last_seq, &json, false, true);
         for (seq, m) in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
             outbox.push(*seq, m, false, true);
@@ -818,7 +831,6 @@ mod tests {
         for _ in 0..40 {
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
-        assert_eq!(h.metrics.slow_consumers.get(), 1);
         assert_eq!(detached(&a), Some(Detach::TooSlow));
         // Still within the replay buffer (64): resume works and replays all 40.
         let att = resume(&mut h, &a.id, &token, 2).unwrap();

@@ -5,6 +5,7 @@
 //! bucket, heartbeat, an unfinished frame, which peer it carries).
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +14,11 @@ use tracing::debug;
 use crate::auth::check_token;
 use crate::http::AppState;
 use crate::ice::ice_servers_json;
-use crate::limits::{IpSlot, TokenBucket};
+use crate::limits::TokenBucket;
 use crate::protocol::{
     self, valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage,
 };
-use crate::room::{Attached, Detach, OutboxRef, Signal};
+use crate::room::{Attached, Detach, OutboxRef, Pushed, Signal};
 use crate::ws::frame::{self, FrameError, Opcode};
 use crate::ws::socket::WsSocket;
 
@@ -65,6 +66,8 @@ struct Conn {
     state: Arc<AppState>,
     sock: Arc<WsSocket>,
     me: Option<Attached>,
+    /// The client's address (its per-IP slot travels in the socket).
+    ip: IpAddr,
     bucket: TokenBucket,
     last_seen: Instant,
     /// A message arriving in several frames (rare: browsers send one frame each).
@@ -121,7 +124,8 @@ impl Conn {
                     seq: 0,
                 }
                 .to_json();
-                self.sock.send_unsequenced(&json)
+                // Over the output bound the socket is closing (1008): still usable.
+                self.sock.send_unsequenced(&json) != Pushed::Gone
             }
         }
     }
@@ -153,6 +157,15 @@ impl Conn {
             ClientMessage::Join { room, token, meta } => {
                 if self.me.is_some() {
                     return self.report(bad("already joined; leave first")).await;
+                }
+                if !st.per_ip.allow_join(self.ip, Instant::now()) {
+                    st.metrics.rate_limited("join");
+                    return self
+                        .report(ProtocolError::new(
+                            ErrorCode::RateLimited,
+                            "too many joins from your address; slow down",
+                        ))
+                        .await;
                 }
                 if !valid_room(&room) {
                     return self
@@ -213,9 +226,11 @@ impl Conn {
                     st.bus.pong(&a.id).await;
                     true
                 }
-                None => self
-                    .sock
-                    .send_unsequenced(&ServerMessage::Pong { seq: 0 }.to_json()),
+                None => {
+                    self.sock
+                        .send_unsequenced(&ServerMessage::Pong { seq: 0 }.to_json())
+                        != Pushed::Gone
+                }
             },
             ClientMessage::Resume {
                 id,
@@ -256,6 +271,19 @@ impl Conn {
         now: Instant,
         batch: &mut Batch<'b>,
     ) -> Option<End> {
+        // Every data frame counts against the rate, binary ones too (they are refused,
+        // but the refusal is a reply that costs output).
+        if !self.bucket.take(now) {
+            self.state
+                .metrics
+                .rate_limited(if opcode == Opcode::Binary {
+                    "binary"
+                } else {
+                    "text"
+                });
+            let e = ProtocolError::new(ErrorCode::RateLimited, "too many messages; slow down");
+            return (!self.error(e, batch).await).then_some(End::Dropped);
+        }
         if opcode == Opcode::Binary {
             let e = ProtocolError::new(
                 ErrorCode::BadMessage,
@@ -266,10 +294,6 @@ impl Conn {
         let Ok(text) = std::str::from_utf8(payload) else {
             return Some(End::Close(1007, "text frames must be UTF-8"));
         };
-        if !self.bucket.take(now) {
-            let e = ProtocolError::new(ErrorCode::RateLimited, "too many messages; slow down");
-            return (!self.error(e, batch).await).then_some(End::Dropped);
-        }
         (!self.handle(text, batch).await).then_some(End::Dropped)
     }
 
@@ -321,7 +345,18 @@ impl Conn {
                 self.forward(&mut own).await;
                 end
             }
-            Opcode::Ping => (!self.sock.pong(payload)).then_some(End::Dropped),
+            // Pings count against the rate too; one over it gets no pong (RFC 6455 §5.5.3
+            // lets an endpoint answer only the latest of several pings).
+            Opcode::Ping if !self.bucket.take(now) => {
+                self.state.metrics.rate_limited("ping");
+                None
+            }
+            Opcode::Ping => (self.sock.pong(payload) == Pushed::Gone).then_some(End::Dropped),
+            // Unsolicited pongs cost a bus call each: rate-limited like the rest.
+            Opcode::Pong if !self.bucket.take(now) => {
+                self.state.metrics.rate_limited("pong");
+                None
+            }
             Opcode::Pong => {
                 if let (Some(a), Ok(b)) = (&self.me, <[u8; 8]>::try_from(payload)) {
                     self.state
@@ -402,7 +437,7 @@ impl Conn {
 }
 
 /// The connection's task. `early`: bytes the client sent right behind its handshake.
-pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>, _slot: IpSlot) {
+pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>, ip: IpAddr) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     let cfg = &state.cfg;
@@ -417,6 +452,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
         state: state.clone(),
         sock: sock.clone(),
         me: None,
+        ip,
         bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now()),
         last_seen: Instant::now(),
         fragments: None,
@@ -467,7 +503,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
                     }
                     sock.trim();
                     // The payload names the last seq written: its pong acknowledges it.
-                    if !sock.ping(false) {
+                    if sock.ping(false) == Pushed::Gone {
                         break End::Dropped;
                     }
                 }
@@ -479,8 +515,13 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
     let me = conn.me.take();
     match (&end, me) {
         (End::Closed(_), Some(a)) => state.bus.leave(&a.id, LeaveReason::Left).await,
-        (End::Detached(_), _) | (_, None) => {}
+        // Also when the bus detached it already (then this one is a no-op): a socket cut
+        // off for its control replies has not told the bus yet.
         (_, Some(a)) => state.bus.detach(&a.id, a.conn).await,
+        (_, None) => {}
+    }
+    if end == End::Detached(Detach::TooSlow) {
+        metrics.slow_consumers.inc();
     }
     drop(conn);
     Box::pin(close(&sock, end)).await;

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::frame::{self, Opcode};
-use crate::room::{Detach, Outbox, Pushed};
+use crate::room::{Detach, Hold, Outbox, Pushed};
 
 struct Out {
     /// Bytes not written yet, in order: deferred to the end of a batch, or refused by
@@ -45,6 +45,8 @@ pub struct WsSocket {
     wake: Notify,
     max_pending_msgs: usize,
     max_pending_bytes: usize,
+    /// The client's per-IP slot, handed to the peer it joins (see [`Outbox::hold`]).
+    hold: Option<Hold>,
 }
 
 /// `pending` keeps at most this much capacity once drained (a busy connection reuses
@@ -54,7 +56,12 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 const DEFER_BYTES: usize = 32 * 1024;
 
 impl WsSocket {
-    pub fn new(stream: TcpStream, max_pending_msgs: usize, max_pending_bytes: usize) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        max_pending_msgs: usize,
+        max_pending_bytes: usize,
+        hold: Option<Hold>,
+    ) -> Self {
         WsSocket {
             io: stream,
             out: Mutex::new(Out {
@@ -70,6 +77,7 @@ impl WsSocket {
             wake: Notify::new(),
             max_pending_msgs,
             max_pending_bytes,
+            hold,
         }
     }
 
@@ -183,10 +191,11 @@ impl WsSocket {
         Pushed::Ok
     }
 
-    /// A message outside the peer's sequence (before joining: errors, pongs).
-    pub fn send_unsequenced(&self, json: &[u8]) -> bool {
+    /// A message outside the peer's sequence (before joining: errors, pongs). Bounded
+    /// like everything else: a client that sends and never reads is cut off.
+    pub fn send_unsequenced(&self, json: &[u8]) -> Pushed {
         let mut out = self.out();
-        self.write_frame(&mut out, Opcode::Text, json, false, false) == Pushed::Ok
+        self.write_frame(&mut out, Opcode::Text, json, true, false)
     }
 
     /// Frees the output buffer of a connection with nothing pending (called when it is
@@ -200,18 +209,21 @@ impl WsSocket {
 
     /// A ping whose payload names the last sequenced message before it: its pong
     /// acknowledges everything up to there (heartbeats, and [`Outbox::request_ack`]).
-    pub fn ping(&self, defer: bool) -> bool {
+    pub fn ping(&self, defer: bool) -> Pushed {
         let mut out = self.out();
         let seq = out.last_seq;
-        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), false, defer) == Pushed::Ok
+        self.write_frame(&mut out, Opcode::Ping, &seq.to_be_bytes(), true, defer)
     }
 
-    pub fn pong(&self, payload: &[u8]) -> bool {
+    /// The answer to a client's ping; bounded, so pings from a client that does not read
+    /// cannot pile up pongs.
+    pub fn pong(&self, payload: &[u8]) -> Pushed {
         let mut out = self.out();
-        self.write_frame(&mut out, Opcode::Pong, payload, false, false) == Pushed::Ok
+        self.write_frame(&mut out, Opcode::Pong, payload, true, false)
     }
 
-    /// Queues a close frame; nothing is written after it.
+    /// Queues a close frame; nothing is written after it. Not bounded: it is the last
+    /// frame, at most 125 bytes.
     pub fn close(&self, code: u16, reason: &str) {
         let mut out = self.out();
         let p = frame::close_payload(code, reason);
@@ -304,5 +316,9 @@ impl Outbox for WsSocket {
     fn detach(&self, why: Detach) {
         self.out().closing.get_or_insert(why);
         self.wake.notify_one();
+    }
+
+    fn hold(&self) -> Option<Hold> {
+        self.hold.clone()
     }
 }
