@@ -1,0 +1,197 @@
+//! A TURN client written with the relay's own codec, for tests that must do what no real
+//! client does: point allocations at the relay itself, send half frames, go silent while
+//! holding an allocation. Real-client interop lives in e2e/relay.rs (coturn's and
+//! webrtc-rs's clients); this one only has to be able to misbehave.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use icebreaker_relay::auth::long_term_key;
+use icebreaker_relay::codec::{attr, tcp_frame_len, Class, Message, MessageWriter, Method};
+
+pub enum Conn {
+    Udp(UdpSocket),
+    Tcp { s: TcpStream, buf: Vec<u8> },
+}
+
+pub struct TurnProbe {
+    pub conn: Conn,
+    server: SocketAddr,
+    user: String,
+    key: [u8; 16],
+    realm: String,
+    nonce: Option<String>,
+    next_tid: u64,
+}
+
+/// An answer: the error code (None for success) and the message bytes.
+pub struct Answer {
+    pub code: Option<u16>,
+    pub raw: Vec<u8>,
+}
+
+impl Answer {
+    pub fn msg(&self) -> Message<'_> {
+        Message::parse(&self.raw).expect("a STUN answer")
+    }
+}
+
+impl TurnProbe {
+    /// Over UDP from 127.0.0.1 with the harness's `test`/`test` user (realm example.org).
+    pub fn udp(server: SocketAddr) -> TurnProbe {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self::new(Conn::Udp(s), server)
+    }
+
+    pub fn tcp(server: SocketAddr) -> TurnProbe {
+        let s = TcpStream::connect(server).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self::new(Conn::Tcp { s, buf: Vec::new() }, server)
+    }
+
+    fn new(conn: Conn, server: SocketAddr) -> TurnProbe {
+        TurnProbe {
+            conn,
+            server,
+            user: "test".into(),
+            key: long_term_key("test", "example.org", "test"),
+            realm: "example.org".into(),
+            nonce: None,
+            next_tid: 1,
+        }
+    }
+
+    pub fn send(&mut self, b: &[u8]) {
+        match &mut self.conn {
+            Conn::Udp(s) => {
+                s.send_to(b, self.server).unwrap();
+            }
+            Conn::Tcp { s, .. } => s.write_all(b).unwrap(),
+        }
+    }
+
+    /// The next datagram or stream frame within `t`; None on timeout or close.
+    pub fn recv(&mut self, t: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + t;
+        match &mut self.conn {
+            Conn::Udp(s) => {
+                let mut b = [0u8; 65536];
+                while Instant::now() < deadline {
+                    if let Ok((n, _)) = s.recv_from(&mut b) {
+                        return Some(b[..n].to_vec());
+                    }
+                }
+                None
+            }
+            Conn::Tcp { s, buf } => loop {
+                if let Some(Some(n)) = tcp_frame_len(buf) {
+                    if buf.len() >= n {
+                        return Some(buf.drain(..n).collect());
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                let mut b = [0u8; 65536];
+                match s.read(&mut b) {
+                    Ok(0) => return None,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return None,
+                }
+            },
+        }
+    }
+
+    /// A signed request (after one 401/438 round for the nonce), answered within 2 s.
+    pub fn request(&mut self, method: Method, f: &dyn Fn(&mut MessageWriter<'_>)) -> Answer {
+        for _ in 0..3 {
+            let tid: [u8; 12] = {
+                self.next_tid += 1;
+                let mut t = [0u8; 12];
+                t[4..].copy_from_slice(&self.next_tid.to_be_bytes());
+                t
+            };
+            let mut buf = Vec::new();
+            let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid);
+            f(&mut w);
+            if let Some(n) = &self.nonce {
+                w.attr(attr::USERNAME, self.user.as_bytes())
+                    .attr(attr::REALM, self.realm.as_bytes())
+                    .attr(attr::NONCE, n.as_bytes())
+                    .integrity(&self.key, false);
+            }
+            let raw = w.finish_with_fingerprint().to_vec();
+            self.send(&raw);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let answer = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let r = self.recv(left).expect("an answer to the request");
+                if Message::parse(&r).is_ok_and(|m| m.transaction_id == tid) {
+                    break r;
+                }
+            };
+            let m = Message::parse(&answer).unwrap();
+            let code = m
+                .get(attr::ERROR_CODE)
+                .map(|v| attr::decode_error_code(v).unwrap().0);
+            if matches!(code, Some(401) | Some(438)) {
+                let fresh = m.text(attr::NONCE).map(|n| n.unwrap().to_string());
+                if fresh.is_some() && fresh != self.nonce {
+                    self.nonce = fresh;
+                    continue;
+                }
+            }
+            return Answer { code, raw: answer };
+        }
+        panic!("no answer after the nonce round");
+    }
+
+    /// Allocates (UDP relaying); the relayed address.
+    pub fn allocate(&mut self, lifetime: Option<u32>) -> SocketAddr {
+        let a = self.request(Method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            if let Some(l) = lifetime {
+                w.u32(attr::LIFETIME, l);
+            }
+        });
+        assert_eq!(a.code, None, "allocate failed");
+        let m = a.msg();
+        m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap()
+    }
+
+    /// CreatePermission for `peer`: the error code, None on success.
+    pub fn permit(&mut self, peer: SocketAddr) -> Option<u16> {
+        self.request(Method::CREATE_PERMISSION, &|w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+        .code
+    }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Option<u16> {
+        self.request(Method::CHANNEL_BIND, &|w| {
+            w.attr(
+                attr::CHANNEL_NUMBER,
+                &[(channel >> 8) as u8, channel as u8, 0, 0],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+        .code
+    }
+
+    /// A Send indication carrying `data` to `peer` (never answered).
+    pub fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, rand::random());
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, data);
+        let raw = w.finish().to_vec();
+        self.send(&raw);
+    }
+}
