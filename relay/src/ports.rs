@@ -1,6 +1,7 @@
-//! The relayed-port pool of one shard. Ports are handed out in random order (RFC 8656
-//! §7.2 asks for unpredictable relayed ports); shards own disjoint slices of the range so
-//! they never contend for a port.
+//! The relayed-port pool. Ports are handed out in random order (RFC 8656 §7.2 asks for
+//! unpredictable relayed ports). The server keeps one pool for all shards (see
+//! `Shared::ports`), so no shard answers 508 while another has ports left; a pool can
+//! still be cut into disjoint slices by pair index.
 
 use rand::seq::SliceRandom;
 

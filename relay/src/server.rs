@@ -71,6 +71,10 @@ pub struct Shared {
     /// The relay's own addresses, never relayed to (see [`OwnAddresses`]).
     pub own: OwnAddresses,
     pub quota: Quota,
+    /// Relayed ports, one pool for every shard: a shard with none left borrows nothing
+    /// and answers 508 only when the whole range is taken. Allocations are rare next to
+    /// packets, so the lock is not on the packet path.
+    pub ports: std::sync::Mutex<PortPool>,
     /// Wall clock at `epoch`, for REST expiry and nonces (the core otherwise runs on
     /// the monotonic `now` it is handed, so tests can drive it with a fake clock).
     pub unix_at_epoch: u64,
@@ -103,15 +107,22 @@ impl Shared {
         );
         let policy = PeerPolicy::new(&config.allow_peer, &config.deny_peer);
         let quota = Quota::new(config.max_allocations, config.user_quota);
+        let (lo, hi) = config.relay_ports;
+        let ports = std::sync::Mutex::new(PortPool::new(lo, hi, 0, 1));
         Arc::new(Shared {
             config,
             auth,
             policy,
+            ports,
             own,
             quota,
             unix_at_epoch,
             epoch,
         })
+    }
+
+    fn ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -198,7 +209,6 @@ pub struct Server {
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_five_tuple: FxHashMap<FiveTuple, AllocationId>,
-    ports: PortPool,
     reservations: FxHashMap<u64, Reservation>,
     buf: Vec<u8>,
     next_sweep: Instant,
@@ -206,8 +216,8 @@ pub struct Server {
 
 impl Server {
     pub fn new(shared: Arc<Shared>, shard: usize, shards: usize, metrics: ShardMetrics) -> Self {
-        let (lo, hi) = shared.config.relay_ports;
-        let ports = PortPool::new(lo, hi, shard, shards);
+        // `shard`/`shards` no longer slice the port range (one pool in `Shared`).
+        let _ = (shard, shards);
         Server {
             next_sweep: shared.epoch,
             shared,
@@ -215,7 +225,6 @@ impl Server {
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_five_tuple: FxHashMap::default(),
-            ports,
             reservations: FxHashMap::default(),
             buf: Vec::with_capacity(1500),
         }
@@ -274,7 +283,7 @@ impl Server {
                 a.prune(now);
             }
         }
-        let ports = &mut self.ports;
+        let mut ports = self.shared.ports();
         self.reservations.retain(|_, r| {
             let keep = r.expires > now;
             if !keep {
@@ -310,7 +319,7 @@ impl Server {
         self.free_slots.push(id.index);
         sockets.close(a.relay);
         sockets.allocation_ended(ft);
-        self.ports.release(a.relay.port());
+        self.shared.ports().release(a.relay.port());
         self.shared.quota.release(&a.username);
         self.metrics.allocations.dec();
         self.metrics.deleted(reason);
@@ -719,7 +728,7 @@ impl Server {
                     match self.open(sockets, addr, dont_fragment) {
                         Ok(id) => Some((addr, id)),
                         Err(_) => {
-                            self.ports.release(r.port);
+                            self.shared.ports().release(r.port);
                             None
                         }
                     }
@@ -730,7 +739,7 @@ impl Server {
             let reserve = ep.first().is_some_and(|b| b & 0x80 != 0);
             let mut bound = None;
             for _ in 0..16 {
-                let Some(p) = self.ports.take_even(reserve) else {
+                let Some(p) = self.shared.ports().take_even(reserve) else {
                     break;
                 };
                 let addr = SocketAddr::new(bind_ip, p);
@@ -751,7 +760,7 @@ impl Server {
                         bound = Some((addr, id));
                         break;
                     }
-                    Err(_) if reserve => self.ports.release(p + 1),
+                    Err(_) if reserve => self.shared.ports().release(p + 1),
                     Err(_) => {}
                 }
             }
@@ -760,7 +769,9 @@ impl Server {
             let mut bound = None;
             // A port in our range may be taken by another program: try a few.
             for _ in 0..16 {
-                let Some(p) = self.ports.take() else { break };
+                let Some(p) = self.shared.ports().take() else {
+                    break;
+                };
                 let addr = SocketAddr::new(bind_ip, p);
                 if let Ok(id) = self.open(sockets, addr, dont_fragment) {
                     bound = Some((addr, id));

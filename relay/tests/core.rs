@@ -889,3 +889,39 @@ fn unauthenticated_answers_are_small() {
     // bytes for 20 (it was 148 bytes, 7.4x, with SOFTWARE, FINGERPRINT and a 40-byte nonce).
     assert!(worst <= 4.2, "worst amplification {worst:.2}x");
 }
+
+/// One port pool for every shard: a shard whose share would be used up borrows the rest of
+/// the range (it used to answer 508 while the other shard had ports free).
+#[test]
+fn shards_share_one_port_pool() {
+    let mut args = RelayArgs {
+        users: vec!["alice:pw".into()],
+        realm: Some("example.org".into()),
+        relay_ports: Some("50000-50003".into()),
+        ..Default::default()
+    };
+    args.allow_peer = vec!["127.0.0.0/8".parse().unwrap()];
+    let t0 = Instant::now();
+    let shared = Shared::with_clock(args.resolve().unwrap(), t0, UNIX0);
+    let metrics = RelayMetrics::default();
+    let mut w = World {
+        server: Server::new(Arc::clone(&shared), 0, 2, metrics.shard(0)),
+        sockets: FakeSockets::default(),
+        t0,
+        now: t0,
+    };
+    let mut other = Server::new(Arc::clone(&shared), 1, 2, metrics.shard(1));
+    let mut ports = Vec::new();
+    for i in 0..4 {
+        let mut c = client(41000 + i, "alice", "pw");
+        let r = w.allocate(&mut c, None);
+        assert!(r.ok(), "allocation {i} of 4 in one shard: {r:?}");
+        ports.push(w.relayed(&r).port());
+    }
+    ports.sort();
+    assert_eq!(ports, vec![50000, 50001, 50002, 50003]);
+    // The range is used up now, for the other shard too: 508 there.
+    std::mem::swap(&mut w.server, &mut other);
+    let mut c = client(42000, "alice", "pw");
+    assert_eq!(w.allocate(&mut c, None).code, Some(508));
+}
