@@ -210,6 +210,10 @@ pub struct Server {
     free_slots: Vec<u32>,
     by_five_tuple: FxHashMap<FiveTuple, AllocationId>,
     reservations: FxHashMap<u64, Reservation>,
+    /// Ports of deleted allocations, back in the pool after one to two sweeps: the driver
+    /// closes a socket asynchronously, so a port handed out at once can still be bound
+    /// (EADDRINUSE), and late packets for the old allocation must not reach a new owner.
+    cooling: [Vec<u16>; 2],
     buf: Vec<u8>,
     next_sweep: Instant,
 }
@@ -226,6 +230,7 @@ impl Server {
             free_slots: Vec::new(),
             by_five_tuple: FxHashMap::default(),
             reservations: FxHashMap::default(),
+            cooling: Default::default(),
             buf: Vec::with_capacity(1500),
         }
     }
@@ -256,7 +261,10 @@ impl Server {
 
     /// When `handle_timeout` wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.by_five_tuple.is_empty() && self.reservations.is_empty() {
+        if self.by_five_tuple.is_empty()
+            && self.reservations.is_empty()
+            && self.cooling.iter().all(Vec::is_empty)
+        {
             None
         } else {
             Some(self.next_sweep)
@@ -284,6 +292,10 @@ impl Server {
             }
         }
         let mut ports = self.shared.ports();
+        for p in self.cooling[0].drain(..) {
+            ports.release(p);
+        }
+        self.cooling.swap(0, 1);
         self.reservations.retain(|_, r| {
             let keep = r.expires > now;
             if !keep {
@@ -305,6 +317,10 @@ impl Server {
         for ft in all {
             self.delete(&ft, "shutdown", sockets);
         }
+        let mut ports = self.shared.ports();
+        for p in self.cooling.iter_mut().flat_map(|c| c.drain(..)) {
+            ports.release(p);
+        }
     }
 
     fn delete(&mut self, ft: &FiveTuple, reason: &'static str, sockets: &mut dyn RelaySockets) {
@@ -319,7 +335,7 @@ impl Server {
         self.free_slots.push(id.index);
         sockets.close(a.relay);
         sockets.allocation_ended(ft);
-        self.shared.ports().release(a.relay.port());
+        self.cooling[1].push(a.relay.port());
         self.shared.quota.release(&a.username);
         self.metrics.allocations.dec();
         self.metrics.deleted(reason);

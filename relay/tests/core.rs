@@ -925,3 +925,22 @@ fn shards_share_one_port_pool() {
     let mut c = client(42000, "alice", "pw");
     assert_eq!(w.allocate(&mut c, None).code, Some(508));
 }
+
+/// A deleted allocation's port cools down for a sweep or two before it is handed out
+/// again: the driver closes its socket asynchronously, and late packets for the old
+/// allocation must not reach a new owner.
+#[test]
+fn a_released_port_cools_down_before_reuse() {
+    let mut w = world(|a| a.relay_ports = Some("50000-50000".into()));
+    let mut a = client(40000, "alice", "pw");
+    assert!(w.allocate(&mut a, None).ok());
+    assert!(w.refresh(&mut a, 0).ok());
+    let mut b = client(40001, "bob", "pw");
+    assert_eq!(w.allocate(&mut b, None).code, Some(508), "still cooling");
+    assert!(w.server.poll_timeout().is_some(), "a timer to release it");
+    w.advance(Duration::from_millis(1100));
+    w.advance(Duration::from_millis(1100));
+    let r = w.allocate(&mut b, None);
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(w.relayed(&r).port(), 50000);
+}

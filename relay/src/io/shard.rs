@@ -115,6 +115,15 @@ fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
     }
 }
 
+/// One non-blocking `sendto`, now. Not tokio's `try_send_to`: that one answers
+/// WouldBlock without trying until the reactor has seen the socket writable, which a
+/// relayed socket bound in this same burst of packets has not been yet, so the first
+/// datagrams of a new allocation were dropped. We never wait for writability (a full
+/// socket drops the packet, counted), so the readiness tracking buys nothing here.
+fn send_now(sock: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(data, &to.into())
+}
+
 impl Ctx {
     /// Sends what the core produced. Never waits: a full socket or queue drops the packet
     /// (counted), as a congested router would.
@@ -125,7 +134,7 @@ impl Ctx {
                     let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
                         return;
                     };
-                    if let Err(e) = s.try_send_to(data, to.client) {
+                    if let Err(e) = send_now(s, data, to.client) {
                         self.send_failed(e);
                     }
                 }
@@ -139,7 +148,7 @@ impl Ctx {
             },
             Transmit::Peer { relay, to, data } => {
                 if let Some(r) = self.relays.borrow().get(&relay) {
-                    if let Err(e) = r.sock.try_send_to(data, to) {
+                    if let Err(e) = send_now(&r.sock, data, to) {
                         self.send_failed(e);
                     }
                 }
