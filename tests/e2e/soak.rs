@@ -107,7 +107,7 @@ fn relay_worker(relay: SocketAddr, echo: SocketAddr, seed: u64, stop: &AtomicBoo
         // A steady churn, not a flood: a port cools down for a second or two after its
         // allocation ends, and the harness's range has 400.
         std::thread::sleep(Duration::from_millis(40));
-        let mut c = if round % 5 == 0 {
+        let mut c = if round.is_multiple_of(5) {
             TurnProbe::tcp(relay)
         } else {
             TurnProbe::udp(relay)
@@ -128,7 +128,7 @@ fn relay_worker(relay: SocketAddr, echo: SocketAddr, seed: u64, stop: &AtomicBoo
             }
         }
         n.echoes.fetch_add(got, Ordering::Relaxed);
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             // Dropped without a Refresh: UDP expires with the lifetime, TCP closes now.
             continue;
         }
