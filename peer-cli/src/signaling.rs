@@ -194,8 +194,30 @@ async fn pump(
     pending: &mut Vec<String>,
 ) -> Pumped {
     // Flush what was queued while disconnected once the resume is confirmed.
+    // What we have handed to the application is acknowledged with `last_seq` in a ping
+    // (docs/protocol.md): every ACK_EVERY messages and every few seconds, so the server's
+    // replay buffer holds only what we have not processed.
+    const ACK_EVERY: u64 = 32;
+    let mut acked = s.last_seq;
+    let mut ack_timer = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
+        if s.last_seq >= acked + ACK_EVERY {
+            acked = s.last_seq;
+            let ping = json!({"type": "ping", "last_seq": acked}).to_string();
+            if ws.send(Message::Text(ping.into())).await.is_err() {
+                return Pumped::Dropped;
+            }
+        }
         tokio::select! {
+            _ = ack_timer.tick() => {
+                if s.last_seq > acked && s.id.is_some() {
+                    acked = s.last_seq;
+                    let ping = json!({"type": "ping", "last_seq": acked}).to_string();
+                    if ws.send(Message::Text(ping.into())).await.is_err() {
+                        return Pumped::Dropped;
+                    }
+                }
+            }
             m = ws.next() => {
                 let text = match m {
                     Some(Ok(Message::Text(t))) => t,

@@ -22,7 +22,11 @@ pub enum ClientMessage<'a> {
         data: &'a RawValue,
     },
     Leave,
-    Ping,
+    /// `last_seq`: the highest seq the client has processed; the server then keeps only
+    /// what comes after it for a resume (and stops trusting WebSocket pongs for that).
+    Ping {
+        last_seq: Option<u64>,
+    },
     Resume {
         id: String,
         token: String,
@@ -36,7 +40,7 @@ impl ClientMessage<'_> {
             ClientMessage::Join { .. } => "join",
             ClientMessage::Signal { .. } => "signal",
             ClientMessage::Leave => "leave",
-            ClientMessage::Ping => "ping",
+            ClientMessage::Ping { .. } => "ping",
             ClientMessage::Resume { .. } => "resume",
         }
     }
@@ -232,7 +236,9 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, ProtocolError> {
             data: w.data.ok_or_else(|| bad("`signal` needs `data`".into()))?,
         },
         "leave" => ClientMessage::Leave,
-        "ping" => ClientMessage::Ping,
+        "ping" => ClientMessage::Ping {
+            last_seq: w.last_seq,
+        },
         "resume" => ClientMessage::Resume {
             id: need(w.id, "id", "resume")?,
             token: need(w.token, "token", "resume")?,
@@ -273,6 +279,14 @@ mod tests {
         assert!(matches!(
             parse(r#"{"type":"leave"}"#).unwrap(),
             ClientMessage::Leave
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping { last_seq: None }
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"ping","last_seq":17}"#).unwrap(),
+            ClientMessage::Ping { last_seq: Some(17) }
         ));
         assert!(matches!(
             parse(r#"{"type":"resume","id":"a","token":"t","last_seq":4}"#).unwrap(),

@@ -1,12 +1,17 @@
 //! Rooms, membership, per-peer sequence numbers and resume buffers: a plain state machine.
-//! It never touches a socket or a clock of its own; callers pass `now`, and messages go
-//! to each peer's [`Outbox`] (the socket that carries it, which writes them at once).
+//! It never touches a socket or a clock of its own; callers pass `now`. A message to a peer
+//! is appended, framed, to the queue of the connection that carries it ([`Outbox::push`]),
+//! and the hub notes whom it touched; the caller writes those queues
+//! ([`Hub::take_touched`], [`Outbox::flush`]) after releasing whatever lock guards the hub,
+//! so no socket write ever happens under it.
 //!
 //! Resume works like this: every message to a peer gets the next `seq` and is kept in
-//! the peer's replay buffer until the peer's socket acknowledges it (a WebSocket pong
-//! whose payload names the last seq written before the ping; TCP is ordered, so the client
-//! has everything up to it). A peer whose socket drops stays in its room for the resume
-//! grace; `resume` with its token replays exactly what it has not acknowledged.
+//! the peer's replay buffer until it is acknowledged. A client that says what it has
+//! processed (`last_seq` in its `ping`) is trimmed on that alone. For one that never does,
+//! a WebSocket pong is the acknowledgement (its payload names the last seq written before
+//! the ping; TCP is ordered, so the client's socket had everything up to it), which a live
+//! but abandoned socket also sends. A peer whose socket drops stays in its room for the
+//! resume grace; `resume` with its token replays exactly what it has not acknowledged.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -42,18 +47,34 @@ pub enum Pushed {
     Gone,
 }
 
-/// The connection that currently carries a peer.
+/// How a message reaches a connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// New traffic: refused when too much output already waits (a slow consumer).
+    Live,
+    /// Replayed on resume: not refused, since the replay buffer is bounded already.
+    Replay,
+}
+
+/// Where acknowledged messages come from (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckBy {
+    /// The client says it processed everything up to here (`last_seq` in `ping`).
+    Client,
+    /// A WebSocket pong: the client's socket received everything up to here.
+    Transport,
+}
+
+/// The connection that currently carries a peer: a queue of framed output.
 pub trait Outbox: Send + Sync {
-    /// Writes one sequenced message. `bounded`: refuse it when too much output is
-    /// already waiting (replays on resume are not bounded: the replay buffer is).
-    /// `defer`: keep it until [`Outbox::flush`], so a batch costs one write per
-    /// connection rather than one per message.
-    fn push(&self, seq: u64, json: &Bytes, bounded: bool, defer: bool) -> Pushed;
-    /// Writes what `push` deferred.
+    /// Appends one sequenced message to the queue. No I/O: the caller flushes later, so a
+    /// batch costs one write per connection, and none happens under the hub's lock.
+    fn push(&self, seq: u64, json: &Bytes, delivery: Delivery) -> Pushed;
+    /// Writes what is queued (called with no lock held).
     fn flush(&self);
-    /// Asks the client to acknowledge everything pushed so far (a WebSocket ping naming
+    /// Queues a request to acknowledge everything pushed so far (a WebSocket ping naming
     /// the last seq; its pong comes back to [`Hub::ack`]).
-    fn request_ack(&self, defer: bool);
+    fn request_ack(&self);
     /// The connection no longer carries the peer and should close.
     fn detach(&self, why: Detach);
     /// What the peer keeps alive for as long as it exists, attached or not: its client's
@@ -99,6 +120,8 @@ struct Peer {
     outbox: Option<OutboxRef>,
     /// Released when the peer goes (see [`Outbox::hold`]).
     _hold: Option<Hold>,
+    /// The client acknowledges by itself (`last_seq` in `ping`): pongs no longer trim.
+    client_acks: bool,
     /// Which connection holds the peer; a stale connection's detach is ignored.
     conn: u64,
     detached_at: Option<Instant>,
@@ -117,9 +140,7 @@ pub struct Hub {
     /// matters with tens of thousands of idle peers and a table that grows by doubling.
     peers: HashMap<PeerId, Box<Peer>>,
     next_conn: u64,
-    /// During [`Hub::signals`] messages are deferred, and the outboxes they went to
-    /// (`touched`, kept allocated between batches) are flushed at the end.
-    batching: bool,
+    /// Connections with queued output since the last [`Hub::take_touched`].
     touched: Vec<OutboxRef>,
 }
 
@@ -138,7 +159,6 @@ impl Hub {
             rooms: HashMap::new(),
             peers: HashMap::new(),
             next_conn: 1,
-            batching: false,
             touched: Vec::new(),
         }
     }
@@ -149,6 +169,18 @@ impl Hub {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Moves the connections that have queued output into `out` (each once), for the
+    /// caller to [`Outbox::flush`] once it has released the hub.
+    pub fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
+        out.append(&mut self.touched);
+    }
+
+    fn touch(&mut self, o: &OutboxRef) {
+        if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
+            self.touched.push(o.clone());
+        }
     }
 
     fn new_id() -> String {
@@ -202,15 +234,14 @@ impl Hub {
         if ask {
             p.ack_asked = seq;
         }
-        let defer = self.batching;
         let pushed = match &p.outbox {
             Some(o) => {
-                if defer && !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
+                if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
                     self.touched.push(o.clone());
                 }
-                let r = o.push(seq, json, true, defer);
-                if ask && r == Pushed::Ok {
-                    o.request_ack(defer);
+                let r = o.push(seq, json, Delivery::Live);
+                if ask && r == Pushed::Ok && !p.client_acks {
+                    o.request_ack();
                 }
                 r
             }
@@ -282,6 +313,7 @@ impl Hub {
                 buffer_bytes: 0,
                 ack_asked: 0,
                 lost_up_to: 0,
+                client_acks: false,
                 _hold: outbox.hold(),
                 outbox: Some(outbox),
                 conn,
@@ -348,8 +380,8 @@ impl Hub {
         Ok(())
     }
 
-    /// Signals a connection read together, forwarded in order; each recipient's socket is
-    /// written once for the lot. Returns the errors for the sender, in order.
+    /// Signals a connection read together, forwarded in order; each recipient's queue is
+    /// then written once for the lot. Returns the errors for the sender, in order.
     pub fn signals(
         &mut self,
         now: Instant,
@@ -357,15 +389,10 @@ impl Hub {
         batch: &[Signal<'_>],
     ) -> Vec<ProtocolError> {
         let mut errors = Vec::new();
-        self.batching = true;
         for (to, data) in batch {
             if let Err(e) = self.signal(now, from, to, data) {
                 errors.push(e);
             }
-        }
-        self.batching = false;
-        for o in self.touched.drain(..) {
-            o.flush();
         }
         errors
     }
@@ -410,9 +437,17 @@ impl Hub {
         }
     }
 
-    /// The connection has everything up to `seq` (a pong proved it).
-    pub fn ack(&mut self, id: &str, conn: u64, seq: u64) {
+    /// Everything up to `seq` is acknowledged: by the client itself, or by a pong (which
+    /// counts only for clients that never acknowledge by themselves).
+    pub fn ack(&mut self, id: &str, conn: u64, seq: u64, by: AckBy) {
         if let Some(p) = self.peers.get_mut(id) {
+            match by {
+                AckBy::Client => p.client_acks = true,
+                AckBy::Transport if p.client_acks => return,
+                AckBy::Transport => {}
+            }
+            // Nobody can have processed what was never sent.
+            let seq = seq.min(p.seq);
             if p.conn == conn {
                 while p.buffer.front().is_some_and(|(s, _)| *s <= seq) {
                     if let Some((_, m)) = p.buffer.pop_front() {
@@ -496,11 +531,11 @@ impl Hub {
         p.detached_at = None;
         // The new connection's slot replaces the old one.
         p._hold = outbox.hold();
-        outbox.push(last_seq, &json, false, true);
+        outbox.push(last_seq, &json, Delivery::Replay);
         for (seq, m) in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
-            outbox.push(*seq, m, false, true);
+            outbox.push(*seq, m, Delivery::Replay);
         }
-        outbox.flush();
+        self.touch(&outbox);
         self.metrics.message_out("resumed");
         Ok(Attached {
             id: id.into(),
@@ -555,16 +590,16 @@ mod tests {
     }
 
     impl Outbox for TestBox {
-        fn push(&self, seq: u64, json: &Bytes, bounded: bool, _defer: bool) -> Pushed {
+        fn push(&self, seq: u64, json: &Bytes, d: Delivery) -> Pushed {
             let mut f = self.frames.lock().unwrap();
-            if bounded && self.limit > 0 && f.len() >= self.limit {
+            if d == Delivery::Live && self.limit > 0 && f.len() >= self.limit {
                 return Pushed::TooSlow;
             }
             f.push((seq, json.clone()));
             Pushed::Ok
         }
         fn flush(&self) {}
-        fn request_ack(&self, _defer: bool) {}
+        fn request_ack(&self) {}
         fn detach(&self, why: Detach) {
             *self.detached.lock().unwrap() = Some(why);
         }
@@ -678,6 +713,38 @@ mod tests {
         assert_eq!(e.code, ErrorCode::RoomFull);
     }
 
+    /// A socket that still pongs after its client stopped processing (a frozen tab, an
+    /// app that lost its state) must not trim what the client never saw, once the client
+    /// acknowledges by itself.
+    #[test]
+    fn client_acks_win_over_pongs_from_an_abandoned_socket() {
+        let t0 = Instant::now();
+        let mut h = hub(16);
+        let a = join(&mut h, t0, "r");
+        let b = join(&mut h, t0, "r");
+        let seen = drain(&mut h, &a);
+        let token = seen[0]["resume_token"].as_str().unwrap().to_string();
+        let processed = seen.last().unwrap()["seq"].as_u64().unwrap();
+        h.ack(&a.id, a.conn, processed, AckBy::Client);
+        for i in 0..5 {
+            let d = RawValue::from_string(format!("{{\"n\":{i}}}")).unwrap();
+            h.signal(t0, &b.id, &a.id, &d).unwrap();
+        }
+        // The socket received all five (its pong says so), the client processed none.
+        let received = drain(&mut h, &a).last().unwrap()["seq"].as_u64().unwrap();
+        h.ack(&a.id, a.conn, received, AckBy::Transport);
+        // An ack past what was sent counts only up to what was sent.
+        h.ack(&a.id, a.conn, processed, AckBy::Client);
+        let att = resume(&mut h, &a.id, &token, processed).unwrap();
+        let got = drain(&mut h, &att);
+        assert_eq!(got[0]["type"], "resumed");
+        let ns: Vec<u64> = got[1..]
+            .iter()
+            .map(|m| m["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![0, 1, 2, 3, 4], "every unprocessed message, once");
+    }
+
     #[test]
     fn resume_replays_exactly_the_unacknowledged() {
         let t0 = Instant::now();
@@ -686,7 +753,7 @@ mod tests {
         let b = join(&mut h, t0, "r");
         let seen = drain(&mut h, &a);
         let last = seen.last().unwrap()["seq"].as_u64().unwrap();
-        h.ack(&a.id, a.conn, last);
+        h.ack(&a.id, a.conn, last, AckBy::Transport);
         h.detach(t0, &a.id, a.conn);
         for i in 0..5 {
             let d = RawValue::from_string(format!("{{\"n\":{i}}}")).unwrap();
@@ -754,7 +821,12 @@ mod tests {
         let a = join(&mut h, t0, "r");
         let b = join(&mut h, t0, "r");
         let seen = drain(&mut h, &a);
-        h.ack(&a.id, a.conn, seen.last().unwrap()["seq"].as_u64().unwrap());
+        h.ack(
+            &a.id,
+            a.conn,
+            seen.last().unwrap()["seq"].as_u64().unwrap(),
+            AckBy::Transport,
+        );
         assert_eq!(h.peers[&a.id].buffer_bytes, 0);
         let d = RawValue::from_string("{\"x\":1}".into()).unwrap();
         for _ in 0..3 {

@@ -18,7 +18,7 @@ use crate::limits::TokenBucket;
 use crate::protocol::{
     self, valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage,
 };
-use crate::room::{Attached, Detach, OutboxRef, Pushed, Signal};
+use crate::room::{AckBy, Attached, Detach, OutboxRef, Pushed, Signal};
 use crate::ws::frame::{self, FrameError, Opcode};
 use crate::ws::socket::WsSocket;
 
@@ -221,8 +221,11 @@ impl Conn {
                         .await
                 }
             },
-            ClientMessage::Ping => match &self.me {
+            ClientMessage::Ping { last_seq } => match &self.me {
                 Some(a) => {
+                    if let Some(seq) = last_seq {
+                        st.bus.ack(&a.id, a.conn, seq, AckBy::Client).await;
+                    }
                     st.bus.pong(&a.id).await;
                     true
                 }
@@ -361,7 +364,7 @@ impl Conn {
                 if let (Some(a), Ok(b)) = (&self.me, <[u8; 8]>::try_from(payload)) {
                     self.state
                         .bus
-                        .ack(&a.id, a.conn, u64::from_be_bytes(b))
+                        .ack(&a.id, a.conn, u64::from_be_bytes(b), AckBy::Transport)
                         .await;
                 }
                 None

@@ -242,3 +242,86 @@ fn signals_under_load_arrive_complete_and_in_order() {
         "{r}"
     );
 }
+
+/// A client whose socket stays alive (it still answers pings) but which stopped processing
+/// messages, reconnects and resumes from what it processed: it gets every message it had
+/// not processed, none twice. Its own acknowledgement (`last_seq` in `ping`) is what the
+/// server trusted, not the pongs its abandoned socket kept sending.
+#[test]
+fn abandoned_live_socket_then_resume_gets_every_unprocessed_message_once() {
+    let ib = start_icebreaker(&["--no-relay"]);
+    let mut a = Raw::connect(&ib);
+    a.text(json!({"type": "join", "room": "frozen"}));
+    let joined = a.message();
+    let (id, token) = (joined["id"].clone(), joined["resume_token"].clone());
+    let mut b = Raw::connect(&ib);
+    b.text(json!({"type": "join", "room": "frozen"}));
+    assert_eq!(b.message()["type"], "joined");
+    let pj = a.message();
+    assert_eq!(pj["type"], "peer-joined");
+    let processed = pj["seq"].as_u64().unwrap();
+    a.text(json!({"type": "ping", "last_seq": processed}));
+    for i in 0..10 {
+        b.text(json!({"type": "signal", "to": id, "data": {"i": i}}));
+    }
+    // A's socket reads everything and answers every ping (the heartbeat's payload names
+    // the last seq written, i.e. all of it) for two seconds; A processes nothing more.
+    a.s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (mut received, mut pongs) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match a.recv() {
+            In::Text(_) => received += 1,
+            In::Ping(p) => {
+                a.frame(true, 0xA, &p, false);
+                pongs += 1;
+            }
+            In::Eof => {} // read timeout
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        received >= 11 && pongs >= 1,
+        "{received} messages, {pongs} pongs"
+    );
+    // Reconnect and resume from what was processed.
+    let mut r = Raw::connect(&ib);
+    r.text(json!({"type": "resume", "id": id, "token": token, "last_seq": processed}));
+    let m = r.message();
+    assert_eq!(
+        (m["type"].as_str(), m["seq"].as_u64()),
+        (Some("resumed"), Some(processed)),
+        "{m}"
+    );
+    r.s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut signals = Vec::new();
+    let mut seqs = Vec::new();
+    loop {
+        match r.recv() {
+            In::Text(v) => {
+                seqs.push(v["seq"].as_u64().unwrap());
+                if v["type"] == "signal" {
+                    signals.push(v["data"]["i"].as_u64().unwrap());
+                }
+            }
+            In::Ping(_) => {}
+            In::Eof => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        signals,
+        (0..10).collect::<Vec<u64>>(),
+        "each unprocessed signal, once, in order"
+    );
+    let mut sorted = seqs.clone();
+    sorted.dedup();
+    assert_eq!(sorted, seqs, "no seq twice");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gaps: {seqs:?}"
+    );
+    assert_eq!(seqs[0], processed + 1);
+}

@@ -23,6 +23,7 @@ const BACKOFF_CAP_MS = 8000; // several tries fit in the server's 30 s resume gr
 const CONNECT_TIMEOUT_MS = 8000; // a socket that has not opened by then is abandoned
 const PING_EVERY_MS = 10000; // app-level liveness check (browsers cannot see WS pings)
 const PONG_TIMEOUT_MS = 6000; // no message at all for this long after a ping = dead socket
+const ACK_EVERY = 32; // messages processed between acknowledgements (ping with last_seq)
 
 export class Signaling {
   constructor({ url, room, meta, onMessage, onState, onRejoin }) {
@@ -32,6 +33,7 @@ export class Signaling {
     this.id = null; // our peer id while joined (kept across resumes)
     this.resumeToken = null;
     this.lastSeq = 0; // highest non-zero seq received (and queued for processing)
+    this.ackedSeq = 0; // the last seq acknowledged to the server (ping with last_seq)
     this.iceServers = [];
     this.outbox = []; // messages sent while not joined; flushed after joined/resumed
     this.chain = Promise.resolve(); // serializes onMessage
@@ -121,6 +123,7 @@ export class Signaling {
   #join() {
     this.#setState('joining');
     this.lastSeq = 0;
+    this.ackedSeq = 0;
     this.#raw({ type: 'join', room: this.room, meta: this.meta });
   }
 
@@ -136,6 +139,9 @@ export class Signaling {
     if (m.seq) {
       if (m.seq <= this.lastSeq && m.type !== 'joined') return; // already seen (replay overlap)
       this.lastSeq = m.seq;
+      // Say what we have processed (docs/protocol.md, ping): the server then keeps only
+      // the rest for a resume, even if this tab freezes with its socket still open.
+      if (this.lastSeq - (this.ackedSeq ?? 0) >= ACK_EVERY) this.#ack();
     }
     if (m.type === 'joined') {
       this.attempt = 0;
@@ -212,7 +218,7 @@ export class Signaling {
     this.pingTimer = setInterval(() => {
       if (ws !== this.ws || ws.readyState !== WebSocket.OPEN) return;
       const sentAt = performance.now();
-      ws.send(JSON.stringify({ type: 'ping' }));
+      this.#ack();
       setTimeout(() => {
         if (ws === this.ws && this.lastHeard < sentAt) this.#lost(ws, 'no pong');
       }, PONG_TIMEOUT_MS);
@@ -220,4 +226,11 @@ export class Signaling {
   }
 
   #stopTimers() { clearInterval(this.pingTimer); this.pingTimer = null; }
+
+  /** An application ping that acknowledges everything processed so far. */
+  #ack() {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    this.ackedSeq = this.lastSeq;
+    this.ws.send(JSON.stringify(this.lastSeq ? { type: 'ping', last_seq: this.lastSeq } : { type: 'ping' }));
+  }
 }

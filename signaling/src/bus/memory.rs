@@ -1,6 +1,9 @@
-//! The in-process bus: one [`Hub`] behind a mutex. Every operation is a few map lookups
-//! and socket writes, so the lock is held for microseconds.
+//! The in-process bus: one [`Hub`] behind a mutex. Under the lock an operation only
+//! updates maps and appends framed messages to the recipients' queues; the queues it
+//! touched are written after the lock is released, so serving threads never wait for
+//! one another's socket writes.
 
+use std::cell::RefCell;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -9,10 +12,15 @@ use serde_json::value::RawValue;
 
 use super::Bus;
 use crate::protocol::{LeaveReason, ProtocolError, ServerMessage};
-use crate::room::{Attached, Hub, OutboxRef, Signal};
+use crate::room::{AckBy, Attached, Hub, OutboxRef, Signal};
 
 pub struct MemoryBus {
     hub: Mutex<Hub>,
+}
+
+thread_local! {
+    /// The queues one operation touched (kept allocated per thread).
+    static TOUCHED: RefCell<Vec<OutboxRef>> = const { RefCell::new(Vec::new()) };
 }
 
 impl MemoryBus {
@@ -22,10 +30,22 @@ impl MemoryBus {
         }
     }
 
-    fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
-        // A panic while holding the lock cannot leave the hub half-updated in a way that
-        // matters more than stopping service would, so keep serving.
-        self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the hub, then flushes what it queued, outside the lock.
+    fn with_hub<R>(&self, f: impl FnOnce(&mut Hub) -> R) -> R {
+        let mut touched = TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let r = {
+            // A panic while holding the lock cannot leave the hub half-updated in a way
+            // that matters more than stopping service would, so keep serving.
+            let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+            let r = f(&mut hub);
+            hub.take_touched(&mut touched);
+            r
+        };
+        for o in touched.drain(..) {
+            o.flush();
+        }
+        TOUCHED.with(|t| *t.borrow_mut() = touched);
+        r
     }
 }
 
@@ -38,38 +58,37 @@ impl Bus for MemoryBus {
         ice_servers: &RawValue,
         outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
-        self.hub()
-            .join(Instant::now(), room, meta, ice_servers, outbox)
+        self.with_hub(|h| h.join(Instant::now(), room, meta, ice_servers, outbox))
     }
 
     async fn signal(&self, from: &str, batch: &[Signal<'_>]) -> Vec<ProtocolError> {
-        self.hub().signals(Instant::now(), from, batch)
+        self.with_hub(|h| h.signals(Instant::now(), from, batch))
     }
 
     async fn pong(&self, id: &str) {
-        self.hub()
-            .notify(Instant::now(), id, |seq| ServerMessage::Pong { seq });
+        self.with_hub(|h| h.notify(Instant::now(), id, |seq| ServerMessage::Pong { seq }));
     }
 
     async fn error(&self, id: &str, err: &ProtocolError) {
-        self.hub()
-            .notify(Instant::now(), id, |seq| ServerMessage::Error {
+        self.with_hub(|h| {
+            h.notify(Instant::now(), id, |seq| ServerMessage::Error {
                 code: err.code,
                 message: &err.message,
                 seq,
-            });
+            })
+        });
     }
 
     async fn leave(&self, id: &str, reason: LeaveReason) {
-        self.hub().remove(Instant::now(), id, reason);
+        self.with_hub(|h| h.remove(Instant::now(), id, reason));
     }
 
     async fn detach(&self, id: &str, conn: u64) {
-        self.hub().detach(Instant::now(), id, conn);
+        self.with_hub(|h| h.detach(Instant::now(), id, conn));
     }
 
-    async fn ack(&self, id: &str, conn: u64, seq: u64) {
-        self.hub().ack(id, conn, seq);
+    async fn ack(&self, id: &str, conn: u64, seq: u64, by: AckBy) {
+        self.with_hub(|h| h.ack(id, conn, seq, by));
     }
 
     async fn resume(
@@ -79,16 +98,14 @@ impl Bus for MemoryBus {
         last_seq: u64,
         outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
-        self.hub()
-            .resume(Instant::now(), id, token, last_seq, outbox)
+        self.with_hub(|h| h.resume(Instant::now(), id, token, last_seq, outbox))
     }
 
     async fn tick(&self, now: Instant) {
-        self.hub().handle_timeout(now);
+        self.with_hub(|h| h.handle_timeout(now));
     }
 
     fn counts(&self) -> (usize, usize) {
-        let h = self.hub();
-        (h.room_count(), h.peer_count())
+        self.with_hub(|h| (h.room_count(), h.peer_count()))
     }
 }

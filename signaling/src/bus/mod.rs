@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::value::RawValue;
 
 use crate::protocol::{LeaveReason, ProtocolError};
-use crate::room::{Attached, OutboxRef, Signal};
+use crate::room::{AckBy, Attached, OutboxRef, Signal};
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -30,7 +30,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn error(&self, id: &str, err: &ProtocolError);
     async fn leave(&self, id: &str, reason: LeaveReason);
     async fn detach(&self, id: &str, conn: u64);
-    async fn ack(&self, id: &str, conn: u64, seq: u64);
+    /// Everything up to `seq` reached the peer (see [`AckBy`]); its replay buffer is trimmed.
+    async fn ack(&self, id: &str, conn: u64, seq: u64, by: AckBy);
     async fn resume(
         &self,
         id: &str,

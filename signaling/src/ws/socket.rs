@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::frame::{self, Opcode};
-use crate::room::{Detach, Hold, Outbox, Pushed};
+use crate::room::{Delivery, Detach, Hold, Outbox, Pushed};
 
 struct Out {
     /// Bytes not written yet, in order: deferred to the end of a batch, or refused by
@@ -52,8 +52,6 @@ pub struct WsSocket {
 /// `pending` keeps at most this much capacity once drained (a busy connection reuses
 /// it); [`WsSocket::trim`] frees it when the connection goes quiet.
 const KEEP_CAPACITY: usize = 64 * 1024;
-/// A batch writes a connection's deferred messages early once they reach this size.
-const DEFER_BYTES: usize = 32 * 1024;
 
 impl WsSocket {
     pub fn new(
@@ -180,10 +178,8 @@ impl WsSocket {
         out.pending_msgs += 1;
         if !out.blocked {
             if defer || out.deferred {
+                // Written by whoever flushes (the bus, once it has released its lock).
                 out.deferred = true;
-                if out.pending.len() >= DEFER_BYTES {
-                    return self.write_out(out);
-                }
             } else {
                 return self.write_out(out);
             }
@@ -293,17 +289,18 @@ impl WsSocket {
 }
 
 impl Outbox for WsSocket {
-    fn push(&self, seq: u64, json: &bytes::Bytes, bounded: bool, defer: bool) -> Pushed {
+    fn push(&self, seq: u64, json: &bytes::Bytes, delivery: Delivery) -> Pushed {
         let mut out = self.out();
-        let r = self.write_frame(&mut out, Opcode::Text, json, bounded, defer);
+        let bounded = delivery == Delivery::Live;
+        let r = self.write_frame(&mut out, Opcode::Text, json, bounded, true);
         if r == Pushed::Ok {
             out.last_seq = seq;
         }
         r
     }
 
-    fn request_ack(&self, defer: bool) {
-        self.ping(defer);
+    fn request_ack(&self) {
+        self.ping(true);
     }
 
     fn flush(&self) {
