@@ -13,7 +13,7 @@ use icebreaker_signaling::config::{ConfigError, SignalingArgs};
 use icebreaker_signaling::http::AppState;
 use icebreaker_signaling::limits::PerIp;
 use icebreaker_signaling::metrics::Metrics;
-use icebreaker_signaling::room::{Hub, HubConfig};
+use icebreaker_signaling::room::HubConfig;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -109,16 +109,17 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
     if let (Some(rc), Some(h)) = (cfg.relay.as_mut(), relay.as_ref()) {
         rc.listen = h.local_addrs.clone();
     }
-    let hub = Hub::new(
-        HubConfig {
-            room_capacity: cfg.room_capacity,
-            resume_grace: cfg.resume_grace,
-            replay_limit: cfg.replay_limit,
-            replay_bytes: cfg.replay_bytes,
-        },
-        metrics.clone(),
-    );
-    let bus = Arc::new(MemoryBus::new(hub));
+    let hub = HubConfig {
+        room_capacity: cfg.room_capacity,
+        resume_grace: cfg.resume_grace,
+        replay_limit: cfg.replay_limit,
+        replay_bytes: cfg.replay_bytes,
+        shard: 0,
+    };
+    // Rooms spread over a few hubs per serving thread: two threads rarely want the same
+    // lock, and with one thread the locks are uncontended anyway.
+    let shards = (cfg.threads * 4).clamp(1, 64);
+    let bus = Arc::new(MemoryBus::new(hub, shards, metrics.clone()));
     let listeners = icebreaker_signaling::http::bind_listeners(cfg.listen, cfg.threads)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let http_addr = listeners[0].local_addr()?;

@@ -167,9 +167,4 @@ impl Metrics {
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }
-
-    pub fn set_counts(&self, rooms: usize, peers: usize) {
-        self.rooms.set(rooms as i64);
-        self.peers.set(peers as i64);
-    }
 }

@@ -104,6 +104,15 @@ pub struct HubConfig {
     /// skipping.
     pub replay_limit: usize,
     pub replay_bytes: usize,
+    /// Which shard of rooms this hub holds (0..64); its peer ids carry it.
+    pub shard: usize,
+}
+
+/// The shard a peer id was made by (its first base64 character), if it names one.
+pub fn shard_of(id: &str) -> Option<usize> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let c = *id.as_bytes().first()?;
+    ALPHABET.iter().position(|&a| a == c)
 }
 
 struct Peer {
@@ -185,6 +194,13 @@ impl Hub {
 
     fn new_id() -> String {
         let b: [u8; 9] = rand::random();
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+    }
+
+    /// A peer id whose first character names this hub's shard (see [`shard_of`]).
+    fn new_peer_id(&self) -> String {
+        let mut b: [u8; 9] = rand::random();
+        b[0] = (b[0] & 0x03) | ((self.cfg.shard as u8 & 0x3F) << 2);
         base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
     }
 
@@ -294,7 +310,7 @@ impl Hub {
                 format!("room holds its maximum of {} peers", self.cfg.room_capacity),
             ));
         }
-        let id: PeerId = Self::new_id().into();
+        let id: PeerId = self.new_peer_id().into();
         let token: Box<str> = format!("{}{}", Self::new_id(), Self::new_id()).into();
         let room_name: Arc<str> = match self.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
@@ -348,12 +364,12 @@ impl Hub {
         if let Some(p) = self.peers.get_mut(&id) {
             p.meta = meta;
         }
-        self.rooms
-            .entry(room_name)
-            .or_default()
-            .members
-            .push(id.clone());
-        self.metrics.set_counts(self.rooms.len(), self.peers.len());
+        let room = self.rooms.entry(room_name).or_default();
+        if room.members.is_empty() {
+            self.metrics.rooms.inc();
+        }
+        room.members.push(id.clone());
+        self.metrics.peers.inc();
         Ok(Attached { id, conn })
     }
 
@@ -418,12 +434,14 @@ impl Hub {
             others = r.members.clone();
             if r.members.is_empty() {
                 self.rooms.remove(&p.room);
+                self.metrics.rooms.dec();
             }
         }
+        // Gauges move by one (several hubs, one per shard of rooms, share them).
+        self.metrics.peers.dec();
         for o in &others {
             self.deliver(now, o, |seq| ServerMessage::PeerLeft { id, reason, seq });
         }
-        self.metrics.set_counts(self.rooms.len(), self.peers.len());
     }
 
     /// The connection `conn` of `id` is gone without a `leave`: keep the peer for the
@@ -575,6 +593,7 @@ mod tests {
                 resume_grace: Duration::from_secs(30),
                 replay_limit: 64,
                 replay_bytes: 1 << 20,
+                shard: 5,
             },
             Metrics::default(),
         )
@@ -664,6 +683,7 @@ mod tests {
         let mut h = hub(16);
         let a = join(&mut h, now, "r");
         let b = join(&mut h, now, "r");
+        assert_eq!((shard_of(&a.id), shard_of(&b.id)), (Some(5), Some(5)));
         let ma = drain(&mut h, &a);
         assert_eq!(ma[0]["type"], "joined");
         assert_eq!(ma[1]["type"], "peer-joined");
@@ -850,6 +870,7 @@ mod tests {
                 resume_grace: Duration::from_secs(30),
                 replay_limit: 1000,
                 replay_bytes: 10_000,
+                shard: 0,
             },
             Metrics::default(),
         );
