@@ -26,7 +26,7 @@
 //! - a packet to a relayed socket that was closed never reaches anyone;
 //! - and at the end, `shutdown()` leaves no open socket, no allocation and no quota held.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,7 +147,10 @@ struct FakeSockets {
 
 impl FakeSockets {
     fn id(&self, addr: SocketAddr) -> Option<AllocationId> {
-        self.open.iter().find(|(a, _)| *a == addr).map(|(_, id)| *id)
+        self.open
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, id)| *id)
     }
 }
 
@@ -196,8 +199,15 @@ struct Conn {
 /// A packet the core asked to send, copied out of its buffer.
 #[derive(Debug)]
 enum Out {
-    Client { to: FiveTuple, data: Vec<u8> },
-    Peer { relay: SocketAddr, to: SocketAddr, data: Vec<u8> },
+    Client {
+        to: FiveTuple,
+        data: Vec<u8>,
+    },
+    Peer {
+        relay: SocketAddr,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 impl From<Transmit<'_>> for Out {
@@ -216,7 +226,20 @@ impl From<Transmit<'_>> for Out {
     }
 }
 
+/// What a run got to do, to tell a model that reaches deep states from one that is stuck
+/// at authentication.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub allocations: usize,
+    pub permissions: usize,
+    pub channels: usize,
+    pub to_peer: usize,
+    pub from_peer: usize,
+    pub relay_to_relay: usize,
+}
+
 pub struct World {
+    pub stats: Stats,
     shared: Arc<Shared>,
     server: Server,
     sockets: FakeSockets,
@@ -293,6 +316,7 @@ impl World {
             }
         }
         World {
+            stats: Stats::default(),
             shared,
             server,
             sockets: FakeSockets {
@@ -311,7 +335,7 @@ impl World {
         match op {
             Op::Raw { conn, data } => {
                 let ft = self.conns[*conn as usize % CONNS].ft;
-                let _ = self.from_client(ft, data);
+                let _ = self.client_sends(ft, data);
             }
             Op::Request {
                 conn,
@@ -320,7 +344,7 @@ impl World {
                 fingerprint,
                 corrupt,
             } => self.request(*conn as usize % CONNS, req, *sha256, *fingerprint, *corrupt),
-            Op::Peer { relay, from, data } => self.from_peer(*relay as usize, *from, data),
+            Op::Peer { relay, from, data } => self.peer_sends(*relay as usize, *from, data),
             Op::Advance { millis } => {
                 self.now += Duration::from_millis(u64::from(*millis));
                 self.server.handle_timeout(self.now, &mut self.sockets);
@@ -374,7 +398,10 @@ impl World {
             assert!(self.server.poll_timeout().is_some());
         }
         for ft in &s.ended {
-            assert!(self.conns.iter().any(|c| c.ft == *ft), "ended unknown {ft:?}");
+            assert!(
+                self.conns.iter().any(|c| c.ft == *ft),
+                "ended unknown {ft:?}"
+            );
         }
     }
 
@@ -384,7 +411,7 @@ impl World {
 
     /// A packet from `ft`; returns the answer to the client, if any. Packets to peers are
     /// checked, and one addressed to a relayed socket of ours is delivered to it.
-    fn from_client(&mut self, ft: FiveTuple, data: &[u8]) -> Option<Vec<u8>> {
+    fn client_sends(&mut self, ft: FiveTuple, data: &[u8]) -> Option<Vec<u8>> {
         let out = self
             .server
             .handle_client(self.now, ft, data, &mut self.sockets)
@@ -401,10 +428,12 @@ impl World {
             }
             Out::Peer { relay, to, data } => {
                 self.check_to_peer(&ft, relay, to);
+                self.stats.to_peer += 1;
                 // Relay to relay: the packet arrives on the other allocation's socket.
                 if let Some(id) = self.sockets.id(to) {
                     let back = self.server.handle_peer(self.now, id, relay, &data);
                     let back = back.map(Out::from);
+                    self.stats.relay_to_relay += usize::from(back.is_some());
                     self.check_from_peer(to, relay, &data, back);
                 }
                 None
@@ -422,22 +451,36 @@ impl World {
             .allocation(ft)
             .expect("only a client with an allocation sends to peers");
         assert_eq!(a.relay, relay, "sent from another client's relayed address");
+        assert!(a.is_permitted(to.ip(), self.now), "{to} has no permission");
         assert!(
-            a.is_permitted(to.ip(), self.now),
-            "{to} has no permission"
+            !self.shared.own.contains(to),
+            "relayed to our own address {to}"
         );
-        assert!(!self.shared.own.contains(to), "relayed to our own address {to}");
-        assert_eq!(to.ip(), to.ip().to_canonical(), "peer address not canonical");
+        assert_eq!(
+            to.ip(),
+            to.ip().to_canonical(),
+            "peer address not canonical"
+        );
     }
 
     /// What a peer's packet to relayed socket `relay` produced.
-    fn check_from_peer(&self, relay: SocketAddr, peer: SocketAddr, sent: &[u8], out: Option<Out>) {
+    fn check_from_peer(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        sent: &[u8],
+        out: Option<Out>,
+    ) {
         let Some(out) = out else { return };
+        self.stats.from_peer += 1;
         let Out::Client { to, data } = out else {
             panic!("a peer's packet goes to a client, not to {out:?}");
         };
         assert!(self.is_known(&to), "to unknown 5-tuple {to:?}");
-        let a = self.server.allocation(&to).expect("to a client with an allocation");
+        let a = self
+            .server
+            .allocation(&to)
+            .expect("to a client with an allocation");
         assert_eq!(a.relay, relay, "delivered to the wrong allocation's client");
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         assert!(a.is_permitted(peer.ip(), self.now));
@@ -460,7 +503,7 @@ impl World {
         }
     }
 
-    fn from_peer(&mut self, relay: usize, from: u8, data: &[u8]) {
+    fn peer_sends(&mut self, relay: usize, from: u8, data: &[u8]) {
         let s = &self.sockets;
         let n = s.open.len() + s.closed.len();
         if n == 0 {
@@ -474,7 +517,10 @@ impl World {
             (a, id, s.id(a) == Some(id))
         };
         let peer = self.peer(from);
-        let out = self.server.handle_peer(self.now, id, peer, data).map(Out::from);
+        let out = self
+            .server
+            .handle_peer(self.now, id, peer, data)
+            .map(Out::from);
         if !is_open {
             assert!(out.is_none(), "a closed socket's packet went out: {out:?}");
         }
@@ -517,15 +563,19 @@ impl World {
                 let peer = self.peer(*peer);
                 let tid = self.next_tid(c);
                 let mut w = MessageWriter::new(&mut self.buf, Method::SEND, Class::Indication, tid);
-                w.xor_address(attr::XOR_PEER_ADDRESS, peer).attr(attr::DATA, data);
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+                    .attr(attr::DATA, data);
                 let mut raw = if fingerprint {
                     w.finish_with_fingerprint().to_vec()
                 } else {
                     w.finish().to_vec()
                 };
                 flip(&mut raw, corrupt);
-                let answer = self.from_client(ft, &raw);
-                assert!(answer.is_none() || corrupt.is_some(), "an indication is never answered");
+                let answer = self.client_sends(ft, &raw);
+                assert!(
+                    answer.is_none() || corrupt.is_some(),
+                    "an indication is never answered"
+                );
                 return;
             }
             Req::ChannelData { channel, data, pad } => {
@@ -533,7 +583,7 @@ impl World {
                 let mut raw = Vec::new();
                 codec::write_channel_data(&mut raw, *channel, data, *pad);
                 flip(&mut raw, corrupt);
-                let answer = self.from_client(ft, &raw);
+                let answer = self.client_sends(ft, &raw);
                 // Outside the channel range the bytes may well read as STUN.
                 let channel_data = (CHANNEL_MIN..=CHANNEL_MAX).contains(channel);
                 assert!(
@@ -555,9 +605,9 @@ impl World {
             }
             let mut raw = self.build(c, req, method, tid, signed, sha256, fingerprint);
             flip(&mut raw, corrupt);
-            let answer = self.from_client(ft, &raw);
+            let answer = self.client_sends(ft, &raw);
             if corrupt.is_some() {
-                // Whatever came back was checked in `from_client`; nothing more is promised.
+                // Whatever came back was checked in `client_sends`; nothing more is promised.
                 return;
             }
             let answer = answer.expect("a well-formed request is answered");
@@ -567,16 +617,16 @@ impl World {
             assert!(matches!(m.class, Class::Success | Class::Error));
             assert!(m.verify_fingerprint());
             assert_eq!(m.has_fingerprint(), fingerprint || m.has_integrity());
-            let code = m.get(attr::ERROR_CODE).map(|v| {
-                attr::decode_error_code(v)
-                    .expect("ERROR-CODE parses")
-                    .0
-            });
+            let code = m
+                .get(attr::ERROR_CODE)
+                .map(|v| attr::decode_error_code(v).expect("ERROR-CODE parses").0);
             assert_eq!(code.is_some(), m.class == Class::Error);
             if let Some(code) = code {
                 assert!((300..700).contains(&code), "error code {code}");
             }
-            let nonce = m.text(attr::NONCE).map(|n| n.expect("NONCE is UTF-8").to_string());
+            let nonce = m
+                .text(attr::NONCE)
+                .map(|n| n.expect("NONCE is UTF-8").to_string());
             if matches!(code, Some(401 | 438)) {
                 assert!(nonce.is_some(), "{code:?} without a NONCE");
                 assert_eq!(m.text(attr::REALM).map(|r| r.unwrap()), Some(REALM));
@@ -615,6 +665,7 @@ impl World {
                 assert_eq!(a.advertised, relayed);
                 assert_eq!(m.xor_address(attr::XOR_MAPPED_ADDRESS), Some(Ok(ft.client)));
                 assert!(m.has(attr::LIFETIME));
+                self.stats.allocations += 1;
                 if let Some(t) = m.get(attr::RESERVATION_TOKEN) {
                     let t: [u8; 8] = t.try_into().expect("8-byte token");
                     self.tokens.push(t);
@@ -624,7 +675,14 @@ impl World {
                 let life = attr::decode_u32(m.get(attr::LIFETIME).expect("LIFETIME")).unwrap();
                 assert_eq!(life == 0, self.server.allocation(&ft).is_none());
             }
-            _ => assert!(self.server.allocation(&ft).is_some()),
+            Method::CREATE_PERMISSION => {
+                assert!(self.server.allocation(&ft).is_some());
+                self.stats.permissions += 1;
+            }
+            _ => {
+                assert!(self.server.allocation(&ft).is_some());
+                self.stats.channels += 1;
+            }
         }
     }
 
@@ -640,7 +698,10 @@ impl World {
         fingerprint: bool,
     ) -> Vec<u8> {
         let peers: Vec<SocketAddr> = match req {
-            Req::CreatePermission { peers } => peers.iter().map(|p| self.peer(*p)).collect(),
+            // At most eight, so the message stays within the parser's MAX_ATTRIBUTES.
+            Req::CreatePermission { peers } => {
+                peers.iter().take(8).map(|p| self.peer(*p)).collect()
+            }
             Req::ChannelBind { peer, .. } => vec![self.peer(*peer)],
             _ => Vec::new(),
         };
@@ -663,7 +724,10 @@ impl World {
                 udp,
                 ..
             } => {
-                w.attr(attr::REQUESTED_TRANSPORT, &[if *udp { 17 } else { 6 }, 0, 0, 0]);
+                w.attr(
+                    attr::REQUESTED_TRANSPORT,
+                    &[if *udp { 17 } else { 6 }, 0, 0, 0],
+                );
                 if let Some(l) = lifetime {
                     w.u32(attr::LIFETIME, *l);
                 }
@@ -691,7 +755,10 @@ impl World {
                 }
             }
             Req::ChannelBind { channel, .. } => {
-                w.attr(attr::CHANNEL_NUMBER, &[(channel >> 8) as u8, *channel as u8, 0, 0]);
+                w.attr(
+                    attr::CHANNEL_NUMBER,
+                    &[(channel >> 8) as u8, *channel as u8, 0, 0],
+                );
                 for p in &peers {
                     w.xor_address(attr::XOR_PEER_ADDRESS, *p);
                 }
@@ -724,10 +791,12 @@ fn flip(raw: &mut [u8], corrupt: Option<(u16, u8)>) {
 }
 
 /// Runs a whole sequence in a fresh world, then shuts it down.
-pub fn run(setup: Setup, ops: &[Op]) {
+pub fn run(setup: Setup, ops: &[Op]) -> Stats {
     let mut w = World::new(setup);
     for op in ops {
         w.step(op);
     }
+    let stats = w.stats;
     w.finish();
+    stats
 }

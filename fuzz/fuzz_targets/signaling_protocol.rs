@@ -51,7 +51,9 @@ fn check(text: &str) {
                         seq: 3,
                     });
                 }
-                ClientMessage::Resume { .. } | ClientMessage::Leave | ClientMessage::Ping => {}
+                ClientMessage::Resume { .. }
+                | ClientMessage::Leave
+                | ClientMessage::Ping { .. } => {}
             }
         }
     }

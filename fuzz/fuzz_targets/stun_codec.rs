@@ -48,7 +48,10 @@ fn tlvs(raw: &[u8]) -> Vec<(u16, &[u8])> {
         let t = u16::from_be_bytes([raw[pos], raw[pos + 1]]);
         let l = u16::from_be_bytes([raw[pos + 2], raw[pos + 3]]) as usize;
         let end = pos + 4 + l;
-        assert!(end <= raw.len(), "a parsed message's attribute runs past it");
+        assert!(
+            end <= raw.len(),
+            "a parsed message's attribute runs past it"
+        );
         out.push((t, &raw[pos + 4..end]));
         pos += 4 + l.div_ceil(4) * 4;
     }
@@ -63,9 +66,12 @@ fn within(outer: &[u8], inner: &[u8]) -> bool {
 fn check_message(data: &[u8], m: &Message<'_>) {
     let raw = m.raw();
     assert_eq!(raw.len(), data.len());
-    assert!(raw.len() >= HEADER_LEN && (raw.len() - HEADER_LEN) % 4 == 0);
+    assert!(raw.len() >= HEADER_LEN && (raw.len() - HEADER_LEN).is_multiple_of(4));
     assert_eq!(raw[0] & 0xC0, 0);
-    assert_eq!(u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]), MAGIC_COOKIE);
+    assert_eq!(
+        u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]),
+        MAGIC_COOKIE
+    );
     assert_eq!(&m.transaction_id[..], &raw[8..20]);
     // Method and class are exactly the 14-bit type.
     let typ = u16::from_be_bytes([raw[0], raw[1]]);
@@ -74,7 +80,11 @@ fn check_message(data: &[u8], m: &Message<'_>) {
     let _ = m.method.name();
 
     let all = tlvs(raw);
-    let mut types: Vec<u16> = all.iter().map(|(t, _)| *t).chain(TYPES.iter().copied()).collect();
+    let mut types: Vec<u16> = all
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(TYPES.iter().copied())
+        .collect();
     types.sort_unstable();
     types.dedup();
     for &t in &types {
@@ -84,7 +94,9 @@ fn check_message(data: &[u8], m: &Message<'_>) {
         for v in m.get_all(t) {
             assert!(within(raw, v), "attribute value outside the message");
             // Every value the index returns is one of the message's TLVs of that type.
-            assert!(all.iter().any(|(tt, vv)| *tt == t && vv.as_ptr() == v.as_ptr() && vv.len() == v.len()));
+            assert!(all
+                .iter()
+                .any(|(tt, vv)| *tt == t && vv.as_ptr() == v.as_ptr() && vv.len() == v.len()));
         }
         if let Some(Ok(a)) = m.xor_address(t) {
             // Decoding then encoding gives the value back (the first byte is reserved).

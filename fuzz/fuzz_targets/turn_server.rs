@@ -106,6 +106,16 @@ impl<'a> Arbitrary<'a> for Input {
     }
 }
 
+/// `TURN_FUZZ_STATS=1` prints how far each input got (allocations, permissions, channels,
+/// packets relayed): run it over the corpus with `-runs=0` to see what the fuzzer reaches.
+fn print_stats() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TURN_FUZZ_STATS").is_some())
+}
+
 fuzz_target!(|input: Input| {
-    turn_model::run(input.setup, &input.ops);
+    let stats = turn_model::run(input.setup, &input.ops);
+    if print_stats() {
+        eprintln!("{stats:?}");
+    }
 });

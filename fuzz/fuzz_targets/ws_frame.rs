@@ -96,6 +96,9 @@ fuzz_target!(|input: Input| {
     let reason = String::from_utf8_lossy(&input.data);
     let p = frame::close_payload(1000 + (input.max_payload % 4000) as u16, &reason);
     assert!(p.len() <= 125, "close payload over a control frame");
-    assert!(std::str::from_utf8(&p[2..]).is_ok(), "close reason cut mid-character");
+    assert!(
+        std::str::from_utf8(&p[2..]).is_ok(),
+        "close reason cut mid-character"
+    );
     assert!(reason.as_bytes().starts_with(&p[2..]));
 });

@@ -53,6 +53,9 @@ pub enum FrameError {
     Unmasked,
     #[error("control frames must be final and at most 125 bytes")]
     BadControl,
+    /// RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+    #[error("64-bit payload length with its top bit set")]
+    BadLength,
     /// The declared payload is over the limit; the connection is closed with 1009.
     #[error("frame of {0} bytes is over the limit")]
     TooLarge(u64),
@@ -106,7 +109,11 @@ pub fn parse(buf: &mut [u8], max_payload: usize) -> Result<Option<Head>, FrameEr
             }
             let mut b = [0u8; 8];
             b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
+            let len = u64::from_be_bytes(b);
+            if len >> 63 != 0 {
+                return Err(FrameError::BadLength);
+            }
+            (len, 10)
         }
         n => (u64::from(n), 2),
     };
@@ -117,7 +124,9 @@ pub fn parse(buf: &mut [u8], max_payload: usize) -> Result<Option<Head>, FrameEr
         return Err(FrameError::TooLarge(len));
     }
     let len = len as usize;
-    if buf.len() < at + 4 + len {
+    // Subtractions, not `at + 4 + len`: with a limit near usize::MAX that sum overflows
+    // (found by the ws_frame fuzz target).
+    if buf.len() - at < 4 || buf.len() - at - 4 < len {
         return Ok(None);
     }
     let mut key = [0u8; 4];
@@ -250,6 +259,21 @@ mod tests {
         let mut head = f[..14].to_vec();
         assert_eq!(parse(&mut head, 65_536), Err(FrameError::TooLarge(70_000)));
         assert_eq!(FrameError::TooLarge(1).close_code(), 1009);
+        // RFC 6455 §5.2: a 64-bit length with its top bit set is an error.
+        let mut f = vec![0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(parse(&mut f, usize::MAX), Err(FrameError::BadLength));
+    }
+
+    /// The ws_frame fuzz target's first find (fuzz/regressions/ws_frame): a length near
+    /// usize::MAX with a limit that admits it overflowed `at + 4 + len`.
+    #[test]
+    fn huge_lengths_under_a_huge_limit_wait_for_more() {
+        for len in [u64::MAX >> 1, (u64::MAX >> 1) - 13, 1 << 40] {
+            let mut f = vec![0x81, 0xFF];
+            f.extend_from_slice(&len.to_be_bytes());
+            f.extend_from_slice(&[1, 2, 3, 4]);
+            assert_eq!(parse(&mut f, usize::MAX), Ok(None), "{len}");
+        }
     }
 
     #[test]
