@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use icebreaker_relay::auth::long_term_key;
-use icebreaker_relay::codec::{attr, tcp_frame_len, Class, Message, MessageWriter, Method};
+use icebreaker_stun::auth::long_term_key;
+use icebreaker_stun::codec::{attr, tcp_frame_len, Class, Message, MessageWriter, Method};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream, UdpSocket};

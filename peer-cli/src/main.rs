@@ -131,9 +131,15 @@ enum Cmd {
     Doctor,
 }
 
+/// `30s`, `500ms`, `2m` (humantime's syntax), or a bare number of seconds, as the
+/// servers' flags take them.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    icebreaker_relay::config::parse_duration(s)
-        .ok_or_else(|| format!("bad duration {s:?} (e.g. 30s, 500ms, 2m)"))
+    let s = s.trim();
+    let bad = || format!("bad duration {s:?} (e.g. 30s, 500ms, 2m)");
+    match s.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|_| bad()),
+        Err(_) => humantime::parse_duration(s).map_err(|_| bad()),
+    }
 }
 
 fn main() -> ExitCode {

@@ -6,8 +6,6 @@
 //! binary embeds the relay through the same call.
 
 pub mod allocation;
-pub mod auth;
-pub mod codec;
 pub mod config;
 pub mod io;
 pub mod metrics;
@@ -17,6 +15,9 @@ pub mod quota;
 pub mod server;
 
 use std::net::SocketAddr;
+
+/// The wire format lives in its own I/O-free crate; these paths stay for the relay's users.
+pub use icebreaker_stun::{auth, codec};
 
 pub use config::{RelayArgs, RelayConfig};
 pub use io::{run, RelayHandle};

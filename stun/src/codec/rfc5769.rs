@@ -29,53 +29,53 @@
 // ---------------------------------------------------------------------------------------------
 
 /// §2.1–§2.3 short-term password: "VOkJxbRl1RmTxUk/WvJxBt" (the MESSAGE-INTEGRITY key as-is).
-pub const SHORT_TERM_PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
+pub(crate) const SHORT_TERM_PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
 
 /// §2.1 USERNAME: "evtj:h6vY".
-pub const SAMPLE_REQUEST_USERNAME: &str = "evtj:h6vY";
+pub(crate) const SAMPLE_REQUEST_USERNAME: &str = "evtj:h6vY";
 
 /// §2.1 SOFTWARE (client name): "STUN test client".
-pub const SAMPLE_REQUEST_SOFTWARE: &str = "STUN test client";
+pub(crate) const SAMPLE_REQUEST_SOFTWARE: &str = "STUN test client";
 
 /// §2.2 and §2.3 SOFTWARE (server name): "test vector".
-pub const SAMPLE_RESPONSE_SOFTWARE: &str = "test vector";
+pub(crate) const SAMPLE_RESPONSE_SOFTWARE: &str = "test vector";
 
 /// Transaction ID shared by §2.1, §2.2 and §2.3.
-pub const SAMPLE_TRANSACTION_ID: [u8; 12] = [
+pub(crate) const SAMPLE_TRANSACTION_ID: [u8; 12] = [
     0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
 ];
 
 /// §2.2 mapped address: 192.0.2.1 port 32853.
-pub const IPV4_MAPPED_ADDRESS: &str = "192.0.2.1:32853";
+pub(crate) const IPV4_MAPPED_ADDRESS: &str = "192.0.2.1:32853";
 
 /// §2.3 mapped address: 2001:db8:1234:5678:11:2233:4455:6677 port 32853.
-pub const IPV6_MAPPED_ADDRESS: &str = "[2001:db8:1234:5678:11:2233:4455:6677]:32853";
+pub(crate) const IPV6_MAPPED_ADDRESS: &str = "[2001:db8:1234:5678:11:2233:4455:6677]:32853";
 
 /// §2.4 USERNAME: "<U+30DE><U+30C8><U+30EA><U+30C3><U+30AF><U+30B9>" (マトリックス),
 /// unaffected by SASLprep; 18 bytes of UTF-8.
-pub const LONG_TERM_USERNAME: &str = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+pub(crate) const LONG_TERM_USERNAME: &str = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
 
 /// §2.4 password before SASLprep: "The<U+00AD>M<U+00AA>tr<U+2168>".
-pub const LONG_TERM_PASSWORD_UNPREPARED: &str = "The\u{00AD}M\u{00AA}tr\u{2168}";
+pub(crate) const LONG_TERM_PASSWORD_UNPREPARED: &str = "The\u{00AD}M\u{00AA}tr\u{2168}";
 
 /// §2.4 password after SASLprep: "TheMatrIX". This is the one that goes into the key.
-pub const LONG_TERM_PASSWORD: &str = "TheMatrIX";
+pub(crate) const LONG_TERM_PASSWORD: &str = "TheMatrIX";
 
 /// §2.4 NONCE: "f//499k954d6OL34oL9FSTvy64sA".
-pub const LONG_TERM_NONCE: &str = "f//499k954d6OL34oL9FSTvy64sA";
+pub(crate) const LONG_TERM_NONCE: &str = "f//499k954d6OL34oL9FSTvy64sA";
 
 /// §2.4 REALM: "example.org".
-pub const LONG_TERM_REALM: &str = "example.org";
+pub(crate) const LONG_TERM_REALM: &str = "example.org";
 
 /// Transaction ID of §2.4.
-pub const LONG_TERM_TRANSACTION_ID: [u8; 12] = [
+pub(crate) const LONG_TERM_TRANSACTION_ID: [u8; 12] = [
     0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0, 0x29, 0xda, 0x41, 0x2e,
 ];
 
 /// §2.4 long-term key, MD5("マトリックス:example.org:TheMatrIX") (RFC 5389 §15.4). Not printed in
 /// RFC 5769; derived from the parameters above and checked against the §2.4 MESSAGE-INTEGRITY.
 #[rustfmt::skip]
-pub const LONG_TERM_KEY: [u8; 16] = [
+pub(crate) const LONG_TERM_KEY: [u8; 16] = [
     0xe8, 0xca, 0x7a, 0xd5, 0x9d, 0x5e, 0xb0, 0x51,
     0x8e, 0x31, 0x29, 0x11, 0xd2, 0xda, 0xb2, 0xa9,
 ];
@@ -89,7 +89,7 @@ pub const LONG_TERM_KEY: [u8; 16] = [
 
 /// RFC 5769 §2.1 Sample Request (108 bytes).
 #[rustfmt::skip]
-pub const SAMPLE_REQUEST: [u8; 108] = [
+pub(crate) const SAMPLE_REQUEST: [u8; 108] = [
     0x00, 0x01, 0x00, 0x58, //    Request type and message length
     0x21, 0x12, 0xa4, 0x42, //    Magic cookie
     0xb7, 0xe7, 0xa7, 0x01, // }
@@ -128,7 +128,7 @@ pub const SAMPLE_REQUEST: [u8; 108] = [
 
 /// RFC 5769 §2.2 Sample IPv4 Response (80 bytes).
 #[rustfmt::skip]
-pub const SAMPLE_IPV4_RESPONSE: [u8; 80] = [
+pub(crate) const SAMPLE_IPV4_RESPONSE: [u8; 80] = [
     0x01, 0x01, 0x00, 0x3c, //    Response type and message length
     0x21, 0x12, 0xa4, 0x42, //    Magic cookie
     0xb7, 0xe7, 0xa7, 0x01, // }
@@ -160,7 +160,7 @@ pub const SAMPLE_IPV4_RESPONSE: [u8; 80] = [
 
 /// RFC 5769 §2.3 Sample IPv6 Response (92 bytes).
 #[rustfmt::skip]
-pub const SAMPLE_IPV6_RESPONSE: [u8; 92] = [
+pub(crate) const SAMPLE_IPV6_RESPONSE: [u8; 92] = [
     0x01, 0x01, 0x00, 0x48, //    Response type and message length
     0x21, 0x12, 0xa4, 0x42, //    Magic cookie
     0xb7, 0xe7, 0xa7, 0x01, // }
@@ -196,7 +196,7 @@ pub const SAMPLE_IPV6_RESPONSE: [u8; 92] = [
 
 /// RFC 5769 §2.4 Sample Request with Long-Term Authentication (116 bytes, no FINGERPRINT).
 #[rustfmt::skip]
-pub const SAMPLE_REQUEST_LONG_TERM: [u8; 116] = [
+pub(crate) const SAMPLE_REQUEST_LONG_TERM: [u8; 116] = [
     0x00, 0x01, 0x00, 0x60, //    Request type and message length
     0x21, 0x12, 0xa4, 0x42, //    Magic cookie
     0x78, 0xad, 0x34, 0x33, // }
