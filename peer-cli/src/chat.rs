@@ -13,11 +13,19 @@ use crate::output::Out;
 use crate::peer::PeerEvent;
 use crate::room::{event_json, now_ms, Event, Options, Room};
 
+#[derive(clap::Args, Debug, Clone)]
 pub struct ChatArgs {
+    /// Send TEXT once each peer's chat channel opens (repeatable).
+    #[arg(long)]
     pub send: Vec<String>,
+    /// Exit 0 after N messages are received.
+    #[arg(long)]
     pub expect: Option<usize>,
+    /// The global --timeout (filled in by main).
+    #[arg(skip)]
     pub timeout: Option<Duration>,
-    /// Test hook: drop the signaling TCP connection after this long (then resume).
+    /// Test hook: cut the signaling TCP connection after this long, then resume.
+    #[arg(long, hide = true, value_parser = crate::parse_duration)]
     pub drop_signaling_after: Option<Duration>,
 }
 

@@ -16,13 +16,20 @@ use crate::peer::PeerEvent;
 use crate::pointer::percentile;
 use crate::room::{Event, Options, Room};
 
+#[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
+    #[arg(long, default_value_t = 20)]
     pub peers: usize,
+    #[arg(long, default_value_t = 2)]
     pub room_size: usize,
+    /// How long to ping once everyone is set up.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub duration: Duration,
     /// Interval between pings from each peer to each room mate.
+    #[arg(long, default_value = "100ms", value_parser = crate::parse_duration)]
     pub ping_interval: Duration,
-    /// How long a peer may take to get all its channels open.
+    /// Time allowed for each peer's setup (all its channels open).
+    #[arg(long, default_value = "20s", value_parser = crate::parse_duration)]
     pub setup_timeout: Duration,
 }
 

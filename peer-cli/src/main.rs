@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use icebreaker_peer::chat::ChatArgs;
+use icebreaker_peer::load::LoadArgs;
 use icebreaker_peer::output::Out;
+use icebreaker_peer::parse_duration;
+use icebreaker_peer::pointer::PointerArgs;
 use icebreaker_peer::room::Options;
 
 #[derive(Parser)]
@@ -66,45 +70,11 @@ struct Common {
 #[derive(Subcommand)]
 enum Cmd {
     /// Text chat: stdin lines go to every peer; received messages print as `name: text`.
-    Chat {
-        /// Send TEXT once each peer's chat channel opens (repeatable).
-        #[arg(long)]
-        send: Vec<String>,
-        /// Exit 0 after N messages are received.
-        #[arg(long)]
-        expect: Option<usize>,
-        /// Test hook: cut the signaling TCP connection after this long, then resume.
-        #[arg(long, hide = true, value_parser = parse_duration)]
-        drop_signaling_after: Option<Duration>,
-    },
+    Chat(ChatArgs),
     /// Send a synthetic pointer path and report what arrives.
-    Pointer {
-        /// Positions per second.
-        #[arg(long, default_value_t = 60.0)]
-        rate: f64,
-        /// How long to send once a channel is open.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Succeed only if at least N positions arrived.
-        #[arg(long)]
-        expect: Option<usize>,
-    },
+    Pointer(PointerArgs),
     /// Start N peers in rooms of K through one server and report setup times and round trips.
-    Load {
-        #[arg(long, default_value_t = 20)]
-        peers: usize,
-        #[arg(long, default_value_t = 2)]
-        room_size: usize,
-        /// How long to ping once everyone is set up.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Interval between pings to each room mate.
-        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-        ping_interval: Duration,
-        /// Time allowed for each peer's setup.
-        #[arg(long, default_value = "20s", value_parser = parse_duration)]
-        setup_timeout: Duration,
-    },
+    Load(LoadArgs),
     /// Send VP8 video and Opus audio (embedded samples or IVF/Ogg files) and count what arrives.
     Media {
         /// IVF (VP8) file to send instead of the embedded test pattern.
@@ -129,17 +99,6 @@ enum Cmd {
     },
     /// Check a deployment: signaling, ICE servers, STUN, TURN (UDP/TCP), a relay-only data channel.
     Doctor,
-}
-
-/// `30s`, `500ms`, `2m` (humantime's syntax), or a bare number of seconds, as the
-/// servers' flags take them.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let bad = || format!("bad duration {s:?} (e.g. 30s, 500ms, 2m)");
-    match s.parse::<f64>() {
-        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|_| bad()),
-        Err(_) => humantime::parse_duration(s).map_err(|_| bad()),
-    }
 }
 
 fn main() -> ExitCode {
@@ -168,35 +127,14 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let work = async {
             match cli.cmd {
-                Cmd::Chat {
-                    send,
-                    expect,
-                    drop_signaling_after,
-                } => {
-                    let args = icebreaker_peer::chat::ChatArgs {
-                        send,
-                        expect,
+                Cmd::Chat(args) => {
+                    let args = ChatArgs {
                         timeout: c.timeout,
-                        drop_signaling_after,
+                        ..args
                     };
                     icebreaker_peer::chat::run(opts, args, out).await
                 }
-                Cmd::Load {
-                    peers,
-                    room_size,
-                    duration,
-                    ping_interval,
-                    setup_timeout,
-                } => {
-                    let args = icebreaker_peer::load::LoadArgs {
-                        peers,
-                        room_size,
-                        duration,
-                        ping_interval,
-                        setup_timeout,
-                    };
-                    icebreaker_peer::load::run(opts, args, out).await
-                }
+                Cmd::Load(args) => icebreaker_peer::load::run(opts, args, out).await,
                 Cmd::Doctor => icebreaker_peer::doctor::run(opts, out).await,
                 Cmd::Media {
                     video,
@@ -237,16 +175,10 @@ fn main() -> ExitCode {
                     };
                     icebreaker_peer::media::run(opts, args, out).await
                 }
-                Cmd::Pointer {
-                    rate,
-                    duration,
-                    expect,
-                } => {
-                    let args = icebreaker_peer::pointer::PointerArgs {
-                        rate,
-                        duration,
-                        expect,
+                Cmd::Pointer(args) => {
+                    let args = PointerArgs {
                         timeout: c.timeout,
+                        ..args
                     };
                     icebreaker_peer::pointer::run(opts, args, out).await
                 }

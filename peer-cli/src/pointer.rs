@@ -13,12 +13,19 @@ use crate::output::Out;
 use crate::peer::PeerEvent;
 use crate::room::{event_json, now_ms, Event, Options, Room};
 
+#[derive(clap::Args, Debug, Clone)]
 pub struct PointerArgs {
+    /// Positions per second.
+    #[arg(long, default_value_t = 60.0)]
     pub rate: f64,
-    /// How long to send after the first channel opens.
+    /// How long to send once a channel is open.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub duration: Duration,
-    /// Succeed when at least this many positions arrived by the end (else: any at all).
+    /// Succeed only if at least N positions arrived (else: any at all).
+    #[arg(long)]
     pub expect: Option<usize>,
+    /// The global --timeout (filled in by main).
+    #[arg(skip)]
     pub timeout: Option<Duration>,
 }
 
