@@ -135,7 +135,9 @@ fn relay_worker(relay: SocketAddr, echo: SocketAddr, seed: u64, stop: &AtomicBoo
         let a = c.request(Method::REFRESH, &|w| {
             w.u32(attr::LIFETIME, 0);
         });
-        assert_eq!(a.code, None);
+        // 437: the 3 s allocation already expired (a round can take that long when the
+        // machine is busy); gone either way, which is what the end of the soak checks.
+        assert!(matches!(a.code, None | Some(437)), "{:?}", a.code);
     }
 }
 
