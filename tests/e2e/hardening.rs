@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use icebreaker_relay::codec::{attr, Class, Message, MessageWriter, Method};
-use icebreaker_tests::raw_ws::{In, Raw};
+use icebreaker_tests::raw_ws::{client_frame, In, Raw};
 use icebreaker_tests::turn_probe::TurnProbe;
 use icebreaker_tests::{
     http_get, metric, rss_kib, start_icebreaker, start_relay, Icebreaker, RssWatch,
@@ -60,11 +60,7 @@ fn flood(s: &mut TcpStream, frame: &[u8], count: usize) -> bool {
 }
 
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [1u8, 2, 3, 4];
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
+    client_frame(true, opcode, payload, false)
 }
 
 /// Before: one connection sending 200 000 pings without reading grew the server by 22 MB,
@@ -244,19 +240,7 @@ fn connect_join_reset_rounds_from_one_ip_are_capped() {
 }
 
 fn masked_text(v: &Value) -> Vec<u8> {
-    let p = v.to_string().into_bytes();
-    let key = [9u8, 8, 7, 6];
-    let mut f = vec![0x81];
-    match p.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&key);
-    f.extend(p.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
+    client_frame(true, 0x1, v.to_string().as_bytes(), false)
 }
 
 /// Joins per IP per second: a client that joins and leaves in a loop is slowed down.

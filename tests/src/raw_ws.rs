@@ -26,6 +26,32 @@ pub enum In {
     Eof,
 }
 
+/// One client frame as bytes: masked (unless `unmasked`), FIN as given (for tests that
+/// write many frames in one go).
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mut f = vec![if fin { 0x80 | opcode } else { opcode }];
+    let mask = if unmasked { 0 } else { 0x80 };
+    match payload.len() {
+        n if n < 126 => f.push(mask | n as u8),
+        n if n <= 0xFFFF => {
+            f.push(mask | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x12, 0x34, 0x56, 0x78];
+    if unmasked {
+        f.extend_from_slice(payload);
+    } else {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    }
+    f
+}
+
 impl Raw {
     pub fn connect(ib: &Icebreaker) -> Raw {
         Self::connect_from(ib, None)
@@ -94,26 +120,7 @@ impl Raw {
 
     /// One client frame: masked (unless `unmasked`), FIN as given.
     pub fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], unmasked: bool) {
-        let mut f = vec![if fin { 0x80 | opcode } else { opcode }];
-        let mask = if unmasked { 0 } else { 0x80 };
-        match payload.len() {
-            n if n < 126 => f.push(mask | n as u8),
-            n if n <= 0xFFFF => {
-                f.push(mask | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(mask | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let key = [0x12, 0x34, 0x56, 0x78];
-        if unmasked {
-            f.extend_from_slice(payload);
-        } else {
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
+        let f = client_frame(fin, opcode, payload, unmasked);
         self.s.write_all(&f).unwrap();
     }
 
