@@ -180,16 +180,15 @@ async fn connection(ctx: Rc<Ctx>, stream: TcpStream, ft: FiveTuple) {
             }
         }
         let rest = &data[at..];
-        if rest.len() != partial.len() || at > 0 {
-            ctx.tcp_release(partial.len());
-            partial = Vec::new();
-            if !rest.is_empty() {
-                if !ctx.tcp_charge(rest.len()) {
-                    break End::BufferLimit;
-                }
-                partial.extend_from_slice(rest);
-                frame_started.get_or_insert_with(Instant::now);
+        // A read brought new bytes (n > 0), so what is left always differs from before.
+        ctx.tcp_release(partial.len());
+        partial = Vec::new();
+        if !rest.is_empty() {
+            if !ctx.tcp_charge(rest.len()) {
+                break End::BufferLimit;
             }
+            partial.extend_from_slice(rest);
+            frame_started.get_or_insert_with(Instant::now);
         }
     };
     ctx.tcp_release(partial.len());
