@@ -1,4 +1,4 @@
-//! The signaling protocol parser (`icebreaker_signaling::protocol::parse`) on arbitrary
+//! The signaling protocol parser (`icebreaker_protocol::ClientMessage::parse`) on arbitrary
 //! UTF-8 (the bytes when they are UTF-8, and always their lossy conversion). Every refusal
 //! is `bad-message` with a reason; what is accepted is forwarded as the server would
 //! (`signal`'s `data`, `join`'s `meta`) and the server's JSON must be valid and carry the
@@ -11,17 +11,17 @@ use std::collections::BTreeMap;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
-use icebreaker_signaling::protocol::{self, ClientMessage, ErrorCode, ServerMessage};
+use icebreaker_protocol::{self as protocol, ClientMessage, ErrorCode, ServerMessage};
 
 fn check(text: &str) {
-    match protocol::parse(text) {
+    match ClientMessage::parse(text) {
         Err(e) => {
             assert_eq!(e.code, ErrorCode::BadMessage);
             assert!(!e.message.is_empty());
             // The reason goes back to the client in an error message.
             let out = ServerMessage::Error {
                 code: e.code,
-                message: &e.message,
+                message: e.message.as_str().into(),
                 seq: 1,
             }
             .to_json();
@@ -36,7 +36,7 @@ fn check(text: &str) {
                     let _ = token;
                     if let Some(meta) = &meta {
                         forwarded(meta, |data| ServerMessage::PeerJoined {
-                            id: "p",
+                            id: "p".into(),
                             meta: Some(data),
                             polite: true,
                             seq: 2,
@@ -46,7 +46,7 @@ fn check(text: &str) {
                 ClientMessage::Signal { to, data } => {
                     let _ = to;
                     forwarded(data, |data| ServerMessage::Signal {
-                        from: "p",
+                        from: "p".into(),
                         data,
                         seq: 3,
                     });
@@ -71,6 +71,10 @@ fn forwarded<'a>(value: &'a RawValue, msg: impl FnOnce(&'a RawValue) -> ServerMe
         "meta"
     };
     assert_eq!(fields[field].get(), value.get(), "forwarded value altered");
+    // And a client reads it back (the same crate's other direction).
+    let text = std::str::from_utf8(&out).expect("UTF-8");
+    let back = ServerMessage::parse(text).expect("clients parse what the server sends");
+    assert_eq!(back.to_json(), out, "server message changed on a client round trip");
 }
 
 fuzz_target!(|data: &[u8]| {

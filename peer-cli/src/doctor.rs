@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use icebreaker_protocol::{ClientMessage, IceServer, ServerMessage};
 use icebreaker_stun::auth::long_term_key;
 use icebreaker_stun::codec::{attr, tcp_frame_len, Class, Message, MessageWriter, Method};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream, UdpSocket};
 
@@ -311,12 +312,14 @@ pub async fn run(base: Options, out: Out) -> anyhow::Result<bool> {
         })?;
         let mut ws = ws;
         use futures_util::{SinkExt, StreamExt};
-        let mut join = json!({"type": "join", "room": room, "meta": {"name": "doctor"}});
-        if let Some(t) = &base.token {
-            join["token"] = json!(t);
-        }
+        let meta = serde_json::value::to_raw_value(&json!({"name": "doctor"})).ok();
+        let join = ClientMessage::Join {
+            room: room.as_str().into(),
+            token: base.token.as_deref().map(Into::into),
+            meta: meta.as_deref(),
+        };
         ws.send(tokio_tungstenite::tungstenite::Message::Text(
-            join.to_string().into(),
+            join.to_text().into(),
         ))
         .await
         .map_err(|e| e.to_string())?;
@@ -326,16 +329,16 @@ pub async fn run(base: Options, out: Out) -> anyhow::Result<bool> {
                 .await
                 .map_err(|_| "no `joined` within 5 s".to_string())?;
             if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = m {
-                let v: Value = serde_json::from_str(&t)
-                    .map_err(|_| "server sent something that is not JSON".to_string())?;
                 let _ = ws.close(None).await;
-                return match v["type"].as_str() {
-                    Some("joined") if v["seq"].is_u64() => Ok(v),
-                    Some("error") => Err(format!(
-                        "server refused the join: {} ({})",
-                        v["code"], v["message"]
+                return match ServerMessage::parse(&t) {
+                    Ok(ServerMessage::Joined { ice_servers, .. }) => IceServer::list(ice_servers)
+                        .map_err(|e| format!("`joined` has unreadable ice_servers: {e}")),
+                    Ok(ServerMessage::Error { code, message, .. }) => Err(format!(
+                        "server refused the join: {} ({message})",
+                        code.as_str()
                     )),
-                    _ => Err(format!("unexpected first message (not protocol v1?): {v}")),
+                    Ok(m) => Err(format!("unexpected first message `{}`", m.kind())),
+                    Err(e) => Err(format!("not protocol v1? {e}: {t}")),
                 };
             }
             if m.is_none() {
@@ -361,27 +364,19 @@ pub async fn run(base: Options, out: Out) -> anyhow::Result<bool> {
         }
     };
     // 2. ICE servers and credentials.
-    let servers = joined["ice_servers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let servers = joined;
     let mut stun_urls = Vec::new();
     let mut turn: Vec<(IceUrl, String, String)> = Vec::new();
     for s in &servers {
-        for u in s["urls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|u| u.as_str())
-        {
+        for u in &s.urls {
             let Some(p) = parse_url(u) else { continue };
             if p.scheme == "stun" {
                 stun_urls.push(p);
             } else {
                 turn.push((
                     p,
-                    s["username"].as_str().unwrap_or("").into(),
-                    s["credential"].as_str().unwrap_or("").into(),
+                    s.username.clone().unwrap_or_default(),
+                    s.credential.clone().unwrap_or_default(),
                 ));
             }
         }

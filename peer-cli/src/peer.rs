@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
+use icebreaker_protocol::{IceCandidate, IceServer, SdpType, SessionDescription, SignalData};
 use rtc::ice::mdns::MulticastDnsMode;
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -111,31 +111,21 @@ pub struct Setup {
 impl Setup {
     /// `ice_servers` from `joined`; webrtc-rs relays over UDP only, so TCP/TLS TURN URLs
     /// are left out (it would skip them anyway).
-    pub fn from_joined(ice: &Value, relay_only: bool, bind: IpAddr) -> Setup {
+    pub fn from_joined(ice: &[IceServer], relay_only: bool, bind: IpAddr) -> Setup {
         let servers = ice
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|s| RTCIceServer {
-                        urls: s["urls"]
-                            .as_array()
-                            .map(|u| {
-                                u.iter()
-                                    .filter_map(|x| x.as_str())
-                                    .filter(|x| {
-                                        !x.contains("transport=tcp") && !x.starts_with("turns:")
-                                    })
-                                    .map(String::from)
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                        username: s["username"].as_str().unwrap_or("").into(),
-                        credential: s["credential"].as_str().unwrap_or("").into(),
-                    })
-                    .filter(|s| !s.urls.is_empty())
-                    .collect()
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s
+                    .urls
+                    .iter()
+                    .filter(|x| !x.contains("transport=tcp") && !x.starts_with("turns:"))
+                    .cloned()
+                    .collect(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
             })
-            .unwrap_or_default();
+            .filter(|s| !s.urls.is_empty())
+            .collect();
         Setup {
             ice_servers: servers,
             relay_only,
@@ -355,7 +345,7 @@ impl Remote {
             tokio::spawn(async move {
                 while let Some(c) = cand_rx.recv().await {
                     let Some(mut init) = c else {
-                        sig.signal(&peer, json!({"candidate": null})).await;
+                        sig.signal(&peer, &SignalData::Candidate(None)).await;
                         continue;
                     };
                     // webrtc-rs leaves sdpMid empty; browsers and aiortc match by mid.
@@ -365,7 +355,13 @@ impl Remote {
                             init.username_fragment = first_attr(&local.sdp, "a=ice-ufrag:");
                         }
                     }
-                    sig.signal(&peer, json!({"candidate": init})).await;
+                    let c = IceCandidate {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_m_line_index: init.sdp_mline_index,
+                        username_fragment: init.username_fragment,
+                    };
+                    sig.signal(&peer, &SignalData::Candidate(Some(c))).await;
                 }
             });
         }
@@ -454,7 +450,7 @@ impl Remote {
         match result {
             Ok(Some(d)) => {
                 self.sig
-                    .signal(&self.id, json!({"sdp": {"type": "offer", "sdp": d.sdp}}))
+                    .signal(&self.id, &description(SdpType::Offer, d.sdp))
                     .await
             }
             Ok(None) => {}
@@ -463,18 +459,28 @@ impl Remote {
     }
 
     /// Handles a signal from this peer: a description or a candidate.
-    pub async fn on_signal(self: &Arc<Self>, data: &Value) {
-        if let Some(sdp) = data.get("sdp") {
-            if let Err(e) = self.on_description(sdp).await {
-                warn!(peer = %self.id, error = %e, "description failed");
+    pub async fn on_signal(self: &Arc<Self>, data: &SignalData) {
+        match data {
+            SignalData::Description(sdp) => {
+                if let Err(e) = self.on_description(sdp).await {
+                    warn!(peer = %self.id, error = %e, "description failed");
+                }
             }
-        } else if let Some(c) = data.get("candidate") {
-            if c.is_null() || c["candidate"].as_str().is_some_and(|s| s.is_empty()) {
+            SignalData::Candidate(c) => self.on_candidate(c.as_ref()).await,
+        }
+    }
+
+    async fn on_candidate(self: &Arc<Self>, c: Option<&IceCandidate>) {
+        {
+            let Some(c) = c.filter(|c| !c.candidate.is_empty()) else {
                 return; // end of candidates
-            }
-            let Ok(init) = serde_json::from_value::<RTCIceCandidateInit>(c.clone()) else {
-                warn!(peer = %self.id, "malformed candidate");
-                return;
+            };
+            let init = RTCIceCandidateInit {
+                candidate: c.candidate.clone(),
+                sdp_mid: c.sdp_mid.clone(),
+                sdp_mline_index: c.sdp_m_line_index,
+                username_fragment: c.username_fragment.clone(),
+                ..Default::default()
             };
             let mut neg = self.op.lock().await;
             if self.pc.remote_description().await.is_none() {
@@ -487,18 +493,17 @@ impl Remote {
         }
     }
 
-    async fn on_description(self: &Arc<Self>, sdp: &Value) -> anyhow::Result<()> {
-        let typ = sdp["type"].as_str().unwrap_or("");
-        let text = sdp["sdp"].as_str().unwrap_or("").to_string();
+    async fn on_description(self: &Arc<Self>, sdp: &SessionDescription) -> anyhow::Result<()> {
+        let text = sdp.sdp.clone();
         let mut neg = self.op.lock().await;
-        let desc = match typ {
-            "offer" => RTCSessionDescription::offer(text)?,
-            "answer" => RTCSessionDescription::answer(text)?,
-            "pranswer" => RTCSessionDescription::pranswer(text)?,
-            "rollback" => RTCSessionDescription::rollback(None)?,
-            other => anyhow::bail!("unknown description type {other:?}"),
+        let desc = match sdp.kind {
+            SdpType::Offer => RTCSessionDescription::offer(text)?,
+            SdpType::Answer => RTCSessionDescription::answer(text)?,
+            SdpType::Pranswer => RTCSessionDescription::pranswer(text)?,
+            SdpType::Rollback => RTCSessionDescription::rollback(None)?,
         };
-        let collision = typ == "offer" && self.pc.pending_local_description().await.is_some();
+        let is_offer = sdp.kind == SdpType::Offer;
+        let collision = is_offer && self.pc.pending_local_description().await.is_some();
         neg.ignore_offer = !self.polite && collision;
         if neg.ignore_offer {
             debug!(peer = %self.id, "offer collision: impolite side ignores the offer");
@@ -515,12 +520,12 @@ impl Remote {
         for c in neg.pending.drain(..) {
             let _ = self.pc.add_ice_candidate(c).await;
         }
-        if typ == "offer" {
+        if is_offer {
             let answer = self.pc.create_answer(None).await?;
             self.pc.set_local_description(answer).await?;
             if let Some(d) = self.pc.local_description().await {
                 self.sig
-                    .signal(&self.id, json!({"sdp": {"type": "answer", "sdp": d.sdp}}))
+                    .signal(&self.id, &description(SdpType::Answer, d.sdp))
                     .await;
             }
         }
@@ -581,4 +586,8 @@ impl Remote {
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }
+}
+
+fn description(kind: SdpType, sdp: String) -> SignalData {
+    SignalData::Description(SessionDescription { kind, sdp })
 }

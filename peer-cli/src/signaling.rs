@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use icebreaker_protocol::{
+    ClientMessage, ErrorCode, IceServer, PeerInfo, ServerMessage, SignalData,
+};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
@@ -23,7 +27,7 @@ pub enum SigEvent {
     Joined {
         id: String,
         peers: Vec<RemoteInfo>,
-        ice_servers: Value,
+        ice_servers: Vec<IceServer>,
     },
     PeerJoined(RemoteInfo),
     PeerLeft {
@@ -32,7 +36,7 @@ pub enum SigEvent {
     },
     Signal {
         from: String,
-        data: Value,
+        data: SignalData,
     },
     Error {
         code: String,
@@ -58,13 +62,13 @@ enum Cmd {
 }
 
 impl SigSender {
-    pub async fn signal(&self, to: &str, data: Value) {
-        let _ = self
-            .tx
-            .send(Cmd::Send(
-                json!({"type": "signal", "to": to, "data": data}).to_string(),
-            ))
-            .await;
+    pub async fn signal(&self, to: &str, data: &SignalData) {
+        let data = data.to_raw();
+        let msg = ClientMessage::Signal {
+            to: to.into(),
+            data: &data,
+        };
+        let _ = self.tx.send(Cmd::Send(msg.to_text())).await;
     }
 
     pub async fn drop_connection(&self) {
@@ -109,15 +113,13 @@ async fn run(
     ev: mpsc::Sender<SigEvent>,
     mut cmds: mpsc::Receiver<Cmd>,
 ) {
-    let mut join = json!({"type": "join", "room": req.room, "meta": req.meta});
-    if let Some(t) = &req.token {
-        join["token"] = json!(t);
-    }
-    if ws
-        .send(Message::Text(join.to_string().into()))
-        .await
-        .is_err()
-    {
+    let meta = serde_json::value::to_raw_value(&req.meta).ok();
+    let join = ClientMessage::Join {
+        room: req.room.as_str().into(),
+        token: req.token.as_deref().map(Into::into),
+        meta: meta.as_deref(),
+    };
+    if ws.send(Message::Text(join.to_text().into())).await.is_err() {
         let _ = ev
             .send(SigEvent::Failed("could not send join".into()))
             .await;
@@ -153,13 +155,12 @@ async fn run(
             delay = (delay * 2).min(Duration::from_secs(5));
             match tokio_tungstenite::connect_async(&req.url).await {
                 Ok((mut nws, _)) => {
-                    let msg =
-                        json!({"type": "resume", "id": id, "token": token, "last_seq": s.last_seq});
-                    if nws
-                        .send(Message::Text(msg.to_string().into()))
-                        .await
-                        .is_ok()
-                    {
+                    let msg = ClientMessage::Resume {
+                        id: id.as_str().into(),
+                        token: token.as_str().into(),
+                        last_seq: s.last_seq,
+                    };
+                    if nws.send(Message::Text(msg.to_text().into())).await.is_ok() {
                         ws = nws;
                         resumed = true;
                         break;
@@ -203,8 +204,7 @@ async fn pump(
     loop {
         if s.last_seq >= acked + ACK_EVERY {
             acked = s.last_seq;
-            let ping = json!({"type": "ping", "last_seq": acked}).to_string();
-            if ws.send(Message::Text(ping.into())).await.is_err() {
+            if ws.send(ack(acked)).await.is_err() {
                 return Pumped::Dropped;
             }
         }
@@ -212,8 +212,7 @@ async fn pump(
             _ = ack_timer.tick() => {
                 if s.last_seq > acked && s.id.is_some() {
                     acked = s.last_seq;
-                    let ping = json!({"type": "ping", "last_seq": acked}).to_string();
-                    if ws.send(Message::Text(ping.into())).await.is_err() {
+                    if ws.send(ack(acked)).await.is_err() {
                         return Pumped::Dropped;
                     }
                 }
@@ -224,35 +223,49 @@ async fn pump(
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Pumped::Dropped,
                     Some(Ok(_)) => continue,
                 };
-                let Ok(v) = serde_json::from_str::<Value>(&text) else {
-                    warn!("unparseable server message");
-                    continue;
+                let msg = match ServerMessage::parse(&text) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "unreadable server message");
+                        continue;
+                    }
                 };
-                let seq = v["seq"].as_u64().unwrap_or(0);
-                let typ = v["type"].as_str().unwrap_or("");
-                if typ != "resumed" && seq > 0 {
+                let seq = msg.seq();
+                if !matches!(msg, ServerMessage::Resumed { .. }) && seq > 0 {
                     if seq <= s.last_seq {
                         continue; // already seen (replayed twice)
                     }
                     s.last_seq = seq;
                 }
-                let event = match typ {
-                    "joined" => {
-                        s.id = v["id"].as_str().map(String::from);
-                        s.token = v["resume_token"].as_str().map(String::from);
+                let event = match msg {
+                    ServerMessage::Joined { id, peers, ice_servers, resume_token, .. } => {
+                        s.id = Some(id.to_string());
+                        s.token = Some(resume_token.into_owned());
+                        let ice_servers = IceServer::list(ice_servers).unwrap_or_else(|e| {
+                            warn!(error = %e, "ignoring ice_servers");
+                            Vec::new()
+                        });
                         SigEvent::Joined {
-                            id: s.id.clone().unwrap_or_default(),
-                            peers: v["peers"].as_array().map(|a| a.iter().map(remote).collect()).unwrap_or_default(),
-                            ice_servers: v["ice_servers"].clone(),
+                            id: id.into_owned(),
+                            peers: peers.iter().map(remote).collect(),
+                            ice_servers,
                         }
                     }
-                    "peer-joined" => SigEvent::PeerJoined(remote(&v)),
-                    "peer-left" => SigEvent::PeerLeft {
-                        id: v["id"].as_str().unwrap_or("").into(),
-                        reason: v["reason"].as_str().unwrap_or("").into(),
+                    ServerMessage::PeerJoined { id, meta, polite, .. } => {
+                        SigEvent::PeerJoined(remote(&PeerInfo { id, meta, polite }))
+                    }
+                    ServerMessage::PeerLeft { id, reason, .. } => SigEvent::PeerLeft {
+                        id: id.into_owned(),
+                        reason: reason.as_str().into(),
                     },
-                    "signal" => SigEvent::Signal { from: v["from"].as_str().unwrap_or("").into(), data: v["data"].clone() },
-                    "resumed" => {
+                    ServerMessage::Signal { from, data, .. } => match SignalData::parse(data) {
+                        Some(data) => SigEvent::Signal { from: from.into_owned(), data },
+                        None => {
+                            warn!(%from, "signal data this peer does not understand");
+                            continue;
+                        }
+                    },
+                    ServerMessage::Resumed { .. } => {
                         for p in pending.drain(..) {
                             if ws.send(Message::Text(p.into())).await.is_err() {
                                 return Pumped::Dropped;
@@ -260,15 +273,15 @@ async fn pump(
                         }
                         SigEvent::Resumed
                     }
-                    "error" => {
-                        let code = v["code"].as_str().unwrap_or("").to_string();
-                        if code == "resume-failed" {
-                            let _ = ev.send(SigEvent::Failed(format!("resume failed: {}", v["message"]))).await;
-                            return Pumped::Closed;
-                        }
-                        SigEvent::Error { code, message: v["message"].as_str().unwrap_or("").into() }
+                    ServerMessage::Error { code: ErrorCode::ResumeFailed, message, .. } => {
+                        let _ = ev.send(SigEvent::Failed(format!("resume failed: {message}"))).await;
+                        return Pumped::Closed;
                     }
-                    _ => continue,
+                    ServerMessage::Error { code, message, .. } => SigEvent::Error {
+                        code: code.as_str().into(),
+                        message: message.into_owned(),
+                    },
+                    ServerMessage::Pong { .. } => continue,
                 };
                 if ev.send(event).await.is_err() {
                     return Pumped::Closed;
@@ -283,7 +296,7 @@ async fn pump(
                     }
                 }
                 Some(Cmd::Leave) => {
-                    let _ = ws.send(Message::Text(json!({"type": "leave"}).to_string().into())).await;
+                    let _ = ws.send(Message::Text(ClientMessage::Leave.to_text().into())).await;
                     let _ = ws.close(None).await;
                     return Pumped::Closed;
                 }
@@ -299,10 +312,27 @@ async fn pump(
     }
 }
 
-fn remote(v: &Value) -> RemoteInfo {
+/// A `ping` acknowledging everything up to `seq` (docs/protocol.md).
+fn ack(seq: u64) -> Message {
+    Message::Text(
+        ClientMessage::Ping {
+            last_seq: Some(seq),
+        }
+        .to_text()
+        .into(),
+    )
+}
+
+/// Opaque JSON from the server (meta, signal data) as a value for the application.
+fn json_value(raw: Option<&RawValue>) -> Value {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn remote(p: &PeerInfo<'_>) -> RemoteInfo {
     RemoteInfo {
-        id: v["id"].as_str().unwrap_or("").into(),
-        meta: v["meta"].clone(),
-        polite: v["polite"].as_bool().unwrap_or(false),
+        id: p.id.to_string(),
+        meta: json_value(p.meta),
+        polite: p.polite,
     }
 }

@@ -285,7 +285,7 @@ impl Hub {
             .filter(|m| &***m != me)
             .filter_map(|m| {
                 self.peers.get(m).map(|p| PeerInfo {
-                    id: m,
+                    id: (**m).into(),
                     meta: p.meta.as_deref(),
                     polite,
                 })
@@ -342,11 +342,11 @@ impl Hub {
             .map(|r| r.members.clone())
             .unwrap_or_default();
         let joined = ServerMessage::Joined {
-            id: &id,
-            room: &room_name,
+            id: (*id).into(),
+            room: (*room_name).into(),
             peers: self.peer_infos(&others, &id, false),
             ice_servers,
-            resume_token: &token,
+            resume_token: (*token).into(),
             seq: 1,
         }
         .to_json();
@@ -355,7 +355,7 @@ impl Hub {
         let meta = self.peers.get_mut(&id).and_then(|p| p.meta.take());
         for o in &others {
             self.deliver(now, o, |seq| ServerMessage::PeerJoined {
-                id: &id,
+                id: (*id).into(),
                 meta: meta.as_deref(),
                 polite: true,
                 seq,
@@ -392,7 +392,11 @@ impl Hub {
                 format!("no peer {to:?} in your room"),
             ));
         }
-        self.deliver(now, to, |seq| ServerMessage::Signal { from, data, seq });
+        self.deliver(now, to, |seq| ServerMessage::Signal {
+            from: from.into(),
+            data,
+            seq,
+        });
         Ok(())
     }
 
@@ -440,7 +444,11 @@ impl Hub {
         // Gauges move by one (several hubs, one per shard of rooms, share them).
         self.metrics.peers.dec();
         for o in &others {
-            self.deliver(now, o, |seq| ServerMessage::PeerLeft { id, reason, seq });
+            self.deliver(now, o, |seq| ServerMessage::PeerLeft {
+                id: id.into(),
+                reason,
+                seq,
+            });
         }
     }
 
@@ -532,7 +540,7 @@ impl Hub {
         // from `joined`/`peer-joined`, so `resumed` lists peers for presence only.
         let json = Bytes::from(
             ServerMessage::Resumed {
-                id,
+                id: id.into(),
                 peers: self.peer_infos(&members, id, true),
                 seq: last_seq,
             }

@@ -16,14 +16,12 @@ use crate::http::AppState;
 use crate::ice::ice_servers_json;
 use crate::limits::TokenBucket;
 use crate::protocol::{
-    self, valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage,
+    valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage, MAX_META_BYTES,
 };
 use crate::room::{AckBy, Attached, Detach, OutboxRef, Pushed, Signal};
 use crate::ws::frame::{self, FrameError, Opcode};
 use crate::ws::socket::WsSocket;
 
-/// Largest `meta` a peer may attach to itself (it is copied to everyone in the room).
-const MAX_META_BYTES: usize = 1024;
 /// Bytes read per wake-up (a per-thread buffer, so it costs idle connections nothing).
 const SCRATCH_BYTES: usize = 256 * 1024;
 /// How long a closing connection waits for its last bytes to drain, and then for the
@@ -120,7 +118,7 @@ impl Conn {
             None => {
                 let json = ServerMessage::Error {
                     code: err.code,
-                    message: &err.message,
+                    message: err.message.as_str().into(),
                     seq: 0,
                 }
                 .to_json();
@@ -136,7 +134,7 @@ impl Conn {
 
     /// One client message. False: the connection is unusable.
     async fn handle<'b>(&mut self, text: &'b str, batch: &mut Batch<'b>) -> bool {
-        let msg = match protocol::parse(text) {
+        let msg = match ClientMessage::parse(text) {
             Ok(m) => m,
             Err(e) => return self.error(e, batch).await,
         };
@@ -195,7 +193,11 @@ impl Conn {
                     }
                 }
                 let ice = ice_servers_json(cfg, &label, icebreaker_relay::server::unix_now());
-                match st.bus.join(&room, meta, &ice, self.outbox()).await {
+                match st
+                    .bus
+                    .join(&room, meta.map(|m| m.to_owned()), &ice, self.outbox())
+                    .await
+                {
                     Ok(a) => {
                         debug!(id = %a.id, %room, "joined");
                         self.me = Some(a);

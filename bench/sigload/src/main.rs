@@ -57,7 +57,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::pair::{heartbeat_interval, Kind, PairStats, Start, StreamCfg};
 use crate::proto::{
-    dispatch, err_key, first_peer, open_conn, padded_prefix, take_text, Conn, Target, UrlParts, Who,
+    dispatch, err_key, first_peer, open_conn, take_text, Conn, Target, Template, UrlParts, Who,
 };
 use crate::stats::{jint, jnum, percentile_ms, round3};
 
@@ -849,11 +849,11 @@ async fn throughput(p: TpParams) -> anyhow::Result<()> {
     let mut per_pair: Vec<Vec<StreamCfg>> = (0..handles.len()).map(|_| Vec::new()).collect();
     let mut frame_bytes = 0;
     for (idx, (i, from_b, dst)) in list.into_iter().enumerate() {
-        let prefix = padded_prefix(cfg.target, &dst, p.size as usize);
-        frame_bytes = prefix.len() + proto::T_DIGITS + proto::TAIL0.len();
+        let template = Template::new(cfg.target, &dst, p.size as usize);
+        frame_bytes = template.frame(0, 0).len();
         per_pair[i].push(StreamCfg {
             from_b,
-            prefix,
+            template,
             phase: idx as f64 / n_streams as f64,
         });
     }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::proto::{dispatch, frame, mark_dead, parse_sig, take_text, Conn, Ev};
+use crate::proto::{dispatch, mark_dead, parse_sig, take_text, Conn, Ev, Template};
 use crate::{fail, now_us, sh};
 
 /// Paced mode: at most this many frames per stream per write (a late sender catches up in
@@ -32,7 +32,7 @@ pub enum Kind {
 pub struct StreamCfg {
     /// sender is the pair's second connection (b → a)
     pub from_b: bool,
-    pub prefix: String,
+    pub template: Template,
     /// staggers senders across the schedule period: stream index / number of streams
     pub phase: f64,
 }
@@ -61,7 +61,7 @@ pub struct PairStats {
 struct Stream {
     /// 0 = a, 1 = b
     from: usize,
-    prefix: String,
+    template: Template,
     phase: f64,
     /// next counter to send (= sent so far)
     n: u64,
@@ -176,7 +176,7 @@ impl Pair {
             self.recv[1 - from] = Some(si);
             self.streams.push(Stream {
                 from,
-                prefix: sc.prefix,
+                template: sc.template,
                 phase: sc.phase,
                 n: 0,
                 delivered: 0,
@@ -365,7 +365,7 @@ impl Pair {
                 }
                 // A send on a closed connection counts as sent (and then as lost), as in load.mjs.
                 if c.st.alive {
-                    let msg = Message::text(frame(&s.prefix, now_us(), s.n));
+                    let msg = Message::text(s.template.frame(now_us(), s.n));
                     match c.ws.feed(msg).await {
                         Ok(()) => dirty[s.from] = true,
                         Err(e) => mark_dead(&mut c.st, Some(&e)),
@@ -391,7 +391,7 @@ impl Pair {
         let text = sh().cfg.target.heartbeat();
         for c in [&mut self.a, &mut self.b] {
             if c.st.alive {
-                if let Err(e) = c.ws.send(Message::text(text)).await {
+                if let Err(e) = c.ws.send(Message::text(text.as_str())).await {
                     mark_dead(&mut c.st, Some(&e));
                 }
             }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
+use icebreaker_protocol::{ClientMessage, ServerMessage};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::{TcpSocket, TcpStream};
@@ -33,10 +34,10 @@ impl Target {
 
     /// Ours gets `ping` (answered by `pong`); PeerJS drops clients that send no HEARTBEAT for
     /// 90 s whatever else they send.
-    pub fn heartbeat(self) -> &'static str {
+    pub fn heartbeat(self) -> String {
         match self {
-            Target::Ours => r#"{"type":"ping"}"#,
-            Target::Peerjs => r#"{"type":"HEARTBEAT"}"#,
+            Target::Ours => ClientMessage::Ping { last_seq: None }.to_text(),
+            Target::Peerjs => r#"{"type":"HEARTBEAT"}"#.into(),
         }
     }
 }
@@ -163,72 +164,91 @@ pub fn parse_url(s: &str) -> Result<UrlParts, String> {
 
 /// Digits of the send timestamp (µs since the process epoch, zero-padded: fixed frame size).
 pub const T_DIGITS: usize = 12;
-/// What follows the timestamp in a frame with counter 0.
-pub const TAIL0: &str = r#"","n":0}}"#;
 
-/// frame = prefix + t + '","n":' + n + '}}', with data/payload
-/// {"sdp":{"type":"offer","sdp":PAD},"t":"<µs>","n":N} as in load.mjs.
-pub fn signal_prefix(target: Target, to: &str, pad: &str) -> String {
-    let to = serde_json::to_string(to).expect("string to JSON");
-    match target {
-        Target::Ours => {
-            format!(
-                r#"{{"type":"signal","to":{to},"data":{{"sdp":{{"type":"offer","sdp":"{pad}"}},"t":""#
-            )
+/// What a stream sends: signals to `to` whose data is
+/// {"sdp":{"type":"offer","sdp":PAD},"t":"<µs>","n":N} as in load.mjs, padded so that the
+/// whole frame with n = 0 is the requested size. Ours are written by the protocol crate
+/// (`ClientMessage::Signal`); PeerJS frames, a protocol of its own, by concatenation.
+#[derive(Clone, Debug)]
+pub struct Template {
+    target: Target,
+    to: String,
+    pad: String,
+}
+
+/// The signal's data: application payload, opaque to the server.
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    sdp: Offer<'a>,
+    t: &'a str,
+    n: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Offer<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sdp: &'a str,
+}
+
+impl Template {
+    pub fn new(target: Target, to: &str, size: usize) -> Template {
+        let mut t = Template {
+            target,
+            to: to.into(),
+            pad: String::new(),
+        };
+        let base = t.frame(0, 0).len();
+        // 'x' needs no JSON escaping, so the pad adds exactly its length.
+        t.pad = "x".repeat(size.saturating_sub(base));
+        t
+    }
+
+    pub fn frame(&self, t_us: u64, n: u64) -> String {
+        let mut digits = [0u8; T_DIGITS];
+        let mut v = t_us;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
         }
-        Target::Peerjs => {
-            format!(
-                r#"{{"type":"OFFER","dst":{to},"payload":{{"sdp":{{"type":"offer","sdp":"{pad}"}},"t":""#
-            )
+        let t = std::str::from_utf8(&digits).expect("ASCII digits");
+        let payload = Payload {
+            sdp: Offer {
+                kind: "offer",
+                sdp: &self.pad,
+            },
+            t,
+            n,
+        };
+        match self.target {
+            Target::Ours => {
+                let data = serde_json::value::to_raw_value(&payload).expect("payload serializes");
+                ClientMessage::Signal {
+                    to: self.to.as_str().into(),
+                    data: &data,
+                }
+                .to_text()
+            }
+            Target::Peerjs => {
+                let to = serde_json::to_string(&self.to).expect("string to JSON");
+                let payload = serde_json::to_string(&payload).expect("payload serializes");
+                format!(r#"{{"type":"OFFER","dst":{to},"payload":{payload}}}"#)
+            }
         }
     }
-}
-
-/// The prefix padded so that the whole frame (with n = 0) is `size` bytes, as in load.mjs.
-pub fn padded_prefix(target: Target, to: &str, size: usize) -> String {
-    let base = signal_prefix(target, to, "").len() + T_DIGITS + TAIL0.len();
-    // 'x' needs no JSON escaping, so frames can be built by concatenation.
-    signal_prefix(target, to, &"x".repeat(size.saturating_sub(base)))
-}
-
-pub fn frame(prefix: &str, t_us: u64, n: u64) -> String {
-    // Exact capacity: a full Vec becomes Bytes without another allocation.
-    let n_digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
-    let mut s = String::with_capacity(prefix.len() + T_DIGITS + r#"","n":"#.len() + n_digits + 2);
-    s.push_str(prefix);
-    let _ = write!(s, "{t_us:012}\",\"n\":{n}}}}}");
-    s
 }
 
 // ---------------------------------------------------------------------------------------------
 // frames we receive
 
-/// The fields of a server message we look at. Strings without escapes and `data` / `payload`
-/// are borrowed from the frame; nothing else is built.
+/// The fields of a PeerJS server message we look at (ours are read by the protocol crate).
+/// Strings without escapes and `payload` are borrowed from the frame.
 #[derive(Deserialize)]
-struct In<'a> {
+struct PeerjsIn<'a> {
     #[serde(rename = "type", borrow)]
     ty: Cow<'a, str>,
-    #[serde(default)]
-    seq: Option<f64>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
-    #[serde(default)]
-    peers: Option<Vec<PeerRef>>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct PeerRef {
-    #[serde(default)]
-    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -256,7 +276,7 @@ pub fn parse_sig(data: Option<&RawValue>) -> Option<(u64, u64)> {
 pub struct ConnState {
     pub id: Option<String>,
     pub peers: Vec<String>,
-    pub last_seq: f64,
+    pub last_seq: u64,
     /// joined (ours) / OPEN (PeerJS) seen
     pub ready: bool,
     pub alive: bool,
@@ -277,59 +297,48 @@ pub enum Ev<'t> {
     Reject(String),
 }
 
-fn add_peer(st: &mut ConnState, id: Option<String>) {
-    match id {
-        Some(id) => st.peers.push(id),
-        None => fail("bad_peer_id"),
-    }
-}
-
 /// One text frame from the server: checks, state changes and failures as in load.mjs.
 pub fn dispatch<'t>(target: Target, st: &mut ConnState, text: &'t str) -> Ev<'t> {
-    let m: In<'t> = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(_) => {
-            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
-                fail("unexpected_message_shape");
-            } else {
-                fail("bad_json_from_server");
-            }
-            return Ev::None;
+    let shape_or_json = |text: &str| {
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            fail("unexpected_message_shape");
+        } else {
+            fail("bad_json_from_server");
         }
     };
     match target {
         Target::Ours => {
+            let Ok(m) = ServerMessage::parse(text) else {
+                shape_or_json(text);
+                return Ev::None;
+            };
             // Every server message carries a per-connection sequence number (used for resume).
-            match m.seq {
-                None => fail("seq_missing"),
-                Some(s) if s <= st.last_seq => fail("seq_not_increasing"),
-                Some(s) => st.last_seq = s,
+            if m.seq() <= st.last_seq {
+                fail("seq_not_increasing");
+            } else {
+                st.last_seq = m.seq();
             }
-            match &*m.ty {
-                "signal" => Ev::Signal(m.data),
-                "joined" => {
-                    st.id = m.id;
-                    for p in m.peers.unwrap_or_default() {
-                        add_peer(st, p.id);
-                    }
+            match m {
+                ServerMessage::Signal { data, .. } => Ev::Signal(Some(data)),
+                ServerMessage::Joined { id, peers, .. } => {
+                    st.id = Some(id.into_owned());
+                    st.peers
+                        .extend(peers.into_iter().map(|p| p.id.into_owned()));
                     st.ready = true;
                     Ev::Ready
                 }
-                "peer-joined" => {
-                    add_peer(st, m.id);
+                ServerMessage::PeerJoined { id, .. } => {
+                    st.peers.push(id.into_owned());
                     Ev::None
                 }
-                "peer-left" => {
-                    fail(&format!(
-                        "peer_left_{}",
-                        m.reason.as_deref().unwrap_or("undefined")
-                    ));
+                ServerMessage::PeerLeft { reason, .. } => {
+                    fail(&format!("peer_left_{}", reason.as_str()));
                     Ev::None
                 }
-                "pong" => Ev::None,
-                "error" => {
+                ServerMessage::Pong { .. } => Ev::None,
+                ServerMessage::Error { code, .. } => {
                     // rate-limited shows up here as server_error_rate-limited
-                    let code = m.code.unwrap_or_else(|| "undefined".into());
+                    let code = code.as_str();
                     fail(&format!("server_error_{code}"));
                     if st.ready {
                         Ev::None
@@ -337,44 +346,50 @@ pub fn dispatch<'t>(target: Target, st: &mut ConnState, text: &'t str) -> Ev<'t>
                         Ev::Reject(format!("server error {code}"))
                     }
                 }
+                ServerMessage::Resumed { .. } => {
+                    fail("unexpected_resumed");
+                    Ev::None
+                }
+            }
+        }
+        Target::Peerjs => {
+            let Ok(m) = serde_json::from_str::<PeerjsIn<'t>>(text) else {
+                shape_or_json(text);
+                return Ev::None;
+            };
+            match &*m.ty {
+                "OFFER" | "ANSWER" | "CANDIDATE" => Ev::Signal(m.payload),
+                "OPEN" => {
+                    st.ready = true;
+                    Ev::Ready
+                }
+                "ERROR" | "ID-TAKEN" => {
+                    let what = if &*m.ty == "ERROR" {
+                        m.payload
+                            .and_then(|p| serde_json::from_str::<ErrPayload>(p.get()).ok())
+                            .and_then(|p| p.msg)
+                            .unwrap_or_else(|| "ERROR".into())
+                    } else {
+                        "ID-TAKEN".into()
+                    };
+                    fail(&format!("server_error_{what}"));
+                    if st.ready {
+                        Ev::None
+                    } else {
+                        Ev::Reject(format!("server error {what}"))
+                    }
+                }
+                // EXPIRE: the server gave up on a queued message (unknown destination)
+                "EXPIRE" | "LEAVE" => {
+                    fail(&format!("server_{}", m.ty));
+                    Ev::None
+                }
                 _ => {
                     fail("unknown_message_type");
                     Ev::None
                 }
             }
         }
-        Target::Peerjs => match &*m.ty {
-            "OFFER" | "ANSWER" | "CANDIDATE" => Ev::Signal(m.payload),
-            "OPEN" => {
-                st.ready = true;
-                Ev::Ready
-            }
-            "ERROR" | "ID-TAKEN" => {
-                let what = if &*m.ty == "ERROR" {
-                    m.payload
-                        .and_then(|p| serde_json::from_str::<ErrPayload>(p.get()).ok())
-                        .and_then(|p| p.msg)
-                        .unwrap_or_else(|| "ERROR".into())
-                } else {
-                    "ID-TAKEN".into()
-                };
-                fail(&format!("server_error_{what}"));
-                if st.ready {
-                    Ev::None
-                } else {
-                    Ev::Reject(format!("server error {what}"))
-                }
-            }
-            // EXPIRE: the server gave up on a queued message (unknown destination)
-            "EXPIRE" | "LEAVE" => {
-                fail(&format!("server_{}", m.ty));
-                Ev::None
-            }
-            _ => {
-                fail("unknown_message_type");
-                Ev::None
-            }
-        },
     }
 }
 
@@ -555,11 +570,12 @@ async fn open_inner(k: usize, who: Who) -> anyhow::Result<Conn> {
         },
     };
     if let Who::Room(room) = &who {
-        let join = format!(
-            r#"{{"type":"join","room":{}}}"#,
-            serde_json::to_string(room)?
-        );
-        c.ws.send(Message::text(join)).await?;
+        let join = ClientMessage::Join {
+            room: room.as_str().into(),
+            token: None,
+            meta: None,
+        };
+        c.ws.send(Message::text(join.to_text())).await?;
     }
     loop {
         let text = match c.ws.next().await {
@@ -603,6 +619,32 @@ async fn wait_peer(c: &mut Conn) -> anyhow::Result<String> {
             let _ = dispatch(target, &mut c.st, text.as_str());
         } else if !c.st.alive {
             bail!("closed before the peer joined");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icebreaker_protocol::ClientMessage;
+
+    /// A frame is exactly the requested size at n = 0, the server reads it as a signal, and
+    /// the receiving side gets its counter and timestamp back.
+    #[test]
+    fn frames_have_the_requested_size_and_round_trip() {
+        for size in [200, 500, 4000] {
+            let t = Template::new(Target::Ours, "peer\"1", size);
+            assert_eq!(t.frame(123, 0).len(), size);
+            let f = t.frame(987_654_321, 42);
+            match ClientMessage::parse(&f).unwrap() {
+                ClientMessage::Signal { to, data } => {
+                    assert_eq!(to, "peer\"1");
+                    assert_eq!(parse_sig(Some(data)), Some((42, 987_654_321)));
+                }
+                m => panic!("{m:?}"),
+            }
+            let p = Template::new(Target::Peerjs, "x", size);
+            assert_eq!(p.frame(0, 0).len(), size);
         }
     }
 }

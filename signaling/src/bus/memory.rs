@@ -104,7 +104,7 @@ impl Bus for MemoryBus {
         self.with_hub(self.peer_shard(id), |h| {
             h.notify(Instant::now(), id, |seq| ServerMessage::Error {
                 code: err.code,
-                message: &err.message,
+                message: err.message.as_str().into(),
                 seq,
             })
         });
