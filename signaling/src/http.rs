@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -27,7 +27,8 @@ use crate::bus::Bus;
 use crate::config::SignalingConfig;
 use crate::limits::PerIp;
 use crate::metrics::{CodeLabel, Metrics};
-use crate::ws::socket::WsSocket;
+use crate::session::socket::WsSocket;
+use crate::ws::Refusal;
 
 pub struct AppState {
     pub cfg: SignalingConfig,
@@ -124,20 +125,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Whether a comma-separated header (`Connection: keep-alive, Upgrade`) has `token`.
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
 async fn ws_handler(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     mut req: Request,
 ) -> Response {
-    let refuse = |reason: &'static str, status: StatusCode, body: &'static str| {
+    let refuse = |reason: &'static str, status: StatusCode, body: String| {
         st.metrics
             .refused_connections
             .get_or_create(&CodeLabel { code: reason })
@@ -145,43 +138,31 @@ async fn ws_handler(
         (status, body).into_response()
     };
     let headers = req.headers();
-    if !has_token(headers, header::UPGRADE, "websocket")
-        || !has_token(headers, header::CONNECTION, "upgrade")
-    {
-        return refuse(
-            "not-websocket",
-            StatusCode::UPGRADE_REQUIRED,
-            "this is the WebSocket endpoint: connect with a WebSocket client\n",
-        );
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
-        let mut r = refuse(
-            "not-websocket",
-            StatusCode::UPGRADE_REQUIRED,
-            "WebSocket version 13 is required\n",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(
-            "not-websocket",
-            StatusCode::BAD_REQUEST,
-            "Sec-WebSocket-Key is missing\n",
-        );
+    let accept = match crate::ws::accept(headers) {
+        Ok(a) => a,
+        Err(why) => {
+            let mut r = refuse("not-websocket", why.status(), why_text(why));
+            if why.advertise_version() {
+                r.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            return r;
+        }
     };
-    let accept = crate::ws::accept_key(key.as_bytes());
     if !origin_allowed(headers, &st.cfg.allowed_origins) {
-        return refuse("origin", StatusCode::FORBIDDEN, "origin not allowed\n");
+        return refuse(
+            "origin",
+            StatusCode::FORBIDDEN,
+            "origin not allowed\n".into(),
+        );
     }
     let Some(slot) = st.per_ip.acquire(addr.ip(), st.cfg.max_connections_per_ip) else {
         return refuse(
             "per-ip-limit",
             StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from your address\n",
+            "too many connections from your address\n".into(),
         );
     };
     let upgrade = hyper::upgrade::on(&mut req);
@@ -219,6 +200,11 @@ async fn ws_handler(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .expect("static response parts")
+}
+
+/// The refusal's sentence as a response body.
+fn why_text(why: Refusal) -> String {
+    format!("{why}\n")
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {

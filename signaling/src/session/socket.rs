@@ -15,8 +15,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::frame::{self, Opcode};
 use crate::room::{Delivery, Detach, Hold, Outbox, Pushed};
+use crate::ws::frame::{self, Opcode};
+use crate::ws::CloseCode;
 
 struct Out {
     /// Bytes not written yet, in order: deferred to the end of a batch, or refused by
@@ -220,9 +221,9 @@ impl WsSocket {
 
     /// Queues a close frame; nothing is written after it. Not bounded: it is the last
     /// frame, at most 125 bytes.
-    pub fn close(&self, code: u16, reason: &str) {
+    pub fn close(&self, code: CloseCode, reason: &str) {
         let mut out = self.out();
-        let p = frame::close_payload(code, reason);
+        let p = frame::close_payload(code.as_u16(), reason);
         self.write_frame(&mut out, Opcode::Close, &p, false, false);
         out.close_sent = true;
     }

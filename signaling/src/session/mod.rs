@@ -1,9 +1,12 @@
 //! One WebSocket connection: reads frames and turns them into bus calls. Messages *to*
 //! this connection's peer are written into its socket by the bus directly (see
-//! [`crate::ws::socket`]); this task only writes what the kernel could not take at once,
+//! [`socket`]); this task only writes what the kernel could not take at once,
 //! and its own pings, pongs and close frames. It holds per-connection state only (rate
 //! bucket, heartbeat, an unfinished frame, which peer it carries).
 
+pub mod socket;
+
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,8 +22,8 @@ use crate::protocol::{
     valid_room, ClientMessage, ErrorCode, LeaveReason, ProtocolError, ServerMessage, MAX_META_BYTES,
 };
 use crate::room::{AckBy, Attached, Detach, OutboxRef, Pushed, Signal};
-use crate::ws::frame::{self, FrameError, Opcode};
-use crate::ws::socket::WsSocket;
+use crate::ws::{CloseCode, Reader, Violation, WsEvent};
+use socket::WsSocket;
 
 /// Bytes read per wake-up (a per-thread buffer, so it costs idle connections nothing).
 const SCRATCH_BYTES: usize = 256 * 1024;
@@ -50,11 +53,11 @@ fn put_scratch(b: Vec<u8>) {
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     /// The client sent a close frame: it left.
-    Closed(u16),
+    Closed(Option<CloseCode>),
     /// The socket broke, went silent, or broke the protocol: keep the peer for the grace.
     Dropped,
     /// We close it with this code (too large, bad frames); the peer is kept for the grace.
-    Close(u16, &'static str),
+    Close(CloseCode, &'static str),
     /// The bus detached the peer from this connection.
     Detached(Detach),
     ShuttingDown,
@@ -68,8 +71,8 @@ struct Conn {
     ip: IpAddr,
     bucket: TokenBucket,
     last_seen: Instant,
-    /// A message arriving in several frames (rare: browsers send one frame each).
-    fragments: Option<(Opcode, Vec<u8>)>,
+    /// The WebSocket read side (a fragmented message in progress, if any).
+    reader: Reader,
 }
 
 /// Signals read in one wake-up, borrowed from the read buffer and forwarded together
@@ -268,11 +271,10 @@ impl Conn {
         }
     }
 
-    /// A complete data message (text or binary).
+    /// A complete data message: text, or `None` for binary.
     async fn message<'b>(
         &mut self,
-        opcode: Opcode,
-        payload: &'b [u8],
+        text: Option<&'b str>,
         now: Instant,
         batch: &mut Batch<'b>,
     ) -> Option<End> {
@@ -281,23 +283,16 @@ impl Conn {
         if !self.bucket.take(now) {
             self.state
                 .metrics
-                .rate_limited(if opcode == Opcode::Binary {
-                    "binary"
-                } else {
-                    "text"
-                });
+                .rate_limited(if text.is_none() { "binary" } else { "text" });
             let e = ProtocolError::new(ErrorCode::RateLimited, "too many messages; slow down");
             return (!self.error(e, batch).await).then_some(End::Dropped);
         }
-        if opcode == Opcode::Binary {
+        let Some(text) = text else {
             let e = ProtocolError::new(
                 ErrorCode::BadMessage,
                 "binary frames are not part of protocol v1",
             );
             return (!self.error(e, batch).await).then_some(End::Dropped);
-        }
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return Some(End::Close(1007, "text frames must be UTF-8"));
         };
         (!self.handle(text, batch).await).then_some(End::Dropped)
     }
@@ -309,60 +304,42 @@ impl Conn {
             format!("messages are limited to {max} bytes"),
         );
         self.error(e, batch).await;
-        End::Close(1009, "message too large")
+        End::Close(CloseCode::TooBig, "message too large")
     }
 
-    async fn frame<'b>(
+    async fn event<'b>(
         &mut self,
-        fin: bool,
-        opcode: Opcode,
-        payload: &'b [u8],
+        event: WsEvent<'b>,
         now: Instant,
         batch: &mut Batch<'b>,
     ) -> Option<End> {
-        match opcode {
-            Opcode::Text | Opcode::Binary if self.fragments.is_some() => Some(End::Close(
-                1002,
-                "a new message began inside a fragmented one",
-            )),
-            Opcode::Text | Opcode::Binary if fin => self.message(opcode, payload, now, batch).await,
-            Opcode::Text | Opcode::Binary => {
-                self.fragments = Some((opcode, payload.to_vec()));
-                None
-            }
-            Opcode::Continuation => {
-                let Some((op, mut buf)) = self.fragments.take() else {
-                    return Some(End::Close(1002, "continuation without a message"));
-                };
-                if buf.len() + payload.len() > self.state.cfg.max_message_bytes {
-                    return Some(self.too_large(batch).await);
-                }
-                buf.extend_from_slice(payload);
-                if !fin {
-                    self.fragments = Some((op, buf));
-                    return None;
-                }
-                // The assembled message lives only here: what came before goes first,
-                // and a signal in it is forwarded on its own.
+        match event {
+            WsEvent::Text(Cow::Borrowed(text)) => self.message(Some(text), now, batch).await,
+            WsEvent::Text(Cow::Owned(text)) => {
+                // An assembled message lives only here: what came before goes first, and a
+                // signal in it is forwarded on its own.
                 self.forward(batch).await;
                 let mut own = Batch::new();
-                let end = self.message(op, &buf, now, &mut own).await;
+                let end = self.message(Some(&text), now, &mut own).await;
                 self.forward(&mut own).await;
                 end
             }
+            WsEvent::Binary(_) => self.message(None, now, batch).await,
             // Pings count against the rate too; one over it gets no pong (RFC 6455 §5.5.3
             // lets an endpoint answer only the latest of several pings).
-            Opcode::Ping if !self.bucket.take(now) => {
+            WsEvent::Ping(_) if !self.bucket.take(now) => {
                 self.state.metrics.rate_limited("ping");
                 None
             }
-            Opcode::Ping => (self.sock.pong(payload) == Pushed::Gone).then_some(End::Dropped),
+            WsEvent::Ping(payload) => {
+                (self.sock.pong(payload) == Pushed::Gone).then_some(End::Dropped)
+            }
             // Unsolicited pongs cost a bus call each: rate-limited like the rest.
-            Opcode::Pong if !self.bucket.take(now) => {
+            WsEvent::Pong(_) if !self.bucket.take(now) => {
                 self.state.metrics.rate_limited("pong");
                 None
             }
-            Opcode::Pong => {
+            WsEvent::Pong(payload) => {
                 if let (Some(a), Ok(b)) = (&self.me, <[u8; 8]>::try_from(payload)) {
                     self.state
                         .bus
@@ -371,13 +348,7 @@ impl Conn {
                 }
                 None
             }
-            Opcode::Close => {
-                let code = match payload {
-                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                    _ => 1000,
-                };
-                Some(End::Closed(code))
-            }
+            WsEvent::Close(code) => Some(End::Closed(code)),
         }
     }
 
@@ -403,41 +374,37 @@ impl Conn {
     async fn frames(&mut self, buf: &mut [u8], leftover: &mut Vec<u8>) -> Option<End> {
         let now = Instant::now();
         self.last_seen = now;
-        let max = self.state.cfg.max_message_bytes;
         let mut batch = Batch::new();
-        // Walk the buffer frame by frame: each frame is unmasked in place, then only read,
-        // so the batch may borrow from the frames before the one being parsed.
-        let mut rest: &mut [u8] = buf;
+        // The reader is moved out while its events borrow `buf` and `self` handles them.
+        let mut reader = std::mem::replace(&mut self.reader, Reader::new(0));
+        let mut events = reader.events(buf);
         let end = loop {
-            match frame::parse(rest, max) {
-                Ok(None) => break None,
-                Ok(Some(h)) => {
-                    let (this, next) = std::mem::take(&mut rest).split_at_mut(h.len);
-                    rest = next;
-                    let this: &[u8] = this;
-                    let payload = &this[h.payload];
-                    if let Some(end) = self.frame(h.fin, h.opcode, payload, now, &mut batch).await {
+            match events.next() {
+                None => break None,
+                Some(Ok(ev)) => {
+                    if let Some(end) = self.event(ev, now, &mut batch).await {
                         break Some(end);
                     }
                 }
-                Err(FrameError::TooLarge(_)) => break Some(self.too_large(&mut batch).await),
-                Err(e) => {
-                    debug!(error = %e, "bad frame");
-                    break Some(End::Close(1002, "protocol error"));
+                Some(Err(Violation::TooLarge(_))) => break Some(self.too_large(&mut batch).await),
+                Some(Err(v)) => {
+                    debug!(error = %v, "bad frame");
+                    break Some(End::Close(v.close_code(), v.reason()));
                 }
             }
         };
         self.forward(&mut batch).await;
-        if end.is_some() {
-            return end;
+        let rest = events.rest();
+        if end.is_none() {
+            leftover.clear();
+            if !rest.is_empty() {
+                leftover.extend_from_slice(rest);
+            } else if leftover.capacity() > 0 {
+                *leftover = Vec::new();
+            }
         }
-        leftover.clear();
-        if !rest.is_empty() {
-            leftover.extend_from_slice(rest);
-        } else if leftover.capacity() > 0 {
-            *leftover = Vec::new();
-        }
-        None
+        self.reader = reader;
+        end
     }
 }
 
@@ -460,7 +427,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
         ip,
         bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now()),
         last_seen: Instant::now(),
-        fragments: None,
+        reader: Reader::new(cfg.max_message_bytes),
     };
     let mut leftover = Vec::new();
     let mut end = None;
@@ -545,18 +512,11 @@ async fn close(sock: &WsSocket, end: End) {
             return;
         }
         // Echo the client's code (RFC 6455 §5.5.1); codes it may not send become 1000.
-        End::Closed(c)
-            if (1000..=1003).contains(&c)
-                || (1007..=1011).contains(&c)
-                || (3000..5000).contains(&c) =>
-        {
-            (c, "")
-        }
-        End::Closed(_) => (1000, ""),
+        End::Closed(c) => (CloseCode::reply_to(c), ""),
         End::Close(c, r) => (c, r),
-        End::Detached(Detach::TooSlow) => (1008, "detached: too slow to receive"),
-        End::Detached(Detach::Replaced) => (1008, "detached: resumed elsewhere"),
-        End::ShuttingDown => (1001, "server shutting down"),
+        End::Detached(Detach::TooSlow) => (CloseCode::Policy, "detached: too slow to receive"),
+        End::Detached(Detach::Replaced) => (CloseCode::Policy, "detached: resumed elsewhere"),
+        End::ShuttingDown => (CloseCode::GoingAway, "server shutting down"),
     };
     sock.close(code, reason);
     let _ = tokio::time::timeout(LINGER, sock.flush()).await;
