@@ -5,6 +5,8 @@
 //! bucket, heartbeat, an unfinished frame, which peer it carries).
 
 pub mod socket;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -23,7 +25,7 @@ use crate::protocol::{
 };
 use crate::room::{AckBy, Attached, Detach, OutboxRef, Pushed, Signal};
 use crate::ws::{CloseCode, Reader, Violation, WsEvent};
-use socket::WsSocket;
+use socket::{Stream, WsSocket};
 
 /// Bytes read per wake-up (a per-thread buffer, so it costs idle connections nothing).
 const SCRATCH_BYTES: usize = 256 * 1024;
@@ -49,6 +51,12 @@ fn put_scratch(b: Vec<u8>) {
     SCRATCH.with(|s| *s.borrow_mut() = b);
 }
 
+/// The connection's clock: tokio's, so that the session tests can run it paused (the
+/// rate bucket and heartbeat then follow virtual time).
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// How a connection ends.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
@@ -63,9 +71,9 @@ enum End {
     ShuttingDown,
 }
 
-struct Conn {
+struct Conn<S: Stream> {
     state: Arc<AppState>,
-    sock: Arc<WsSocket>,
+    sock: Arc<WsSocket<S>>,
     me: Option<Attached>,
     /// The client's address (its per-IP slot travels in the socket).
     ip: IpAddr,
@@ -79,7 +87,7 @@ struct Conn {
 /// (see [`Conn::forward`]).
 type Batch<'b> = Vec<Signal<'b>>;
 
-impl Conn {
+impl<S: Stream> Conn<S> {
     /// Forwards the signals read so far, in one bus call: each recipient's socket is then
     /// written once for all of them.
     async fn forward(&mut self, batch: &mut Batch<'_>) {
@@ -372,7 +380,7 @@ impl Conn {
     }
 
     async fn frames(&mut self, buf: &mut [u8], leftover: &mut Vec<u8>) -> Option<End> {
-        let now = Instant::now();
+        let now = clock();
         self.last_seen = now;
         let mut batch = Batch::new();
         // The reader is moved out while its events borrow `buf` and `self` handles them.
@@ -409,7 +417,12 @@ impl Conn {
 }
 
 /// The connection's task. `early`: bytes the client sent right behind its handshake.
-pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>, ip: IpAddr) {
+pub async fn run<S: Stream>(
+    sock: Arc<WsSocket<S>>,
+    early: bytes::Bytes,
+    state: Arc<AppState>,
+    ip: IpAddr,
+) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     let cfg = &state.cfg;
@@ -425,8 +438,8 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
         sock: sock.clone(),
         me: None,
         ip,
-        bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, Instant::now()),
-        last_seen: Instant::now(),
+        bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, clock()),
+        last_seen: clock(),
         reader: Reader::new(cfg.max_message_bytes),
     };
     let mut leftover = Vec::new();
@@ -468,7 +481,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
                 }
                 _ = sock.woken() => {}
                 _ = heartbeat.tick() => {
-                    if conn.last_seen.elapsed() > 2 * interval {
+                    if clock().saturating_duration_since(conn.last_seen) > 2 * interval {
                         metrics.heartbeat_timeouts.inc();
                         debug!("heartbeat timeout");
                         break End::Dropped;
@@ -503,7 +516,7 @@ pub async fn run(sock: Arc<WsSocket>, early: bytes::Bytes, state: Arc<AppState>,
 /// Writes the close frame (after what is pending), then shuts the socket down gently:
 /// FIN, and reads until the client's FIN, so unread input does not turn into a reset that
 /// would destroy the close frame before the client reads it.
-async fn close(sock: &WsSocket, end: End) {
+async fn close<S: Stream>(sock: &WsSocket<S>, end: End) {
     let (code, reason) = match end {
         // Broken or silent (docs/protocol.md: dropped without a close frame); the peer
         // resumes on a new socket.

@@ -8,11 +8,12 @@
 //! write on the recipient's, with no hand-over between tasks, and an idle connection holds
 //! no buffer at all.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Mutex;
 
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 
 use crate::room::{Delivery, Detach, Hold, Outbox, Pushed};
@@ -39,8 +40,60 @@ struct Out {
     broken: bool,
 }
 
-pub struct WsSocket {
-    io: TcpStream,
+/// What the writer needs from a stream: non-blocking reads and writes plus readiness.
+/// A client's TCP connection in the server; one end of a Unix socket pair in the session
+/// tests, which run whole connections in-process without a port.
+pub trait Stream: Send + Sync + 'static {
+    /// `write(2)` without waiting.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// `writev(2)` without waiting.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// `read(2)` without waiting.
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Forgets the read readiness seen so far (the last read drained the kernel's queue).
+    fn clear_readable(&self);
+    /// Waits until a read may succeed.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Waits until a write may succeed.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Sends FIN.
+    fn shutdown_write(&self);
+}
+
+macro_rules! tokio_stream {
+    ($t:ty) => {
+        impl Stream for $t {
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, buf)
+            }
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                <$t>::try_write_vectored(self, bufs)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::try_read(self, buf)
+            }
+            fn clear_readable(&self) {
+                let _ = self.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                });
+            }
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$t>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$t>::writable(self)
+            }
+            fn shutdown_write(&self) {
+                let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+            }
+        }
+    };
+}
+tokio_stream!(TcpStream);
+tokio_stream!(UnixStream);
+
+pub struct WsSocket<S = TcpStream> {
+    io: S,
     out: Mutex<Out>,
     /// Wakes the owner: output is blocked, or the connection should close.
     wake: Notify,
@@ -54,9 +107,9 @@ pub struct WsSocket {
 /// it); [`WsSocket::trim`] frees it when the connection goes quiet.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
-impl WsSocket {
+impl<S: Stream> WsSocket<S> {
     pub fn new(
-        stream: TcpStream,
+        stream: S,
         max_pending_msgs: usize,
         max_pending_bytes: usize,
         hold: Option<Hold>,
@@ -250,9 +303,7 @@ impl WsSocket {
         match self.io.try_read(buf) {
             Ok(n) => {
                 if n > 0 && n < buf.len() {
-                    let _ = self.io.try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-                    });
+                    self.io.clear_readable();
                 }
                 Ok(Some(n))
             }
@@ -285,11 +336,11 @@ impl WsSocket {
         let mut out = self.out();
         out.broken = true;
         out.pending = Vec::new();
-        let _ = socket2::SockRef::from(&self.io).shutdown(std::net::Shutdown::Write);
+        self.io.shutdown_write();
     }
 }
 
-impl Outbox for WsSocket {
+impl<S: Stream> Outbox for WsSocket<S> {
     fn push(&self, seq: u64, json: &bytes::Bytes, delivery: Delivery) -> Pushed {
         let mut out = self.out();
         let bounded = delivery == Delivery::Live;
