@@ -34,7 +34,6 @@ use icebreaker_relay::auth::{long_term_key, mint_rest_credentials, Key};
 use icebreaker_relay::codec::{
     self, attr, Class, Message, MessageWriter, Method, PacketKind, CHANNEL_MAX, CHANNEL_MIN,
 };
-use icebreaker_relay::metrics::RelayMetrics;
 use icebreaker_relay::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
 use icebreaker_relay::{FiveTuple, RelayArgs, Transport};
 
@@ -281,13 +280,12 @@ impl World {
         }
         let mut config = args.resolve().expect("valid configuration");
         if setup == Setup::Tight {
-            config.max_permissions = 3;
+            config.turn.max_permissions = 3;
         }
-        let ports = config.relay_ports;
+        let ports = config.turn.relay_ports;
         let t0 = Instant::now();
-        let shared = Shared::with_clock(config, t0, UNIX0);
-        let metrics = RelayMetrics::default();
-        let server = Server::new(Arc::clone(&shared), 0, 1, metrics.shard(0));
+        let shared = Shared::with_clock(config.turn, &config.listen, t0, UNIX0);
+        let server = Server::new(Arc::clone(&shared), ());
         // alice twice (her quota), bob over IPv6, and carol with TURN REST credentials
         // that expire five minutes in.
         let (rest_user, rest_pass) =

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use icebreaker_stun::turn::Config;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -24,28 +25,13 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The effective, validated relay configuration (what the core and drivers read).
+/// The effective, validated relay configuration: the TURN core's part, and what the
+/// drivers read.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
+    /// What the sans-IO core needs (addresses, credentials, policy, lifetimes, quotas).
+    pub turn: Config,
     pub listen: Vec<SocketAddr>,
-    /// (bind address, advertised address) of relayed sockets, per family.
-    pub relay_v4: Option<(IpAddr, IpAddr)>,
-    pub relay_v6: Option<(IpAddr, IpAddr)>,
-    pub relay_ports: (u16, u16),
-    pub realm: String,
-    pub users: Vec<(String, String)>,
-    pub auth_secrets: Vec<String>,
-    pub allow_peer: Vec<IpNet>,
-    pub deny_peer: Vec<IpNet>,
-    pub default_lifetime: Duration,
-    pub max_lifetime: Duration,
-    pub permission_lifetime: Duration,
-    pub channel_lifetime: Duration,
-    pub nonce_lifetime: Duration,
-    pub max_allocations: u32,
-    pub user_quota: u32,
-    pub max_bps: u64,
-    pub max_permissions: usize,
     pub max_tcp_connections: usize,
     /// Largest STUN message or ChannelData frame a TCP client may send; a longer one
     /// closes its connection.
@@ -56,37 +42,19 @@ pub struct RelayConfig {
     pub tcp_buffer_limit: usize,
     pub threads: usize,
     pub metrics_listen: Option<SocketAddr>,
-    pub software: String,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         let lo: IpAddr = "127.0.0.1".parse().expect("ip");
         RelayConfig {
+            turn: Config::default(),
             listen: vec![SocketAddr::new(lo, 3478)],
-            relay_v4: Some((lo, lo)),
-            relay_v6: None,
-            relay_ports: (49152, 65535),
-            realm: "icebreaker".into(),
-            users: Vec::new(),
-            auth_secrets: Vec::new(),
-            allow_peer: Vec::new(),
-            deny_peer: Vec::new(),
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            permission_lifetime: Duration::from_secs(300),
-            channel_lifetime: Duration::from_secs(600),
-            nonce_lifetime: Duration::from_secs(600),
-            max_allocations: 0,
-            user_quota: 0,
-            max_bps: 0,
-            max_permissions: 256,
             max_tcp_connections: 10_000,
             max_tcp_frame: 16 * 1024,
             tcp_buffer_limit: 64 << 20,
             threads: 0,
             metrics_listen: None,
-            software: concat!("icebreaker-relay/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }
@@ -239,15 +207,15 @@ impl RelayArgs {
         };
         let default_lifetime = secs(
             self.default_lifetime,
-            d.default_lifetime,
+            d.turn.default_lifetime,
             "default-lifetime",
         )?;
-        let max_lifetime = secs(self.max_lifetime, d.max_lifetime, "max-lifetime")?;
+        let max_lifetime = secs(self.max_lifetime, d.turn.max_lifetime, "max-lifetime")?;
         if default_lifetime > max_lifetime {
             return Err(err("default-lifetime", "is longer than max-lifetime"));
         }
         let relay_ports = match &self.relay_ports {
-            None => d.relay_ports,
+            None => d.turn.relay_ports,
             Some(s) => parse_port_range(s).ok_or_else(|| {
                 err(
                     "relay-ports",
@@ -273,7 +241,7 @@ impl RelayArgs {
                 "no credentials: give --user NAME:PASS or --auth-secret SECRET",
             ));
         }
-        let realm = self.realm.unwrap_or(d.realm);
+        let realm = self.realm.unwrap_or(d.turn.realm);
         if realm.is_empty() || realm.len() > 127 {
             return Err(err("realm", "must be 1 to 127 characters"));
         }
@@ -355,38 +323,40 @@ impl RelayArgs {
             return Err(err("tcp-buffer-limit", "must be at least max-tcp-frame"));
         }
         Ok(RelayConfig {
+            turn: Config {
+                relay_v4,
+                relay_v6,
+                relay_ports,
+                realm,
+                users,
+                auth_secrets: self.auth_secrets,
+                allow_peer: self.allow_peer,
+                deny_peer: self.deny_peer,
+                default_lifetime,
+                max_lifetime,
+                permission_lifetime: secs(
+                    self.permission_lifetime,
+                    d.turn.permission_lifetime,
+                    "permission-lifetime",
+                )?,
+                channel_lifetime: secs(
+                    self.channel_lifetime,
+                    d.turn.channel_lifetime,
+                    "channel-lifetime",
+                )?,
+                nonce_lifetime: secs(self.nonce_lifetime, d.turn.nonce_lifetime, "nonce-lifetime")?,
+                max_allocations: self.max_allocations.unwrap_or(d.turn.max_allocations),
+                user_quota: self.user_quota.unwrap_or(d.turn.user_quota),
+                max_bps: self.max_bps.unwrap_or(d.turn.max_bps),
+                max_permissions: d.turn.max_permissions,
+                software: d.turn.software,
+            },
             listen,
-            relay_v4,
-            relay_v6,
-            relay_ports,
-            realm,
-            users,
-            auth_secrets: self.auth_secrets,
-            allow_peer: self.allow_peer,
-            deny_peer: self.deny_peer,
-            default_lifetime,
-            max_lifetime,
-            permission_lifetime: secs(
-                self.permission_lifetime,
-                d.permission_lifetime,
-                "permission-lifetime",
-            )?,
-            channel_lifetime: secs(
-                self.channel_lifetime,
-                d.channel_lifetime,
-                "channel-lifetime",
-            )?,
-            nonce_lifetime: secs(self.nonce_lifetime, d.nonce_lifetime, "nonce-lifetime")?,
-            max_allocations: self.max_allocations.unwrap_or(d.max_allocations),
-            user_quota: self.user_quota.unwrap_or(d.user_quota),
-            max_bps: self.max_bps.unwrap_or(d.max_bps),
-            max_permissions: d.max_permissions,
             max_tcp_connections: self.max_tcp_connections.unwrap_or(d.max_tcp_connections),
             max_tcp_frame,
             tcp_buffer_limit,
             threads: self.threads.unwrap_or(d.threads),
             metrics_listen: self.metrics_listen,
-            software: d.software,
         })
     }
 }
@@ -439,7 +409,7 @@ fn parse_port_range(s: &str) -> Option<(u16, u16)> {
 impl RelayConfig {
     /// The effective configuration as TOML, secrets masked; itself a valid config file.
     pub fn to_masked_toml(&self) -> String {
-        let ext: Vec<String> = [self.relay_v4, self.relay_v6]
+        let ext: Vec<String> = [self.turn.relay_v4, self.turn.relay_v6]
             .into_iter()
             .flatten()
             .filter(|(b, a)| b != a)
@@ -447,34 +417,39 @@ impl RelayConfig {
             .collect();
         let args = RelayArgs {
             listen: self.listen.clone(),
-            relay_ip: [self.relay_v4, self.relay_v6]
+            relay_ip: [self.turn.relay_v4, self.turn.relay_v6]
                 .into_iter()
                 .flatten()
                 .map(|(b, _)| b)
                 .collect(),
             external_ip: ext,
-            relay_ports: Some(format!("{}-{}", self.relay_ports.0, self.relay_ports.1)),
-            realm: Some(self.realm.clone()),
+            relay_ports: Some(format!(
+                "{}-{}",
+                self.turn.relay_ports.0, self.turn.relay_ports.1
+            )),
+            realm: Some(self.turn.realm.clone()),
             users: self
+                .turn
                 .users
                 .iter()
                 .map(|(u, _)| format!("{u}:********"))
                 .collect(),
             auth_secrets: self
+                .turn
                 .auth_secrets
                 .iter()
                 .map(|_| "********".to_string())
                 .collect(),
-            allow_peer: self.allow_peer.clone(),
-            deny_peer: self.deny_peer.clone(),
-            default_lifetime: Some(self.default_lifetime.as_secs()),
-            max_lifetime: Some(self.max_lifetime.as_secs()),
-            permission_lifetime: Some(self.permission_lifetime.as_secs()),
-            channel_lifetime: Some(self.channel_lifetime.as_secs()),
-            nonce_lifetime: Some(self.nonce_lifetime.as_secs()),
-            max_allocations: Some(self.max_allocations),
-            user_quota: Some(self.user_quota),
-            max_bps: Some(self.max_bps),
+            allow_peer: self.turn.allow_peer.clone(),
+            deny_peer: self.turn.deny_peer.clone(),
+            default_lifetime: Some(self.turn.default_lifetime.as_secs()),
+            max_lifetime: Some(self.turn.max_lifetime.as_secs()),
+            permission_lifetime: Some(self.turn.permission_lifetime.as_secs()),
+            channel_lifetime: Some(self.turn.channel_lifetime.as_secs()),
+            nonce_lifetime: Some(self.turn.nonce_lifetime.as_secs()),
+            max_allocations: Some(self.turn.max_allocations),
+            user_quota: Some(self.turn.user_quota),
+            max_bps: Some(self.turn.max_bps),
             max_tcp_connections: Some(self.max_tcp_connections),
             max_tcp_frame: Some(self.max_tcp_frame),
             tcp_buffer_limit: Some(self.tcp_buffer_limit),
@@ -511,10 +486,10 @@ mod tests {
         let c = base().resolve().unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
         assert_eq!(
-            c.relay_v4.unwrap().0,
+            c.turn.relay_v4.unwrap().0,
             "127.0.0.1".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(c.default_lifetime, Duration::from_secs(600));
+        assert_eq!(c.turn.default_lifetime, Duration::from_secs(600));
         let file = RelayArgs {
             realm: Some("file".into()),
             max_bps: Some(5),
@@ -525,8 +500,8 @@ mod tests {
             ..base()
         };
         let c = cli.layer_over(file).resolve().unwrap();
-        assert_eq!(c.realm, "cli");
-        assert_eq!(c.max_bps, 5);
+        assert_eq!(c.turn.realm, "cli");
+        assert_eq!(c.turn.max_bps, 5);
     }
 
     #[test]
@@ -571,7 +546,7 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(
-            c.relay_v4,
+            c.turn.relay_v4,
             Some(("10.0.0.4".parse().unwrap(), "203.0.113.4".parse().unwrap()))
         );
         let printed = c.to_masked_toml();
@@ -595,7 +570,7 @@ mod tests {
         assert!(e.to_string().contains("no-such-key"), "{e}");
         std::fs::write(&p, "user = [\"u:p\"]\nrelay-ports = \"50000-50100\"\n").unwrap();
         let c = RelayArgs::from_file(&p).unwrap().resolve().unwrap();
-        assert_eq!(c.relay_ports, (50000, 50100));
+        assert_eq!(c.turn.relay_ports, (50000, 50100));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -89,7 +89,7 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
     let metrics_listen = config.metrics_listen;
     let listen = config.listen.clone();
     let handle = icebreaker_relay::run(config, metrics).context("cannot bind the relay's ports")?;
-    info!(addrs = ?handle.local_addrs, shards = handle.shared.config.worker_threads(), "relay listening (UDP+TCP)");
+    info!(addrs = ?handle.local_addrs, shards = handle.shards, "relay listening (UDP+TCP)");
     rt.block_on(async {
         if let Some(addr) = metrics_listen {
             let app = Router::new()

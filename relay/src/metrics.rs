@@ -1,6 +1,8 @@
 //! Prometheus metrics. Per-packet counters are labelled by shard so each shard bumps its
 //! own cache line (no cross-core contention on the hot path); sum over `shard` in queries.
 
+use icebreaker_stun::codec::Method;
+use icebreaker_stun::turn::{DeleteReason, Direction, DropReason, Observer, Refusal};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -133,31 +135,62 @@ pub struct ShardMetrics {
 }
 
 impl ShardMetrics {
+    /// A drop outside the core (the drivers: full queues, TCP limits).
     pub fn drop(&self, reason: &'static str) {
         self.all
             .dropped
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+}
 
-    pub fn refused(&self, reason: &'static str) {
-        self.all
-            .peer_refusals
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
-    pub fn deleted(&self, reason: &'static str) {
-        self.all
-            .allocations_deleted
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    }
-
-    pub fn request(&self, method: &'static str, code: u16) {
+/// The core's reports become counters; the per-packet ones are this shard's own atomics.
+impl Observer for ShardMetrics {
+    fn request(&self, method: Method, code: u16) {
         self.all
             .requests
-            .get_or_create(&RequestLabel { method, code })
+            .get_or_create(&RequestLabel {
+                method: method.name(),
+                code,
+            })
             .inc();
+    }
+
+    fn dropped(&self, reason: DropReason) {
+        self.drop(reason.as_str());
+    }
+
+    fn refused(&self, refusal: Refusal) {
+        self.all
+            .peer_refusals
+            .get_or_create(&ReasonLabel {
+                reason: refusal.reason(),
+            })
+            .inc();
+    }
+
+    fn allocation_created(&self) {
+        self.allocations.inc();
+        self.created.inc();
+    }
+
+    fn allocation_deleted(&self, reason: DeleteReason) {
+        self.allocations.dec();
+        self.all
+            .allocations_deleted
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    #[inline]
+    fn relayed(&self, direction: Direction, bytes: usize) {
+        let (p, b) = match direction {
+            Direction::ToPeer => (&self.to_peer_packets, &self.to_peer_bytes),
+            Direction::ToClient => (&self.to_client_packets, &self.to_client_bytes),
+        };
+        p.inc();
+        b.inc_by(bytes as u64);
     }
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use icebreaker_relay::auth::{long_term_key, mint_rest_credentials, Key};
 use icebreaker_relay::codec::{attr, Class, Message, MessageWriter, Method};
-use icebreaker_relay::metrics::RelayMetrics;
 use icebreaker_relay::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
 use icebreaker_relay::{FiveTuple, RelayArgs, Transport};
 
@@ -58,10 +57,10 @@ fn world(extra: impl FnOnce(&mut RelayArgs)) -> World {
     };
     extra(&mut args);
     let t0 = Instant::now();
-    let shared = Shared::with_clock(args.resolve().unwrap(), t0, UNIX0);
-    let metrics = RelayMetrics::default();
+    let rc = args.resolve().unwrap();
+    let shared = Shared::with_clock(rc.turn, &rc.listen, t0, UNIX0);
     World {
-        server: Server::new(Arc::clone(&shared), 0, 1, metrics.shard(0)),
+        server: Server::new(Arc::clone(&shared), ()),
         sockets: FakeSockets::default(),
         t0,
         now: t0,
@@ -902,15 +901,15 @@ fn shards_share_one_port_pool() {
     };
     args.allow_peer = vec!["127.0.0.0/8".parse().unwrap()];
     let t0 = Instant::now();
-    let shared = Shared::with_clock(args.resolve().unwrap(), t0, UNIX0);
-    let metrics = RelayMetrics::default();
+    let rc = args.resolve().unwrap();
+    let shared = Shared::with_clock(rc.turn, &rc.listen, t0, UNIX0);
     let mut w = World {
-        server: Server::new(Arc::clone(&shared), 0, 2, metrics.shard(0)),
+        server: Server::new(Arc::clone(&shared), ()),
         sockets: FakeSockets::default(),
         t0,
         now: t0,
     };
-    let mut other = Server::new(Arc::clone(&shared), 1, 2, metrics.shard(1));
+    let mut other = Server::new(Arc::clone(&shared), ());
     let mut ports = Vec::new();
     for i in 0..4 {
         let mut c = client(41000 + i, "alice", "pw");

@@ -288,7 +288,7 @@ impl SignalingConfig {
     pub fn relay_public(&self) -> Option<(IpAddr, u16)> {
         let r = self.relay.as_ref()?;
         let port = r.listen.first()?.port();
-        let ip = r.relay_v4.or(r.relay_v6).map(|(_, adv)| adv)?;
+        let ip = r.turn.relay_v4.or(r.turn.relay_v6).map(|(_, adv)| adv)?;
         Some((ip, port))
     }
 }
@@ -313,9 +313,9 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         let r = c.relay.as_ref().unwrap();
         assert_eq!(r.listen[0].to_string(), "127.0.0.1:3478");
-        assert_eq!(r.auth_secrets, vec![c.turn_secret.clone()]);
+        assert_eq!(r.turn.auth_secrets, vec![c.turn_secret.clone()]);
         assert!(
-            !r.allow_peer.is_empty(),
+            !r.turn.allow_peer.is_empty(),
             "a loopback-only relay may reach loopback peers"
         );
         assert_eq!(c.room_capacity, 16);

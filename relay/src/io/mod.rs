@@ -22,9 +22,19 @@ use crate::metrics::RelayMetrics;
 use crate::server::Shared;
 
 /// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
+/// The client TCP limits of `RelayConfig`, split over the shards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpLimits {
+    connections: usize,
+    frame: usize,
+    buffer: usize,
+}
+
 pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// Shards (threads) running.
+    pub shards: usize,
     /// The client-facing addresses actually bound (ports resolved when 0 was asked).
     pub local_addrs: Vec<SocketAddr>,
     pub shared: Arc<Shared>,
@@ -119,9 +129,14 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
             tcps.push(t);
         }
     }
-    let own = crate::server::own_addresses(&config, &local_addrs, &host_ips());
+    let own = crate::server::own_addresses(&config.turn, &local_addrs, &host_ips());
+    let tcp_limits = TcpLimits {
+        connections: config.max_tcp_connections,
+        frame: config.max_tcp_frame,
+        buffer: config.tcp_buffer_limit,
+    };
     let shared = Shared::with_own(
-        config,
+        config.turn,
         own,
         std::time::Instant::now(),
         crate::server::unix_now(),
@@ -135,7 +150,9 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         threads.push(
             std::thread::Builder::new()
                 .name(format!("relay-shard-{i}"))
-                .spawn(move || shard::run_shard(i, shards, shared, m, udps, tcps, rx))?,
+                .spawn(move || {
+                    shard::run_shard(i, shards, tcp_limits, shared, m, udps, tcps, rx)
+                })?,
         );
     }
     Ok(RelayHandle {
@@ -143,5 +160,6 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         threads,
         local_addrs,
         shared,
+        shards,
     })
 }

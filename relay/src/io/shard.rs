@@ -23,7 +23,7 @@ struct RelaySocket {
 }
 
 pub(super) struct Ctx {
-    pub core: RefCell<Server>,
+    pub core: RefCell<Server<ShardMetrics>>,
     pub metrics: ShardMetrics,
     pub max_tcp: usize,
     pub max_tcp_frame: usize,
@@ -192,6 +192,7 @@ impl Ctx {
 pub(super) fn run_shard(
     index: usize,
     shards: usize,
+    tcp_limits: super::TcpLimits,
     shared: Arc<Shared>,
     metrics: ShardMetrics,
     udps: Vec<UdpSocket>,
@@ -210,10 +211,10 @@ pub(super) fn run_shard(
     };
     let local = LocalSet::new();
     local.block_on(&rt, async move {
-        let max_tcp = shared.config.max_tcp_connections / shards.max(1) + 1;
-        let max_tcp_frame = shared.config.max_tcp_frame;
+        let max_tcp = tcp_limits.connections / shards.max(1) + 1;
+        let max_tcp_frame = tcp_limits.frame;
         // Every shard can hold at least one frame however small the limit.
-        let tcp_budget = (shared.config.tcp_buffer_limit / shards.max(1)).max(max_tcp_frame);
+        let tcp_budget = (tcp_limits.buffer / shards.max(1)).max(max_tcp_frame);
         let mut udp = Vec::new();
         for u in udps {
             let addr = u.local_addr().expect("bound");
@@ -223,7 +224,7 @@ pub(super) fn run_shard(
             ));
         }
         let ctx = Rc::new(Ctx {
-            core: RefCell::new(Server::new(shared, index, shards, metrics.clone())),
+            core: RefCell::new(Server::new(shared, metrics.clone())),
             metrics,
             max_tcp,
             max_tcp_frame,

@@ -13,17 +13,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustc_hash::FxHashMap;
 use tracing::{debug, info};
 
-use crate::allocation::{Allocation, ChannelBindError, TokenBucket};
+use super::allocation::{Allocation, ChannelBindError, TokenBucket};
+use super::policy::{OwnAddresses, PeerPolicy};
+use super::ports::PortPool;
+use super::quota::{Quota, QuotaError};
+use super::{Config, DeleteReason, Direction, DropReason, FiveTuple, Observer, Transport};
 use crate::auth::{AuthError, Authenticator, Key, NonceCheck};
 use crate::codec::{
     self, attr, parse_channel_data, Class, Message, MessageWriter, Method, PacketKind,
 };
-use crate::config::RelayConfig;
-use crate::metrics::ShardMetrics;
-use crate::policy::{OwnAddresses, PeerPolicy};
-use crate::ports::PortPool;
-use crate::quota::{Quota, QuotaError};
-use crate::{FiveTuple, Transport};
 
 /// Opens and closes relayed sockets for the core. `open` binds `addr` (a UDP socket)
 /// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`];
@@ -65,7 +63,7 @@ pub enum Transmit<'a> {
 
 /// State shared by all shards (read-mostly: config, credentials, policy; quotas).
 pub struct Shared {
-    pub config: RelayConfig,
+    pub config: Config,
     pub auth: Authenticator,
     pub policy: PeerPolicy,
     /// The relay's own addresses, never relayed to (see [`OwnAddresses`]).
@@ -82,19 +80,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: RelayConfig) -> Arc<Self> {
-        Self::with_clock(config, Instant::now(), unix_now())
+    pub fn new(config: Config, listen: &[SocketAddr]) -> Arc<Self> {
+        Self::with_clock(config, listen, Instant::now(), unix_now())
     }
 
-    pub fn with_clock(config: RelayConfig, epoch: Instant, unix_at_epoch: u64) -> Arc<Self> {
-        let own = own_addresses(&config, &config.listen, &[]);
+    /// With a given clock, listening on `listen` (never relayed to).
+    pub fn with_clock(
+        config: Config,
+        listen: &[SocketAddr],
+        epoch: Instant,
+        unix_at_epoch: u64,
+    ) -> Arc<Self> {
+        let own = own_addresses(&config, listen, &[]);
         Self::with_own(config, own, epoch, unix_at_epoch)
     }
 
     /// With the relay's own addresses as the driver found them (listen ports resolved,
     /// the host's interface addresses for an unspecified listen IP).
     pub fn with_own(
-        config: RelayConfig,
+        config: Config,
         own: OwnAddresses,
         epoch: Instant,
         unix_at_epoch: u64,
@@ -132,11 +136,7 @@ impl Shared {
 
 /// The relay's own addresses for `config` listening on `listen`: those, and the relayed
 /// and advertised IPs of both families.
-pub fn own_addresses(
-    config: &RelayConfig,
-    listen: &[SocketAddr],
-    host_ips: &[IpAddr],
-) -> OwnAddresses {
+pub fn own_addresses(config: &Config, listen: &[SocketAddr], host_ips: &[IpAddr]) -> OwnAddresses {
     let ips: Vec<IpAddr> = [config.relay_v4, config.relay_v6]
         .into_iter()
         .flatten()
@@ -203,9 +203,9 @@ struct Authenticated {
     key: Key,
 }
 
-pub struct Server {
+pub struct Server<O: Observer = ()> {
     shared: Arc<Shared>,
-    metrics: ShardMetrics,
+    metrics: O,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_five_tuple: FxHashMap<FiveTuple, AllocationId>,
@@ -218,10 +218,9 @@ pub struct Server {
     next_sweep: Instant,
 }
 
-impl Server {
-    pub fn new(shared: Arc<Shared>, shard: usize, shards: usize, metrics: ShardMetrics) -> Self {
-        // `shard`/`shards` no longer slice the port range (one pool in `Shared`).
-        let _ = (shard, shards);
+impl<O: Observer> Server<O> {
+    /// A shard's core; every shard of a relay shares `shared`.
+    pub fn new(shared: Arc<Shared>, metrics: O) -> Self {
         Server {
             next_sweep: shared.epoch,
             shared,
@@ -284,7 +283,7 @@ impl Server {
             .map(|(ft, _)| *ft)
             .collect();
         for ft in expired {
-            self.delete(&ft, "expired", sockets);
+            self.delete(&ft, DeleteReason::Expired, sockets);
         }
         for s in &mut self.slots {
             if let Some(a) = &mut s.allocation {
@@ -308,14 +307,14 @@ impl Server {
     /// The client's transport connection closed (TCP): its allocation goes with it
     /// (RFC 8656 §3.1).
     pub fn close_client(&mut self, ft: &FiveTuple, sockets: &mut dyn RelaySockets) {
-        self.delete(ft, "connection_closed", sockets);
+        self.delete(ft, DeleteReason::ConnectionClosed, sockets);
     }
 
     /// Deletes every allocation (graceful stop): sockets closed, quotas released.
     pub fn shutdown(&mut self, sockets: &mut dyn RelaySockets) {
         let all: Vec<FiveTuple> = self.by_five_tuple.keys().copied().collect();
         for ft in all {
-            self.delete(&ft, "shutdown", sockets);
+            self.delete(&ft, DeleteReason::Shutdown, sockets);
         }
         let mut ports = self.shared.ports();
         for p in self.cooling.iter_mut().flat_map(|c| c.drain(..)) {
@@ -323,7 +322,7 @@ impl Server {
         }
     }
 
-    fn delete(&mut self, ft: &FiveTuple, reason: &'static str, sockets: &mut dyn RelaySockets) {
+    fn delete(&mut self, ft: &FiveTuple, reason: DeleteReason, sockets: &mut dyn RelaySockets) {
         let Some(id) = self.by_five_tuple.remove(ft) else {
             return;
         };
@@ -337,9 +336,8 @@ impl Server {
         sockets.allocation_ended(ft);
         self.cooling[1].push(a.relay.port());
         self.shared.quota.release(&a.username);
-        self.metrics.allocations.dec();
-        self.metrics.deleted(reason);
-        info!(client = %ft.client, transport = ?ft.transport, relay = %a.advertised, user = %a.username, reason, "allocation deleted");
+        self.metrics.allocation_deleted(reason);
+        info!(client = %ft.client, transport = ?ft.transport, relay = %a.advertised, user = %a.username, reason = reason.as_str(), "allocation deleted");
     }
 
     /// A packet from a client (STUN or ChannelData).
@@ -357,12 +355,12 @@ impl Server {
                 Err(codec::DecodeError::BadCookie) => self.legacy_binding(ft, data),
                 Err(e) => {
                     debug!(client = %ft.client, error = %e, "malformed STUN message dropped");
-                    self.metrics.drop("malformed");
+                    self.metrics.dropped(DropReason::Malformed);
                     None
                 }
             },
             PacketKind::Other => {
-                self.metrics.drop("malformed");
+                self.metrics.dropped(DropReason::Malformed);
                 None
             }
         }
@@ -375,7 +373,7 @@ impl Server {
         data: &'a [u8],
     ) -> Option<Transmit<'a>> {
         let Some((number, payload)) = parse_channel_data(data) else {
-            self.metrics.drop("malformed");
+            self.metrics.dropped(DropReason::Malformed);
             return None;
         };
         let id = *self.by_five_tuple.get(ft)?;
@@ -385,7 +383,7 @@ impl Server {
             return None;
         }
         let Some(peer) = a.channel_peer(number, now) else {
-            metrics.drop("no_channel");
+            metrics.dropped(DropReason::NoChannel);
             return None;
         };
         to_peer(a, metrics, now, peer, payload)
@@ -407,22 +405,21 @@ impl Server {
         let a = slot.allocation.as_mut()?;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         if a.expires <= now {
-            metrics.drop("no_permission");
+            metrics.dropped(DropReason::NoPermission);
             return None;
         }
         // From our own client-facing port: part of a loop (which needs a client that is one
         // of our relayed addresses); never passed on, whatever the permissions say.
         if self.shared.own.contains(peer) {
-            metrics.drop("own_address");
+            metrics.dropped(DropReason::OwnAddress);
             return None;
         }
         // Room for the ChannelData or Data indication header around it.
         if let Err(reason) = a.admit(peer.ip(), data.len(), u16::MAX as usize - 64, now) {
-            metrics.drop(reason);
+            metrics.dropped(reason);
             return None;
         }
-        metrics.to_client_packets.inc();
-        metrics.to_client_bytes.inc_by(data.len() as u64);
+        metrics.relayed(Direction::ToClient, data.len());
         let to = a.five_tuple;
         if let Some(ch) = a.channel_for(peer, now) {
             codec::write_channel_data(&mut self.buf, ch, data, to.transport == Transport::Tcp);
@@ -451,7 +448,7 @@ impl Server {
             || data[0..2] != [0, 1]
             || u16::from_be_bytes([data[2], data[3]]) as usize + 20 != data.len()
         {
-            self.metrics.drop("malformed");
+            self.metrics.dropped(DropReason::Malformed);
             return None;
         }
         // The 16-byte RFC 3489 transaction id spans the cookie field; echo it verbatim.
@@ -473,7 +470,7 @@ impl Server {
         sockets: &mut dyn RelaySockets,
     ) -> Option<Transmit<'a>> {
         if !msg.verify_fingerprint() {
-            self.metrics.drop("bad_fingerprint");
+            self.metrics.dropped(DropReason::BadFingerprint);
             return None;
         }
         match msg.class {
@@ -482,7 +479,7 @@ impl Server {
                 return self.send_indication(now, &ft, msg);
             }
             _ => {
-                self.metrics.drop("unexpected_message");
+                self.metrics.dropped(DropReason::UnexpectedMessage);
                 return None;
             }
         }
@@ -524,7 +521,7 @@ impl Server {
                 r.code
             }
         };
-        self.metrics.request(msg.method.name(), code);
+        self.metrics.request(msg.method, code);
         debug!(client = %ft.client, method = msg.method.name(), code, "request answered");
         Some(Transmit::Client {
             to: ft,
@@ -818,8 +815,7 @@ impl Server {
         };
         self.slots[id.index as usize].allocation = Some(a);
         self.by_five_tuple.insert(ft, id);
-        self.metrics.allocations.inc();
-        self.metrics.created.inc();
+        self.metrics.allocation_created();
         self.finish_success(msg, &key, |w| {
             w.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
                 .u32(attr::LIFETIME, lifetime.as_secs() as u32);
@@ -882,7 +878,7 @@ impl Server {
             Some(_) => self.lifetime(msg).map_err(|r| r.signed(key))?,
         };
         if requested.is_zero() {
-            self.delete(&ft, "refresh", sockets);
+            self.delete(&ft, DeleteReason::Refresh, sockets);
         } else if let Some(a) = self.get_mut(id) {
             a.expires = now + requested;
         }
@@ -918,7 +914,7 @@ impl Server {
             }
             if let Err(refusal) = self.shared.own.check(&self.shared.policy, peer) {
                 info!(client = %ft.client, %peer, reason = refusal.reason(), "{refusal}");
-                self.metrics.refused(refusal.reason());
+                self.metrics.refused(refusal);
                 return Err(
                     Reject::new(403, "peer address is forbidden by the server's policy")
                         .signed(key),
@@ -1016,14 +1012,14 @@ impl Server {
         let (Some(Ok(peer)), Some(data)) =
             (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
         else {
-            self.metrics.drop("malformed");
+            self.metrics.dropped(DropReason::Malformed);
             return None;
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // A permission is for an IP, so a Send indication could name any port on it:
         // our own listen ports are refused here too.
         if self.shared.own.contains(peer) {
-            self.metrics.drop("own_address");
+            self.metrics.dropped(DropReason::OwnAddress);
             return None;
         }
         let metrics = &self.metrics;
@@ -1052,17 +1048,16 @@ fn finish_unauthenticated(w: MessageWriter<'_>, msg: &Message<'_>) {
 #[inline]
 fn to_peer<'a>(
     a: &mut Allocation,
-    metrics: &ShardMetrics,
+    metrics: &impl Observer,
     now: Instant,
     peer: SocketAddr,
     data: &'a [u8],
 ) -> Option<Transmit<'a>> {
     if let Err(reason) = a.admit(peer.ip(), data.len(), usize::MAX, now) {
-        metrics.drop(reason);
+        metrics.dropped(reason);
         return None;
     }
-    metrics.to_peer_packets.inc();
-    metrics.to_peer_bytes.inc_by(data.len() as u64);
+    metrics.relayed(Direction::ToPeer, data.len());
     Some(Transmit::Peer {
         relay: a.relay,
         to: peer,

@@ -8,8 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::{DropReason, FiveTuple};
 use crate::auth::Key;
-use crate::FiveTuple;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Permission {
@@ -176,16 +176,16 @@ impl Allocation {
         len: usize,
         max_len: usize,
         now: Instant,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), DropReason> {
         if !self.is_permitted(peer, now) {
-            return Err("no_permission");
+            return Err(DropReason::NoPermission);
         }
         if len > max_len {
-            return Err("oversized");
+            return Err(DropReason::Oversized);
         }
         if let Some(b) = &mut self.bucket {
             if !b.take(len, now) {
-                return Err("bandwidth");
+                return Err(DropReason::Bandwidth);
             }
         }
         Ok(())
