@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use icebreaker_protocol::{ClientMessage, IceServer, ServerMessage};
 use icebreaker_stun::auth::long_term_key;
-use icebreaker_stun::codec::{attr, tcp_frame_len, Class, Message, MessageWriter, Method};
+use icebreaker_stun::codec::{
+    attr, tcp_frame_len, Attributes, Class, Message, MessageWriter, Method,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream, UdpSocket};
@@ -138,10 +140,12 @@ async fn transact(server: SocketAddr, tcp: bool, req: &[u8]) -> Result<Vec<u8>, 
     }
 }
 
-fn error_of(m: &Message<'_>) -> Option<(u16, String)> {
-    m.get(attr::ERROR_CODE)
-        .and_then(|v| attr::decode_error_code(v).ok())
-        .map(|(c, r)| (c, r.to_string()))
+/// A STUN answer and its decoded attributes, or why it is unreadable.
+fn answer<'a>(resp: &'a [u8], server: SocketAddr) -> Result<(Message<'a>, Attributes<'a>), String> {
+    let bad = |e: &dyn std::fmt::Display| format!("malformed answer from {server}: {e}");
+    let m = Message::parse(resp).map_err(|e| bad(&e))?;
+    let a = Attributes::parse(&m).map_err(|e| bad(&e))?;
+    Ok((m, a))
 }
 
 async fn stun_binding(u: &IceUrl) -> Result<String, String> {
@@ -152,13 +156,10 @@ async fn stun_binding(u: &IceUrl) -> Result<String, String> {
         .to_vec();
     let t0 = Instant::now();
     let resp = transact(server, u.tcp, &req).await?;
-    let m = Message::parse(&resp).map_err(|e| format!("malformed answer from {server}: {e}"))?;
-    let mapped = m
-        .xor_address(attr::XOR_MAPPED_ADDRESS)
-        .and_then(|r| r.ok())
-        .ok_or_else(|| {
-            format!("{server} answered without XOR-MAPPED-ADDRESS: not a STUN server?")
-        })?;
+    let (_, a) = answer(&resp, server)?;
+    let mapped = a.xor_mapped_address.ok_or_else(|| {
+        format!("{server} answered without XOR-MAPPED-ADDRESS: not a STUN server?")
+    })?;
     Ok(format!(
         "{server} says we are {mapped} ({} ms)",
         t0.elapsed().as_millis()
@@ -174,9 +175,9 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
     w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     let req = w.finish_with_fingerprint().to_vec();
     let resp = transact(server, u.tcp, &req).await?;
-    let m = Message::parse(&resp).map_err(|e| format!("malformed answer from {server}: {e}"))?;
-    let (realm, nonce) = match (m.text(attr::REALM), m.text(attr::NONCE)) {
-        (Some(Ok(r)), Some(Ok(n))) => (r.to_string(), n.to_string()),
+    let (_, a) = answer(&resp, server)?;
+    let (realm, nonce) = match (a.realm, a.nonce) {
+        (Some(r), Some(n)) => (r.to_string(), n.to_string()),
         _ => {
             return Err(format!(
                 "{server} did not challenge (no 401 with REALM/NONCE): not a TURN server?"
@@ -195,8 +196,8 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
         w.finish_with_fingerprint().to_vec()
     };
     let resp = transact(server, u.tcp, &allocate(&nonce)).await?;
-    let m = Message::parse(&resp).map_err(|e| format!("malformed answer from {server}: {e}"))?;
-    if let Some((code, reason)) = error_of(&m) {
+    let (m, a) = answer(&resp, server)?;
+    if let Some((code, reason)) = a.error_code {
         return Err(match code {
             401 => format!("401 {reason}: the credentials from signaling are refused — the signaling server's TURN secret (--turn-secret) does not match the TURN server's, or its clock is off"),
             403 => format!("403 {reason}"),
@@ -207,9 +208,8 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
     if !m.verify_integrity(&key) {
         return Err(format!("{server} answered with a bad MESSAGE-INTEGRITY"));
     }
-    let relayed = m
-        .xor_address(attr::XOR_RELAYED_ADDRESS)
-        .and_then(|r| r.ok())
+    let relayed = a
+        .xor_relayed_address
         .ok_or("success without XOR-RELAYED-ADDRESS")?;
     let ms = t0.elapsed().as_millis();
     // Free it: Refresh with LIFETIME 0 (best effort; over TCP closing does it too).

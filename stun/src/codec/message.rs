@@ -141,6 +141,14 @@ impl<'a> Message<'a> {
         self.raw
     }
 
+    /// Every indexed attribute as (type, value), in order.
+    pub fn attributes(&self) -> impl Iterator<Item = (u16, &'a [u8])> + '_ {
+        let raw = self.raw;
+        self.attrs.slots[..self.attrs.n as usize]
+            .iter()
+            .map(move |s| (s.typ, &raw[s.off as usize..s.off as usize + s.len as usize]))
+    }
+
     /// The first attribute of type `t` (RFC 8489 §14: later duplicates are ignored).
     pub fn get(&self, t: u16) -> Option<&'a [u8]> {
         self.attrs.slots[..self.attrs.n as usize]

@@ -6,9 +6,11 @@
 //! writer appends into a reused buffer, so handling a packet allocates nothing.
 
 pub mod attr;
+mod attributes;
 mod message;
 mod writer;
 
+pub use attributes::{Attributes, Peers, MAX_PEERS};
 pub use message::{Attrs, Message};
 pub use writer::{write_channel_data, MessageWriter};
 
@@ -99,6 +101,20 @@ pub enum DecodeError {
     AfterFingerprint,
     #[error("malformed attribute: {0}")]
     BadAttribute(&'static str),
+}
+
+impl DecodeError {
+    /// The error as a short reason phrase for an error response.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::TooShort => "shorter than a STUN header",
+            DecodeError::NotStun => "not a STUN message",
+            DecodeError::BadCookie => "wrong magic cookie",
+            DecodeError::BadLength(r) | DecodeError::BadAttribute(r) => r,
+            DecodeError::TooManyAttributes => "too many attributes",
+            DecodeError::AfterFingerprint => "attribute after FINGERPRINT",
+        }
+    }
 }
 
 /// What the first bytes of a client packet say it is (RFC 8656 §12: the top two bits

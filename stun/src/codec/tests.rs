@@ -250,3 +250,57 @@ mod prop {
         }
     }
 }
+
+/// One pass decodes every attribute: first occurrence wins, several peers are kept in
+/// order, and a malformed value is refused with its name.
+#[test]
+fn typed_attributes() {
+    let tid = [5; 12];
+    let p1: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+    let p2: SocketAddr = "[2001:db8::1]:2000".parse().unwrap();
+    let mut buf = Vec::new();
+    let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid);
+    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::EVEN_PORT, &[0x80])
+        .u32(attr::LIFETIME, 900)
+        .u32(attr::LIFETIME, 1)
+        .attr(attr::USERNAME, b"alice")
+        .attr(attr::DONT_FRAGMENT, &[])
+        .xor_address(attr::XOR_PEER_ADDRESS, p1)
+        .xor_address(attr::XOR_PEER_ADDRESS, p2)
+        .attr(attr::RESERVATION_TOKEN, &7u64.to_be_bytes());
+    let raw = w.finish().to_vec();
+    let m = Message::parse(&raw).unwrap();
+    let a = Attributes::parse(&m).unwrap();
+    assert_eq!(a.requested_transport, Some(17));
+    assert_eq!(a.even_port, Some(true));
+    assert_eq!(a.lifetime, Some(900), "the first LIFETIME counts");
+    assert_eq!(a.username, Some("alice"));
+    assert!(a.dont_fragment);
+    assert_eq!(a.xor_peer_addresses.as_slice(), [p1, p2]);
+    assert_eq!(a.reservation_token, Some(7));
+    assert_eq!(a.channel_number, None);
+
+    for (t, v, why) in [
+        (attr::LIFETIME, &[0u8, 1][..], "bad LIFETIME"),
+        (attr::REQUESTED_TRANSPORT, &[17], "bad REQUESTED-TRANSPORT"),
+        (attr::USERNAME, &[0xff], "USERNAME is not UTF-8"),
+        (
+            attr::CHANNEL_NUMBER,
+            &[0x40],
+            "CHANNEL-NUMBER is missing or malformed",
+        ),
+        (
+            attr::XOR_PEER_ADDRESS,
+            &[0, 9, 0, 0, 1, 2, 3, 4],
+            "bad XOR-PEER-ADDRESS",
+        ),
+    ] {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid);
+        w.attr(t, v);
+        let raw = w.finish().to_vec();
+        let m = Message::parse(&raw).unwrap();
+        assert_eq!(Attributes::parse(&m).unwrap_err().reason(), why);
+    }
+}

@@ -20,7 +20,7 @@ use super::quota::{Quota, QuotaError};
 use super::{Config, DeleteReason, Direction, DropReason, FiveTuple, Observer, Transport};
 use crate::auth::{AuthError, Authenticator, Key, NonceCheck};
 use crate::codec::{
-    self, attr, parse_channel_data, Class, Message, MessageWriter, Method, PacketKind,
+    self, attr, parse_channel_data, Attributes, Class, Message, MessageWriter, Method, PacketKind,
 };
 
 /// Opens and closes relayed sockets for the core. `open` binds `addr` (a UDP socket)
@@ -201,6 +201,71 @@ impl Reject {
 struct Authenticated {
     username: Box<str>,
     key: Key,
+}
+
+/// An authenticated request: the message, its decoded attributes and who sent it.
+struct Request<'m, 'a> {
+    msg: &'m Message<'a>,
+    attrs: &'m Attributes<'a>,
+    auth: Authenticated,
+}
+
+/// Which relayed port an Allocate asks for (RFC 8656 §7.2).
+#[derive(Debug, Clone, Copy)]
+enum PortRequest {
+    /// The port kept by an earlier EVEN-PORT with R (RESERVATION-TOKEN).
+    Reserved(u64),
+    /// An even port; `reserve`: keep the next one for a later Allocate.
+    Even { reserve: bool },
+    /// Any port.
+    Any,
+}
+
+/// What an Allocate asks for, checked against the combinations RFC 8656 §7.2 refuses.
+#[derive(Debug, Clone, Copy)]
+struct AllocateRequest {
+    port: PortRequest,
+    v6: bool,
+    dont_fragment: bool,
+}
+
+impl AllocateRequest {
+    fn read(a: &Attributes<'_>) -> Result<AllocateRequest, Reject> {
+        match a.requested_transport {
+            None => return Err(Reject::new(400, "REQUESTED-TRANSPORT is missing")),
+            Some(17) => {}
+            Some(_) => {
+                return Err(Reject::new(
+                    442,
+                    "only UDP relaying (protocol 17) is supported",
+                ))
+            }
+        }
+        let port = match (a.even_port, a.reservation_token) {
+            (Some(_), Some(_)) => {
+                return Err(Reject::new(400, "EVEN-PORT and RESERVATION-TOKEN together"))
+            }
+            (Some(reserve), None) => PortRequest::Even { reserve },
+            (None, Some(t)) => PortRequest::Reserved(t),
+            (None, None) => PortRequest::Any,
+        };
+        let v6 = match a.requested_address_family {
+            None | Some(attr::FAMILY_IPV4) => false,
+            Some(attr::FAMILY_IPV6) => true,
+            Some(_) => return Err(Reject::new(440, "address family not supported")),
+        };
+        if matches!(port, PortRequest::Reserved(_)) && a.requested_address_family.is_some() {
+            return Err(Reject::new(
+                400,
+                "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN",
+            ));
+        }
+        Ok(AllocateRequest {
+            port,
+            v6,
+            dont_fragment: a.dont_fragment,
+        })
+    }
 }
 
 pub struct Server<O: Observer = ()> {
@@ -473,10 +538,15 @@ impl<O: Observer> Server<O> {
             self.metrics.dropped(DropReason::BadFingerprint);
             return None;
         }
+        let attrs = Attributes::parse(msg);
         match msg.class {
             Class::Request => {}
             Class::Indication if msg.method == Method::SEND => {
-                return self.send_indication(now, &ft, msg);
+                let Ok(attrs) = attrs else {
+                    self.metrics.dropped(DropReason::Malformed);
+                    return None;
+                };
+                return self.send_indication(now, &ft, &attrs);
             }
             _ => {
                 self.metrics.dropped(DropReason::UnexpectedMessage);
@@ -488,29 +558,40 @@ impl<O: Observer> Server<O> {
             self.respond_unknown(msg, &unknown);
             Err(None)
         } else {
-            match msg.method {
-                Method::BINDING => {
+            match (msg.method, attrs) {
+                (_, Err(e)) => Err(Some(Reject::new(400, e.reason()))),
+                (Method::BINDING, Ok(_)) => {
                     self.binding(&ft, msg);
                     Ok(())
                 }
-                Method::ALLOCATE
-                | Method::REFRESH
-                | Method::CREATE_PERMISSION
-                | Method::CHANNEL_BIND => match self.authenticate(now, &ft, msg) {
-                    Ok(auth) => match msg.method {
-                        Method::ALLOCATE => self.allocate(now, ft, msg, auth, sockets),
-                        Method::REFRESH => self.refresh(now, ft, msg, auth, sockets),
-                        Method::CREATE_PERMISSION => self.create_permission(now, &ft, msg, auth),
-                        _ => self.channel_bind(now, &ft, msg, auth),
+                (
+                    Method::ALLOCATE
+                    | Method::REFRESH
+                    | Method::CREATE_PERMISSION
+                    | Method::CHANNEL_BIND,
+                    Ok(a),
+                ) => match self.authenticate(now, &ft, msg, &a) {
+                    Ok(auth) => {
+                        let req = Request {
+                            msg,
+                            attrs: &a,
+                            auth,
+                        };
+                        match msg.method {
+                            Method::ALLOCATE => self.allocate(now, ft, req, sockets),
+                            Method::REFRESH => self.refresh(now, ft, req, sockets),
+                            Method::CREATE_PERMISSION => self.create_permission(now, &ft, req),
+                            _ => self.channel_bind(now, &ft, req),
+                        }
+                        .map_err(Some)
                     }
-                    .map_err(Some),
                     Err(r) => Err(Some(r)),
                 },
-                Method::CONNECT | Method::CONNECTION_BIND => Err(Some(Reject::new(
+                (Method::CONNECT | Method::CONNECTION_BIND, Ok(_)) => Err(Some(Reject::new(
                     400,
                     "TCP relaying (RFC 6062) is not enabled on this server",
                 ))),
-                _ => Err(Some(Reject::new(400, "unknown method"))),
+                (_, Ok(_)) => Err(Some(Reject::new(400, "unknown method"))),
             }
         };
         let code = match result {
@@ -576,16 +657,14 @@ impl<O: Observer> Server<O> {
         now: Instant,
         ft: &FiveTuple,
         msg: &Message<'_>,
+        attrs: &Attributes<'_>,
     ) -> Result<Authenticated, Reject> {
         if !msg.has_integrity() {
             // The RFC's reason phrase: short, since this answer goes to anyone who asks.
             return Err(Reject::challenge(401, "Unauthorized"));
         }
-        let (Some(Ok(username)), Some(Ok(realm)), Some(Ok(nonce))) = (
-            msg.text(attr::USERNAME),
-            msg.text(attr::REALM),
-            msg.text(attr::NONCE),
-        ) else {
+        let (Some(username), Some(realm), Some(nonce)) = (attrs.username, attrs.realm, attrs.nonce)
+        else {
             return Err(Reject::new(
                 400,
                 "USERNAME, REALM and NONCE are required with MESSAGE-INTEGRITY",
@@ -640,18 +719,15 @@ impl<O: Observer> Server<O> {
         w.finish_with_fingerprint();
     }
 
-    fn lifetime(&self, msg: &Message<'_>) -> Result<Duration, Reject> {
+    /// The lifetime granted for the LIFETIME asked: 0 deletes (Refresh); otherwise never
+    /// below the default or above the max (RFC 8656 §7.2).
+    fn lifetime(&self, asked: Option<u32>) -> Duration {
         let c = &self.shared.config;
-        match msg.get(attr::LIFETIME) {
-            None => Ok(c.default_lifetime),
-            Some(v) => {
-                let secs = attr::decode_u32(v).map_err(|_| Reject::new(400, "bad LIFETIME"))?;
-                // 0 deletes (Refresh); otherwise never below the default or above the max
-                // (RFC 8656 §7.2).
-                if secs == 0 {
-                    return Ok(Duration::ZERO);
-                }
-                Ok(Duration::from_secs(secs as u64).clamp(c.default_lifetime, c.max_lifetime))
+        match asked {
+            None => c.default_lifetime,
+            Some(0) => Duration::ZERO,
+            Some(secs) => {
+                Duration::from_secs(secs as u64).clamp(c.default_lifetime, c.max_lifetime)
             }
         }
     }
@@ -660,11 +736,10 @@ impl<O: Observer> Server<O> {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        msg: &Message<'_>,
-        auth: Authenticated,
+        req: Request<'_, '_>,
         sockets: &mut dyn RelaySockets,
     ) -> Result<(), Reject> {
-        let key = auth.key;
+        let (msg, key) = (req.msg, req.auth.key);
         if let Some(a) = self.allocation(&ft) {
             if a.allocate_tid != msg.transaction_id {
                 return Err(
@@ -680,132 +755,40 @@ impl<O: Observer> Server<O> {
             });
             return Ok(());
         }
-        match msg.get(attr::REQUESTED_TRANSPORT) {
-            None => return Err(Reject::new(400, "REQUESTED-TRANSPORT is missing").signed(key)),
-            Some(v) if v.len() != 4 => {
-                return Err(Reject::new(400, "bad REQUESTED-TRANSPORT").signed(key))
-            }
-            Some(v) if v[0] != 17 => {
-                return Err(
-                    Reject::new(442, "only UDP relaying (protocol 17) is supported").signed(key),
-                )
-            }
-            Some(_) => {}
-        }
-        let even_port = msg.get(attr::EVEN_PORT);
-        let token = msg.get(attr::RESERVATION_TOKEN);
-        if even_port.is_some() && token.is_some() {
-            return Err(Reject::new(400, "EVEN-PORT and RESERVATION-TOKEN together").signed(key));
-        }
-        let v6 = match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => false,
-            Some([attr::FAMILY_IPV4, 0, 0, 0]) => false,
-            Some([attr::FAMILY_IPV6, 0, 0, 0]) => true,
-            Some(_) => return Err(Reject::new(440, "address family not supported").signed(key)),
+        let ask = AllocateRequest::read(req.attrs).map_err(|r| r.signed(key))?;
+        let lifetime = match self.lifetime(req.attrs.lifetime) {
+            Duration::ZERO => self.shared.config.default_lifetime,
+            l => l,
         };
-        if token.is_some() && msg.has(attr::REQUESTED_ADDRESS_FAMILY) {
-            return Err(
-                Reject::new(400, "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN").signed(key),
-            );
-        }
-        let dont_fragment = msg.has(attr::DONT_FRAGMENT);
-        let lifetime = self.lifetime(msg).map_err(|r| r.signed(key))?;
-        let lifetime = if lifetime.is_zero() {
-            self.shared.config.default_lifetime
-        } else {
-            lifetime
-        };
-
         let config = &self.shared.config;
-        let (bind_ip, adv_ip) = if v6 { config.relay_v6 } else { config.relay_v4 }
-            .ok_or_else(|| Reject::new(440, "no relay address of that family").signed(key))?;
-
-        self.shared.quota.acquire(&auth.username).map_err(|e| {
+        let (bind_ip, adv_ip) = if ask.v6 {
+            config.relay_v6
+        } else {
+            config.relay_v4
+        }
+        .ok_or_else(|| Reject::new(440, "no relay address of that family").signed(key))?;
+        let username = req.auth.username;
+        self.shared.quota.acquire(&username).map_err(|e| {
             match e {
                 QuotaError::UserQuota => Reject::new(486, "allocation quota reached for this user"),
                 QuotaError::ServerFull => Reject::new(508, "server is at its allocation limit"),
             }
             .signed(key)
         })?;
-
-        // Pick and bind the relayed port.
-        let mut reservation_token = None;
-        let bound = if let Some(t) = token {
-            let t = u64::from_be_bytes(
-                t.try_into()
-                    .map_err(|_| Reject::new(400, "bad RESERVATION-TOKEN").signed(key))?,
-            );
-            match self.reservations.remove(&t) {
-                Some(r) if r.v6 == v6 => {
-                    let addr = SocketAddr::new(bind_ip, r.port);
-                    match self.open(sockets, addr, dont_fragment) {
-                        Ok(id) => Some((addr, id)),
-                        Err(_) => {
-                            self.shared.ports().release(r.port);
-                            None
-                        }
-                    }
-                }
-                _ => None,
-            }
-        } else if let Some(ep) = even_port {
-            let reserve = ep.first().is_some_and(|b| b & 0x80 != 0);
-            let mut bound = None;
-            for _ in 0..16 {
-                let Some(p) = self.shared.ports().take_even(reserve) else {
-                    break;
-                };
-                let addr = SocketAddr::new(bind_ip, p);
-                match self.open(sockets, addr, dont_fragment) {
-                    Ok(id) => {
-                        if reserve {
-                            let t: u64 = rand::random();
-                            self.reservations.insert(
-                                t,
-                                Reservation {
-                                    port: p + 1,
-                                    v6,
-                                    expires: now + RESERVATION_LIFETIME,
-                                },
-                            );
-                            reservation_token = Some(t);
-                        }
-                        bound = Some((addr, id));
-                        break;
-                    }
-                    Err(_) if reserve => self.shared.ports().release(p + 1),
-                    Err(_) => {}
-                }
-            }
-            bound
-        } else {
-            let mut bound = None;
-            // A port in our range may be taken by another program: try a few.
-            for _ in 0..16 {
-                let Some(p) = self.shared.ports().take() else {
-                    break;
-                };
-                let addr = SocketAddr::new(bind_ip, p);
-                if let Ok(id) = self.open(sockets, addr, dont_fragment) {
-                    bound = Some((addr, id));
-                    break;
-                }
-            }
-            bound
-        };
-        let Some((relay, id)) = bound else {
-            self.shared.quota.release(&auth.username);
+        let Some((relay, id, reservation_token)) = self.bind_relayed(now, sockets, bind_ip, &ask)
+        else {
+            self.shared.quota.release(&username);
             return Err(Reject::new(508, "no relay port available").signed(key));
         };
         let advertised = SocketAddr::new(adv_ip, relay.port());
         let bucket = (self.shared.config.max_bps > 0)
             .then(|| TokenBucket::new(self.shared.config.max_bps, now));
-        info!(client = %ft.client, transport = ?ft.transport, relay = %advertised, user = %auth.username, lifetime = lifetime.as_secs(), "allocation created");
+        info!(client = %ft.client, transport = ?ft.transport, relay = %advertised, user = %username, lifetime = lifetime.as_secs(), "allocation created");
         let a = Allocation {
             five_tuple: ft,
             relay,
             advertised,
-            username: auth.username,
+            username,
             key,
             expires: now + lifetime,
             allocate_tid: msg.transaction_id,
@@ -825,6 +808,66 @@ impl<O: Observer> Server<O> {
             w.xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
         });
         Ok(())
+    }
+
+    /// Picks and binds the relayed port the request asks for: a reserved one, an even one
+    /// (reserving the next when asked), or any. A port in our range may be taken by another
+    /// program, so a few are tried. Returns the bound address, its allocation slot and a
+    /// new reservation's token.
+    fn bind_relayed(
+        &mut self,
+        now: Instant,
+        sockets: &mut dyn RelaySockets,
+        bind_ip: IpAddr,
+        ask: &AllocateRequest,
+    ) -> Option<(SocketAddr, AllocationId, Option<u64>)> {
+        let df = ask.dont_fragment;
+        match ask.port {
+            PortRequest::Reserved(token) => {
+                let r = self
+                    .reservations
+                    .remove(&token)
+                    .filter(|r| r.v6 == ask.v6)?;
+                let addr = SocketAddr::new(bind_ip, r.port);
+                match self.open(sockets, addr, df) {
+                    Ok(id) => Some((addr, id, None)),
+                    Err(_) => {
+                        self.shared.ports().release(r.port);
+                        None
+                    }
+                }
+            }
+            PortRequest::Even { reserve } => {
+                for _ in 0..16 {
+                    let p = self.shared.ports().take_even(reserve)?;
+                    let addr = SocketAddr::new(bind_ip, p);
+                    match self.open(sockets, addr, df) {
+                        Ok(id) if reserve => {
+                            let token: u64 = rand::random();
+                            let expires = now + RESERVATION_LIFETIME;
+                            let (port, v6) = (p + 1, ask.v6);
+                            self.reservations
+                                .insert(token, Reservation { port, v6, expires });
+                            return Some((addr, id, Some(token)));
+                        }
+                        Ok(id) => return Some((addr, id, None)),
+                        Err(_) if reserve => self.shared.ports().release(p + 1),
+                        Err(_) => {}
+                    }
+                }
+                None
+            }
+            PortRequest::Any => {
+                for _ in 0..16 {
+                    let p = self.shared.ports().take()?;
+                    let addr = SocketAddr::new(bind_ip, p);
+                    if let Ok(id) = self.open(sockets, addr, df) {
+                        return Some((addr, id, None));
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// Reserves a slot and binds the socket; the slot is filled by the caller.
@@ -865,18 +908,14 @@ impl<O: Observer> Server<O> {
         &mut self,
         now: Instant,
         ft: FiveTuple,
-        msg: &Message<'_>,
-        auth: Authenticated,
+        req: Request<'_, '_>,
         sockets: &mut dyn RelaySockets,
     ) -> Result<(), Reject> {
-        let key = auth.key;
+        let (msg, key) = (req.msg, req.auth.key);
         let Some(&id) = self.by_five_tuple.get(&ft) else {
             return Err(Reject::new(437, "no allocation for this 5-tuple").signed(key));
         };
-        let requested = match msg.get(attr::LIFETIME) {
-            None => self.shared.config.default_lifetime,
-            Some(_) => self.lifetime(msg).map_err(|r| r.signed(key))?,
-        };
+        let requested = self.lifetime(req.attrs.lifetime);
         if requested.is_zero() {
             self.delete(&ft, DeleteReason::Refresh, sockets);
         } else if let Some(a) = self.get_mut(id) {
@@ -891,7 +930,7 @@ impl<O: Observer> Server<O> {
     /// Peers named in the request, checked against family and policy.
     fn peers(
         &self,
-        msg: &Message<'_>,
+        attrs: &Attributes<'_>,
         ft: &FiveTuple,
         key: Key,
     ) -> Result<Vec<SocketAddr>, Reject> {
@@ -901,9 +940,7 @@ impl<O: Observer> Server<O> {
             .ok_or_else(|| Reject::new(437, "no allocation for this 5-tuple").signed(key))?;
         let relay_v6 = self.get(id).map(|a| a.relay.is_ipv6()).unwrap_or(false);
         let mut out = Vec::new();
-        for v in msg.get_all(attr::XOR_PEER_ADDRESS) {
-            let peer = attr::decode_xor_address(v, &msg.transaction_id)
-                .map_err(|_| Reject::new(400, "bad XOR-PEER-ADDRESS").signed(key))?;
+        for &peer in attrs.xor_peer_addresses.as_slice() {
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             if peer.is_ipv6() != relay_v6 {
                 return Err(Reject::new(
@@ -932,11 +969,10 @@ impl<O: Observer> Server<O> {
         &mut self,
         now: Instant,
         ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: Authenticated,
+        req: Request<'_, '_>,
     ) -> Result<(), Reject> {
-        let key = auth.key;
-        let peers = self.peers(msg, ft, key)?;
+        let (msg, key) = (req.msg, req.auth.key);
+        let peers = self.peers(req.attrs, ft, key)?;
         let expires = now + self.shared.config.permission_lifetime;
         let limit = self.shared.config.max_permissions;
         let id = self.by_five_tuple[ft];
@@ -960,18 +996,16 @@ impl<O: Observer> Server<O> {
         &mut self,
         now: Instant,
         ft: &FiveTuple,
-        msg: &Message<'_>,
-        auth: Authenticated,
+        req: Request<'_, '_>,
     ) -> Result<(), Reject> {
-        let key = auth.key;
-        let number = match msg.get(attr::CHANNEL_NUMBER) {
-            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
-            _ => return Err(Reject::new(400, "CHANNEL-NUMBER is missing or malformed").signed(key)),
+        let (msg, key) = (req.msg, req.auth.key);
+        let Some(number) = req.attrs.channel_number else {
+            return Err(Reject::new(400, "CHANNEL-NUMBER is missing or malformed").signed(key));
         };
         if !(codec::CHANNEL_MIN..=codec::CHANNEL_MAX).contains(&number) {
             return Err(Reject::new(400, "channel number outside 0x4000-0x7FFF").signed(key));
         }
-        let peers = self.peers(msg, ft, key)?;
+        let peers = self.peers(req.attrs, ft, key)?;
         let peer = peers[0];
         let config = &self.shared.config;
         let (perm_exp, chan_exp, limit) = (
@@ -1006,11 +1040,10 @@ impl<O: Observer> Server<O> {
         &'a mut self,
         now: Instant,
         ft: &FiveTuple,
-        msg: &Message<'a>,
+        attrs: &Attributes<'a>,
     ) -> Option<Transmit<'a>> {
         let id = *self.by_five_tuple.get(ft)?;
-        let (Some(Ok(peer)), Some(data)) =
-            (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
+        let (Some(&peer), Some(data)) = (attrs.xor_peer_addresses.as_slice().first(), attrs.data)
         else {
             self.metrics.dropped(DropReason::Malformed);
             return None;
