@@ -3,7 +3,6 @@
 //! flag's long name. A bad value is one line naming the key.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -11,18 +10,10 @@ use icebreaker_stun::turn::Config;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, thiserror::Error)]
-#[error("invalid `{key}`: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
+pub use icebreaker_service::config::{parse_duration, read_toml, ConfigError};
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_string(),
-        message: message.into(),
-    }
+    ConfigError::new(key, message)
 }
 
 /// The effective, validated relay configuration: the TURN core's part, and what the
@@ -186,7 +177,7 @@ impl RelayArgs {
     }
 
     /// Reads a TOML file of the same keys.
-    pub fn from_file(path: &PathBuf) -> Result<RelayArgs, ConfigError> {
+    pub fn from_file(path: &std::path::Path) -> Result<RelayArgs, ConfigError> {
         read_toml(path)
     }
 
@@ -359,45 +350,6 @@ impl RelayArgs {
             metrics_listen: self.metrics_listen,
         })
     }
-}
-
-/// Reads a TOML config file; a bad value is reported with the key it belongs to (found
-/// from the error's position, since serde's message does not always name it).
-pub fn read_toml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        let key = e
-            .span()
-            .and_then(|s| text[..s.start].lines().last().map(str::to_string))
-            .and_then(|l| l.split('=').next().map(|k| k.trim().to_string()))
-            .filter(|k| !k.is_empty())
-            .unwrap_or_else(|| "config".into());
-        err(
-            &key,
-            format!("{} (in {})", e.message().replace('\n', " "), path.display()),
-        )
-    })
-}
-
-/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (0.0..1e9)
-        .contains(&secs)
-        .then(|| Duration::from_secs_f64(secs))
 }
 
 fn parse_port_range(s: &str) -> Option<(u16, u16)> {

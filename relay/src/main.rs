@@ -9,6 +9,7 @@ use axum::{extract::State, http::header, response::IntoResponse, routing::get, R
 use clap::Parser;
 use icebreaker_relay::metrics::RelayMetrics;
 use icebreaker_relay::RelayArgs;
+use icebreaker_service as service;
 use prometheus_client::registry::Registry;
 use tracing::info;
 
@@ -32,47 +33,34 @@ struct Cli {
     relay: RelayArgs,
 }
 
+const NAME: &str = "icebreaker-relay";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match &cli.config {
-        Some(p) => match RelayArgs::from_file(p) {
-            Ok(file) => cli.relay.clone().layer_over(file),
-            Err(e) => return config_error(e),
-        },
-        None => cli.relay.clone(),
-    };
-    let config = match args.resolve() {
+    let config = match service::config::load(
+        cli.relay.clone(),
+        cli.config.as_deref(),
+        RelayArgs::layer_over,
+    )
+    .and_then(RelayArgs::resolve)
+    {
         Ok(c) => c,
-        Err(e) => return config_error(e),
+        Err(e) => return service::config_error(NAME, &e),
     };
     if cli.print_config {
         print!("{}", config.to_masked_toml());
         return ExitCode::SUCCESS;
     }
-    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("icebreaker-relay: invalid `log`: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(code) = service::init_logging(NAME, &cli.log) {
+        return code;
+    }
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("icebreaker-relay: {e:#}");
+            eprintln!("{NAME}: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn config_error(e: icebreaker_relay::config::ConfigError) -> ExitCode {
-    eprintln!("icebreaker-relay: {e}");
-    ExitCode::from(2)
 }
 
 fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
@@ -80,9 +68,7 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     // Install the SIGTERM handler before announcing readiness.
-    let term = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    })?;
+    let stop = rt.block_on(async { service::Stop::install() })?;
     let metrics = RelayMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -103,7 +89,7 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
             info!(%addr, "metrics on /metrics, health on /healthz");
             tokio::spawn(async move { axum::serve(l, app).await });
         }
-        shutdown_signal(term).await;
+        stop.wait().await;
         anyhow::Ok(())
     })?;
     info!(?listen, "shutting down");
@@ -121,11 +107,4 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> impl IntoResponse 
         )],
         out,
     )
-}
-
-async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

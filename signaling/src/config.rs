@@ -10,16 +10,11 @@ use clap::Args;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use icebreaker_relay::config::ConfigError;
+pub use icebreaker_service::config::{parse_duration, ConfigError};
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_string(),
-        message: message.into(),
-    }
+    ConfigError::new(key, message)
 }
-
-pub use icebreaker_relay::config::parse_duration;
 
 #[derive(Debug, Clone)]
 pub struct SignalingConfig {
@@ -124,8 +119,8 @@ pub struct SignalingArgs {
 }
 
 impl SignalingArgs {
-    pub fn from_file(path: &PathBuf) -> Result<SignalingArgs, ConfigError> {
-        icebreaker_relay::config::read_toml(path)
+    pub fn from_file(path: &std::path::Path) -> Result<SignalingArgs, ConfigError> {
+        icebreaker_service::config::read_toml(path)
     }
 
     /// Fills what flags and environment left unset from `file`.

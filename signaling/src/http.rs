@@ -55,7 +55,7 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::ne
             Some(l) => l.local_addr()?,
             None => addr,
         };
-        let s = icebreaker_relay::io::reuse_socket(at, Type::STREAM, Protocol::TCP)?;
+        let s = icebreaker_service::reuse_socket(at, Type::STREAM, Protocol::TCP)?;
         s.bind(&at.into())?;
         s.listen(1024)?;
         out.push(s.into());

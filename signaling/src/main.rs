@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use icebreaker_service as service;
 use icebreaker_signaling::bus::memory::MemoryBus;
-use icebreaker_signaling::config::{ConfigError, SignalingArgs};
+use icebreaker_signaling::config::SignalingArgs;
 use icebreaker_signaling::http::AppState;
 use icebreaker_signaling::limits::PerIp;
 use icebreaker_signaling::metrics::Metrics;
@@ -36,36 +37,23 @@ struct Cli {
     args: SignalingArgs,
 }
 
-fn config_error(e: ConfigError) -> ExitCode {
-    eprintln!("icebreaker: {e}");
-    ExitCode::from(2)
-}
+const NAME: &str = "icebreaker";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match &cli.config {
-        Some(p) => match SignalingArgs::from_file(p) {
-            Ok(file) => cli.args.clone().layer_over(file),
-            Err(e) => return config_error(e),
-        },
-        None => cli.args.clone(),
-    };
-    let cfg = match args.resolve() {
+    let cfg = match service::config::load(
+        cli.args.clone(),
+        cli.config.as_deref(),
+        SignalingArgs::layer_over,
+    )
+    .and_then(SignalingArgs::resolve)
+    {
         Ok(c) => c,
-        Err(e) => return config_error(e),
+        Err(e) => return service::config_error(NAME, &e),
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("icebreaker: invalid `log`: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(code) = service::init_logging(NAME, &cli.log) {
+        return code;
+    }
     // This thread serves one share of the connections (and signals, timers); the other
     // `--threads` - 1 run their own single-threaded runtimes (see `serve`).
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -74,14 +62,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("icebreaker: cannot start the runtime: {e}");
+            eprintln!("{NAME}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(serve(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("icebreaker: {e:#}");
+            eprintln!("{NAME}: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -90,8 +78,7 @@ fn main() -> ExitCode {
 async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Result<()> {
     // Install the SIGTERM handler before announcing readiness, so an early SIGTERM is
     // a graceful stop rather than the default kill.
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
+    let stop = service::Stop::install().context("SIGTERM handler")?;
     let mut registry = Registry::default();
     let metrics = Metrics::default();
     metrics.register(&mut registry);
@@ -178,7 +165,7 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         shards.push(t);
     }
     let server = tokio::spawn(icebreaker_signaling::http::serve(first, state.clone()));
-    shutdown_signal(term).await;
+    stop.wait().await;
     info!("shutting down");
     // Stop accepting; HTTP connections finish their request, WebSockets close with 1001.
     state.shutdown.cancel();
@@ -199,11 +186,4 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         tokio::task::spawn_blocking(move || r.shutdown()).await?;
     }
     Ok(())
-}
-
-async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

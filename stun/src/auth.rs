@@ -13,6 +13,7 @@ use sha2::Sha256;
 /// The long-term key: MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
 pub type Key = [u8; 16];
 
+/// Derives the long-term key of `username` in `realm` from `password` (RFC 8489 §9.2.2).
 pub fn long_term_key(username: &str, realm: &str, password: &str) -> Key {
     let mut h = Md5::new();
     h.update(username.as_bytes());
@@ -41,22 +42,29 @@ pub fn mint_rest_credentials(secret: &[u8], expiry_unix: u64, id: &str) -> (Stri
     (username, password)
 }
 
+/// Why [`Authenticator::keys`] has no key for a username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// Neither a static user nor a TURN REST username (`expiry[:id]`) with a secret configured.
     #[error("unknown user")]
     UnknownUser,
+    /// A TURN REST username whose expiry time has passed.
     #[error("ephemeral credentials expired")]
     Expired,
 }
 
+/// What [`Authenticator::check_nonce`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
+    /// Issued by us, to this client IP, and within its lifetime.
     Valid,
     /// Well-formed and ours but too old, or not ours at all: the client must retry with
     /// the fresh nonce we send in a 438.
     Stale,
 }
 
+/// Long-term credential checks for one realm: static users, TURN REST secrets, and the
+/// stateless nonces of the 401/438 challenge (RFC 8489 §9.2).
 pub struct Authenticator {
     realm: String,
     users: FxHashMap<String, Key>,
@@ -66,6 +74,9 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Hashes the static `users` (name, password) into keys for `realm`; `rest_secrets`
+    /// verify TURN REST usernames, and nonces stay valid `nonce_lifetime_secs`. The nonce
+    /// secret is random per instance, so nonces do not survive a restart.
     pub fn new(
         realm: &str,
         users: &[(String, String)],
@@ -85,6 +96,7 @@ impl Authenticator {
         }
     }
 
+    /// The REALM sent in challenges and expected in authenticated requests.
     pub fn realm(&self) -> &str {
         &self.realm
     }
@@ -137,6 +149,8 @@ impl Authenticator {
         mac.finalize().into_bytes().into()
     }
 
+    /// Checks a NONCE from `client`: its tag must be ours for that IP and its issue time within
+    /// the lifetime (a few seconds of clock skew allowed); anything else is [`NonceCheck::Stale`].
     pub fn check_nonce(&self, nonce: &str, unix_now: u64, client: IpAddr) -> NonceCheck {
         let Some((t, tag)) = parse_nonce(nonce) else {
             return NonceCheck::Stale;

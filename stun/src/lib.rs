@@ -3,7 +3,7 @@
 //! MESSAGE-INTEGRITY(-SHA256), FINGERPRINT and ChannelData; [`auth`] holds long-term keys,
 //! TURN REST credentials and the relay's stateless nonces.
 
-#![warn(unreachable_pub)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
 pub mod codec;

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Protocol, Type};
 use tokio::sync::watch;
 
 use crate::config::RelayConfig;
@@ -50,19 +50,7 @@ impl RelayHandle {
     }
 }
 
-/// A non-blocking socket for `addr` that joins an SO_REUSEPORT group (IPv6 sockets are
-/// v6-only): one per shard, and the kernel spreads clients over them. The signaling
-/// server's listeners use it too.
-pub fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
+pub use icebreaker_service::reuse_socket;
 
 /// The addresses of this host's interfaces: what an unspecified listen address means when
 /// the relay refuses to relay to itself.

@@ -4,42 +4,79 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{DecodeError, MAGIC_COOKIE};
 
+/// MAPPED-ADDRESS (RFC 8489 §14.1).
 pub const MAPPED_ADDRESS: u16 = 0x0001;
+/// CHANGE-REQUEST (RFC 5780 §7.2); not in [`is_understood`], so a request with it gets 420.
 pub const CHANGE_REQUEST: u16 = 0x0003;
+/// USERNAME (RFC 8489 §14.3).
 pub const USERNAME: u16 = 0x0006;
+/// MESSAGE-INTEGRITY, HMAC-SHA1 (RFC 8489 §14.5).
 pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+/// ERROR-CODE (RFC 8489 §14.8).
 pub const ERROR_CODE: u16 = 0x0009;
+/// UNKNOWN-ATTRIBUTES (RFC 8489 §14.13).
 pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+/// CHANNEL-NUMBER (RFC 8656 §18.1).
 pub const CHANNEL_NUMBER: u16 = 0x000C;
+/// LIFETIME (RFC 8656 §18.2).
 pub const LIFETIME: u16 = 0x000D;
+/// XOR-PEER-ADDRESS (RFC 8656 §18.3).
 pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+/// DATA (RFC 8656 §18.4).
 pub const DATA: u16 = 0x0013;
+/// REALM (RFC 8489 §14.9).
 pub const REALM: u16 = 0x0014;
+/// NONCE (RFC 8489 §14.10).
 pub const NONCE: u16 = 0x0015;
+/// XOR-RELAYED-ADDRESS (RFC 8656 §18.5).
 pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+/// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6).
 pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+/// EVEN-PORT (RFC 8656 §18.7).
 pub const EVEN_PORT: u16 = 0x0018;
+/// REQUESTED-TRANSPORT (RFC 8656 §18.8).
 pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+/// DONT-FRAGMENT (RFC 8656 §18.9).
 pub const DONT_FRAGMENT: u16 = 0x001A;
+/// MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.6).
 pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
+/// PASSWORD-ALGORITHM (RFC 8489 §14.12).
 pub const PASSWORD_ALGORITHM: u16 = 0x001D;
+/// USERHASH (RFC 8489 §14.4).
 pub const USERHASH: u16 = 0x001E;
+/// XOR-MAPPED-ADDRESS (RFC 8489 §14.2).
 pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+/// RESERVATION-TOKEN (RFC 8656 §18.10).
 pub const RESERVATION_TOKEN: u16 = 0x0022;
+/// PRIORITY, ICE (RFC 8445 §16.1).
 pub const PRIORITY: u16 = 0x0024;
+/// USE-CANDIDATE, ICE (RFC 8445 §16.1).
 pub const USE_CANDIDATE: u16 = 0x0025;
+/// CONNECTION-ID, TURN over TCP (RFC 6062 §6.2.1).
 pub const CONNECTION_ID: u16 = 0x002A;
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
 pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
 pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// PASSWORD-ALGORITHMS (RFC 8489 §14.11).
 pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
+/// ALTERNATE-DOMAIN (RFC 8489 §14.16).
 pub const ALTERNATE_DOMAIN: u16 = 0x8003;
+/// ICMP (RFC 8656 §18.13).
 pub const ICMP: u16 = 0x8004;
+/// SOFTWARE (RFC 8489 §14.14).
 pub const SOFTWARE: u16 = 0x8022;
+/// ALTERNATE-SERVER (RFC 8489 §14.15).
 pub const ALTERNATE_SERVER: u16 = 0x8023;
+/// FINGERPRINT (RFC 8489 §14.7).
 pub const FINGERPRINT: u16 = 0x8028;
+/// ICE-CONTROLLED, ICE (RFC 8445 §16.1).
 pub const ICE_CONTROLLED: u16 = 0x8029;
+/// ICE-CONTROLLING, ICE (RFC 8445 §16.1).
 pub const ICE_CONTROLLING: u16 = 0x802A;
+/// RESPONSE-ORIGIN (RFC 5780 §7.3).
 pub const RESPONSE_ORIGIN: u16 = 0x802B;
+/// OTHER-ADDRESS (RFC 5780 §7.4).
 pub const OTHER_ADDRESS: u16 = 0x802C;
 
 /// Comprehension-required attributes (type < 0x8000) this server understands. Anything
@@ -72,7 +109,9 @@ pub fn is_understood(t: u16) -> bool {
     )
 }
 
+/// Address family byte for IPv4, in address values and REQUESTED-ADDRESS-FAMILY (RFC 8489 §14.1).
 pub const FAMILY_IPV4: u8 = 0x01;
+/// Address family byte for IPv6, in address values and REQUESTED-ADDRESS-FAMILY (RFC 8489 §14.1).
 pub const FAMILY_IPV6: u8 = 0x02;
 
 /// Decodes a plain (MAPPED-ADDRESS style) address value.
@@ -160,6 +199,8 @@ pub fn decode_error_code(v: &[u8]) -> Result<(u16, &str), DecodeError> {
     Ok((code, reason))
 }
 
+/// Decodes a value that is exactly one big-endian 32-bit integer (LIFETIME, PRIORITY,
+/// CONNECTION-ID).
 pub fn decode_u32(v: &[u8]) -> Result<u32, DecodeError> {
     let b: [u8; 4] = v
         .try_into()

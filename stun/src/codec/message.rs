@@ -24,11 +24,17 @@ pub struct Attrs {
     n: u8,
 }
 
+/// A parsed STUN message borrowing its packet: the header fields, an index of its
+/// attributes, and where MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT sit.
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     raw: &'a [u8],
+    /// The method, from the message type (RFC 8489 §5).
     pub method: Method,
+    /// Request, indication, success or error response, from the message type.
     pub class: Class,
+    /// The 96-bit transaction id: responses echo it, and IPv6 XOR-*-ADDRESS values are XORed
+    /// with it.
     pub transaction_id: [u8; 12],
     attrs: Attrs,
     /// Offset of the MESSAGE-INTEGRITY attribute header, if present.
@@ -137,6 +143,7 @@ impl<'a> Message<'a> {
         })
     }
 
+    /// The whole packet the message was parsed from.
     pub fn raw(&self) -> &'a [u8] {
         self.raw
     }
@@ -166,6 +173,7 @@ impl<'a> Message<'a> {
             .map(move |s| &raw[s.off as usize..s.off as usize + s.len as usize])
     }
 
+    /// Whether the message has an attribute of type `t` (one [`Message::get`] would return).
     pub fn has(&self, t: u16) -> bool {
         self.get(t).is_some()
     }
@@ -178,23 +186,32 @@ impl<'a> Message<'a> {
             .filter(|&t| t < 0x8000 && !attr::is_understood(t))
     }
 
+    /// Whether MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 is present: the sender claims
+    /// long-term credentials.
     pub fn has_integrity(&self) -> bool {
         self.integrity.is_some() || self.integrity_sha256.is_some()
     }
 
+    /// Whether only MESSAGE-INTEGRITY-SHA256 protects the message, so the answer is signed
+    /// with SHA-256 too.
     pub fn uses_sha256(&self) -> bool {
         self.integrity.is_none() && self.integrity_sha256.is_some()
     }
 
+    /// Whether FINGERPRINT is present (checked by [`Message::verify_fingerprint`]).
     pub fn has_fingerprint(&self) -> bool {
         self.fingerprint.is_some()
     }
 
+    /// The first attribute of type `t` decoded as an XOR-*-ADDRESS with this message's
+    /// transaction id (RFC 8489 §14.2); `None` when absent.
     pub fn xor_address(&self, t: u16) -> Option<Result<std::net::SocketAddr, DecodeError>> {
         self.get(t)
             .map(|v| attr::decode_xor_address(v, &self.transaction_id))
     }
 
+    /// The first attribute of type `t` as UTF-8 text (USERNAME, REALM, NONCE, SOFTWARE); `None`
+    /// when absent.
     pub fn text(&self, t: u16) -> Option<Result<&'a str, DecodeError>> {
         self.get(t).map(|v| {
             std::str::from_utf8(v).map_err(|_| DecodeError::BadAttribute("text is not UTF-8"))

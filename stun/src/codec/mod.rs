@@ -16,7 +16,9 @@ pub use writer::{write_channel_data, MessageWriter};
 
 use thiserror::Error;
 
+/// The fixed value in bytes 4..8 of every STUN header (RFC 8489 §5); RFC 3489 messages lack it.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+/// Length of a STUN header: type, length, magic cookie, transaction id (RFC 8489 §5).
 pub const HEADER_LEN: usize = 20;
 /// Attributes a message may carry before we refuse it; real TURN messages use < 15.
 pub const MAX_ATTRIBUTES: usize = 32;
@@ -26,17 +28,28 @@ pub const MAX_ATTRIBUTES: usize = 32;
 pub struct Method(pub u16);
 
 impl Method {
+    /// Binding (RFC 8489): asks for the client's reflexive address (XOR-MAPPED-ADDRESS).
     pub const BINDING: Method = Method(0x001);
+    /// Allocate (RFC 8656 §7): creates an allocation with a relayed address.
     pub const ALLOCATE: Method = Method(0x003);
+    /// Refresh (RFC 8656 §8): extends an allocation's lifetime, or deletes it with LIFETIME 0.
     pub const REFRESH: Method = Method(0x004);
+    /// Send (RFC 8656 §11): an indication carrying client data to a peer.
     pub const SEND: Method = Method(0x006);
+    /// Data (RFC 8656 §11): an indication carrying peer data to the client.
     pub const DATA: Method = Method(0x007);
+    /// CreatePermission (RFC 8656 §10): installs or refreshes permissions for peer IPs.
     pub const CREATE_PERMISSION: Method = Method(0x008);
+    /// ChannelBind (RFC 8656 §12): binds a channel number to a peer transport address.
     pub const CHANNEL_BIND: Method = Method(0x009);
+    /// Connect (RFC 6062): asks for a TCP connection to a peer.
     pub const CONNECT: Method = Method(0x00A);
+    /// ConnectionBind (RFC 6062): attaches a new client TCP connection to a peer connection.
     pub const CONNECTION_BIND: Method = Method(0x00B);
+    /// ConnectionAttempt (RFC 6062): tells the client a peer opened a TCP connection.
     pub const CONNECTION_ATTEMPT: Method = Method(0x00C);
 
+    /// A lowercase label for logs and metrics (`"unknown"` for any other method).
     pub fn name(self) -> &'static str {
         match self {
             Method::BINDING => "binding",
@@ -54,11 +67,16 @@ impl Method {
     }
 }
 
+/// A STUN message class (RFC 8489 §5): the C1 and C0 bits of the message type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    /// A request: expects a success or error response.
     Request,
+    /// An indication: never answered.
     Indication,
+    /// A success response.
     Success,
+    /// An error response, carrying ERROR-CODE.
     Error,
 }
 
@@ -74,6 +92,7 @@ pub fn message_type(method: Method, class: Class) -> u16 {
     (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | ((c & 1) << 4) | ((c & 2) << 7)
 }
 
+/// Splits a 14-bit message type into method and class: the inverse of [`message_type`].
 pub fn split_message_type(t: u16) -> (Method, Class) {
     let m = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80);
     let class = match ((t >> 4) & 1) | ((t >> 7) & 2) {
@@ -85,20 +104,28 @@ pub fn split_message_type(t: u16) -> (Method, Class) {
     (Method(m), class)
 }
 
+/// Why a packet is not a well-formed STUN message, or an attribute value is malformed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Fewer than [`HEADER_LEN`] bytes.
     #[error("shorter than a STUN header")]
     TooShort,
+    /// The top two bits are not 00.
     #[error("first two bits are not zero")]
     NotStun,
+    /// The magic cookie is not [`MAGIC_COOKIE`] (an RFC 3489 message, or not STUN).
     #[error("wrong magic cookie")]
     BadCookie,
+    /// A length, the header's or an attribute's, does not fit the packet; the text says how.
     #[error("length field disagrees with the packet ({0})")]
     BadLength(&'static str),
+    /// More than [`MAX_ATTRIBUTES`] attributes to index.
     #[error("more than {MAX_ATTRIBUTES} attributes")]
     TooManyAttributes,
+    /// An attribute follows FINGERPRINT, which must come last (RFC 8489 §14.7).
     #[error("attribute after FINGERPRINT")]
     AfterFingerprint,
+    /// An attribute value is malformed; the text names it.
     #[error("malformed attribute: {0}")]
     BadAttribute(&'static str),
 }
@@ -121,11 +148,15 @@ impl DecodeError {
 /// tell STUN (0b00) from ChannelData (0b01)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketKind {
+    /// Top bits 00: a STUN message.
     Stun,
+    /// Top bits 01: a ChannelData message (RFC 8656 §12.4).
     ChannelData,
+    /// Anything else, or an empty packet.
     Other,
 }
 
+/// Tells what a client packet is from its first byte (see [`PacketKind`]).
 pub fn classify(b: &[u8]) -> PacketKind {
     match b.first().map(|x| x >> 6) {
         Some(0) => PacketKind::Stun,
@@ -138,6 +169,7 @@ pub fn classify(b: &[u8]) -> PacketKind {
 /// but RFC 5766 clients (coturn's own among them) still pick from 0x4000–0x7FFF; both are
 /// ChannelData on the wire (top bits 01), so the server accepts the older range too.
 pub const CHANNEL_MIN: u16 = 0x4000;
+/// The highest channel number accepted: RFC 5766's upper bound (see [`CHANNEL_MIN`]).
 pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// Splits a ChannelData message into channel number and application data. Over UDP the

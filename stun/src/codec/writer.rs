@@ -10,6 +10,8 @@ use sha2::Sha256;
 use super::message::fingerprint;
 use super::{attr, message_type, Class, Method, HEADER_LEN, MAGIC_COOKIE};
 
+/// Builds one STUN message in a caller's buffer: the header, attributes in order, then
+/// optionally MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT; finishing sets the header length.
 pub struct MessageWriter<'b> {
     buf: &'b mut Vec<u8>,
     tid: [u8; 12],
@@ -41,16 +43,19 @@ impl<'b> MessageWriter<'b> {
         self
     }
 
+    /// Appends an attribute holding one big-endian 32-bit value (LIFETIME).
     pub fn u32(&mut self, t: u16, v: u32) -> &mut Self {
         self.attr(t, &v.to_be_bytes())
     }
 
+    /// Appends an XOR-*-ADDRESS attribute of type `t` for `a` (RFC 8489 §14.2).
     pub fn xor_address(&mut self, t: u16, a: SocketAddr) -> &mut Self {
         let mut v = [0u8; 20];
         let n = attr::encode_address(a, Some(&self.tid), &mut v);
         self.attr(t, &v[..n])
     }
 
+    /// Appends a plain address attribute of type `t` for `a` (MAPPED-ADDRESS style).
     pub fn address(&mut self, t: u16, a: SocketAddr) -> &mut Self {
         let mut v = [0u8; 20];
         let n = attr::encode_address(a, None, &mut v);
@@ -72,6 +77,7 @@ impl<'b> MessageWriter<'b> {
         self
     }
 
+    /// Appends UNKNOWN-ATTRIBUTES (RFC 8489 §14.13) listing `types`; only the first 16 fit.
     pub fn unknown_attributes(&mut self, types: &[u16]) -> &mut Self {
         let mut v = [0u8; 2 * 16];
         let n = types.len().min(16);
@@ -113,6 +119,7 @@ impl<'b> MessageWriter<'b> {
         self.buf
     }
 
+    /// Sets the header length and returns the message, without FINGERPRINT.
     pub fn finish(mut self) -> &'b [u8] {
         self.set_len();
         self.buf

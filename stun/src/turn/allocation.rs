@@ -11,16 +11,23 @@ use std::time::{Duration, Instant};
 use super::{DropReason, FiveTuple};
 use crate::auth::Key;
 
+/// A permission (RFC 8656 §9): lets packets to and from one peer IP through until it expires.
 #[derive(Debug, Clone, Copy)]
 pub struct Permission {
+    /// The peer IP it covers (any port).
     pub ip: IpAddr,
+    /// When it lapses unless CreatePermission or ChannelBind refreshes it.
     pub expires: Instant,
 }
 
+/// A channel binding (RFC 8656 §12): a channel number standing for one peer transport address.
 #[derive(Debug, Clone, Copy)]
 pub struct Channel {
+    /// The channel number, within [`crate::codec::CHANNEL_MIN`]..=[`crate::codec::CHANNEL_MAX`].
     pub number: u16,
+    /// The peer transport address the channel stands for.
     pub peer: SocketAddr,
+    /// When the binding lapses unless a ChannelBind refreshes it.
     pub expires: Instant,
 }
 
@@ -28,12 +35,16 @@ pub struct Channel {
 /// cap bounds the per-packet channel scan.
 pub const MAX_CHANNELS: usize = 256;
 
+/// Why [`Allocation::can_bind`] refuses a ChannelBind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelBindError {
+    /// The channel number is bound to a different peer.
     #[error("channel number is bound to another peer")]
     NumberInUse,
+    /// The peer is bound to a different channel number.
     #[error("peer is bound to another channel number")]
     PeerInUse,
+    /// The allocation already holds [`MAX_CHANNELS`] channels.
     #[error("too many channels on this allocation")]
     TooMany,
 }
@@ -48,6 +59,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket for `bits_per_sec` (at least one byte per second).
     pub fn new(bits_per_sec: u64, now: Instant) -> Self {
         let bytes_per_sec = (bits_per_sec / 8).max(1);
         TokenBucket {
@@ -57,6 +69,8 @@ impl TokenBucket {
         }
     }
 
+    /// Refills for the time since the last refill, then takes `n` bytes; `false` (taking
+    /// nothing) when too few are left.
     pub fn take(&mut self, n: usize, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
         if elapsed >= Duration::from_millis(1) {
@@ -73,25 +87,35 @@ impl TokenBucket {
     }
 }
 
+/// One client's allocation (RFC 8656): its relayed address, owner, lifetime, permissions
+/// and channels.
 #[derive(Debug)]
 pub struct Allocation {
+    /// The client's 5-tuple, which owns the allocation and receives its relayed data.
     pub five_tuple: FiveTuple,
     /// Where the relayed socket is bound.
     pub relay: SocketAddr,
     /// What clients are told (differs behind NAT: `--external-ip`).
     pub advertised: SocketAddr,
+    /// The USERNAME that created it; requests from another user get 441.
     pub username: Box<str>,
+    /// The long-term key the creating Allocate was authenticated with.
     pub key: Key,
+    /// When it ends unless a Refresh extends it.
     pub expires: Instant,
     /// Transaction of the Allocate that created it: a retransmission gets the same answer
     /// instead of 437 (RFC 8656 §7.2).
     pub allocate_tid: [u8; 12],
+    /// Installed permissions; expired ones stay until [`Allocation::prune`].
     pub permissions: Vec<Permission>,
+    /// Channel bindings; expired ones stay until [`Allocation::prune`].
     pub channels: Vec<Channel>,
+    /// The bandwidth cap, when `max_bps` is set.
     pub bucket: Option<TokenBucket>,
 }
 
 impl Allocation {
+    /// Whether a live permission covers peer `ip`.
     pub fn is_permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
@@ -133,6 +157,8 @@ impl Allocation {
         Ok(())
     }
 
+    /// Binds or refreshes channel `number` to `peer` until `expires`; check
+    /// [`Allocation::can_bind`] first.
     pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
         match self.channels.iter_mut().find(|c| c.number == number) {
             Some(c) => {
@@ -147,6 +173,7 @@ impl Allocation {
         }
     }
 
+    /// The peer a live channel `number` is bound to (for ChannelData from the client).
     pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
         self.channels
             .iter()
@@ -154,6 +181,7 @@ impl Allocation {
             .map(|c| c.peer)
     }
 
+    /// The live channel bound to `peer`, if any (its data then goes to the client as ChannelData).
     pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
         self.channels
             .iter()
@@ -191,6 +219,7 @@ impl Allocation {
         Ok(())
     }
 
+    /// The lifetime left at `now` (zero once expired).
     pub fn remaining(&self, now: Instant) -> Duration {
         self.expires.saturating_duration_since(now)
     }

@@ -5,6 +5,7 @@
 
 use rand::seq::SliceRandom;
 
+/// Free relayed ports in random order, plus a bitmap of them for constant-time lookups.
 pub struct PortPool {
     free: Vec<u16>,
     is_free: Box<[u64; 1024]>,
@@ -25,14 +26,17 @@ impl PortPool {
         PortPool { free, is_free }
     }
 
+    /// How many ports are free.
     pub fn len(&self) -> usize {
         self.free.len()
     }
 
+    /// Whether no port is free.
     pub fn is_empty(&self) -> bool {
         self.free.is_empty()
     }
 
+    /// Whether port `p` is free in this pool.
     pub fn contains(&self, p: u16) -> bool {
         self.is_free[p as usize / 64] & (1 << (p % 64)) != 0
     }
@@ -66,6 +70,7 @@ impl PortPool {
         Some(p)
     }
 
+    /// Takes port `p` if it is free; `false` when it is not.
     pub fn take_specific(&mut self, p: u16) -> bool {
         if !self.contains(p) {
             return false;
@@ -77,6 +82,7 @@ impl PortPool {
         true
     }
 
+    /// Puts port `p` back at a random place; releasing a free port does nothing.
     pub fn release(&mut self, p: u16) {
         if self.contains(p) {
             return;

@@ -6,10 +6,13 @@ use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
 
+/// Why [`Quota::acquire`] refused an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaError {
+    /// The server-wide cap is reached (answered 508).
     #[error("the server holds its maximum number of allocations")]
     ServerFull,
+    /// The user's cap is reached (answered 486).
     #[error("this user holds its maximum number of allocations")]
     UserQuota,
 }
@@ -20,6 +23,7 @@ struct Counts {
     per_user: FxHashMap<Box<str>, u32>,
 }
 
+/// Allocation counts checked against the server-wide and per-user caps, shared by every shard.
 #[derive(Debug)]
 pub struct Quota {
     max_total: u32,
@@ -37,6 +41,7 @@ impl Quota {
         }
     }
 
+    /// Counts one more allocation for `user`, or says which cap it would exceed.
     pub fn acquire(&self, user: &str) -> Result<(), QuotaError> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if self.max_total > 0 && c.total >= self.max_total {
@@ -51,6 +56,7 @@ impl Quota {
         Ok(())
     }
 
+    /// Counts one allocation of `user` less (it was deleted).
     pub fn release(&self, user: &str) {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.total = c.total.saturating_sub(1);
@@ -62,6 +68,7 @@ impl Quota {
         }
     }
 
+    /// Allocations counted on the whole server.
     pub fn total(&self) -> u32 {
         self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
     }

@@ -27,12 +27,15 @@ use crate::codec::{
 /// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`];
 /// `dont_fragment` asks for the DF bit on what it sends (DONT-FRAGMENT, RFC 8656 §7.2).
 pub trait RelaySockets {
+    /// Binds a relayed socket at `addr` for allocation `id`; on an error the core tries another
+    /// port.
     fn open(
         &mut self,
         addr: SocketAddr,
         id: AllocationId,
         dont_fragment: bool,
     ) -> std::io::Result<()>;
+    /// Closes the relayed socket bound at `addr` (its allocation was deleted).
     fn close(&mut self, addr: SocketAddr);
     /// The allocation of `five_tuple` is gone: a TCP client's connection closes with it.
     fn allocation_ended(&mut self, five_tuple: &FiveTuple) {
@@ -52,22 +55,34 @@ pub struct AllocationId {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Transmit<'a> {
     /// To the client over the transport its 5-tuple names.
-    Client { to: FiveTuple, data: &'a [u8] },
+    Client {
+        /// The client's 5-tuple: which connection or source address to answer on.
+        to: FiveTuple,
+        /// The bytes to send: a STUN message or ChannelData.
+        data: &'a [u8],
+    },
     /// To a peer from the relayed socket bound at `relay`.
     Peer {
+        /// The relayed socket's bind address (not the advertised one), to send from.
         relay: SocketAddr,
+        /// The peer's transport address.
         to: SocketAddr,
+        /// The application data, sent as is.
         data: &'a [u8],
     },
 }
 
 /// State shared by all shards (read-mostly: config, credentials, policy; quotas).
 pub struct Shared {
+    /// The configuration every shard runs with.
     pub config: Config,
+    /// Long-term credentials and nonces, built from `config`.
     pub auth: Authenticator,
+    /// Which peer addresses may be permitted, from `allow_peer` and `deny_peer`.
     pub policy: PeerPolicy,
     /// The relay's own addresses, never relayed to (see [`OwnAddresses`]).
     pub own: OwnAddresses,
+    /// The allocation caps (`max_allocations`, `user_quota`), counted across all shards.
     pub quota: Quota,
     /// Relayed ports, one pool for every shard: a shard with none left borrows nothing
     /// and answers 508 only when the whole range is taken. Allocations are rare next to
@@ -76,10 +91,12 @@ pub struct Shared {
     /// Wall clock at `epoch`, for REST expiry and nonces (the core otherwise runs on
     /// the monotonic `now` it is handed, so tests can drive it with a fake clock).
     pub unix_at_epoch: u64,
+    /// The monotonic instant at which the wall clock read `unix_at_epoch`.
     pub epoch: Instant,
 }
 
 impl Shared {
+    /// State for `config` listening on `listen`, on the system clocks.
     pub fn new(config: Config, listen: &[SocketAddr]) -> Arc<Self> {
         Self::with_clock(config, listen, Instant::now(), unix_now())
     }
@@ -145,6 +162,7 @@ pub fn own_addresses(config: &Config, listen: &[SocketAddr], host_ips: &[IpAddr]
     OwnAddresses::new(listen, &ips, host_ips)
 }
 
+/// The wall clock in Unix seconds (0 if it reads before 1970).
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -268,6 +286,8 @@ impl AllocateRequest {
     }
 }
 
+/// One shard's TURN core: its allocations, port reservations and cooling ports; `O` is
+/// told what happens.
 pub struct Server<O: Observer = ()> {
     shared: Arc<Shared>,
     metrics: O,
@@ -299,10 +319,12 @@ impl<O: Observer> Server<O> {
         }
     }
 
+    /// How many allocations this shard holds.
     pub fn allocation_count(&self) -> usize {
         self.by_five_tuple.len()
     }
 
+    /// The allocation of the client 5-tuple `ft`, if it has one.
     pub fn allocation(&self, ft: &FiveTuple) -> Option<&Allocation> {
         self.by_five_tuple.get(ft).and_then(|id| self.get(*id))
     }

@@ -1,0 +1,113 @@
+//! Layered configuration: flags beat environment variables (clap reads both), which beat
+//! the TOML file (`--config`), which beats the defaults. Every TOML key is the flag's long
+//! name, and a bad value is one line naming the key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+/// A configuration value that is wrong, with the key (flag / TOML name) it belongs to.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid `{key}`: {message}")]
+pub struct ConfigError {
+    /// The flag's long name (= the TOML key).
+    pub key: String,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error for `key`.
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Flags and environment (`cli`) layered over the TOML file at `file`, if any: `layer`
+/// fills what `cli` left unset from the file's values.
+pub fn load<A: DeserializeOwned>(
+    cli: A,
+    file: Option<&Path>,
+    layer: impl FnOnce(A, A) -> A,
+) -> Result<A, ConfigError> {
+    match file {
+        Some(p) => Ok(layer(cli, read_toml(p)?)),
+        None => Ok(cli),
+    }
+}
+
+/// Reads a TOML config file; a bad value is reported with the key it belongs to (found
+/// from the error's position, since serde's message does not always name it).
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|s| text[..s.start].lines().last().map(str::to_string))
+            .and_then(|l| l.split('=').next().map(|k| k.trim().to_string()))
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "config".into());
+        ConfigError::new(
+            &key,
+            format!("{} (in {})", e.message().replace('\n', " "), path.display()),
+        )
+    })
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (0.0..1e9)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn a_bad_file_value_names_its_key() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct A {
+            port: Option<u16>,
+        }
+        let dir = std::env::temp_dir().join(format!("ib-service-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "port = \"x\"\n").unwrap();
+        let e = read_toml::<A>(&p).unwrap_err();
+        assert_eq!(e.key, "port", "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = read_toml::<A>(Path::new("/nonexistent/x.toml")).unwrap_err();
+        assert_eq!(e.key, "config");
+    }
+}

@@ -1,0 +1,73 @@
+//! What every Icebreaker server binary (`icebreaker`, `icebreaker-relay`) does at start, in
+//! one place: configuration layered from flags, environment and a TOML file ([`config`]),
+//! logging ([`init_logging`]), the stop signal ([`Stop`]) and the SO_REUSEPORT sockets the
+//! serving threads share ([`reuse_socket`]).
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub use config::{parse_duration, ConfigError};
+
+/// Logs to stderr with `filter` (tracing's EnvFilter syntax), colored on a terminal.
+/// A bad filter is a configuration error (exit code 2).
+pub fn init_logging(binary: &str, filter: &str) -> Result<(), ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        eprintln!("{binary}: invalid `log`: {e}");
+        ExitCode::from(2)
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
+/// Prints a configuration error the way every binary does and gives exit code 2.
+pub fn config_error(binary: &str, e: &ConfigError) -> ExitCode {
+    eprintln!("{binary}: {e}");
+    ExitCode::from(2)
+}
+
+/// The request to stop: SIGTERM (systemd, docker, the tests) or Ctrl-C. Created before the
+/// server announces readiness, so an early SIGTERM is a graceful stop rather than the
+/// default kill. Needs a tokio runtime.
+pub struct Stop {
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    /// Installs the SIGTERM handler.
+    pub fn install() -> std::io::Result<Stop> {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        Ok(Stop { term })
+    }
+
+    /// Waits until a stop is asked for.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+}
+
+/// A non-blocking socket for `addr` that joins an SO_REUSEPORT group (IPv6 sockets are
+/// v6-only): one per serving thread or relay shard, and the kernel spreads clients over
+/// them.
+pub fn reuse_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
