@@ -13,6 +13,7 @@ use crate::output::Out;
 use crate::peer::PeerEvent;
 use crate::room::{event_json, now_ms, Event, Options, Room};
 
+/// Options of the `chat` subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChatArgs {
     /// Send TEXT once each peer's chat channel opens (repeatable).
@@ -29,6 +30,8 @@ pub struct ChatArgs {
     pub drop_signaling_after: Option<Duration>,
 }
 
+/// Joins, chats with every peer (stdin lines and `--send`) and prints what arrives; true
+/// once `--expect` messages arrived, false on timeout or a failed signaling session.
 pub async fn run(opts: Options, args: ChatArgs, out: Out) -> anyhow::Result<bool> {
     let mut room = Room::join(&opts, None).await?;
     let mut chans: HashMap<String, Arc<dyn DataChannel>> = HashMap::new();

@@ -290,6 +290,7 @@ async fn relay_round_trip(base: &Options) -> Result<String, String> {
     ))
 }
 
+/// Runs every check against the deployment `base` names; true when all pass.
 pub async fn run(base: Options, out: Out) -> anyhow::Result<bool> {
     let mut d = Doctor {
         out,

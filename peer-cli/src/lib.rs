@@ -1,6 +1,8 @@
 //! `icebreaker-peer`: a headless WebRTC peer (webrtc-rs) speaking Icebreaker's protocol v1.
 //! The library half lets tests and the load generator reuse the same negotiation code.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod chat;
 pub mod doctor;
 pub mod load;

@@ -16,10 +16,13 @@ use crate::peer::PeerEvent;
 use crate::pointer::percentile;
 use crate::room::{Event, Options, Room};
 
+/// Options of the `load` subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
+    /// Peers to start in all (at least 2).
     #[arg(long, default_value_t = 20)]
     pub peers: usize,
+    /// Peers per room (at least 2; the last room may have fewer).
     #[arg(long, default_value_t = 2)]
     pub room_size: usize,
     /// How long to ping once everyone is set up.
@@ -122,6 +125,7 @@ async fn one_peer(
     room.close().await;
 }
 
+/// Runs the load test and prints its report; true when every peer set up in time.
 pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool> {
     anyhow::ensure!(
         args.peers >= 2 && args.room_size >= 2,

@@ -29,20 +29,28 @@ use crate::room::{event_json, Event, Options, Room, TrackFactory};
 const SAMPLE_IVF: &[u8] = include_bytes!("../media/sample.ivf");
 const SAMPLE_OGG: &[u8] = include_bytes!("../media/sample.ogg");
 
+/// Options of the `media` subcommand (main reads the files).
 pub struct MediaArgs {
+    /// IVF (VP8) bytes to send, looped; `None`: no video track.
     pub video: Option<Vec<u8>>,
+    /// Ogg (Opus) bytes to send, looped; `None`: no audio track.
     pub audio: Option<Vec<u8>>,
+    /// Send each received track back instead of our own media.
     pub echo: bool,
+    /// How long to run once the first connection is up.
     pub duration: Duration,
     /// Succeed only if every remote video track delivered at least this many frames.
     pub expect_frames: u64,
+    /// The global --timeout; give up after this long (default an hour).
     pub timeout: Option<Duration>,
 }
 
 impl MediaArgs {
+    /// The embedded VP8 test pattern.
     pub fn default_video() -> Vec<u8> {
         SAMPLE_IVF.to_vec()
     }
+    /// The embedded Opus tone.
     pub fn default_audio() -> Vec<u8> {
         SAMPLE_OGG.to_vec()
     }
@@ -216,6 +224,8 @@ async fn play(
     }
 }
 
+/// Sends media to every peer and reports the received tracks each second and at the
+/// end; true when some track arrived (and each video track had `expect_frames` frames).
 pub async fn run(opts: Options, args: MediaArgs, out: Out) -> anyhow::Result<bool> {
     let (video, audio) = (args.video.clone(), args.audio.clone());
     let tracks = factory(

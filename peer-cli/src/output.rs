@@ -2,8 +2,10 @@
 
 use serde_json::Value;
 
+/// Where a subcommand's events go: human lines or JSON lines on stdout.
 #[derive(Clone, Copy)]
 pub struct Out {
+    /// One JSON object per line (`--json`) instead of human lines.
     pub json: bool,
 }
 

@@ -23,30 +23,50 @@ use webrtc::peer_connection::{
 
 use crate::signaling::SigSender;
 
+/// What happens on the connection to one remote peer.
 #[derive(Clone)]
 pub enum PeerEvent {
+    /// The peer connection reached `connected`.
     Connected {
+        /// The remote peer's id.
         peer: String,
+        /// Our candidate type in the selected pair (host, srflx, prflx, relay).
         local: String,
+        /// The remote candidate type in the selected pair.
         remote: String,
+        /// The selected pair's transport (udp, tcp).
         protocol: String,
     },
+    /// A data channel opened, ours or the peer's.
     ChannelOpen {
+        /// The remote peer's id.
         peer: String,
+        /// The channel's label (`chat`, `pointer`).
         label: String,
+        /// The channel, for sending.
         dc: Arc<dyn DataChannel>,
     },
+    /// A data channel message arrived.
     Message {
+        /// The remote peer's id.
         peer: String,
+        /// The label of the channel it came on.
         label: String,
+        /// The message as text (invalid UTF-8 replaced).
         text: String,
     },
+    /// The peer connection reached `failed`.
     Failed {
+        /// The remote peer's id.
         peer: String,
     },
+    /// The peer sent a media track.
     Track {
+        /// The remote peer's id.
         peer: String,
+        /// The track's kind, lowercase (`video`, `audio`).
         kind: String,
+        /// Counters of what arrives on it, updated as packets come.
         stats: Arc<TrackStats>,
     },
 }
@@ -55,10 +75,14 @@ pub enum PeerEvent {
 /// what we receive (`media --echo`).
 #[derive(Clone)]
 pub struct LocalMedia {
+    /// `video` or `audio`.
     pub kind: &'static str,
+    /// The SSRC our RTP on this track carries.
     pub ssrc: u32,
+    /// The track written from samples (files); set unless echoing.
     pub sample:
         Option<Arc<webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample>>,
+    /// The track received RTP is forwarded to (`media --echo`).
     pub rtp: Option<Arc<webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP>>,
 }
 
@@ -96,15 +120,22 @@ impl std::fmt::Debug for PeerEvent {
 /// Counters of one received track (packets; frames = RTP marker bits for video).
 #[derive(Debug, Default)]
 pub struct TrackStats {
+    /// RTP packets received.
     pub packets: AtomicU64,
+    /// Frames received: marker bits for video, every packet for audio.
     pub frames: AtomicU64,
+    /// RTP payload bytes received.
     pub bytes: AtomicU64,
 }
 
+/// What every peer connection in a session is built with.
 #[derive(Clone)]
 pub struct Setup {
+    /// STUN/TURN servers from `joined`, less the TCP and TLS TURN URLs.
     pub ice_servers: Vec<RTCIceServer>,
+    /// Gather relay candidates only (iceTransportPolicy "relay").
     pub relay_only: bool,
+    /// Local address the WebRTC UDP sockets bind on.
     pub bind: IpAddr,
 }
 
@@ -134,9 +165,13 @@ impl Setup {
     }
 }
 
+/// The connection to one remote peer and its negotiation state.
 pub struct Remote {
+    /// The remote peer's id.
     pub id: String,
+    /// Whether we are the polite side towards it (perfect negotiation).
     pub polite: bool,
+    /// The WebRTC peer connection.
     pub pc: Arc<dyn PeerConnection>,
     /// Our tracks on this connection and their senders.
     pub media: Vec<(LocalMedia, Arc<dyn webrtc::rtp_transceiver::RtpSender>)>,
@@ -583,6 +618,7 @@ impl Remote {
         Default::default()
     }
 
+    /// Closes the peer connection.
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }

@@ -13,6 +13,7 @@ use crate::output::Out;
 use crate::peer::PeerEvent;
 use crate::room::{event_json, now_ms, Event, Options, Room};
 
+/// Options of the `pointer` subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PointerArgs {
     /// Positions per second.
@@ -34,6 +35,8 @@ pub fn position(t: f64) -> (f64, f64) {
     (0.5 + 0.4 * (t * 1.3).sin(), 0.5 + 0.4 * (t * 2.1).sin())
 }
 
+/// The value at fraction `p` (0 to 1) of an ascending `sorted` slice, nearest rank; 0
+/// when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -42,6 +45,8 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Sends the path to every peer for `--duration` and reports rate and delay; true when
+/// positions arrived (at least `--expect`) and all lay in the unit square.
 pub async fn run(opts: Options, args: PointerArgs, out: Out) -> anyhow::Result<bool> {
     let mut room = Room::join(&opts, None).await?;
     let mut chans: HashMap<String, Arc<dyn DataChannel>> = HashMap::new();

@@ -12,38 +12,78 @@ use tracing::warn;
 use crate::peer::{LocalMedia, PeerEvent, Remote, Setup};
 use crate::signaling::{self, JoinRequest, SigEvent, SigSender};
 
+/// The global options every subcommand joins with.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The signaling server's WebSocket URL.
     pub server: String,
+    /// The room to join.
     pub room: String,
+    /// Our name, sent as `meta.name` and as the `from` of our messages.
     pub name: String,
+    /// Relay-only ICE (iceTransportPolicy "relay").
     pub relay_only: bool,
+    /// Join token (JWT) for servers that require one.
     pub token: Option<String>,
+    /// Local address for the WebRTC sockets.
     pub bind: IpAddr,
 }
 
+/// What a subcommand sees of the room: signaling and every peer connection.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Joined { id: String, peers: usize },
-    PeerJoined { peer: String },
-    PeerLeft { peer: String, reason: String },
+    /// We joined.
+    Joined {
+        /// Our peer id.
+        id: String,
+        /// How many peers were there already.
+        peers: usize,
+    },
+    /// Another peer joined.
+    PeerJoined {
+        /// Its id.
+        peer: String,
+    },
+    /// A peer left; its connection is closed.
+    PeerLeft {
+        /// Its id.
+        peer: String,
+        /// The server's reason (`left`, `timeout`, `kicked`).
+        reason: String,
+    },
+    /// Something happened on the connection to a peer.
     Peer(PeerEvent),
+    /// The signaling socket dropped; the client is reconnecting.
     SignalingDropped,
+    /// The signaling session resumed.
     SignalingResumed,
+    /// The signaling session is over (resume refused or retries ran out).
     SignalingFailed(String),
-    ServerError { code: String, message: String },
+    /// The server sent an error.
+    ServerError {
+        /// The protocol error code.
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
 }
 
 /// Builds the local tracks for each new connection (media subcommand); none for chat.
 pub type TrackFactory = Arc<dyn Fn() -> Vec<LocalMedia> + Send + Sync>;
 
+/// A joined room: its events, the signaling sender, and the connections by peer id.
 pub struct Room {
+    /// Every room and peer event, in one stream.
     pub events: mpsc::Receiver<Event>,
+    /// Sends to the signaling server.
     pub sig: SigSender,
+    /// The connection to each remote peer, by its id.
     pub remotes: Arc<Mutex<HashMap<String, Arc<Remote>>>>,
 }
 
 impl Room {
+    /// Connects to the signaling server and joins `opts.room`, building `tracks` for each
+    /// new connection; the newcomer offers to every peer already there.
     pub async fn join(opts: &Options, tracks: Option<TrackFactory>) -> anyhow::Result<Room> {
         let (sig, mut sig_events) = signaling::connect(JoinRequest {
             url: opts.server.clone(),
@@ -188,6 +228,7 @@ pub fn event_json(e: &Event) -> Value {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch (the `ts` of chat and pointer frames).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -14,41 +14,61 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
 
+/// A remote peer as the server announced it.
 #[derive(Debug, Clone)]
 pub struct RemoteInfo {
+    /// Its peer id.
     pub id: String,
+    /// Its `meta` from its join (null if none).
     pub meta: Value,
     /// Whether *we* are the polite side towards this peer.
     pub polite: bool,
 }
 
+/// What the signaling session reports, server messages first.
 #[derive(Debug, Clone)]
 pub enum SigEvent {
+    /// `joined`: we are in the room.
     Joined {
+        /// Our peer id.
         id: String,
+        /// The peers already there (we are the impolite side towards each).
         peers: Vec<RemoteInfo>,
+        /// STUN/TURN servers and credentials for our connections.
         ice_servers: Vec<IceServer>,
     },
+    /// `peer-joined`: a peer joined after us.
     PeerJoined(RemoteInfo),
+    /// `peer-left`: a peer left the room.
     PeerLeft {
+        /// Its id.
         id: String,
+        /// The server's reason (`left`, `timeout`, `kicked`).
         reason: String,
     },
+    /// `signal`: data from another peer.
     Signal {
+        /// The sender's id.
         from: String,
+        /// A description or a candidate.
         data: SignalData,
     },
+    /// `error`: the server refused something (resume failures end the session instead).
     Error {
+        /// The protocol error code.
         code: String,
+        /// The server's explanation.
         message: String,
     },
     /// The socket dropped; the client is reconnecting.
     Disconnected,
+    /// The session resumed; sends queued meanwhile have gone out.
     Resumed,
     /// Resume was refused or retries ran out: the session is over.
     Failed(String),
 }
 
+/// Sends to the signaling session's task; cheap to clone.
 #[derive(Clone)]
 pub struct SigSender {
     tx: mpsc::Sender<Cmd>,
@@ -62,6 +82,7 @@ enum Cmd {
 }
 
 impl SigSender {
+    /// Sends `data` to peer `to` (queued while reconnecting).
     pub async fn signal(&self, to: &str, data: &SignalData) {
         let data = data.to_raw();
         let msg = ClientMessage::Signal {
@@ -71,19 +92,26 @@ impl SigSender {
         let _ = self.tx.send(Cmd::Send(msg.to_text())).await;
     }
 
+    /// Test hook: cuts the TCP connection without a close frame; the session resumes.
     pub async fn drop_connection(&self) {
         let _ = self.tx.send(Cmd::Drop).await;
     }
 
+    /// Sends `leave`, closes the socket and ends the session.
     pub async fn leave(&self) {
         let _ = self.tx.send(Cmd::Leave).await;
     }
 }
 
+/// What [`connect`] joins with.
 pub struct JoinRequest {
+    /// The signaling server's WebSocket URL.
     pub url: String,
+    /// The room to join.
     pub room: String,
+    /// Our `meta`, shown to the other peers.
     pub meta: Value,
+    /// Join token (JWT) for servers that require one.
     pub token: Option<String>,
 }
 

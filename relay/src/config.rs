@@ -22,7 +22,9 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
 pub struct RelayConfig {
     /// What the sans-IO core needs (addresses, credentials, policy, lifetimes, quotas).
     pub turn: Config,
+    /// Client-facing addresses; each is bound for both UDP and TCP.
     pub listen: Vec<SocketAddr>,
+    /// Client TCP connections held at once (all shards together); more are refused.
     pub max_tcp_connections: usize,
     /// Largest STUN message or ChannelData frame a TCP client may send; a longer one
     /// closes its connection.
@@ -31,7 +33,10 @@ pub struct RelayConfig {
     /// output queues; past it a connection that needs more is closed (or, for output,
     /// the packet dropped).
     pub tcp_buffer_limit: usize,
+    /// Worker threads (shards) asked for; 0 means one per core (see
+    /// [`RelayConfig::worker_threads`]).
     pub threads: usize,
+    /// Where the binary serves `/metrics` and `/healthz`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -69,6 +74,7 @@ pub struct RelayArgs {
     /// Relayed port range LO-HI (default 49152-65535).
     #[arg(long, env = "ICEBREAKER_RELAY_RELAY_PORTS")]
     pub relay_ports: Option<String>,
+    /// Long-term credential realm, 1 to 127 characters (default icebreaker).
     #[arg(long, env = "ICEBREAKER_RELAY_REALM")]
     pub realm: Option<String>,
     /// Static long-term user NAME:PASS (repeatable).
@@ -181,6 +187,7 @@ impl RelayArgs {
         read_toml(path)
     }
 
+    /// Validates the layered values and fills in defaults; an error names the key.
     pub fn resolve(self) -> Result<RelayConfig, ConfigError> {
         let d = RelayConfig::default();
         let listen = if self.listen.is_empty() {
@@ -411,6 +418,7 @@ impl RelayConfig {
         toml::to_string(&args).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
+    /// Shards to run: `threads`, or the available parallelism when it is 0.
     pub fn worker_threads(&self) -> usize {
         if self.threads > 0 {
             self.threads

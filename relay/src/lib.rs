@@ -6,6 +6,8 @@
 //! 5-tuple and its allocation stay on one core). [`run`] starts it all; the `icebreaker`
 //! binary embeds the relay through the same call.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod config;
 pub mod io;
 pub mod metrics;

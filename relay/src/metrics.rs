@@ -9,43 +9,63 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// Labels a per-shard metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
+    /// The shard's index, 0 to threads - 1.
     pub shard: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels relayed traffic: which shard, which way.
 pub struct DirLabel {
+    /// The shard's index, 0 to threads - 1.
     pub shard: u16,
+    /// `to_peer` (client to peer) or `to_client` (peer to client).
     pub direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels a count by why it happened (a drop, a deletion, a refusal).
 pub struct ReasonLabel {
+    /// The reason's snake_case name, e.g. `default_deny`.
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels an answered STUN/TURN request.
 pub struct RequestLabel {
+    /// The request's method name, e.g. `allocate`.
     pub method: &'static str,
+    /// The error response code sent, or 0 for a success response.
     pub code: u16,
 }
 
 /// Handles registered once; cloned into each shard.
 #[derive(Clone, Default)]
 pub struct RelayMetrics {
+    /// Live allocations, per shard.
     pub allocations: Family<ShardLabel, Gauge>,
+    /// Allocations created, per shard.
     pub allocations_created: Family<ShardLabel, Counter>,
+    /// Allocations deleted, by reason.
     pub allocations_deleted: Family<ReasonLabel, Counter>,
+    /// Requests answered, by method and response code.
     pub requests: Family<RequestLabel, Counter>,
+    /// Packets relayed, per shard and direction.
     pub packets: Family<DirLabel, Counter>,
+    /// Application bytes relayed, per shard and direction.
     pub bytes: Family<DirLabel, Counter>,
+    /// Packets dropped, by reason (the core's and the drivers').
     pub dropped: Family<ReasonLabel, Counter>,
+    /// Permissions and channels refused for the peer they name, by reason.
     pub peer_refusals: Family<ReasonLabel, Counter>,
+    /// Open client TCP connections, all shards together.
     pub tcp_connections: Gauge,
 }
 
 impl RelayMetrics {
+    /// Registers every metric in `r` under the `icebreaker_relay` prefix.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("icebreaker_relay");
         r.register("allocations", "Live allocations", self.allocations.clone());
@@ -91,6 +111,7 @@ impl RelayMetrics {
         );
     }
 
+    /// The handles shard `shard` uses, its labelled counters looked up once.
     pub fn shard(&self, shard: u16) -> ShardMetrics {
         let dir = |d| DirLabel {
             shard,
@@ -125,12 +146,19 @@ impl RelayMetrics {
 /// One shard's view: hot counters resolved to plain atomics up front.
 #[derive(Clone)]
 pub struct ShardMetrics {
+    /// The whole set, for the counters labelled by something other than the shard.
     pub all: RelayMetrics,
+    /// This shard's live allocations.
     pub allocations: Gauge,
+    /// This shard's allocations created.
     pub created: Counter,
+    /// Packets this shard relayed from clients to peers.
     pub to_peer_packets: Counter,
+    /// Application bytes this shard relayed from clients to peers.
     pub to_peer_bytes: Counter,
+    /// Packets this shard relayed from peers to clients.
     pub to_client_packets: Counter,
+    /// Application bytes this shard relayed from peers to clients.
     pub to_client_bytes: Counter,
 }
 

@@ -7,10 +7,14 @@ use serde::Deserialize;
 
 use crate::protocol::{ErrorCode, ProtocolError};
 
+/// The claims a join token must carry.
 #[derive(Debug, Deserialize)]
 pub struct Claims {
+    /// The room the token admits to; any other room is refused.
     pub room: String,
+    /// The subject (who joins); its alphanumerics label the peer's TURN credentials.
     pub sub: String,
+    /// Expiry, Unix seconds (checked with 5 s of leeway).
     pub exp: u64,
 }
 

@@ -16,35 +16,54 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(key, message)
 }
 
+/// The effective, validated configuration of the signaling server.
 #[derive(Debug, Clone)]
 pub struct SignalingConfig {
+    /// HTTP and WebSocket address.
     pub listen: SocketAddr,
     /// The bundled relay's configuration, unless `--no-relay`.
     pub relay: Option<icebreaker_relay::RelayConfig>,
     /// External TURN (`--turn-url` + `--turn-secret`) when the bundled relay is off.
     pub turn_urls: Vec<String>,
+    /// TURN REST shared secret the peers' TURN credentials are minted with.
     pub turn_secret: String,
+    /// Peers per room; a join beyond it gets `room-full`.
     pub room_capacity: usize,
+    /// HS256 key for join tokens; `None`: joins need no token.
     pub jwt_secret: Option<String>,
+    /// Origins allowed to open `/ws`; empty: same origin, or no Origin header.
     pub allowed_origins: Vec<String>,
+    /// How long a peer whose connection dropped stays in its room, resumable.
     pub resume_grace: Duration,
+    /// How long the TURN credentials handed out are valid.
     pub ice_ttl: Duration,
+    /// WebSocket ping interval; a connection silent for two intervals is dropped.
     pub heartbeat_interval: Duration,
+    /// Messages per second per connection (token bucket refill).
     pub rate_limit: f64,
+    /// Messages a connection may send in a burst (token bucket size).
     pub rate_burst: f64,
+    /// WebSocket connections (and peers within their resume grace) per client IP.
     pub max_connections_per_ip: usize,
-    /// Joins per second per client IP (token bucket refill) and the burst.
+    /// Joins per second per client IP (token bucket refill).
     pub join_rate: f64,
+    /// Joins a client IP may make in a burst (token bucket size).
     pub join_burst: f64,
+    /// Largest client message, bytes; a longer one closes the connection with 1009.
     pub max_message_bytes: usize,
+    /// Messages a connection may have waiting unwritten before it is cut off as too slow.
     pub outbox_limit: usize,
+    /// Unacknowledged messages kept per peer for resume.
     pub replay_limit: usize,
+    /// Bytes of unacknowledged messages kept per peer for resume.
     pub replay_bytes: usize,
+    /// Serve the web client from this directory instead of the embedded copy.
     pub web_dir: Option<PathBuf>,
     /// Threads serving HTTP and WebSocket connections, each with its own listener.
     pub threads: usize,
 }
 
+/// Flags and TOML keys, all optional so the three sources can be layered.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SignalingArgs {
@@ -119,6 +138,7 @@ pub struct SignalingArgs {
 }
 
 impl SignalingArgs {
+    /// Reads a TOML file of the same keys.
     pub fn from_file(path: &std::path::Path) -> Result<SignalingArgs, ConfigError> {
         icebreaker_service::config::read_toml(path)
     }
@@ -151,6 +171,8 @@ impl SignalingArgs {
         self
     }
 
+    /// Validates the layered values, fills in defaults and resolves the bundled relay's
+    /// configuration; an error names the key.
     pub fn resolve(self) -> Result<SignalingConfig, ConfigError> {
         let dur = |v: &Option<String>, key: &str, def: Duration| -> Result<Duration, ConfigError> {
             match v {

@@ -30,11 +30,17 @@ use crate::metrics::{CodeLabel, Metrics};
 use crate::session::socket::WsSocket;
 use crate::ws::Refusal;
 
+/// What every request handler and connection shares.
 pub struct AppState {
+    /// The server's configuration.
     pub cfg: SignalingConfig,
+    /// The room state connections talk to.
     pub bus: Arc<dyn Bus>,
+    /// The signaling service's metrics.
     pub metrics: Metrics,
+    /// Everything `/metrics` exports (the bundled relay's metrics included).
     pub registry: Registry,
+    /// Per-client-IP connection slots and join rates.
     pub per_ip: PerIp,
     /// Cancelled on SIGTERM: stop accepting, close WebSockets with 1001.
     pub shutdown: CancellationToken,
@@ -115,6 +121,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
 #[folder = "../web/"]
 struct Web;
 
+/// The routes: `/ws`, `/healthz`, `/metrics`, and the web client for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws_handler))

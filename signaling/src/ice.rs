@@ -6,6 +6,8 @@ use serde_json::value::RawValue;
 use crate::config::SignalingConfig;
 use crate::protocol::IceServer;
 
+/// The STUN entry (no credentials) and the TURN entry (credentials for `peer_label`,
+/// expiring `ice_ttl` after `unix_now`), each only when it has URLs.
 pub fn ice_servers(cfg: &SignalingConfig, peer_label: &str, unix_now: u64) -> Vec<IceServer> {
     let expiry = unix_now + cfg.ice_ttl.as_secs();
     let (username, credential) = icebreaker_relay::auth::mint_rest_credentials(
@@ -50,6 +52,7 @@ pub fn ice_servers(cfg: &SignalingConfig, peer_label: &str, unix_now: u64) -> Ve
     out
 }
 
+/// [`ice_servers`] serialized, ready to embed in `joined`.
 pub fn ice_servers_json(cfg: &SignalingConfig, peer_label: &str, unix_now: u64) -> Box<RawValue> {
     let v = serde_json::to_string(&ice_servers(cfg, peer_label, unix_now)).expect("serializable");
     RawValue::from_string(v).expect("valid JSON")

@@ -1,6 +1,8 @@
 //! `icebreaker`: WebRTC signaling over WebSocket (protocol v1, see docs/protocol.md),
 //! TURN credentials for the bundled relay, and the web client.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod auth;
 pub mod bus;
 pub mod config;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// A token bucket: `burst` tokens, refilled at `rate` per second; each event takes one.
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
@@ -15,6 +16,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket as of `now`.
     pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
         TokenBucket {
             rate,
@@ -30,6 +32,7 @@ impl TokenBucket {
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
     }
 
+    /// Takes a token if one is there at `now`; false: over the rate.
     pub fn take(&mut self, now: Instant) -> bool {
         self.refill(now);
         if self.tokens >= 1.0 {
@@ -69,7 +72,10 @@ impl Default for PerIp {
     }
 }
 
+/// One slot a client IP holds, given back on drop (shared in an `Arc` by a connection and
+/// the peer it joins).
 pub struct IpSlot {
+    /// The client IP holding the slot.
     pub ip: IpAddr,
     per_ip: PerIp,
 }

@@ -7,34 +7,54 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Labels a count by message or frame type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
+    /// The protocol message type (e.g. `signal`), or for rate limits the frame type
+    /// (`text`, `binary`, `ping`, `pong`) or `join`.
     pub r#type: &'static str,
 }
 
+/// Labels a count by error code or refusal reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
+    /// The protocol error code sent, or why an upgrade was refused (e.g. `origin`).
     pub code: &'static str,
 }
 
+/// Labels a count by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
+    /// `ok` or `failed`.
     pub result: &'static str,
 }
 
+/// The service's metric handles, registered once and cloned wherever they are counted.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Open WebSocket connections.
     pub connections: Gauge,
+    /// Rooms with at least one peer.
     pub rooms: Gauge,
+    /// Peers in rooms, attached or within their resume grace.
     pub peers: Gauge,
+    /// Client messages received, by type.
     pub messages_in: Family<TypeLabel, Counter>,
+    /// Server messages queued, by type.
     pub messages_out: Family<TypeLabel, Counter>,
+    /// Errors sent to clients, by code.
     pub errors: Family<CodeLabel, Counter>,
+    /// Resume attempts, by result.
     pub resumes: Family<ResultLabel, Counter>,
+    /// Connections dropped for silence.
     pub heartbeat_timeouts: Counter,
+    /// Connections cut off because their output was over its bound.
     pub slow_consumers: Counter,
+    /// Frames and joins refused by a rate limit, by type.
     pub rate_limited: Family<TypeLabel, Counter>,
+    /// Detached peers removed after the resume grace.
     pub resume_grace_expired: Counter,
+    /// WebSocket upgrades refused, by reason.
     pub refused_connections: Family<CodeLabel, Counter>,
     /// Seconds from a batch of signals' arrival to their hand-off to the recipients'
     /// connections.
@@ -73,6 +93,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric in `r` under the `icebreaker` prefix.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("icebreaker");
         r.register(
@@ -138,12 +159,14 @@ impl Metrics {
         );
     }
 
+    /// Counts a frame or join of type `t` refused by a rate limit.
     pub fn rate_limited(&self, t: &'static str) {
         self.rate_limited
             .get_or_create(&TypeLabel { r#type: t })
             .inc();
     }
 
+    /// Counts a client message of type `t`.
     pub fn message_in(&self, t: &'static str) {
         if t == "signal" {
             self.signals_in.inc();
@@ -154,6 +177,7 @@ impl Metrics {
         }
     }
 
+    /// Counts a server message of type `t` queued for a peer.
     pub fn message_out(&self, t: &'static str) {
         if t == "signal" {
             self.signals_out.inc();
@@ -164,6 +188,7 @@ impl Metrics {
         }
     }
 
+    /// Counts an error with `code` sent to a client.
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }

@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, LeaveReason, PeerInfo, ProtocolError, ServerMessage};
 
+/// A peer's id: random URL-safe base64 whose first character names its hub's shard.
 pub type PeerId = Arc<str>;
 /// One serialized server message (JSON) and its seq.
 pub type Frame = (u64, Bytes);
@@ -87,6 +88,7 @@ pub trait Outbox: Send + Sync {
 /// See [`Outbox::hold`].
 pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 
+/// A shared handle to the connection that carries a peer.
 pub type OutboxRef = Arc<dyn Outbox>;
 
 /// One signal as a connection read it: recipient and the opaque `data`.
@@ -95,14 +97,18 @@ pub type Signal<'a> = (std::borrow::Cow<'a, str>, &'a RawValue);
 /// Messages between requests for an acknowledgement (see [`Outbox::request_ack`]).
 const ACK_EVERY: u64 = 32;
 
+/// What a [`Hub`] enforces.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
+    /// Peers per room; a join beyond it gets `room-full`.
     pub room_capacity: usize,
+    /// How long a detached peer is kept for a resume.
     pub resume_grace: Duration,
     /// Unacknowledged messages kept per peer, and their bytes; beyond either the oldest
     /// go and a later resume that needs them fails (`resume-failed`) instead of silently
     /// skipping.
     pub replay_limit: usize,
+    /// Bytes of unacknowledged messages kept per peer (see `replay_limit`).
     pub replay_bytes: usize,
     /// Which shard of rooms this hub holds (0..64); its peer ids carry it.
     pub shard: usize,
@@ -141,6 +147,7 @@ struct Room {
     members: Vec<PeerId>,
 }
 
+/// One shard of rooms and the peers in them.
 pub struct Hub {
     cfg: HubConfig,
     metrics: Metrics,
@@ -156,11 +163,15 @@ pub struct Hub {
 /// What a successful join or resume hands back to the connection.
 #[derive(Debug, Clone)]
 pub struct Attached {
+    /// The peer the connection now carries.
     pub id: PeerId,
+    /// Which connection carries it; passed back on `detach` and `ack`, so a replaced
+    /// connection's calls are ignored.
     pub conn: u64,
 }
 
 impl Hub {
+    /// An empty hub.
     pub fn new(cfg: HubConfig, metrics: Metrics) -> Self {
         Hub {
             cfg,
@@ -172,10 +183,12 @@ impl Hub {
         }
     }
 
+    /// Rooms with at least one peer.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
 
+    /// Peers, attached or within their resume grace.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }

@@ -21,7 +21,6 @@ use crate::config::RelayConfig;
 use crate::metrics::RelayMetrics;
 use crate::server::Shared;
 
-/// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
 /// The client TCP limits of `RelayConfig`, split over the shards.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TcpLimits {
@@ -30,6 +29,7 @@ pub(crate) struct TcpLimits {
     buffer: usize,
 }
 
+/// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
 pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -37,6 +37,7 @@ pub struct RelayHandle {
     pub shards: usize,
     /// The client-facing addresses actually bound (ports resolved when 0 was asked).
     pub local_addrs: Vec<SocketAddr>,
+    /// The state every shard shares (config, credentials, peer policy, quotas).
     pub shared: Arc<Shared>,
 }
 

@@ -127,7 +127,7 @@ fn send_now(sock: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) -> std::i
 impl Ctx {
     /// Sends what the core produced. Never waits: a full socket or queue drops the packet
     /// (counted), as a congested router would.
-    pub fn transmit(&self, t: Transmit<'_>) {
+    pub(super) fn transmit(&self, t: Transmit<'_>) {
         match t {
             Transmit::Client { to, data } => match to.transport {
                 Transport::Udp => {
@@ -157,7 +157,7 @@ impl Ctx {
     }
 
     /// Takes `n` bytes of the shard's TCP buffer budget; false when it is spent.
-    pub fn tcp_charge(&self, n: usize) -> bool {
+    pub(super) fn tcp_charge(&self, n: usize) -> bool {
         let used = self.tcp_used.get();
         if used + n > self.tcp_budget {
             return false;
@@ -166,7 +166,7 @@ impl Ctx {
         true
     }
 
-    pub fn tcp_release(&self, n: usize) {
+    pub(super) fn tcp_release(&self, n: usize) {
         self.tcp_used.set(self.tcp_used.get().saturating_sub(n));
     }
 
@@ -180,7 +180,7 @@ impl Ctx {
     }
 
     /// Feeds one client packet to the core and sends the answer.
-    pub fn client_packet(self: &Rc<Self>, ft: FiveTuple, data: &[u8]) {
+    pub(super) fn client_packet(self: &Rc<Self>, ft: FiveTuple, data: &[u8]) {
         let mut core = self.core.borrow_mut();
         if let Some(t) = core.handle_client(Instant::now(), ft, data, &mut Binder(self)) {
             self.transmit(t);

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{LeaveReason, ProtocolError, ServerMessage};
 use crate::room::{shard_of, AckBy, Attached, Hub, HubConfig, OutboxRef, Signal};
 
+/// The in-process [`Bus`]: rooms spread over up to 64 hubs, each behind its own mutex.
 pub struct MemoryBus {
     hubs: Vec<Mutex<Hub>>,
 }

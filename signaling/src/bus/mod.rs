@@ -12,8 +12,11 @@ use serde_json::value::RawValue;
 use crate::protocol::{LeaveReason, ProtocolError};
 use crate::room::{AckBy, Attached, OutboxRef, Signal};
 
+/// What connections ask of room state: join, signal, acknowledge, resume and leave.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// Adds a new peer to `room`, carried by `outbox`: it gets `joined` (with
+    /// `ice_servers`), the peers already there get `peer-joined`.
     async fn join(
         &self,
         room: &str,
@@ -28,10 +31,15 @@ pub trait Bus: Send + Sync + 'static {
     async fn pong(&self, id: &str);
     /// Tells the peer what went wrong, sequenced with the rest.
     async fn error(&self, id: &str, err: &ProtocolError);
+    /// Removes the peer from its room; the others get `peer-left` with `reason`.
     async fn leave(&self, id: &str, reason: LeaveReason);
+    /// Connection `conn` of peer `id` is gone without a `leave`: the peer stays for its
+    /// resume grace (a stale `conn` is ignored).
     async fn detach(&self, id: &str, conn: u64);
     /// Everything up to `seq` reached the peer (see [`AckBy`]); its replay buffer is trimmed.
     async fn ack(&self, id: &str, conn: u64, seq: u64, by: AckBy);
+    /// `outbox` takes over peer `id` if `token` is its resume token: it gets `resumed`,
+    /// then every message after `last_seq`, in order.
     async fn resume(
         &self,
         id: &str,
@@ -41,5 +49,6 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Attached, ProtocolError>;
     /// Expires detached peers; the server calls it about once a second.
     async fn tick(&self, now: Instant);
+    /// Rooms and peers right now (peers within their resume grace included).
     fn counts(&self) -> (usize, usize);
 }

@@ -92,6 +92,8 @@ macro_rules! tokio_stream {
 tokio_stream!(TcpStream);
 tokio_stream!(UnixStream);
 
+/// A WebSocket connection's socket and its unwritten output; the [`Outbox`] of the peer it
+/// carries.
 pub struct WsSocket<S = TcpStream> {
     io: S,
     out: Mutex<Out>,
@@ -108,6 +110,8 @@ pub struct WsSocket<S = TcpStream> {
 const KEEP_CAPACITY: usize = 64 * 1024;
 
 impl<S: Stream> WsSocket<S> {
+    /// Wraps `stream`; more than `max_pending_msgs` messages or `max_pending_bytes` bytes
+    /// waiting unwritten cut the connection off as too slow.
     pub fn new(
         stream: S,
         max_pending_msgs: usize,
@@ -287,10 +291,12 @@ impl<S: Stream> WsSocket<S> {
         (o.blocked, o.closing, o.broken)
     }
 
+    /// Waits until the owner is woken: output is blocked, or the connection should close.
     pub async fn woken(&self) {
         self.wake.notified().await
     }
 
+    /// Waits until the stream may be read.
     pub async fn readable(&self) -> io::Result<()> {
         self.io.readable().await
     }

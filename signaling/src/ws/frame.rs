@@ -3,13 +3,20 @@
 
 use thiserror::Error;
 
+/// A frame's opcode (RFC 6455 §5.2); reserved opcodes have no variant and are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opcode {
+    /// 0x0: a later fragment of a fragmented message.
     Continuation,
+    /// 0x1: a text (UTF-8) message, or its first fragment.
     Text,
+    /// 0x2: a binary message, or its first fragment.
     Binary,
+    /// 0x8: the closing handshake (§5.5.1).
     Close,
+    /// 0x9: a ping, to be answered with a pong (§5.5.2).
     Ping,
+    /// 0xA: a pong, answering a ping or unsolicited (§5.5.3).
     Pong,
 }
 
@@ -37,6 +44,8 @@ impl Opcode {
         }
     }
 
+    /// Close, ping and pong: control frames (§5.5), which may come between the
+    /// fragments of a message.
     pub fn is_control(self) -> bool {
         matches!(self, Opcode::Close | Opcode::Ping | Opcode::Pong)
     }
@@ -45,12 +54,16 @@ impl Opcode {
 /// Why a client's bytes are not a WebSocket frame we accept; each maps to a close code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
+    /// RSV1-3 set, which only a negotiated extension may do (§5.2).
     #[error("reserved bits set without a negotiated extension")]
     Reserved,
+    /// A reserved opcode (0x3-0x7, 0xB-0xF).
     #[error("unknown opcode {0:#x}")]
     Opcode(u8),
+    /// A client frame without the MASK bit (§5.1).
     #[error("client frames must be masked")]
     Unmasked,
+    /// A fragmented control frame, or one with more than 125 payload bytes (§5.5).
     #[error("control frames must be final and at most 125 bytes")]
     BadControl,
     /// RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
@@ -62,6 +75,8 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// The close code to send: 1009 (message too big) for an oversized frame, else 1002
+    /// (protocol error).
     pub fn close_code(&self) -> u16 {
         match self {
             FrameError::TooLarge(_) => 1009,
@@ -73,7 +88,9 @@ impl FrameError {
 /// One complete frame at the start of a buffer; its payload is unmasked in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// FIN: the last fragment of its message.
     pub fin: bool,
+    /// What the frame carries.
     pub opcode: Opcode,
     /// Where the payload sits in the buffer.
     pub payload: std::ops::Range<usize>,
