@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use icebreaker_peer::chat::ChatArgs;
 use icebreaker_peer::load::LoadArgs;
+use icebreaker_peer::media::MediaFlags;
 use icebreaker_peer::output::Out;
 use icebreaker_peer::parse_duration;
 use icebreaker_peer::pointer::PointerArgs;
@@ -76,27 +77,7 @@ enum Cmd {
     /// Start N peers in rooms of K through one server and report setup times and round trips.
     Load(LoadArgs),
     /// Send VP8 video and Opus audio (embedded samples or IVF/Ogg files) and count what arrives.
-    Media {
-        /// IVF (VP8) file to send instead of the embedded test pattern.
-        #[arg(long)]
-        video: Option<std::path::PathBuf>,
-        /// Ogg (Opus) file to send instead of the embedded tone.
-        #[arg(long)]
-        audio: Option<std::path::PathBuf>,
-        #[arg(long)]
-        no_video: bool,
-        #[arg(long)]
-        no_audio: bool,
-        /// Send each received track back instead of our own media.
-        #[arg(long)]
-        echo: bool,
-        /// How long to run once connected.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Succeed only if each remote video track delivered at least N frames.
-        #[arg(long, default_value_t = 1)]
-        expect_frames: u64,
-    },
+    Media(MediaFlags),
     /// Check a deployment: signaling, ICE servers, STUN, TURN (UDP/TCP), a relay-only data channel.
     Doctor,
 }
@@ -136,43 +117,8 @@ fn main() -> ExitCode {
                 }
                 Cmd::Load(args) => icebreaker_peer::load::run(opts, args, out).await,
                 Cmd::Doctor => icebreaker_peer::doctor::run(opts, out).await,
-                Cmd::Media {
-                    video,
-                    audio,
-                    no_video,
-                    no_audio,
-                    echo,
-                    duration,
-                    expect_frames,
-                } => {
-                    use icebreaker_peer::media::MediaArgs;
-                    let read = |p: Option<std::path::PathBuf>,
-                                def: fn() -> Vec<u8>|
-                     -> anyhow::Result<Vec<u8>> {
-                        match p {
-                            Some(p) => std::fs::read(&p)
-                                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display())),
-                            None => Ok(def()),
-                        }
-                    };
-                    let video = if no_video {
-                        None
-                    } else {
-                        Some(read(video, MediaArgs::default_video)?)
-                    };
-                    let audio = if no_audio {
-                        None
-                    } else {
-                        Some(read(audio, MediaArgs::default_audio)?)
-                    };
-                    let args = MediaArgs {
-                        video,
-                        audio,
-                        echo,
-                        duration,
-                        expect_frames,
-                        timeout: c.timeout,
-                    };
+                Cmd::Media(flags) => {
+                    let args = flags.load(c.timeout)?;
                     icebreaker_peer::media::run(opts, args, out).await
                 }
                 Cmd::Pointer(args) => {

@@ -29,7 +29,62 @@ use crate::room::{event_json, Event, Options, Room, TrackFactory};
 const SAMPLE_IVF: &[u8] = include_bytes!("../media/sample.ivf");
 const SAMPLE_OGG: &[u8] = include_bytes!("../media/sample.ogg");
 
-/// Options of the `media` subcommand (main reads the files).
+/// The `media` subcommand's flags, as clap parses them; [`MediaFlags::load`] reads the
+/// files they name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MediaFlags {
+    /// IVF (VP8) file to send instead of the embedded test pattern.
+    #[arg(long)]
+    pub video: Option<std::path::PathBuf>,
+    /// Ogg (Opus) file to send instead of the embedded tone.
+    #[arg(long)]
+    pub audio: Option<std::path::PathBuf>,
+    /// Send no video track.
+    #[arg(long)]
+    pub no_video: bool,
+    /// Send no audio track.
+    #[arg(long)]
+    pub no_audio: bool,
+    /// Send each received track back instead of our own media.
+    #[arg(long)]
+    pub echo: bool,
+    /// How long to run once connected.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    pub duration: Duration,
+    /// Succeed only if each remote video track delivered at least N frames.
+    #[arg(long, default_value_t = 1)]
+    pub expect_frames: u64,
+}
+
+impl MediaFlags {
+    /// Reads the media files (or takes the embedded samples); `timeout` is the global one.
+    pub fn load(self, timeout: Option<Duration>) -> anyhow::Result<MediaArgs> {
+        let read = |p: Option<std::path::PathBuf>, def: fn() -> Vec<u8>| match p {
+            Some(p) => {
+                std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+            }
+            None => Ok(def()),
+        };
+        let video = match self.no_video {
+            true => None,
+            false => Some(read(self.video, MediaArgs::default_video)?),
+        };
+        let audio = match self.no_audio {
+            true => None,
+            false => Some(read(self.audio, MediaArgs::default_audio)?),
+        };
+        Ok(MediaArgs {
+            video,
+            audio,
+            echo: self.echo,
+            duration: self.duration,
+            expect_frames: self.expect_frames,
+            timeout,
+        })
+    }
+}
+
+/// Options of the `media` subcommand, files read.
 pub struct MediaArgs {
     /// IVF (VP8) bytes to send, looped; `None`: no video track.
     pub video: Option<Vec<u8>>,
