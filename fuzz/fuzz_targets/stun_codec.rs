@@ -64,6 +64,23 @@ fn within(outer: &[u8], inner: &[u8]) -> bool {
 }
 
 fn check_message(data: &[u8], m: &Message<'_>) {
+    // The typed decoder agrees with the raw accessors: the first of each attribute, all
+    // the peers in order, and a refusal names what is wrong.
+    match codec::Attributes::parse(m) {
+        Ok(a) => {
+            assert_eq!(a.username, m.text(attr::USERNAME).map(|t| t.unwrap()));
+            assert_eq!(a.lifetime, m.get(attr::LIFETIME).map(|v| attr::decode_u32(v).unwrap()));
+            assert_eq!(a.data, m.get(attr::DATA));
+            let peers: Vec<_> = m
+                .get_all(attr::XOR_PEER_ADDRESS)
+                .map(|v| attr::decode_xor_address(v, &m.transaction_id).unwrap())
+                .collect();
+            assert_eq!(a.xor_peer_addresses.as_slice(), &peers[..]);
+            assert_eq!(a.dont_fragment, m.has(attr::DONT_FRAGMENT));
+        }
+        Err(e) => assert!(!e.reason().is_empty()),
+    }
+
     let raw = m.raw();
     assert_eq!(raw.len(), data.len());
     assert!(raw.len() >= HEADER_LEN && (raw.len() - HEADER_LEN).is_multiple_of(4));
