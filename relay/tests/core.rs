@@ -689,6 +689,7 @@ fn even_port_with_reservation() {
     let relay = w.relayed(&r);
     assert_eq!(relay.port() % 2, 0);
     let token = r.msg().get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    let again = token.clone();
     let mut c2 = client(40001, "alice", "pw");
     let r2 = w.request(&mut c2, Method::ALLOCATE, &move |w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
@@ -696,6 +697,13 @@ fn even_port_with_reservation() {
     });
     assert!(r2.ok());
     assert_eq!(w.relayed(&r2).port(), relay.port() + 1);
+    // A token is good once.
+    let mut c3 = client(40002, "alice", "pw");
+    let r3 = w.request(&mut c3, Method::ALLOCATE, &move |w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::RESERVATION_TOKEN, &again);
+    });
+    assert_eq!(r3.code, Some(508), "a used reservation token");
 }
 
 #[test]

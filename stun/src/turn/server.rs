@@ -846,10 +846,12 @@ impl<O: Observer> Server<O> {
         let df = ask.dont_fragment;
         match ask.port {
             PortRequest::Reserved(token) => {
-                let r = self
-                    .reservations
-                    .remove(&token)
-                    .filter(|r| r.v6 == ask.v6)?;
+                let r = self.reservations.remove(&token)?;
+                if r.v6 != ask.v6 {
+                    // A token for the other family: refused, and its port goes back.
+                    self.shared.ports().release(r.port);
+                    return None;
+                }
                 let addr = SocketAddr::new(bind_ip, r.port);
                 match self.open(sockets, addr, df) {
                     Ok(id) => Some((addr, id, None)),
