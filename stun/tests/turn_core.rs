@@ -1,14 +1,30 @@
-//! The sans-IO core driven with a fake clock and fake sockets: no ports, no sleeps.
+//! The sans-IO TURN core driven with a fake clock and fake sockets: no ports, no sleeps.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use icebreaker_relay::auth::{long_term_key, mint_rest_credentials, Key};
-use icebreaker_relay::codec::{attr, Class, Message, MessageWriter, Method};
-use icebreaker_relay::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
-use icebreaker_relay::{FiveTuple, RelayArgs, Transport};
+use icebreaker_stun::auth::{long_term_key, mint_rest_credentials, Key};
+use icebreaker_stun::codec::{attr, Class, Message, MessageWriter, Method};
+use icebreaker_stun::turn::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
+use icebreaker_stun::turn::{Config, FiveTuple, Transport};
+
+/// The relay's client-facing address in these tests (never a valid peer).
+const LISTEN: &str = "127.0.0.1:3478";
+
+/// The configuration most tests use: two long-term users, a REST secret, loopback peers
+/// allowed, 20 relayed ports.
+fn config() -> Config {
+    Config {
+        users: vec![("alice".into(), "pw".into()), ("bob".into(), "pw".into())],
+        auth_secrets: vec!["rest-secret".into()],
+        realm: "example.org".into(),
+        allow_peer: vec!["127.0.0.0/8".parse().unwrap()],
+        relay_ports: (50000, 50019),
+        ..Default::default()
+    }
+}
 
 #[derive(Default)]
 struct FakeSockets {
@@ -46,19 +62,11 @@ struct World {
     now: Instant,
 }
 
-fn world(extra: impl FnOnce(&mut RelayArgs)) -> World {
-    let mut args = RelayArgs {
-        users: vec!["alice:pw".into(), "bob:pw".into()],
-        auth_secrets: vec!["rest-secret".into()],
-        realm: Some("example.org".into()),
-        allow_peer: vec!["127.0.0.0/8".parse().unwrap()],
-        relay_ports: Some("50000-50019".into()),
-        ..Default::default()
-    };
-    extra(&mut args);
+fn world(extra: impl FnOnce(&mut Config)) -> World {
+    let mut cfg = config();
+    extra(&mut cfg);
     let t0 = Instant::now();
-    let rc = args.resolve().unwrap();
-    let shared = Shared::with_clock(rc.turn, &rc.listen, t0, UNIX0);
+    let shared = Shared::with_clock(cfg, &[LISTEN.parse().unwrap()], t0, UNIX0);
     World {
         server: Server::new(Arc::clone(&shared), ()),
         sockets: FakeSockets::default(),
@@ -382,7 +390,7 @@ fn rest_credentials_work_until_they_expire() {
 
 #[test]
 fn stale_nonce_gets_438_with_a_fresh_one() {
-    let mut w = world(|a| a.nonce_lifetime = Some(60));
+    let mut w = world(|a| a.nonce_lifetime = Duration::from_secs(60));
     let mut c = client(40000, "alice", "pw");
     assert!(w.allocate(&mut c, Some(3600)).ok());
     let old = c.nonce.clone().unwrap();
@@ -559,8 +567,8 @@ impl World {
 #[test]
 fn quotas_give_486_and_508() {
     let mut w = world(|a| {
-        a.user_quota = Some(2);
-        a.max_allocations = Some(3);
+        a.user_quota = 2;
+        a.max_allocations = 3;
     });
     let mut clients: Vec<Client> = (0..4).map(|i| client(41000 + i, "alice", "pw")).collect();
     assert!(w.allocate(&mut clients[0], None).ok());
@@ -577,7 +585,7 @@ fn quotas_give_486_and_508() {
 
 #[test]
 fn port_exhaustion_gives_508_and_busy_ports_are_skipped() {
-    let mut w = world(|a| a.relay_ports = Some("50000-50003".into()));
+    let mut w = world(|a| a.relay_ports = (50000, 50003));
     w.sockets.busy = vec![50001];
     let mut ok = 0;
     for i in 0..4 {
@@ -708,7 +716,7 @@ fn even_port_with_reservation() {
 
 #[test]
 fn bandwidth_cap_drops_excess() {
-    let mut w = world(|a| a.max_bps = Some(8_000)); // 1000 bytes/s
+    let mut w = world(|a| a.max_bps = 8_000); // 1000 bytes/s
     let mut c = client(40000, "alice", "pw");
     assert!(w.allocate(&mut c, None).ok());
     assert!(w.bind(&mut c, 0x4000, peer(1)).ok());
@@ -901,16 +909,14 @@ fn unauthenticated_answers_are_small() {
 /// the range (it used to answer 508 while the other shard had ports free).
 #[test]
 fn shards_share_one_port_pool() {
-    let mut args = RelayArgs {
-        users: vec!["alice:pw".into()],
-        realm: Some("example.org".into()),
-        relay_ports: Some("50000-50003".into()),
-        ..Default::default()
+    let cfg = Config {
+        users: vec![("alice".into(), "pw".into())],
+        auth_secrets: Vec::new(),
+        relay_ports: (50000, 50003),
+        ..config()
     };
-    args.allow_peer = vec!["127.0.0.0/8".parse().unwrap()];
     let t0 = Instant::now();
-    let rc = args.resolve().unwrap();
-    let shared = Shared::with_clock(rc.turn, &rc.listen, t0, UNIX0);
+    let shared = Shared::with_clock(cfg, &[LISTEN.parse().unwrap()], t0, UNIX0);
     let mut w = World {
         server: Server::new(Arc::clone(&shared), ()),
         sockets: FakeSockets::default(),
@@ -938,7 +944,7 @@ fn shards_share_one_port_pool() {
 /// allocation must not reach a new owner.
 #[test]
 fn a_released_port_cools_down_before_reuse() {
-    let mut w = world(|a| a.relay_ports = Some("50000-50000".into()));
+    let mut w = world(|a| a.relay_ports = (50000, 50000));
     let mut a = client(40000, "alice", "pw");
     assert!(w.allocate(&mut a, None).ok());
     assert!(w.refresh(&mut a, 0).ok());
