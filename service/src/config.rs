@@ -91,6 +91,8 @@ mod tests {
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1d"), None);
         assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
     }
 
     #[test]

@@ -301,6 +301,17 @@ impl SignalingArgs {
 }
 
 impl SignalingConfig {
+    /// What the room hubs enforce (shard 0; the bus numbers the others).
+    pub fn hub(&self) -> crate::room::HubConfig {
+        crate::room::HubConfig {
+            room_capacity: self.room_capacity,
+            resume_grace: self.resume_grace,
+            replay_limit: self.replay_limit,
+            replay_bytes: self.replay_bytes,
+            shard: 0,
+        }
+    }
+
     /// The relay address advertised in `ice_servers` (its public address behind NAT).
     pub fn relay_public(&self) -> Option<(IpAddr, u16)> {
         let r = self.relay.as_ref()?;
@@ -313,16 +324,6 @@ impl SignalingConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
-    }
 
     #[test]
     fn defaults_run_with_no_configuration() {

@@ -14,7 +14,6 @@ use icebreaker_signaling::config::SignalingArgs;
 use icebreaker_signaling::http::AppState;
 use icebreaker_signaling::limits::PerIp;
 use icebreaker_signaling::metrics::Metrics;
-use icebreaker_signaling::room::HubConfig;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -96,13 +95,7 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
     if let (Some(rc), Some(h)) = (cfg.relay.as_mut(), relay.as_ref()) {
         rc.listen = h.local_addrs.clone();
     }
-    let hub = HubConfig {
-        room_capacity: cfg.room_capacity,
-        resume_grace: cfg.resume_grace,
-        replay_limit: cfg.replay_limit,
-        replay_bytes: cfg.replay_bytes,
-        shard: 0,
-    };
+    let hub = cfg.hub();
     // Rooms spread over a few hubs per serving thread: two threads rarely want the same
     // lock, and with one thread the locks are uncontended anyway.
     let shards = (cfg.threads * 4).clamp(1, 64);

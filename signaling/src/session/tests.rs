@@ -18,7 +18,6 @@ use crate::config::SignalingArgs;
 use crate::http::AppState;
 use crate::limits::PerIp;
 use crate::metrics::Metrics;
-use crate::room::HubConfig;
 
 fn state(tweak: impl FnOnce(&mut crate::config::SignalingConfig)) -> Arc<AppState> {
     let mut cfg = SignalingArgs {
@@ -28,16 +27,9 @@ fn state(tweak: impl FnOnce(&mut crate::config::SignalingConfig)) -> Arc<AppStat
     .resolve()
     .expect("default config");
     tweak(&mut cfg);
-    let hub = HubConfig {
-        room_capacity: cfg.room_capacity,
-        resume_grace: cfg.resume_grace,
-        replay_limit: cfg.replay_limit,
-        replay_bytes: cfg.replay_bytes,
-        shard: 0,
-    };
     let metrics = Metrics::default();
     Arc::new(AppState {
-        bus: Arc::new(MemoryBus::new(hub, 4, metrics.clone())),
+        bus: Arc::new(MemoryBus::new(cfg.hub(), 4, metrics.clone())),
         per_ip: PerIp::new(cfg.join_rate, cfg.join_burst),
         cfg,
         metrics,
@@ -80,22 +72,7 @@ fn connect(st: &Arc<AppState>) -> Client {
 
 /// A masked client frame.
 fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [9, 8, 7, 6];
-    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
+    crate::ws::frame::client_frame(fin, opcode, payload, [9, 8, 7, 6])
 }
 
 impl Client {

@@ -216,18 +216,7 @@ mod tests {
 
     /// A masked client frame, as a browser writes it.
     fn client(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let key = [0x37, 0xfa, 0x21, 0x3d];
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        f
+        frame::client_frame(fin, opcode, payload, [0x37, 0xfa, 0x21, 0x3d])
     }
 
     fn all(r: &mut Reader, mut bytes: Vec<u8>) -> (Vec<String>, usize) {
