@@ -93,6 +93,9 @@ pub enum ErrorCode {
     NotJoined,
     /// `resume` cannot be served: start over with `join`.
     ResumeFailed,
+    /// The server cannot do this right now (a cluster node that lost its Redis): try
+    /// again in a few seconds.
+    Unavailable,
     /// A code this version does not know (a newer server).
     #[serde(other)]
     Other,
@@ -110,6 +113,7 @@ impl ErrorCode {
             ErrorCode::UnknownPeer => "unknown-peer",
             ErrorCode::NotJoined => "not-joined",
             ErrorCode::ResumeFailed => "resume-failed",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Other => "other",
         }
     }

@@ -162,6 +162,18 @@ impl<'a> ServerMessage<'a> {
         to_json(self, hint)
     }
 
+    /// The message as [`ServerMessage::to_json`] writes it, but open at the end: without
+    /// its `seq` and closing brace (`{"type":"signal",…,"data":{…}`). A cluster node
+    /// builds a message before the peer's seq is known; whoever assigns the seq closes it
+    /// with `,"seq":N}`. `seq` is the last field of every variant, so this is a cut.
+    pub fn to_json_unsequenced(&self) -> Vec<u8> {
+        let mut json = self.to_json();
+        let tail = format!(",\"seq\":{}}}", self.seq());
+        debug_assert!(json.ends_with(tail.as_bytes()), "seq is the last field");
+        json.truncate(json.len().saturating_sub(tail.len()));
+        json
+    }
+
     /// Parses a server frame (a client's side). Fields a message needs must be there and
     /// well-typed; unknown fields are ignored.
     pub fn parse(text: &'a str) -> Result<ServerMessage<'a>, ParseError> {

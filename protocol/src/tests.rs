@@ -328,3 +328,49 @@ mod prop {
         }
     }
 }
+
+/// A message built without its seq, closed by whoever assigns it, is the same message
+/// byte for byte as one built with the seq (the cluster bus relies on it).
+#[test]
+fn unsequenced_json_closed_with_seq_is_the_sequenced_message() {
+    let data = serde_json::value::RawValue::from_string(r#"{"sdp":"v=0"}"#.into()).unwrap();
+    let meta = serde_json::value::RawValue::from_string(r#"{"name":"A"}"#.into()).unwrap();
+    let seq = 4_294_967_301;
+    let msgs = [
+        ServerMessage::Signal {
+            from: "p1".into(),
+            data: &data,
+            seq,
+        },
+        ServerMessage::PeerJoined {
+            id: "p2".into(),
+            meta: Some(&meta),
+            polite: true,
+            seq,
+        },
+        ServerMessage::PeerLeft {
+            id: "p2".into(),
+            reason: LeaveReason::Timeout,
+            seq,
+        },
+        ServerMessage::Pong { seq },
+        ServerMessage::Error {
+            code: ErrorCode::Unavailable,
+            message: "later".into(),
+            seq,
+        },
+    ];
+    for m in msgs {
+        let mut open = m.to_json_unsequenced();
+        let text = String::from_utf8_lossy(&open).into_owned();
+        assert!(!text.contains("\"seq\""), "{text}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&text).is_err(),
+            "left open: {text}"
+        );
+        open.extend_from_slice(format!(",\"seq\":{seq}}}").as_bytes());
+        assert_eq!(open, m.to_json());
+        let text = String::from_utf8(open).unwrap();
+        assert_eq!(ServerMessage::parse(&text).unwrap().seq(), seq);
+    }
+}

@@ -61,6 +61,10 @@ pub struct SignalingConfig {
     pub web_dir: Option<PathBuf>,
     /// Threads serving HTTP and WebSocket connections, each with its own listener.
     pub threads: usize,
+    /// Redis URL: rooms are shared with the other nodes through it (cluster mode).
+    pub redis: Option<String>,
+    /// This node's id in the cluster (unique among running nodes).
+    pub node_id: String,
 }
 
 /// Flags and TOML keys, all optional so the three sources can be layered.
@@ -135,6 +139,13 @@ pub struct SignalingArgs {
     /// Threads serving connections (default: half the CPUs, at least one).
     #[arg(long, env = "ICEBREAKER_THREADS")]
     pub threads: Option<usize>,
+    /// Share rooms with other nodes through Redis, e.g. redis://127.0.0.1:6379/ (see
+    /// docs/scaling.md); without it rooms live in this process.
+    #[arg(long, env = "ICEBREAKER_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// This node's id in a cluster (default: random at each start); unique per node.
+    #[arg(long, env = "ICEBREAKER_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 impl SignalingArgs {
@@ -164,7 +175,9 @@ impl SignalingArgs {
             join_rate,
             join_burst,
             web_dir,
-            threads
+            threads,
+            redis,
+            node_id
         );
         vec![relay_allow_peer, turn_url, allowed_origin];
         self.no_relay |= file.no_relay;
@@ -265,6 +278,33 @@ impl SignalingArgs {
             // thread already forwards ~300k signals/s (BENCHMARKS.md).
             None => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         };
+        if let Some(url) = &self.redis {
+            redis::Client::open(url.as_str()).map_err(|e| {
+                err(
+                    "redis",
+                    format!("expected a URL like redis://host:6379/ ({e})"),
+                )
+            })?;
+        }
+        let node_id = match &self.node_id {
+            Some(n)
+                if n.is_empty()
+                    || n.len() > 64
+                    || !n.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+                    }) =>
+            {
+                return Err(err(
+                    "node-id",
+                    "must be 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            Some(n) => n.clone(),
+            None => {
+                let b: [u8; 6] = rand::random();
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+            }
+        };
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err(err("jwt-secret", "must be at least 16 characters"));
         }
@@ -296,6 +336,8 @@ impl SignalingArgs {
             replay_bytes: 1 << 20,
             web_dir: self.web_dir.clone(),
             threads,
+            redis: self.redis.clone(),
+            node_id,
         })
     }
 }

@@ -216,7 +216,14 @@ fn why_text(why: Refusal) -> String {
 
 async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let (rooms, peers) = st.bus.counts();
-    format!("ok rooms={rooms} peers={peers}\n")
+    match st.bus.degraded() {
+        // 503 tells a load balancer to send new clients to a node that is whole.
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded rooms={rooms} peers={peers}: {why}\n"),
+        ),
+        None => (StatusCode::OK, format!("ok rooms={rooms} peers={peers}\n")),
+    }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {

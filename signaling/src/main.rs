@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use icebreaker_service as service;
 use icebreaker_signaling::bus::memory::MemoryBus;
+use icebreaker_signaling::bus::redis::RedisBus;
+use icebreaker_signaling::bus::Bus;
 use icebreaker_signaling::config::SignalingArgs;
 use icebreaker_signaling::http::AppState;
 use icebreaker_signaling::limits::PerIp;
@@ -99,7 +101,14 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
     // Rooms spread over a few hubs per serving thread: two threads rarely want the same
     // lock, and with one thread the locks are uncontended anyway.
     let shards = (cfg.threads * 4).clamp(1, 64);
-    let bus = Arc::new(MemoryBus::new(hub, shards, metrics.clone()));
+    let bus: Arc<dyn Bus> = match &cfg.redis {
+        Some(url) => Arc::new(
+            RedisBus::connect(url, &cfg.node_id, hub, metrics.clone())
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?,
+        ),
+        None => Arc::new(MemoryBus::new(hub, shards, metrics.clone())),
+    };
     let listeners = icebreaker_signaling::http::bind_listeners(cfg.listen, cfg.threads)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let http_addr = listeners[0].local_addr()?;
@@ -126,7 +135,7 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
             loop {
                 t.tick().await;
                 let now = Instant::now();
-                icebreaker_signaling::bus::Bus::tick(&*bus, now).await;
+                bus.tick(now).await;
                 per_ip.sweep(now);
             }
         })

@@ -59,6 +59,15 @@ pub struct Metrics {
     /// Seconds from a batch of signals' arrival to their hand-off to the recipients'
     /// connections.
     pub forward_latency: Histogram,
+    /// 1 while this node reaches Redis (cluster mode; stays 0 without `--redis`).
+    pub redis_up: Gauge,
+    /// Times this node lost Redis and got it back (commands or pub/sub).
+    pub redis_reconnects: Counter,
+    /// Redis calls that failed (a message then goes only to peers on this node).
+    pub redis_publish_errors: Counter,
+    /// Seconds from a sending node handing a message to Redis to the recipient's node
+    /// queueing it (the nodes' clocks must agree, as NTP keeps them).
+    pub cross_node_latency: Histogram,
     /// `messages_in`/`messages_out` for signals, resolved once: they are counted per
     /// forwarded message.
     signals_in: Counter,
@@ -88,6 +97,12 @@ impl Default for Metrics {
             resume_grace_expired: Counter::default(),
             refused_connections: Family::default(),
             forward_latency: Histogram::new([1e-6, 5e-6, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 2e-2]),
+            redis_up: Gauge::default(),
+            redis_reconnects: Counter::default(),
+            redis_publish_errors: Counter::default(),
+            cross_node_latency: Histogram::new([
+                5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0,
+            ]),
         }
     }
 }
@@ -96,6 +111,26 @@ impl Metrics {
     /// Registers every metric in `r` under the `icebreaker` prefix.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("icebreaker");
+        r.register(
+            "redis_up",
+            "1 while this node reaches Redis (cluster mode)",
+            self.redis_up.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Times this node lost Redis and got it back",
+            self.redis_reconnects.clone(),
+        );
+        r.register(
+            "redis_publish_errors",
+            "Redis calls that failed (messages then reach peers on this node only)",
+            self.redis_publish_errors.clone(),
+        );
+        r.register(
+            "cross_node_latency_seconds",
+            "Seconds from the sending node handing a message to Redis to the recipient's node queueing it",
+            self.cross_node_latency.clone(),
+        );
         r.register(
             "connections",
             "Open WebSocket connections",

@@ -2,7 +2,7 @@
 // web-client.mjs — end-to-end tests of the Icebreaker web client (web/) in real Chromium,
 // against a running `icebreaker` server.
 //
-//   node web-client.mjs --base http://127.0.0.1:8080 [--scenario NAME[,NAME…]|all] [--screenshots DIR]
+//   node web-client.mjs --base http://127.0.0.1:8080 [--base2 URL] [--scenario NAME[,NAME…]|all] [--screenshots DIR]
 //                       [--peer PATH/icebreaker-peer] [--timeout-ms 90000] [--verbose]
 //
 // Scenarios (each runs in fresh browser profiles, in its own room, bounded by --timeout-ms):
@@ -48,6 +48,7 @@ import { chromium } from 'playwright-core';
 const { values: opt } = parseArgs({
   options: {
     base: { type: 'string' },
+    base2: { type: 'string' }, // `two`: the second page from another server (a cluster node)
     scenario: { type: 'string', default: 'all' },
     screenshots: { type: 'string' },
     'timeout-ms': { type: 'string', default: '90000' },
@@ -64,6 +65,7 @@ if (!opt.base || !(timeoutMs > 0) || wanted.some((s) => !SCENARIOS.includes(s)))
   process.exit(2);
 }
 const BASE = opt.base.replace(/\/+$/, '');
+const BASE2 = (opt.base2 ?? opt.base).replace(/\/+$/, '');
 
 // Same switches as turn-relay.mjs (see there): Chromium honours only the last
 // --disable-features, so ours re-lists Playwright's defaults.
@@ -295,7 +297,7 @@ async function twoPages(sc, { relay }) {
   sc.stage = 'opening pages';
   // One browser per participant, as in real life.
   const a = await sc.open(await sc.launch('fake', { clip: 'alice' }), 'alice', { query });
-  const b = await sc.open(await sc.launch('fake', { clip: 'bob' }), 'bob', { query });
+  const b = await sc.open(await sc.launch('fake', { clip: 'bob' }), 'bob', { query, base: relay ? BASE : BASE2 });
   await connected(sc, a, 1);
   await connected(sc, b, 1);
   const r = sc.result;

@@ -3,6 +3,7 @@
 //! nodes sharing rooms) replaces it behind the same trait.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Instant;
 
@@ -51,4 +52,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn tick(&self, now: Instant);
     /// Rooms and peers right now (peers within their resume grace included).
     fn counts(&self) -> (usize, usize);
+    /// Why this node serves only part of what it should right now (a cluster node that
+    /// lost Redis); `/healthz` reports it.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }

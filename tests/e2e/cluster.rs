@@ -1,0 +1,617 @@
+//! Several `icebreaker` nodes sharing rooms through a real `redis-server`, behind a real
+//! HAProxy (both Debian's, started here on free ports): rooms across nodes, 1000 signals
+//! in order, webrtc-rs peers and Chromium pages on different nodes, a node killed with
+//! SIGKILL (its peers resume on a survivor, exactly once `peer-left` for the rest), Redis
+//! killed and restarted, and room capacity under concurrent joins on every node.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use icebreaker_tests::{
+    bin, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `redis-server` on `port`, in memory only (a restart loses everything, the worst case).
+struct Redis {
+    proc: Proc,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        require("redis-server", "redis-server");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        let proc = Proc::start("redis", cmd);
+        proc.wait_line("Ready to accept connections", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("redis-server did not start:\n{}", proc.output()));
+        Redis { proc, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGKILL) };
+        self.proc.wait(Duration::from_secs(5));
+    }
+}
+
+/// A cluster node: `icebreaker --redis … --node-id …` without a bundled relay (peers use
+/// host candidates on loopback).
+fn node(redis: &Redis, id: &str, extra: &[&str]) -> Icebreaker {
+    let url = redis.url();
+    let mut args = vec![
+        "--redis",
+        &url,
+        "--node-id",
+        id,
+        "--no-relay",
+        "--join-rate",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    start_icebreaker(&args)
+}
+
+/// HAProxy in TCP mode, round robin over `nodes`, health-checked on `/healthz` (a node
+/// that lost Redis answers 503 and gets no new clients).
+struct Haproxy {
+    _proc: Proc,
+    addr: SocketAddr,
+    _cfg: std::path::PathBuf,
+}
+
+impl Haproxy {
+    fn start(nodes: &[&Icebreaker]) -> Haproxy {
+        require("haproxy", "haproxy");
+        let port = free_tcp_port();
+        let mut cfg = format!(
+            "global\n  maxconn 4096\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n  option redispatch\n  retries 3\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
+             backend nodes\n  balance roundrobin\n  option httpchk GET /healthz\n  http-check expect status 200\n"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            cfg += &format!("  server n{i} {} check inter 300ms fall 1 rise 1\n", n.http);
+        }
+        let path =
+            std::env::temp_dir().join(format!("ib-haproxy-{}-{port}.cfg", std::process::id()));
+        std::fs::write(&path, cfg).unwrap();
+        let mut cmd = Command::new("haproxy");
+        cmd.args(["-db", "-f", path.to_str().unwrap()]);
+        let proc = Proc::start("haproxy", cmd);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "haproxy did not start:\n{}",
+                proc.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Haproxy {
+            _proc: proc,
+            addr,
+            _cfg: path,
+        }
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+struct Client {
+    ws: Ws,
+    last_seq: u64,
+    id: String,
+    token: String,
+}
+
+impl Client {
+    async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Client {
+            ws,
+            last_seq: 0,
+            id: String::new(),
+            token: String::new(),
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Next message; every seq (but `resumed`'s echo) must follow the last by one.
+    async fn try_recv(&mut self, t: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match m {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    let s = v["seq"].as_u64().unwrap_or(0);
+                    if v["type"] == "resumed" {
+                        assert_eq!(s, self.last_seq, "resumed echoes last_seq: {v}");
+                    } else if s > 0 {
+                        assert_eq!(
+                            s,
+                            self.last_seq + 1,
+                            "no seq lost or repeated: {s} after {}: {v}",
+                            self.last_seq
+                        );
+                        self.last_seq = s;
+                    }
+                    return Some(v);
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        self.try_recv(Duration::from_secs(10))
+            .await
+            .expect("a message within 10 s")
+    }
+
+    async fn expect(&mut self, t: &str) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["type"], t, "expected {t}, got {v}");
+        v
+    }
+
+    async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type": "join", "room": room})).await;
+        let v = self.expect("joined").await;
+        self.id = v["id"].as_str().unwrap().to_string();
+        self.token = v["resume_token"].as_str().unwrap().to_string();
+        v
+    }
+
+    async fn signal(&mut self, to: &str, i: usize) {
+        self.send(json!({"type":"signal","to": to,"data":{"i": i}}))
+            .await;
+    }
+
+    /// The next `n` signals must come from `from`, numbered `first..first+n`.
+    async fn expect_signals(&mut self, from: &str, first: usize, n: usize) {
+        for i in first..first + n {
+            let v = self.expect("signal").await;
+            assert_eq!(
+                (v["from"].as_str(), v["data"]["i"].as_u64()),
+                (Some(from), Some(i as u64)),
+                "{v}"
+            );
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn peers_on(n: &Icebreaker) -> u64 {
+    let (_, body) = http_get(n.http, "/healthz");
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("peers="))
+        .and_then(|v| v.trim_end_matches(':').parse().ok())
+        .unwrap_or_else(|| panic!("no peers= in {body:?}"))
+}
+
+fn metrics_of(n: &Icebreaker) -> String {
+    http_get(n.http, "/metrics").1
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three nodes behind HAProxy: three peers land on three nodes, see each other join, and
+/// 1000 signals each way between nodes arrive complete and in order.
+#[test]
+fn peers_on_three_nodes_share_a_room_and_signal_in_order() {
+    let redis = Redis::start(free_tcp_port());
+    // 2000 signals from one connection at once: above the default per-connection rate.
+    let fast = ["--rate-limit", "100000", "--rate-burst", "100000"];
+    let nodes: Vec<Icebreaker> = (1..=3)
+        .map(|i| node(&redis, &format!("n{i}"), &fast))
+        .collect();
+    let lb = Haproxy::start(&nodes.iter().collect::<Vec<_>>());
+    rt().block_on(async {
+        let mut a = Client::connect(&lb.ws()).await;
+        assert!(a.join("three").await["peers"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        let mut b = Client::connect(&lb.ws()).await;
+        let jb = b.join("three").await;
+        assert_eq!(jb["peers"][0]["id"], a.id.as_str(), "{jb}");
+        let pj = a.expect("peer-joined").await;
+        assert_eq!(
+            (pj["id"].as_str(), pj["polite"].as_bool()),
+            (Some(&*b.id), Some(true))
+        );
+        let mut c = Client::connect(&lb.ws()).await;
+        let jc = c.join("three").await;
+        let mut ids: Vec<&str> = jc["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        let mut want = vec![a.id.as_str(), b.id.as_str()];
+        want.sort();
+        assert_eq!(ids, want, "{jc}");
+        assert_eq!(a.expect("peer-joined").await["id"], c.id.as_str());
+        assert_eq!(b.expect("peer-joined").await["id"], c.id.as_str());
+        let placed: Vec<u64> = nodes.iter().map(peers_on).collect();
+        assert_eq!(
+            placed,
+            vec![1, 1, 1],
+            "round robin put one peer on each node"
+        );
+
+        let (bid, cid, aid) = (b.id.clone(), c.id.clone(), a.id.clone());
+        let send = async {
+            for i in 0..1000 {
+                a.signal(&bid, i).await;
+                a.signal(&cid, i).await;
+            }
+            a
+        };
+        let recv_b = async {
+            b.expect_signals(&aid, 0, 1000).await;
+            for i in 0..1000 {
+                b.signal(&aid, i).await;
+            }
+            b
+        };
+        let recv_c = async {
+            c.expect_signals(&aid, 0, 1000).await;
+            c
+        };
+        let (mut a, mut b, _c) = tokio::join!(send, recv_b, recv_c);
+        a.expect_signals(&bid, 0, 1000).await;
+        // A signal to someone in another room (or nobody) is refused, as on one node.
+        a.signal("nobody-here", 0).await;
+        assert_eq!(a.expect("error").await["code"], "unknown-peer");
+        b.send(json!({"type":"leave"})).await;
+        let left = a.expect("peer-left").await;
+        assert_eq!(
+            (left["id"].as_str(), left["reason"].as_str()),
+            (Some(&*bid), Some("left"))
+        );
+    });
+    let crossed: f64 = nodes
+        .iter()
+        .map(|n| {
+            metric(
+                &metrics_of(n),
+                "icebreaker_cross_node_latency_seconds_count",
+                &[],
+            )
+        })
+        .sum();
+    assert!(
+        crossed >= 3000.0,
+        "messages through Redis counted: {crossed}"
+    );
+    for n in &nodes {
+        assert_eq!(metric(&metrics_of(n), "icebreaker_redis_up", &[]), 1.0);
+    }
+}
+
+/// Two headless webrtc-rs peers that land on different nodes open a data channel.
+#[test]
+fn webrtc_peers_on_two_nodes_open_a_data_channel() {
+    let redis = Redis::start(free_tcp_port());
+    let nodes: Vec<Icebreaker> = (1..=2)
+        .map(|i| node(&redis, &format!("w{i}"), &[]))
+        .collect();
+    let lb = Haproxy::start(&nodes.iter().collect::<Vec<_>>());
+    let peer = |name: &str| {
+        let mut cmd = Command::new(bin("icebreaker-peer"));
+        cmd.args(["--server", &lb.ws(), "--room", "dc", "--name", name])
+            .args(["--bind", "127.0.0.1", "--json", "--timeout", "40s"])
+            .args([
+                "chat",
+                "--send",
+                &format!("hi from {name}"),
+                "--expect",
+                "1",
+            ]);
+        Proc::start(name, cmd)
+    };
+    let mut a = peer("alice");
+    a.wait_line("\"joined\"", Duration::from_secs(10))
+        .expect("alice joined");
+    let mut b = peer("bob");
+    for p in [&mut a, &mut b] {
+        let s = p.wait(Duration::from_secs(45)).expect("peer exits");
+        assert!(s.success(), "{} failed:\n{}", p.name, p.output());
+    }
+    assert!(a.output().contains("hi from bob"), "{}", a.output());
+    assert!(b.output().contains("hi from alice"), "{}", b.output());
+    let placed: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            metric(
+                &metrics_of(n),
+                "icebreaker_messages_out_total",
+                &["type=\"joined\""],
+            ) as u64
+        })
+        .collect();
+    assert_eq!(placed, vec![1, 1], "one peer joined on each node");
+}
+
+/// Two Chromium pages of the web client, each served by and signaling through a
+/// different node, call each other (video decoded both ways, chat, pointers).
+#[test]
+fn browsers_on_two_nodes_call_each_other() {
+    require("chromium", "chromium");
+    require("node", "nodejs");
+    let dir = repo_dir().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (.ci/run does)"
+    );
+    let redis = Redis::start(free_tcp_port());
+    // The pages need a TURN-less call on loopback: host candidates suffice.
+    let n1 = node(&redis, "b1", &[]);
+    let n2 = node(&redis, "b2", &[]);
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["web-client.mjs", "--scenario", "two"])
+        .args(["--base", &format!("http://{}", n1.http)])
+        .args(["--base2", &format!("http://{}", n2.http)]);
+    let mut p = Proc::start("web-client", cmd);
+    let status = p
+        .wait(Duration::from_secs(240))
+        .expect("web-client.mjs finished");
+    assert!(status.success(), "{}", p.output());
+    assert!(p.output().contains("\"ok\":true"), "{}", p.output());
+    for n in [&n1, &n2] {
+        assert_eq!(
+            metric(
+                &metrics_of(n),
+                "icebreaker_messages_out_total",
+                &["type=\"joined\""]
+            ),
+            1.0,
+            "one page joined on each node"
+        );
+    }
+}
+
+/// A node killed with SIGKILL: its peer that reconnects (through HAProxy, to the
+/// survivor) resumes with exactly what it missed, none twice; the one that never comes
+/// back is announced `peer-left` (timeout) once, after liveness expiry plus the grace.
+#[test]
+fn killed_node_peers_resume_on_a_survivor_and_the_rest_leave_once() {
+    let redis = Redis::start(free_tcp_port());
+    let mut nodes: Vec<Icebreaker> = (1..=2)
+        .map(|i| node(&redis, &format!("k{i}"), &["--resume-grace", "3s"]))
+        .collect();
+    let lb = Haproxy::start(&nodes.iter().collect::<Vec<_>>());
+    rt().block_on(async {
+        // Round robin: a → first node, b → second, d → first again.
+        let mut a = Client::connect(&lb.ws()).await;
+        a.join("kill").await;
+        let mut b = Client::connect(&lb.ws()).await;
+        b.join("kill").await;
+        a.expect("peer-joined").await;
+        let mut d = Client::connect(&lb.ws()).await;
+        d.join("kill").await;
+        a.expect("peer-joined").await;
+        b.expect("peer-joined").await;
+        let placed: Vec<u64> = nodes.iter().map(peers_on).collect();
+        let doomed = placed
+            .iter()
+            .position(|&n| n == 2)
+            .expect("two peers on one node");
+        let survivor = 1 - doomed;
+        // Round robin alternates, so the first and third connection share a node.
+        let (aid, bid, did) = (a.id.clone(), b.id.clone(), d.id.clone());
+        for i in 0..10 {
+            b.signal(&aid, i).await;
+        }
+        a.expect_signals(&bid, 0, 10).await;
+        a.send(json!({"type":"ping","last_seq": a.last_seq})).await;
+        a.expect("pong").await;
+
+        unsafe { libc::kill(nodes[doomed].proc.pid() as i32, libc::SIGKILL) };
+        nodes[doomed].proc.wait(Duration::from_secs(5));
+        assert!(
+            a.try_recv(Duration::from_secs(5)).await.is_none(),
+            "a's socket closed"
+        );
+        drop(d);
+        // While a is away its messages wait in Redis.
+        for i in 10..30 {
+            b.signal(&aid, i).await;
+        }
+        // HAProxy has marked the dead node down (or redispatches): a lands on the survivor.
+        let mut a2 = Client::connect(&lb.ws()).await;
+        a2.last_seq = a.last_seq;
+        a2.send(json!({"type":"resume","id": aid,"token": a.token,"last_seq": a.last_seq}))
+            .await;
+        let r = a2.expect("resumed").await;
+        assert_eq!(r["id"], aid.as_str(), "{r}");
+        a2.expect_signals(&bid, 10, 20).await;
+        for i in 30..35 {
+            b.signal(&aid, i).await;
+        }
+        a2.expect_signals(&bid, 30, 5).await;
+        assert_eq!(peers_on(&nodes[survivor]), 2, "a is now on the survivor");
+
+        // d never comes back: peer-left once, for d only, on both remaining peers.
+        for c in [&mut b, &mut a2] {
+            let v = c
+                .try_recv(Duration::from_secs(15))
+                .await
+                .expect("peer-left for the peer that did not come back");
+            assert_eq!(
+                (v["type"].as_str(), v["id"].as_str(), v["reason"].as_str()),
+                (Some("peer-left"), Some(&*did), Some("timeout")),
+                "{v}"
+            );
+        }
+        for c in [&mut b, &mut a2] {
+            if let Some(v) = c.try_recv(Duration::from_secs(3)).await {
+                panic!("nothing more expected, got {v}");
+            }
+        }
+        // a and b still talk (across nothing now: both on the survivor).
+        a2.signal(&bid, 99).await;
+        b.expect_signals(&aid, 99, 1).await;
+    });
+}
+
+/// Redis killed mid-call and restarted empty: rooms keep working on each node, `/healthz`
+/// says degraded and joins are refused meanwhile; afterwards the nodes re-register their
+/// peers by themselves, joins work and see everyone, and signals cross nodes again.
+#[test]
+fn redis_outage_keeps_local_rooms_and_recovers_by_itself() {
+    let port = free_tcp_port();
+    let mut redis = Redis::start(port);
+    let n1 = node(&redis, "r1", &[]);
+    let n2 = node(&redis, "r2", &[]);
+    let w1 = format!("ws://{}/ws", n1.http);
+    let w2 = format!("ws://{}/ws", n2.http);
+    rt().block_on(async {
+        let mut a1 = Client::connect(&w1).await;
+        a1.join("outage").await;
+        let mut a2 = Client::connect(&w1).await;
+        a2.join("outage").await;
+        a1.expect("peer-joined").await;
+        let mut b = Client::connect(&w2).await;
+        b.join("outage").await;
+        a1.expect("peer-joined").await;
+        a2.expect("peer-joined").await;
+
+        redis.kill();
+        wait_for("n1 degraded", Duration::from_secs(5), || {
+            http_get(n1.http, "/healthz").0 == 503
+        });
+        let (_, body) = http_get(n1.http, "/healthz");
+        assert!(body.starts_with("degraded"), "{body}");
+        assert_eq!(metric(&metrics_of(&n1), "icebreaker_redis_up", &[]), 0.0);
+
+        // Same node: still delivered, in order.
+        let a2id = a2.id.clone();
+        for i in 0..5 {
+            a1.signal(&a2id, i).await;
+        }
+        a2.expect_signals(&a1.id.clone(), 0, 5).await;
+        // Another node: refused with a clear error.
+        a1.signal(&b.id.clone(), 0).await;
+        let e = a1.expect("error").await;
+        assert_eq!(e["code"], "unavailable", "{e}");
+        let mut late = Client::connect(&w1).await;
+        late.send(json!({"type":"join","room":"outage"})).await;
+        assert_eq!(late.expect("error").await["code"], "unavailable");
+
+        let mut redis = Redis::start(port);
+        wait_for("both nodes whole again", Duration::from_secs(10), || {
+            http_get(n1.http, "/healthz").0 == 200 && http_get(n2.http, "/healthz").0 == 200
+        });
+        // Re-registration runs right after the liveness key is back; give it a moment.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut c = Client::connect(&w2).await;
+        let jc = c.join("outage").await;
+        let mut ids: Vec<&str> = jc["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        let mut want = vec![a1.id.as_str(), a2.id.as_str(), b.id.as_str()];
+        want.sort();
+        assert_eq!(ids, want, "every peer re-registered: {jc}");
+        for p in [&mut a1, &mut a2, &mut b] {
+            assert_eq!(p.expect("peer-joined").await["id"], c.id.as_str());
+        }
+        let bid = b.id.clone();
+        a1.signal(&bid, 7).await;
+        b.expect_signals(&a1.id.clone(), 7, 1).await;
+        b.signal(&a2id, 8).await;
+        a2.expect_signals(&bid, 8, 1).await;
+        redis.kill();
+    });
+    assert!(metric(&metrics_of(&n1), "icebreaker_redis_reconnects_total", &[]) >= 1.0);
+}
+
+/// Room capacity holds across nodes: 12 clients spread over three nodes join a room of
+/// four at the same moment; exactly four get in.
+#[test]
+fn room_capacity_holds_across_nodes_under_concurrent_joins() {
+    let redis = Redis::start(free_tcp_port());
+    let nodes: Vec<Icebreaker> = (1..=3)
+        .map(|i| node(&redis, &format!("c{i}"), &["--room-capacity", "4"]))
+        .collect();
+    let lb = Haproxy::start(&nodes.iter().collect::<Vec<_>>());
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..12 {
+            clients.push(Client::connect(&lb.ws()).await);
+        }
+        let results = futures_util::future::join_all(clients.iter_mut().map(|c| async move {
+            c.send(json!({"type":"join","room":"small"})).await;
+            loop {
+                let v = c.recv().await;
+                match v["type"].as_str() {
+                    Some("joined") => return "joined".to_string(),
+                    Some("error") => return v["code"].as_str().unwrap().to_string(),
+                    _ => continue,
+                }
+            }
+        }))
+        .await;
+        let joined = results.iter().filter(|r| *r == "joined").count();
+        let full = results.iter().filter(|r| *r == "room-full").count();
+        assert_eq!((joined, full), (4, 8), "{results:?}");
+    });
+    let on_nodes: u64 = nodes.iter().map(peers_on).sum();
+    assert_eq!(on_nodes, 4);
+}
