@@ -87,12 +87,12 @@ impl Haproxy {
         let port = free_tcp_port();
         let mut cfg = format!(
             "global\n  maxconn 4096\n\
-             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n  option redispatch\n  retries 3\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n  timeout check 2s\n  option redispatch\n  retries 3\n\
              frontend fe\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
              backend nodes\n  balance roundrobin\n  option httpchk GET /healthz\n  http-check expect status 200\n"
         );
         for (i, n) in nodes.iter().enumerate() {
-            cfg += &format!("  server n{i} {} check inter 300ms fall 1 rise 1\n", n.http);
+            cfg += &format!("  server n{i} {} check inter 300ms fall 3 rise 1\n", n.http);
         }
         let path =
             std::env::temp_dir().join(format!("ib-haproxy-{}-{port}.cfg", std::process::id()));

@@ -28,6 +28,8 @@ local function deliver(p, body)
   local seq = redis.call('HINCRBY', k, 'seq', 1)
   local full = body .. ',"seq":' .. seq .. '}'
   local sk = k .. ':out'
+  -- An expired outbox took its bytes with it.
+  if redis.call('EXISTS', sk) == 0 then redis.call('HSET', k, 'bytes', 0) end
   redis.call('XADD', sk, seq .. '-0', 'm', full)
   local bytes = redis.call('HINCRBY', k, 'bytes', #full)
   -- Bounded in entries and bytes: the oldest go first (a resume that needs them fails).

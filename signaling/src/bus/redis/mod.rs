@@ -103,6 +103,26 @@ impl RedisBus {
             started: Instant::now(),
         });
         inner.alive().await?;
+        // A node restarted under the same id left peers behind that nobody can resume
+        // here (their state died with the process): they leave now, not never.
+        let mut c = inner.conn.clone();
+        let stale: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("ib:node:{node}:peers"))
+            .query_async(&mut c)
+            .await?;
+        for p in &stale {
+            let n = node.as_bytes();
+            inner
+                .eval("leave", &[p.as_bytes(), b"timeout", n, b""])
+                .await?;
+        }
+        if !stale.is_empty() {
+            info!(
+                node,
+                peers = stale.len(),
+                "peers of this node's previous run removed"
+            );
+        }
         inner.up.store(true, Ordering::Relaxed);
         inner.metrics.redis_up.set(1);
         tokio::spawn(Inner::liveness(inner.clone()));
@@ -162,6 +182,7 @@ impl Inner {
             if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
                 self.went_down(e);
             } else {
+                self.metrics.redis_publish_errors.inc();
                 warn!(error = %e, op, "cluster script failed");
             }
         }
