@@ -337,6 +337,8 @@ impl Local {
         }
         p.seq = to;
         p.lost_up_to = to;
+        // A fetch still under way for the given-up gap brings only what is now old.
+        p.fetching = false;
         while p.pending.first_key_value().is_some_and(|(s, _)| *s <= to) {
             p.pending.pop_first();
         }
@@ -637,3 +639,6 @@ fn kind_of(json: &[u8]) -> &'static str {
 pub fn reason_str(r: LeaveReason) -> &'static str {
     r.as_str()
 }
+
+#[cfg(test)]
+mod tests;
