@@ -121,6 +121,26 @@ pub fn shard_of(id: &str) -> Option<usize> {
     ALPHABET.iter().position(|&a| a == c)
 }
 
+/// One answer for an unknown id and a wrong token: a failed resume must not tell a
+/// prober which peer ids exist.
+pub const UNKNOWN: &str = "no such peer with that token (it left, or its resume grace ran out)";
+
+/// 9 random bytes, URL-safe base64 (peer ids, resume token halves).
+pub fn random_id() -> String {
+    let b: [u8; 9] = rand::random();
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+}
+
+/// Compares a resume token in constant time (no early exit on the first difference).
+pub fn token_matches(expected: &str, got: &str) -> bool {
+    expected.len() == got.len()
+        && expected
+            .bytes()
+            .zip(got.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
 struct Peer {
     room: Arc<str>,
     meta: Option<Box<RawValue>>,
@@ -203,11 +223,6 @@ impl Hub {
         if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
             self.touched.push(o.clone());
         }
-    }
-
-    fn new_id() -> String {
-        let b: [u8; 9] = rand::random();
-        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
     }
 
     /// A peer id whose first character names this hub's shard (see [`shard_of`]).
@@ -324,7 +339,7 @@ impl Hub {
             ));
         }
         let id: PeerId = self.new_peer_id().into();
-        let token: Box<str> = format!("{}{}", Self::new_id(), Self::new_id()).into();
+        let token: Box<str> = format!("{}{}", random_id(), random_id()).into();
         let room_name: Arc<str> = match self.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
             None => room.into(),
@@ -514,19 +529,10 @@ impl Hub {
         outbox: OutboxRef,
     ) -> Result<Attached, ProtocolError> {
         let fail = |m: &str| Err(ProtocolError::new(ErrorCode::ResumeFailed, m));
-        // One answer for an unknown id and a wrong token: a failed resume must not tell
-        // a prober which peer ids exist.
-        const UNKNOWN: &str = "no such peer with that token (it left, or its resume grace ran out)";
         let Some(p) = self.peers.get(id) else {
             return fail(UNKNOWN);
         };
-        let token_ok = p.resume_token.len() == token.len()
-            && p.resume_token
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0;
-        if !token_ok {
+        if !token_matches(&p.resume_token, token) {
             return fail(UNKNOWN);
         }
         let unservable = if last_seq > p.seq {

@@ -18,9 +18,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, LeaveReason, ProtocolError, ServerMessage};
+use crate::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::room::{
-    AckBy, Attached, Delivery, Detach, Frame, Hold, HubConfig, OutboxRef, PeerId, Pushed,
+    token_matches, AckBy, Attached, Delivery, Detach, Frame, Hold, HubConfig, OutboxRef, PeerId,
+    Pushed,
 };
 
 /// Messages between requests for an acknowledgement (as in the hub).
@@ -496,13 +497,7 @@ impl Local {
         let Some(p) = self.peers.get(id).filter(|p| p.ready) else {
             return fail(UNKNOWN);
         };
-        let token_ok = p.token.len() == token.len()
-            && p.token
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0;
-        if !token_ok {
+        if !token_matches(&p.token, token) {
             return fail(UNKNOWN);
         }
         if last_seq > p.seq {
@@ -614,8 +609,7 @@ impl Local {
     }
 }
 
-/// One answer for an unknown id and a wrong token (as in the hub).
-pub const UNKNOWN: &str = "no such peer with that token (it left, or its resume grace ran out)";
+pub use crate::room::UNKNOWN;
 
 /// The `type` of a framed message, for the per-type counter (`{"type":"signal",…`).
 fn kind_of(json: &[u8]) -> &'static str {
@@ -633,11 +627,6 @@ fn kind_of(json: &[u8]) -> &'static str {
         .into_iter()
         .find(|k| rest.starts_with(k.as_bytes()) && rest.get(k.len()) == Some(&b'"'))
         .unwrap_or("other")
-}
-
-/// The reason's wire name for a `peer-left` built in Lua.
-pub fn reason_str(r: LeaveReason) -> &'static str {
-    r.as_str()
 }
 
 #[cfg(test)]

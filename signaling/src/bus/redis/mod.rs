@@ -29,7 +29,7 @@ use self::local::{Local, Received, UNKNOWN};
 use super::Bus;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, LeaveReason, PeerInfo, ProtocolError, ServerMessage};
-use crate::room::{AckBy, Attached, Frame, HubConfig, OutboxRef, PeerId, Signal};
+use crate::room::{random_id, AckBy, Attached, Frame, HubConfig, OutboxRef, PeerId, Signal};
 
 /// How often a node refreshes its liveness key, and how long the key lives: a node that
 /// stops refreshing is dead for everyone within `ALIVE_TTL`.
@@ -542,11 +542,6 @@ fn parse_pairs(vals: &[Value]) -> Vec<(String, Option<Box<RawValue>>)> {
         .collect()
 }
 
-fn new_id() -> String {
-    let b: [u8; 9] = rand::random();
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
-}
-
 #[async_trait]
 impl Bus for RedisBus {
     async fn join(
@@ -560,8 +555,8 @@ impl Bus for RedisBus {
         if !me.is_up() {
             return Err(unavailable());
         }
-        let id: PeerId = new_id().into();
-        let token = format!("{}{}", new_id(), new_id());
+        let id: PeerId = random_id().into();
+        let token = format!("{}{}", random_id(), random_id());
         let attached = me.with_local(|l| l.reserve(id.clone(), 1, outbox));
         let peer_joined = ServerMessage::PeerJoined {
             id: (*id).into(),
