@@ -133,6 +133,8 @@ struct Session {
     id: Option<String>,
     token: Option<String>,
     last_seq: u64,
+    /// A resume was sent and not answered yet.
+    resuming: bool,
 }
 
 async fn run(
@@ -157,14 +159,41 @@ async fn run(
         id: None,
         token: None,
         last_seq: 0,
+        resuming: false,
     };
     // Messages queued while reconnecting (bounded: the channel itself).
     let mut pending: Vec<String> = Vec::new();
+    // `unavailable` (a cluster node lost Redis for a moment, docs/protocol.md): the join or
+    // resume is tried again after a backoff, a few times, then given up.
+    let mut unavailable_tries = 0u32;
     loop {
         let dropped = pump(&mut ws, &mut s, &ev, &mut cmds, &mut pending).await;
         match dropped {
             Pumped::Closed => return,
-            Pumped::Dropped => {}
+            Pumped::Dropped => unavailable_tries = 0,
+            Pumped::Unavailable(message) => {
+                unavailable_tries += 1;
+                if unavailable_tries > UNAVAILABLE_TRIES {
+                    let _ = ev
+                        .send(SigEvent::Failed(format!(
+                            "the signaling server stayed unavailable: {message}"
+                        )))
+                        .await;
+                    return;
+                }
+                let wait = backoff(unavailable_tries);
+                warn!(%message, retry_in = ?wait, "signaling server unavailable; trying again");
+                tokio::time::sleep(wait).await;
+                if s.id.is_none() {
+                    if ws.send(Message::Text(join.to_text().into())).await.is_ok() {
+                        continue;
+                    }
+                } else {
+                    // The resume was refused: a new connection resumes again below (the
+                    // balancer may pick a node that is whole).
+                    let _ = ws.close(None).await;
+                }
+            }
         }
         let (Some(id), Some(token)) = (s.id.clone(), s.token.clone()) else {
             let _ = ev
@@ -190,6 +219,7 @@ async fn run(
                     };
                     if nws.send(Message::Text(msg.to_text().into())).await.is_ok() {
                         ws = nws;
+                        s.resuming = true;
                         resumed = true;
                         break;
                     }
@@ -213,6 +243,18 @@ enum Pumped {
     Closed,
     /// The socket broke: reconnect and resume.
     Dropped,
+    /// Our join or resume got `unavailable`: wait, then try it again.
+    Unavailable(String),
+}
+
+/// How often a join or resume refused with `unavailable` is tried again.
+const UNAVAILABLE_TRIES: u32 = 8;
+
+/// 200 ms, doubling up to 5 s, with up to 50 % jitter: retries from many peers spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200 * (1u64 << attempt.min(5).saturating_sub(1)))
+        .min(Duration::from_secs(5));
+    base + Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1))
 }
 
 async fn pump(
@@ -294,12 +336,18 @@ async fn pump(
                         }
                     },
                     ServerMessage::Resumed { .. } => {
+                        s.resuming = false;
                         for p in pending.drain(..) {
                             if ws.send(Message::Text(p.into())).await.is_err() {
                                 return Pumped::Dropped;
                             }
                         }
                         SigEvent::Resumed
+                    }
+                    ServerMessage::Error { code: ErrorCode::Unavailable, message, .. }
+                        if s.id.is_none() || s.resuming =>
+                    {
+                        return Pumped::Unavailable(message.into_owned());
                     }
                     ServerMessage::Error { code: ErrorCode::ResumeFailed, message, .. } => {
                         let _ = ev.send(SigEvent::Failed(format!("resume failed: {message}"))).await;

@@ -79,9 +79,72 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(secs))
 }
 
+/// A printed configuration (`toml`, one `key = value` line per set key, as the `toml`
+/// crate writes a flat table) as a commented config file: every key of `keys` (its name and
+/// help text, in that order) gets its help as a comment above it, and a key that is not set
+/// appears commented out, so the file lists everything that can be configured.
+pub fn commented_toml(toml: &str, keys: &[(String, String)]) -> String {
+    let mut set: Vec<(&str, &str)> = Vec::new();
+    for line in toml.lines() {
+        if let Some((k, _)) = line.split_once(" = ") {
+            set.push((k.trim(), line));
+        }
+    }
+    let mut out = String::new();
+    for (key, help) in keys {
+        for h in help.lines() {
+            // Wrapped at ~90 columns, as a person would write the file.
+            let mut line = String::from("#");
+            for w in h.split_whitespace() {
+                if line.len() + 1 + w.len() > 90 && line.len() > 1 {
+                    out.push_str(&line);
+                    out.push('\n');
+                    line = String::from("#");
+                }
+                line.push(' ');
+                line.push_str(w);
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        match set.iter().find(|(k, _)| k == key) {
+            Some((_, line)) => out.push_str(line),
+            None => {
+                out.push_str("# ");
+                out.push_str(key);
+                out.push_str(" =");
+            }
+        }
+        out.push_str("\n\n");
+    }
+    // Anything printed that `keys` did not name still goes in, uncommented.
+    for (k, line) in &set {
+        if !keys.iter().any(|(key, _)| key == k) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commented_config_lists_every_key() {
+        let keys = vec![
+            ("listen".to_string(), "Where to listen.".to_string()),
+            ("secret".to_string(), "A secret.\nSecond line.".to_string()),
+        ];
+        let out = commented_toml("listen = \"127.0.0.1:1\"\nextra = 3\n", &keys);
+        assert_eq!(
+            out,
+            "# Where to listen.\nlisten = \"127.0.0.1:1\"\n\n# A secret.\n# Second line.\n# secret =\n\nextra = 3\n"
+        );
+        let back: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(back.len(), 2);
+    }
 
     #[test]
     fn durations() {

@@ -65,6 +65,8 @@ pub struct SignalingConfig {
     pub redis: Option<String>,
     /// This node's id in the cluster (unique among running nodes).
     pub node_id: String,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (per-IP limits, logs).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Flags and TOML keys, all optional so the three sources can be layered.
@@ -146,6 +148,11 @@ pub struct SignalingArgs {
     /// This node's id in a cluster (default: random at each start); unique per node.
     #[arg(long, env = "ICEBREAKER_NODE_ID")]
     pub node_id: Option<String>,
+    /// A reverse proxy (CIDR, repeatable) whose X-Forwarded-For names the client: per-IP
+    /// limits then count the client, not the proxy. Never list addresses clients control.
+    #[arg(long, env = "ICEBREAKER_TRUSTED_PROXY", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxy: Vec<IpNet>,
 }
 
 impl SignalingArgs {
@@ -179,7 +186,7 @@ impl SignalingArgs {
             redis,
             node_id
         );
-        vec![relay_allow_peer, turn_url, allowed_origin];
+        vec![relay_allow_peer, turn_url, allowed_origin, trusted_proxy];
         self.no_relay |= file.no_relay;
         self
     }
@@ -338,7 +345,70 @@ impl SignalingArgs {
             threads,
             redis: self.redis.clone(),
             node_id,
+            trusted_proxies: self.trusted_proxy.clone(),
         })
+    }
+}
+
+impl SignalingArgs {
+    /// Every key with its effective value (`c` resolved from `self`), secrets masked, as
+    /// TOML that is itself a config file once the masked secrets are put back (or given
+    /// through the environment). What is generated at each start (a TURN secret
+    /// or node id nobody set) is left out: copying it would pin it.
+    pub fn to_masked_toml(&self, c: &SignalingConfig) -> String {
+        const MASK: &str = "********";
+        let relay = c.relay.as_ref();
+        let eff = SignalingArgs {
+            listen: Some(c.listen),
+            relay_listen: relay.and_then(|r| r.listen.first().copied()),
+            no_relay: relay.is_none(),
+            relay_external_ip: self.relay_external_ip.clone(),
+            relay_ports: relay
+                .map(|r| format!("{}-{}", r.turn.relay_ports.0, r.turn.relay_ports.1)),
+            relay_allow_peer: relay.map(|r| r.turn.allow_peer.clone()).unwrap_or_default(),
+            turn_url: c.turn_urls.clone(),
+            turn_secret: self.turn_secret.as_ref().map(|_| MASK.into()),
+            room_capacity: Some(c.room_capacity),
+            jwt_secret: c.jwt_secret.as_ref().map(|_| MASK.into()),
+            allowed_origin: c.allowed_origins.clone(),
+            resume_grace: Some(fmt_duration(c.resume_grace)),
+            ice_ttl: Some(fmt_duration(c.ice_ttl)),
+            heartbeat_interval: Some(fmt_duration(c.heartbeat_interval)),
+            rate_limit: Some(c.rate_limit),
+            rate_burst: Some(c.rate_burst),
+            max_connections_per_ip: Some(c.max_connections_per_ip),
+            join_rate: Some(c.join_rate),
+            join_burst: Some(c.join_burst),
+            web_dir: c.web_dir.clone(),
+            threads: Some(c.threads),
+            redis: c.redis.as_deref().map(mask_url_password),
+            node_id: self.node_id.clone(),
+            trusted_proxy: c.trusted_proxies.clone(),
+        };
+        toml::to_string(&eff).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// `30s`, `1500ms`: what [`parse_duration`] reads back.
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// `redis://user:secret@host/` → `redis://user:********@host/`.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:********@{host}")
+        }
+        _ => url.into(),
     }
 }
 
@@ -380,6 +450,55 @@ mod tests {
         );
         assert_eq!(c.room_capacity, 16);
         assert_eq!(c.resume_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn printed_config_masks_secrets_and_reads_back() {
+        let args = SignalingArgs {
+            turn_secret: Some("a-very-secret-turn-key".into()),
+            jwt_secret: Some("another-secret-for-jwt".into()),
+            redis: Some("redis://app:hunter22@10.0.0.5:6379/".into()),
+            resume_grace: Some("1500ms".into()),
+            trusted_proxy: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = args.clone().resolve().unwrap();
+        let printed = args.to_masked_toml(&c);
+        for secret in [
+            "a-very-secret-turn-key",
+            "another-secret-for-jwt",
+            "hunter22",
+        ] {
+            assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+        }
+        assert!(
+            printed.contains("redis://app:********@10.0.0.5:6379/"),
+            "{printed}"
+        );
+        // The printout is a config file: read back, it resolves to the same settings.
+        // (The masked secrets go back in by hand, or through the environment.)
+        let unmasked: String = printed
+            .lines()
+            .filter(|l| !l.starts_with("jwt-secret") && !l.starts_with("turn-secret"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let back: SignalingArgs = toml::from_str(&unmasked).unwrap();
+        let c2 = back.resolve().unwrap();
+        assert_eq!(c2.resume_grace, Duration::from_millis(1500));
+        assert_eq!(c2.listen, c.listen);
+        assert_eq!(c2.room_capacity, c.room_capacity);
+        assert_eq!(c2.trusted_proxies, c.trusted_proxies);
+        assert_eq!(
+            c2.relay.unwrap().turn.allow_peer,
+            c.relay.unwrap().turn.allow_peer
+        );
+        // A generated node id and TURN secret are not pinned by the printout.
+        let plain = SignalingArgs::default();
+        let pc = plain.to_masked_toml(&plain.clone().resolve().unwrap());
+        assert!(
+            !pc.contains("node-id") && !pc.contains("turn-secret"),
+            "{pc}"
+        );
     }
 
     #[test]

@@ -1,18 +1,19 @@
 //! The HTTP side: an accept loop serving HTTP/1.1 with hyper, and the axum router:
 //! `/ws` (signaling), `/healthz`, `/metrics`, and the web client at `/`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
 use prometheus_client::registry::Registry;
 use rust_embed::RustEmbed;
 use tokio::net::{TcpListener, TcpStream};
@@ -132,6 +133,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The client's address: the TCP peer, unless that is a trusted reverse proxy
+/// (`--trusted-proxy`); then the `X-Forwarded-For` entry nearest to us that is not itself a
+/// trusted proxy (proxies append, so entries further left were written by the client and
+/// prove nothing). IPv4-mapped IPv6 addresses count as the IPv4 address they are.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
+    let mut ip = canon(peer);
+    if !is_trusted(ip) {
+        return ip;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let hop = hop.trim();
+        // `1.2.3.4`, `[::1]:443` and `1.2.3.4:5678` are all seen in the wild.
+        let parsed = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()));
+        let Some(next) = parsed.map(canon) else {
+            // Garbage from the client's side: stop at the last address we could trust.
+            break;
+        };
+        ip = next;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    ip
+}
+
 async fn ws_handler(
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -165,7 +205,8 @@ async fn ws_handler(
             "origin not allowed\n".into(),
         );
     }
-    let Some(slot) = st.per_ip.acquire(addr.ip(), st.cfg.max_connections_per_ip) else {
+    let client = client_ip(addr.ip(), headers, &st.cfg.trusted_proxies);
+    let Some(slot) = st.per_ip.acquire(client, st.cfg.max_connections_per_ip) else {
         return refuse(
             "per-ip-limit",
             StatusCode::TOO_MANY_REQUESTS,
@@ -269,5 +310,55 @@ async fn static_file(State(st): State<Arc<AppState>>, uri: Uri) -> Response {
                 .into_response()
         }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let ip = |peer: IpAddr, h: &HeaderMap, t: &[IpNet]| client_ip(peer, h, t).to_string();
+        // No trusted proxies configured: the header is the client's word, ignored.
+        assert_eq!(ip(proxy, &xff(&["203.0.113.7"]), &[]), "10.0.0.2");
+        // A trusted proxy names the client.
+        assert_eq!(ip(proxy, &xff(&["203.0.113.7"]), &trusted), "203.0.113.7");
+        // The client forged an entry; the proxy appended the real address: rightmost wins.
+        assert_eq!(
+            ip(proxy, &xff(&["1.1.1.1, 203.0.113.7"]), &trusted),
+            "203.0.113.7"
+        );
+        // Two proxies in a row (both trusted): the first untrusted hop from the right.
+        assert_eq!(
+            ip(proxy, &xff(&["198.51.100.9", "10.0.0.3"]), &trusted),
+            "198.51.100.9"
+        );
+        // A direct client that is not a proxy cannot claim another address.
+        let client: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(ip(client, &xff(&["10.0.0.9"]), &trusted), "198.51.100.1");
+        // Garbage stops the walk at the last good address; no header: the proxy itself.
+        assert_eq!(ip(proxy, &xff(&["junk, 10.0.0.3"]), &trusted), "10.0.0.3");
+        assert_eq!(ip(proxy, &HeaderMap::new(), &trusted), "10.0.0.2");
+        // Ports and brackets, and IPv4-mapped IPv6 (a dual-stack listener's view).
+        assert_eq!(
+            ip(proxy, &xff(&["[2001:db8::1]:443"]), &trusted),
+            "2001:db8::1"
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        assert_eq!(
+            ip(mapped, &xff(&["203.0.113.8:5000"]), &trusted),
+            "203.0.113.8"
+        );
     }
 }

@@ -31,6 +31,10 @@ struct Cli {
     /// TOML config file; its keys are the long flag names.
     #[arg(long, env = "ICEBREAKER_CONFIG")]
     config: Option<PathBuf>,
+    /// Print the effective configuration as a commented TOML file (every key, secrets
+    /// masked) and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `icebreaker_signaling=debug`.
     #[arg(long, env = "ICEBREAKER_LOG", default_value = "info")]
     log: String,
@@ -42,16 +46,22 @@ const NAME: &str = "icebreaker";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match service::config::load(
+    let layered = match service::config::load(
         cli.args.clone(),
         cli.config.as_deref(),
         SignalingArgs::layer_over,
-    )
-    .and_then(SignalingArgs::resolve)
-    {
+    ) {
+        Ok(a) => a,
+        Err(e) => return service::config_error(NAME, &e),
+    };
+    let cfg = match layered.clone().resolve() {
         Ok(c) => c,
         Err(e) => return service::config_error(NAME, &e),
     };
+    if cli.print_config {
+        print!("{}", print_config(&layered, &cfg));
+        return ExitCode::SUCCESS;
+    }
     if let Err(code) = service::init_logging(NAME, &cli.log) {
         return code;
     }
@@ -74,6 +84,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--print-config`: the effective settings as a config file, each key with its `--help`
+/// text, the unset ones commented out.
+fn print_config(
+    args: &SignalingArgs,
+    cfg: &icebreaker_signaling::config::SignalingConfig,
+) -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let keys: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let skip = ["config", "print-config", "log", "help", "version"];
+            (!skip.contains(&long)).then(|| {
+                let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string());
+                (long.to_string(), help.unwrap_or_default())
+            })
+        })
+        .collect();
+    format!(
+        "# icebreaker configuration (icebreaker --config FILE); flags and ICEBREAKER_* variables\n\
+         # override it. Printed by `icebreaker --print-config`: unset keys are commented out.\n\n{}",
+        service::config::commented_toml(&args.to_masked_toml(cfg), &keys)
+    )
 }
 
 async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Result<()> {

@@ -388,6 +388,21 @@ fn peers_on_three_nodes_share_a_room_and_signal_in_order() {
     }
 }
 
+/// `icebreaker-peer chat` in `room` on `url`: sends one line, expects one, then exits.
+fn chat_peer(url: &str, room: &str, name: &str) -> Proc {
+    let mut cmd = Command::new(bin("icebreaker-peer"));
+    cmd.args(["--server", url, "--room", room, "--name", name])
+        .args(["--bind", "127.0.0.1", "--json", "--timeout", "40s"])
+        .args([
+            "chat",
+            "--send",
+            &format!("hi from {name}"),
+            "--expect",
+            "1",
+        ]);
+    Proc::start(name, cmd)
+}
+
 /// Two headless webrtc-rs peers that land on different nodes open a data channel.
 #[test]
 fn webrtc_peers_on_two_nodes_open_a_data_channel() {
@@ -396,19 +411,7 @@ fn webrtc_peers_on_two_nodes_open_a_data_channel() {
         .map(|i| node(&redis, &format!("w{i}"), &[]))
         .collect();
     let lb = Haproxy::start(&nodes.iter().collect::<Vec<_>>());
-    let peer = |name: &str| {
-        let mut cmd = Command::new(bin("icebreaker-peer"));
-        cmd.args(["--server", &lb.ws(), "--room", "dc", "--name", name])
-            .args(["--bind", "127.0.0.1", "--json", "--timeout", "40s"])
-            .args([
-                "chat",
-                "--send",
-                &format!("hi from {name}"),
-                "--expect",
-                "1",
-            ]);
-        Proc::start(name, cmd)
-    };
+    let peer = |name: &str| chat_peer(&lb.ws(), "dc", name);
     let mut a = peer("alice");
     a.wait_line("\"joined\"", Duration::from_secs(10))
         .expect("alice joined");
@@ -598,13 +601,17 @@ fn redis_outage_keeps_local_rooms_and_recovers_by_itself() {
         let mut late = Client::connect(&w1).await;
         late.send(json!({"type":"join","room":"outage"})).await;
         assert_eq!(late.expect("error").await["code"], "unavailable");
+        // A headless peer that joins now is refused too, and tries again by itself.
+        let mut cli1 = chat_peer(&w1, "outage-cli", "early");
+        cli1.wait_line("unavailable", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("peer told unavailable:\n{}", cli1.output()));
 
         let mut redis = Redis::start(port);
+        // /healthz turns 200 only once a node has written its peers back, so a join right
+        // after sees all of them.
         wait_for("both nodes whole again", Duration::from_secs(10), || {
             http_get(n1.http, "/healthz").0 == 200 && http_get(n2.http, "/healthz").0 == 200
         });
-        // Re-registration runs right after the liveness key is back; give it a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let mut c = Client::connect(&w2).await;
         let jc = c.join("outage").await;
         let mut ids: Vec<&str> = jc["peers"]
@@ -625,6 +632,13 @@ fn redis_outage_keeps_local_rooms_and_recovers_by_itself() {
         b.expect_signals(&a1.id.clone(), 7, 1).await;
         b.signal(&a2id, 8).await;
         a2.expect_signals(&bid, 8, 1).await;
+        // The peer that was refused got in once Redis was back: it calls one on the other node.
+        let mut cli2 = chat_peer(&w2, "outage-cli", "late");
+        for p in [&mut cli1, &mut cli2] {
+            let st = p.wait(Duration::from_secs(45)).expect("peer exits");
+            assert!(st.success(), "{} failed:\n{}", p.name, p.output());
+        }
+        assert!(cli1.output().contains("hi from late"), "{}", cli1.output());
         redis.kill();
     });
     assert!(metric(&metrics_of(&n1), "icebreaker_redis_reconnects_total", &[]) >= 1.0);

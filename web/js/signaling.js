@@ -17,6 +17,8 @@
 //   offline      the browser reports no network; retrying as soon as it comes back
 //   left         we left on purpose
 //   failed       the server refused us for good (room-full, unauthorized, bad room name)
+// A join or resume answered `unavailable` (a cluster node without Redis) is retried like a
+// lost socket: `reconnecting`, then a new socket.
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 8000; // several tries fit in the server's 30 s resume grace
@@ -163,6 +165,14 @@ export class Signaling {
         // The app closes every peer connection (in order with the messages before this).
         this.chain = this.chain.then(() => this.onRejoin?.()).catch((e) => console.error(e));
         this.#join();
+        return;
+      }
+      if (m.code === 'unavailable' && (this.state === 'joining' || this.state === 'resuming')) {
+        // A cluster node lost its store (Redis) for a moment (docs/protocol.md): try again
+        // after the usual backoff on a new socket; the balancer may pick a node that is whole.
+        const ws = this.ws;
+        this.#lost(ws, 'server unavailable');
+        ws?.close();
         return;
       }
       if (['room-full', 'unauthorized'].includes(m.code) || (m.code === 'bad-message' && this.state === 'joining')) {

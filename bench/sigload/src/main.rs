@@ -91,6 +91,8 @@ pub struct Cfg {
     pub mode: Mode,
     pub target: Target,
     pub url: UrlParts,
+    /// where odd-numbered connections go (a pair's second member): another cluster node
+    pub url2: Option<UrlParts>,
     pub label: Option<String>,
     pub quiet: bool,
     pub concurrency: usize,
@@ -100,6 +102,8 @@ pub struct Cfg {
     pub key: String,
     pub run_id: String,
     pub server_pid: Option<u32>,
+    /// more processes whose CPU and RSS count as the server's (other nodes, Redis)
+    pub also_pids: Vec<u32>,
     pub ws_cfg: WebSocketConfig,
     pub threads: usize,
 }
@@ -198,7 +202,16 @@ fn finish() -> ! {
             s.cfg.label.clone().map(Value::from).unwrap_or(Value::Null),
         ),
         ("url".into(), s.cfg.url.href().into()),
+        (
+            "url2".into(),
+            s.cfg
+                .url2
+                .as_ref()
+                .map(|u| Value::from(u.href()))
+                .unwrap_or(Value::Null),
+        ),
         ("server_pid".into(), jint(s.cfg.server_pid.map(u64::from))),
+        ("also_pids".into(), Value::from(s.cfg.also_pids.clone())),
         (
             "ws_extensions".into(),
             ext.map(Value::from).unwrap_or(Value::Null),
@@ -261,6 +274,14 @@ struct Args {
     /// ws://127.0.0.1:PORT/ws (ours) or ws://127.0.0.1:PORT (peerjs); loopback only
     #[arg(long)]
     url: Option<String>,
+    /// ours: every pair's second member (idle: every other connection) connects here
+    /// instead, e.g. a second cluster node: signals then cross nodes
+    #[arg(long)]
+    url2: Option<String>,
+    /// another process whose CPU and RSS are added to the server's (repeatable: the other
+    /// nodes and redis-server of a cluster)
+    #[arg(long)]
+    also_pid: Vec<u32>,
     /// server pid for /proc figures; auto = the process listening on the URL's port
     #[arg(long, default_value = "auto")]
     pid: String,
@@ -422,6 +443,18 @@ fn main() {
         usage("--url is required")
     };
     let url = proto::parse_url(url).unwrap_or_else(|e| usage(&e));
+    let url2 = a
+        .url2
+        .as_deref()
+        .map(|u| proto::parse_url(u).unwrap_or_else(|e| usage(&e)));
+    if url2.is_some() && target != Target::Ours {
+        usage("--url2 is for --target ours (a second cluster node)");
+    }
+    for &pid in &a.also_pid {
+        if pid == 0 || proc::cpu_ticks(Some(pid)).is_none() {
+            usage(&format!("--also-pid: no such process {pid}"));
+        }
+    }
     if a.deflate {
         usage("--deflate is not supported by this client (use load.mjs)");
     }
@@ -521,6 +554,7 @@ fn main() {
         mode,
         target,
         url,
+        url2,
         label: a.label,
         quiet: a.quiet,
         concurrency: concurrency as usize,
@@ -530,6 +564,7 @@ fn main() {
         key: a.key,
         run_id: run_id(),
         server_pid,
+        also_pids: a.also_pid,
         ws_cfg,
         threads,
     };
@@ -710,18 +745,30 @@ async fn hold(mut c: Conn) {
     }
 }
 
+/// The server's processes: the one listening on --url (or --pid) and every --also-pid.
+/// Empty when none was found, and then the server figures are null.
+fn server_pids() -> Vec<u32> {
+    let cfg = &sh().cfg;
+    match cfg.server_pid {
+        Some(p) => std::iter::once(p)
+            .chain(cfg.also_pids.iter().copied())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
 async fn idle(p: IdleParams) -> anyhow::Result<()> {
-    let pid = sh().cfg.server_pid;
+    let pid = server_pids();
     set("conns", Value::from(0));
     set("requested", Value::from(p.n));
     watchdog(p.timeout_s);
 
-    let rss0 = proc::rss_kib(pid);
-    let cpu0 = proc::cpu_ticks(pid);
+    let rss0 = proc::rss_kib(&pid);
+    let cpu0 = proc::cpu_ticks_all(&pid);
     let t0 = Instant::now();
     let (_, opened, _) = open_all(p.n as usize, open_idle).await;
     let open_s = t0.elapsed().as_secs_f64();
-    let cpu1 = proc::cpu_ticks(pid);
+    let cpu1 = proc::cpu_ticks_all(&pid);
     set("conns", Value::from(opened));
     set("open_s", jnum(round3(open_s)));
     set(
@@ -739,8 +786,8 @@ async fn idle(p: IdleParams) -> anyhow::Result<()> {
 
     // Settle: let the server finish per-connection work and the allocator quiet down.
     tokio::time::sleep(Duration::from_secs_f64(p.hold_s)).await;
-    let rss1 = proc::rss_kib(pid);
-    let cpu2 = proc::cpu_ticks(pid);
+    let rss1 = proc::rss_kib(&pid);
+    let cpu2 = proc::cpu_ticks_all(&pid);
     let still = sh().open_now.load(Relaxed).max(0) as u64;
     if still != opened as u64 {
         fail_n("closed_while_idle", (opened as u64).saturating_sub(still));
@@ -821,7 +868,7 @@ async fn open_pair(i: usize, lat_cap: usize) -> anyhow::Result<PairHandle> {
 
 async fn throughput(p: TpParams) -> anyhow::Result<()> {
     let cfg = &sh().cfg;
-    let pid = cfg.server_pid;
+    let pid = server_pids();
     set("pairs", Value::from(p.pairs));
     set("streams", Value::from(0));
     set("rate_target", Value::from(p.rate));
@@ -873,7 +920,7 @@ async fn throughput(p: TpParams) -> anyhow::Result<()> {
     };
     let drain = Duration::from_secs_f64(p.drain_s);
 
-    let cpu0 = proc::cpu_ticks(pid);
+    let cpu0 = proc::cpu_ticks_all(&pid);
     let cu0 = proc::self_cpu_ticks();
     let t0 = Instant::now();
     let progress = tokio::spawn(async {
@@ -907,7 +954,7 @@ async fn throughput(p: TpParams) -> anyhow::Result<()> {
     }
     let done = Instant::now();
     progress.abort();
-    let cpu1 = proc::cpu_ticks(pid);
+    let cpu1 = proc::cpu_ticks_all(&pid);
     let cu1 = proc::self_cpu_ticks();
 
     let sent: u64 = all.iter().map(|s| s.sent).sum();

@@ -12,14 +12,23 @@ pub struct Rss {
     pub hwm: Option<u64>,
 }
 
-/// VmRSS and VmHWM (KiB) from /proc/PID/status.
-pub fn rss_kib(pid: Option<u32>) -> Option<Rss> {
-    let pid = pid?;
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(Rss {
-        rss: status_kib(&s, "VmRSS:"),
-        hwm: status_kib(&s, "VmHWM:"),
-    })
+/// VmRSS and VmHWM (KiB) from /proc/PID/status, summed over `pids` (a cluster's nodes
+/// and Redis); None if there are none or one is gone.
+pub fn rss_kib(pids: &[u32]) -> Option<Rss> {
+    let mut sum = Rss {
+        rss: Some(0),
+        hwm: Some(0),
+    };
+    if pids.is_empty() {
+        return None;
+    }
+    for pid in pids {
+        let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let add = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        sum.rss = add(sum.rss, status_kib(&s, "VmRSS:"));
+        sum.hwm = add(sum.hwm, status_kib(&s, "VmHWM:"));
+    }
+    Some(sum)
 }
 
 fn status_kib(status: &str, name: &str) -> Option<u64> {
@@ -43,6 +52,14 @@ fn stat_ticks(path: &str) -> Option<u64> {
 
 pub fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     stat_ticks(&format!("/proc/{}/stat", pid?))
+}
+
+/// CPU ticks summed over `pids`; None if there are none or one is gone.
+pub fn cpu_ticks_all(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_ticks(Some(p))).sum()
 }
 
 pub fn self_cpu_ticks() -> Option<u64> {

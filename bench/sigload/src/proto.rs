@@ -533,7 +533,11 @@ pub async fn open_conn(k: usize, who: Who) -> anyhow::Result<Conn> {
 
 async fn open_inner(k: usize, who: Who) -> anyhow::Result<Conn> {
     let cfg = &sh().cfg;
-    let addr = SocketAddr::new(cfg.url.ip, cfg.url.port);
+    let url = match &cfg.url2 {
+        Some(u2) if k % 2 == 1 => u2,
+        _ => &cfg.url,
+    };
+    let addr = SocketAddr::new(url.ip, url.port);
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -545,8 +549,8 @@ async fn open_inner(k: usize, who: Who) -> anyhow::Result<Conn> {
     let tcp = sock.connect(addr).await?;
     tcp.set_nodelay(true)?;
     let request = match &who {
-        Who::Room(_) => cfg.url.href(),
-        Who::Id(id) => cfg.url.peerjs(&cfg.key, id, &token(k)),
+        Who::Room(_) => url.href(),
+        Who::Id(id) => url.peerjs(&cfg.key, id, &token(k)),
     };
     let (ws, resp) =
         tokio_tungstenite::client_async_with_config(request, tcp, Some(cfg.ws_cfg)).await?;

@@ -53,6 +53,9 @@ struct Inner {
     script: Script,
     /// Commands reach Redis (set by the liveness loop and by failed calls).
     up: AtomicBool,
+    /// Redis is back but this node is still writing its peers back: not yet whole, so
+    /// `/healthz` keeps saying degraded (a load balancer sends no newcomers meanwhile).
+    reregistering: AtomicBool,
     /// Peers that left while Redis was away; Redis hears of them when it is back.
     gone_while_down: Mutex<Vec<(PeerId, LeaveReason)>>,
     last_reap: AtomicU64,
@@ -98,6 +101,7 @@ impl RedisBus {
             client,
             script: Script::new(include_str!("cluster.lua")),
             up: AtomicBool::new(false),
+            reregistering: AtomicBool::new(false),
             gone_while_down: Mutex::new(Vec::new()),
             last_reap: AtomicU64::new(0),
             started: Instant::now(),
@@ -214,11 +218,17 @@ impl Inner {
             t.tick().await;
             match self.alive().await {
                 Ok(()) => {
-                    if !self.up.swap(true, Ordering::Relaxed) {
+                    if !self.up.load(Ordering::Relaxed) {
                         info!("Redis is back: re-registering this node's peers");
+                        self.reregistering.store(true, Ordering::Relaxed);
+                        self.up.store(true, Ordering::Relaxed);
                         self.metrics.redis_up.set(1);
                         self.metrics.redis_reconnects.inc();
                         self.clone().reregister().await;
+                        self.reregistering.store(false, Ordering::Relaxed);
+                        if self.is_up() {
+                            info!("this node's peers are registered in Redis again");
+                        }
                     }
                 }
                 Err(e) => self.went_down(&e),
@@ -856,11 +866,19 @@ impl Bus for RedisBus {
     }
 
     fn degraded(&self) -> Option<String> {
-        (!self.inner.is_up()).then(|| {
-            format!(
+        let me = &self.inner;
+        if !me.is_up() {
+            Some(format!(
                 "node {} cannot reach Redis: rooms work on this node only",
-                self.inner.node
-            )
-        })
+                me.node
+            ))
+        } else if me.reregistering.load(Ordering::Relaxed) {
+            Some(format!(
+                "node {} is registering its peers in Redis again",
+                me.node
+            ))
+        } else {
+            None
+        }
     }
 }

@@ -1,0 +1,244 @@
+//! `icebreaker` behind Debian's nginx, running the site we ship (deploy/nginx/icebreaker.conf)
+//! on a free port: the web client and `/ws` through it, resume through it, and the per-IP
+//! limits counting clients (from `X-Forwarded-For`, trusted only from nginx's address) and
+//! not nginx, while a client cannot forge its address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use icebreaker_tests::{http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc};
+
+/// nginx connects to icebreaker from here (`proxy_bind`), and only this is trusted: the
+/// test clients on other loopback addresses are "the internet".
+const NGINX_SIDE: &str = "127.0.0.2";
+
+struct Nginx {
+    _proc: Proc,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    /// The shipped site with its two local facts replaced (where it listens, where
+    /// icebreaker is), inside a minimal main config that keeps every file in a temp dir.
+    fn start(ib: &Icebreaker) -> Nginx {
+        require("nginx", "nginx");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("ib-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let site = std::fs::read_to_string(repo_dir().join("deploy/nginx/icebreaker.conf"))
+            .expect("deploy/nginx/icebreaker.conf");
+        let replaced = site
+            .replace(
+                "    listen 80;\n",
+                &format!("    listen 127.0.0.1:{port};\n"),
+            )
+            .replace("    listen [::]:80;\n", "")
+            .replace("server 127.0.0.1:8080;", &format!("server {};", ib.http));
+        assert_ne!(
+            replaced, site,
+            "the site's listen/upstream lines changed shape"
+        );
+        std::fs::write(dir.join("site.conf"), replaced).unwrap();
+        let d = dir.display();
+        let main = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log stderr notice;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  proxy_bind {NGINX_SIDE};\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             include {d}/site.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), main).unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.args(["-p", dir.to_str().unwrap(), "-c", "nginx.conf"]);
+        let proc = Proc::start("nginx", cmd);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() || http_get(addr, "/healthz").0 != 200 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nginx did not start:\n{}",
+                proc.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            _proc: proc,
+            addr,
+            dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens `/ws` through nginx from source address `from`, optionally claiming to be
+/// someone else with our own `X-Forwarded-For`.
+async fn ws_from(nginx: SocketAddr, from: &str, forged: Option<&str>) -> Result<Ws, WsError> {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
+        .unwrap();
+    let tcp = sock.connect(nginx).await.unwrap();
+    let mut req = format!("ws://{nginx}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", format!("http://{nginx}").parse().unwrap());
+    if let Some(f) = forged {
+        req.headers_mut()
+            .insert("x-forwarded-for", f.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+async fn expect(ws: &mut Ws, ty: &str) -> Value {
+    let v = recv(ws).await;
+    assert_eq!(v["type"], ty, "expected {ty}, got {v}");
+    v
+}
+
+fn refused_429(r: Result<Ws, WsError>) -> bool {
+    matches!(r, Err(WsError::Http(resp)) if resp.status() == 429)
+}
+
+#[test]
+fn behind_nginx_the_client_resumes_and_limits_count_clients_not_the_proxy() {
+    let ib = start_icebreaker(&[
+        "--no-relay",
+        "--max-connections-per-ip",
+        "2",
+        "--trusted-proxy",
+        &format!("{NGINX_SIDE}/32"),
+        "--resume-grace",
+        "10s",
+    ]);
+    let nginx = Nginx::start(&ib);
+    // The web client, through the proxy.
+    let (status, body) = http_get(nginx.addr, "/");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<html") || body.contains("<!doctype"),
+        "{body:.200}"
+    );
+    assert_eq!(
+        http_get(nginx.addr, "/metrics").0,
+        404,
+        "metrics stay private"
+    );
+
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            // Two clients from 127.0.0.3 fill its quota; a third from there is refused.
+            let mut a = ws_from(nginx.addr, "127.0.0.3", None).await.unwrap();
+            let mut b = ws_from(nginx.addr, "127.0.0.3", None).await.unwrap();
+            assert!(
+                refused_429(ws_from(nginx.addr, "127.0.0.3", None).await),
+                "a third connection from one client address is refused"
+            );
+            // Another client behind the same proxy has its own quota (if nginx's address
+            // were counted, every one of these would be refused now).
+            let mut c = ws_from(nginx.addr, "127.0.0.4", None).await.unwrap();
+            // Claiming another address in our own X-Forwarded-For does not help: nginx
+            // appends the real one, and that is what counts.
+            let _d = ws_from(nginx.addr, "127.0.0.4", Some("198.51.100.7"))
+                .await
+                .unwrap();
+            assert!(
+                refused_429(ws_from(nginx.addr, "127.0.0.4", Some("198.51.100.8")).await),
+                "a forged X-Forwarded-For is not believed"
+            );
+
+            // Signaling through the proxy, then a drop and a resume through it.
+            send(&mut a, json!({"type":"join","room":"proxied"})).await;
+            let ja = expect(&mut a, "joined").await;
+            let (aid, token) = (
+                ja["id"].as_str().unwrap().to_string(),
+                ja["resume_token"].as_str().unwrap().to_string(),
+            );
+            send(&mut c, json!({"type":"join","room":"proxied"})).await;
+            let cid = expect(&mut c, "joined").await["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let pj = expect(&mut a, "peer-joined").await;
+            let last_seq = pj["seq"].as_u64().unwrap();
+            // The network drops a: no close frame, the TCP connection just goes.
+            drop(a);
+            for i in 0..3 {
+                send(&mut c, json!({"type":"signal","to": aid,"data":{"i": i}})).await;
+            }
+            // b makes room in 127.0.0.3's quota (a's detached peer still counts).
+            b.close(None).await.unwrap();
+            drop(b);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut a2 = ws_from(nginx.addr, "127.0.0.3", None).await.unwrap();
+            send(
+                &mut a2,
+                json!({"type":"resume","id": aid,"token": token,"last_seq": last_seq}),
+            )
+            .await;
+            expect(&mut a2, "resumed").await;
+            for i in 0..3 {
+                let s = expect(&mut a2, "signal").await;
+                assert_eq!(
+                    (s["from"].as_str(), s["data"]["i"].as_u64()),
+                    (Some(&*cid), Some(i))
+                );
+            }
+            // And live again both ways.
+            send(
+                &mut a2,
+                json!({"type":"signal","to": cid,"data":{"back": true}}),
+            )
+            .await;
+            assert_eq!(expect(&mut c, "signal").await["data"]["back"], true);
+        });
+    let m = http_get(ib.http, "/metrics").1;
+    assert!(
+        metric(
+            &m,
+            "icebreaker_refused_connections_total",
+            &["code=\"per-ip-limit\""]
+        ) >= 2.0,
+        "refusals counted"
+    );
+}
