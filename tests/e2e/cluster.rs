@@ -4,7 +4,7 @@
 //! SIGKILL (its peers resume on a survivor, exactly once `peer-left` for the rest), Redis
 //! killed and restarted, and room capacity under concurrent joins on every node.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,18 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use icebreaker_tests::{
-    bin, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
+    bin, free_tcp_port, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `redis-server` on `port`, in memory only (a restart loses everything, the worst case).
 struct Redis {
@@ -265,6 +257,24 @@ impl Client {
     }
 }
 
+/// The ids in a `joined`'s `peers`, sorted (a Redis hash keeps no join order).
+fn peer_ids(joined: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = joined["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(ids: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -319,16 +329,7 @@ fn peers_on_three_nodes_share_a_room_and_signal_in_order() {
         );
         let mut c = Client::connect(&lb.ws()).await;
         let jc = c.join("three").await;
-        let mut ids: Vec<&str> = jc["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap())
-            .collect();
-        ids.sort();
-        let mut want = vec![a.id.as_str(), b.id.as_str()];
-        want.sort();
-        assert_eq!(ids, want, "{jc}");
+        assert_eq!(peer_ids(&jc), sorted(&[&a.id, &b.id]), "{jc}");
         assert_eq!(a.expect("peer-joined").await["id"], c.id.as_str());
         assert_eq!(b.expect("peer-joined").await["id"], c.id.as_str());
         let placed: Vec<u64> = nodes.iter().map(peers_on).collect();
@@ -614,16 +615,11 @@ fn redis_outage_keeps_local_rooms_and_recovers_by_itself() {
         });
         let mut c = Client::connect(&w2).await;
         let jc = c.join("outage").await;
-        let mut ids: Vec<&str> = jc["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap())
-            .collect();
-        ids.sort();
-        let mut want = vec![a1.id.as_str(), a2.id.as_str(), b.id.as_str()];
-        want.sort();
-        assert_eq!(ids, want, "every peer re-registered: {jc}");
+        assert_eq!(
+            peer_ids(&jc),
+            sorted(&[&a1.id, &a2.id, &b.id]),
+            "every peer re-registered: {jc}"
+        );
         for p in [&mut a1, &mut a2, &mut b] {
             assert_eq!(p.expect("peer-joined").await["id"], c.id.as_str());
         }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use icebreaker_tests::{http_get, peer_cmd, repo_dir, require, start_icebreaker, Proc};
+use icebreaker_tests::{
+    free_tcp_port, http_get, peer_cmd, repo_dir, require, start_icebreaker, Proc,
+};
 
 /// Every `icebreaker_…` name in the dashboard's query expressions.
 fn queried_metrics() -> Vec<String> {
@@ -62,11 +64,7 @@ fn exposed(metrics: &str, name: &str) -> bool {
 #[test]
 fn every_metric_the_dashboard_queries_exists() {
     require("redis-server", "redis-server");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_tcp_port();
     let mut cmd = std::process::Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"]);

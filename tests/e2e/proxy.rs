@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use icebreaker_tests::{http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc};
+use icebreaker_tests::{
+    free_tcp_port, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
+};
 
 /// nginx connects to icebreaker from here (`proxy_bind`), and only this is trusted: the
 /// test clients on other loopback addresses are "the internet".
@@ -31,11 +33,7 @@ impl Nginx {
     /// icebreaker is), inside a minimal main config that keeps every file in a temp dir.
     fn start(ib: &Icebreaker) -> Nginx {
         require("nginx", "nginx");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_tcp_port();
         let dir = std::env::temp_dir().join(format!("ib-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let site = std::fs::read_to_string(repo_dir().join("deploy/nginx/icebreaker.conf"))

@@ -229,6 +229,15 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A TCP port free right now on 127.0.0.1 (for servers we configure by file: redis-server,
+/// HAProxy, nginx).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// A random range of relayed ports, so concurrent tests and leftover allocations from
 /// clients that leak them never collide.
 pub fn port_range(len: u16) -> (u16, u16) {
