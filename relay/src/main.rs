@@ -37,20 +37,21 @@ const NAME: &str = "icebreaker-relay";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match service::config::load(
+    let layered = match service::config::load(
         cli.relay.clone(),
         cli.config.as_deref(),
         RelayArgs::layer_over,
-    )
-    .and_then(RelayArgs::resolve)
-    {
-        Ok(c) => c,
+    ) {
+        Ok(a) => a,
         Err(e) => return service::config_error(NAME, &e),
     };
     if cli.print_config {
-        print!("{}", config.to_masked_toml());
-        return ExitCode::SUCCESS;
+        return print_config(layered);
     }
+    let config = match layered.resolve() {
+        Ok(c) => c,
+        Err(e) => return service::config_error(NAME, &e),
+    };
     if let Err(code) = service::init_logging(NAME, &cli.log) {
         return code;
     }
@@ -61,6 +62,56 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--print-config`: the effective settings as a commented config file (every key with
+/// its `--help` text, unset ones commented out, secrets masked). A configuration that
+/// lacks only credentials still prints, as a template to fill in, with a header saying
+/// so: that is how the packaged `/etc/icebreaker/relay.toml` is made.
+fn print_config(layered: RelayArgs) -> ExitCode {
+    use clap::CommandFactory;
+    let no_credentials = layered.users.is_empty() && layered.auth_secrets.is_empty();
+    let (config, note) = match layered.clone().resolve() {
+        Ok(c) => (c, None),
+        Err(e) if no_credentials => {
+            // Resolve with a placeholder secret for the defaults, then print none.
+            let mut with = layered;
+            with.auth_secrets = vec!["placeholder".into()];
+            match with.resolve() {
+                Ok(mut c) => {
+                    c.turn.auth_secrets.clear();
+                    (c, Some(e))
+                }
+                Err(e) => return service::config_error(NAME, &e),
+            }
+        }
+        Err(e) => return service::config_error(NAME, &e),
+    };
+    let skip = ["config", "print-config", "log", "help", "version"];
+    let keys: Vec<(String, String)> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            (!skip.contains(&long)).then(|| {
+                let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string());
+                (long.to_string(), help.unwrap_or_default())
+            })
+        })
+        .collect();
+    print!(
+        "# icebreaker-relay configuration (icebreaker-relay --config FILE); flags and\n\
+         # ICEBREAKER_RELAY_* variables override it. Printed by `icebreaker-relay\n\
+         # --print-config`: unset keys are commented out.\n"
+    );
+    if let Some(e) = note {
+        eprintln!("{NAME}: printing a template: {e}");
+        print!("#\n# Not ready to start: {e}\n");
+    }
+    print!(
+        "\n{}",
+        service::config::commented_toml(&config.to_masked_toml(), &keys)
+    );
+    ExitCode::SUCCESS
 }
 
 fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {

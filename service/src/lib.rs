@@ -38,22 +38,35 @@ pub fn config_error(binary: &str, e: &ConfigError) -> ExitCode {
 /// The request to stop: SIGTERM (systemd, docker, the tests) or Ctrl-C. Created before the
 /// server announces readiness, so an early SIGTERM is a graceful stop rather than the
 /// default kill. Needs a tokio runtime.
+///
+/// It also takes SIGHUP (`systemctl reload`), whose default action would kill the
+/// process: until configuration reload exists, a SIGHUP is logged as not applied and the
+/// server keeps running.
 pub struct Stop {
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Stop {
-    /// Installs the SIGTERM handler.
+    /// Installs the SIGTERM and SIGHUP handlers.
     pub fn install() -> std::io::Result<Stop> {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        Ok(Stop { term })
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())?;
+        let hup = signal(SignalKind::hangup())?;
+        Ok(Stop { term, hup })
     }
 
     /// Waits until a stop is asked for.
     pub async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = self.hup.recv() => tracing::warn!(
+                    "SIGHUP: configuration reload is not implemented yet, nothing changed; \
+                     restart the service to apply a new configuration"
+                ),
+            }
         }
     }
 }

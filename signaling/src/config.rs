@@ -380,7 +380,9 @@ impl SignalingArgs {
             join_rate: Some(c.join_rate),
             join_burst: Some(c.join_burst),
             web_dir: c.web_dir.clone(),
-            threads: Some(c.threads),
+            // As given, not as resolved: the default depends on the machine's CPUs, and a
+            // printed config (the packaged one) must not pin the builder's count.
+            threads: self.threads,
             redis: c.redis.as_deref().map(mask_url_password),
             node_id: self.node_id.clone(),
             trusted_proxy: c.trusted_proxies.clone(),

@@ -518,6 +518,37 @@ fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
         "{printed}"
     );
 
+    // The printed file is itself a config that loads back to the same settings.
+    std::fs::write(&f, printed.as_bytes()).unwrap();
+    let again = run(&["--config", f.to_str().unwrap(), "--print-config"], &[]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
+
+    // Without credentials it prints a template (what the package installs as
+    // /etc/icebreaker/relay.toml): every flag as a key, the secrets commented out, and a
+    // header saying why it will not start yet; starting with it still fails.
+    let out = run(&["--print-config"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let template = String::from_utf8_lossy(&out.stdout);
+    assert!(template.contains("# Not ready to start"), "{template}");
+    for key in [
+        "user",
+        "auth-secret",
+        "external-ip",
+        "metrics-listen",
+        "max-bps",
+    ] {
+        assert!(
+            template.contains(&format!("\n{key} =")) || template.contains(&format!("\n# {key} =")),
+            "{key} missing: {template}"
+        );
+    }
+    assert!(template.contains("\n# auth-secret =\n"), "{template}");
+    std::fs::write(&f, template.as_bytes()).unwrap();
+    let out = run(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no credentials"));
+
     std::fs::write(&f, "max-lifetime = \"long\"\n").unwrap();
     let out = run(&["--config", f.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -526,8 +557,18 @@ fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
 }
 
 #[test]
-fn sigterm_stops_gracefully() {
+fn sighup_does_not_kill_and_sigterm_stops_gracefully() {
+    // `systemctl reload` sends SIGHUP, whose default action would end the process.
     let mut relay = start_relay(&[]);
+    relay.proc.signal(libc::SIGHUP);
+    assert!(relay
+        .proc
+        .wait_line("SIGHUP", Duration::from_secs(5))
+        .is_some());
+    assert!(relay.proc.is_running());
+    // Still serving after the SIGHUP: an allocation goes through.
+    let relayed = icebreaker_tests::turn_probe::TurnProbe::udp(relay.addr).allocate(None);
+    assert_eq!(relayed.ip(), relay.addr.ip());
     let status = relay
         .proc
         .terminate(Duration::from_secs(5))

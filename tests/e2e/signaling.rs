@@ -589,9 +589,86 @@ fn bad_config_exits_2_and_sigterm_is_graceful() {
         "{err}"
     );
     let mut ib = start_icebreaker(&[]);
+    // `systemctl reload` sends SIGHUP: logged, not fatal, still serving.
+    ib.proc.signal(libc::SIGHUP);
+    assert!(ib
+        .proc
+        .wait_line("SIGHUP", Duration::from_secs(5))
+        .is_some());
+    assert!(ib.proc.is_running());
+    assert_eq!(http_get(ib.http, "/healthz").0, 200);
     let status = ib
         .proc
         .terminate(Duration::from_secs(10))
         .expect("exits on SIGTERM");
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn print_config_lists_every_flag_masks_secrets_and_loads_back() {
+    let run = |args: &[&str]| {
+        Command::new(icebreaker_tests::bin("icebreaker"))
+            .env_clear()
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--print-config",
+        "--turn-secret",
+        "hunter2",
+        "--jwt-secret",
+        "j0t-signing-key-0123",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !printed.contains("hunter2") && !printed.contains("j0t"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("\njwt-secret = \"********\"\n"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("\nturn-secret = \"********\"\n"),
+        "{printed}"
+    );
+    // Every long flag of --help is a key, set or commented out (but the ones that are not
+    // settings); the machine-dependent thread count is not pinned.
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    let not_settings = ["config", "print-config", "log", "help", "version"];
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|f| !not_settings.contains(f))
+        .collect();
+    assert!(flags.len() > 20, "{help}");
+    for f in &flags {
+        assert!(
+            printed.contains(&format!("\n{f} = ")) || printed.contains(&format!("\n# {f} =\n")),
+            "--{f} has no key: {printed}"
+        );
+    }
+    assert!(printed.contains("\n# threads =\n"), "{printed}");
+    // The printed file loads back to the same settings (secrets aside: masked, they are
+    // not the real ones).
+    let out = run(&[
+        "--print-config",
+        "--room-capacity",
+        "4",
+        "--redis",
+        "redis://h:1/",
+    ]);
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("\nroom-capacity = 4\n"), "{printed}");
+    let dir = std::env::temp_dir().join(format!("ib-sig-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("icebreaker.toml");
+    std::fs::write(&f, &printed).unwrap();
+    let again = run(&["--config", f.to_str().unwrap(), "--print-config"]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
+    std::fs::remove_dir_all(&dir).ok();
 }

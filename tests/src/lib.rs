@@ -207,6 +207,13 @@ impl Proc {
         self.wait(timeout)
     }
 
+    /// Sends `sig` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
