@@ -68,6 +68,8 @@ pub struct Metrics {
     /// Seconds from a sending node handing a message to Redis to the recipient's node
     /// queueing it (the nodes' clocks must agree, as NTP keeps them).
     pub cross_node_latency: Histogram,
+    /// Signals per `deliver` run in Redis (the group commit's batch size).
+    pub redis_batch_signals: Histogram,
     /// `messages_in`/`messages_out` for signals, resolved once: they are counted per
     /// forwarded message.
     signals_in: Counter,
@@ -103,6 +105,9 @@ impl Default for Metrics {
             cross_node_latency: Histogram::new([
                 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0,
             ]),
+            redis_batch_signals: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0,
+            ]),
         }
     }
 }
@@ -130,6 +135,11 @@ impl Metrics {
             "cross_node_latency_seconds",
             "Seconds from the sending node handing a message to Redis to the recipient's node queueing it",
             self.cross_node_latency.clone(),
+        );
+        r.register(
+            "redis_batch_signals",
+            "Signals per deliver run in Redis (several senders' signals share one run and round trip)",
+            self.redis_batch_signals.clone(),
         );
         r.register(
             "connections",

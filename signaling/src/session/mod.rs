@@ -29,6 +29,8 @@ use socket::{Stream, WsSocket};
 
 /// Bytes read per wake-up (a per-thread buffer, so it costs idle connections nothing).
 const SCRATCH_BYTES: usize = 256 * 1024;
+/// Reads up to this size are handled from a copy, so the scratch is free while they are.
+const COPY_OUT_BYTES: usize = 16 * 1024;
 /// How long a closing connection waits for its last bytes to drain, and then for the
 /// client's FIN, so that the client reads our close frame rather than a reset.
 const LINGER: Duration = Duration::from_secs(5);
@@ -367,16 +369,32 @@ impl<S: Stream> Conn<S> {
         let mut filled = leftover.len();
         buf[..filled].copy_from_slice(leftover);
         let read = self.sock.try_read(&mut buf[filled..]);
-        let end = match read {
-            Ok(None) => None,
-            Ok(Some(0)) | Err(_) => Some(End::Dropped),
+        match read {
+            Ok(None) => {
+                put_scratch(buf);
+                None
+            }
+            Ok(Some(0)) | Err(_) => {
+                put_scratch(buf);
+                Some(End::Dropped)
+            }
             Ok(Some(n)) => {
                 filled += n;
-                self.frames(&mut buf[..filled], leftover).await
+                if filled <= COPY_OUT_BYTES {
+                    // Handling the frames may wait (a cluster bus awaits Redis): the
+                    // scratch goes back first, or every reader that runs meanwhile on
+                    // this thread would zero a fresh 256 KiB (a third of a cluster
+                    // node's CPU in perf). What was read is small; a copy is cheap.
+                    let mut own = buf[..filled].to_vec();
+                    put_scratch(buf);
+                    self.frames(&mut own, leftover).await
+                } else {
+                    let end = self.frames(&mut buf[..filled], leftover).await;
+                    put_scratch(buf);
+                    end
+                }
             }
-        };
-        put_scratch(buf);
-        end
+        }
     }
 
     async fn frames(&mut self, buf: &mut [u8], leftover: &mut Vec<u8>) -> Option<End> {

@@ -9,7 +9,9 @@
 -- ib:node:{N}:alive string with a TTL, refreshed by node N
 -- ib:dead:{N}       string: when a survivor first saw node N dead (ms)
 -- ib:nodes          set   every node that registered
--- channel ib:node:{N}  "P SEQ T JSON" (a message for P), or "P 0 0 takeover"
+-- channel ib:node:{N}  records "P SEQ T LEN JSON" back to back (a message for P; LEN is
+--                       the byte length of JSON), or "P 0 0 8 takeover"; one PUBLISH per
+--                       node per script run carries every record for that node
 
 local op = ARGV[1]
 local NOW_US = ARGV[2]      -- sender's clock, µs since the epoch (forward latency)
@@ -19,28 +21,58 @@ local TTL = tonumber(ARGV[5])    -- outbox expiry, ms
 
 local function pk(p) return 'ib:peer:' .. p end
 
--- Hands `body` (a message without its seq and closing brace) to peer p: the next seq,
--- kept in p's outbox stream, published to p's node. Returns the seq, or -1: no such peer.
-local function deliver(p, body)
+-- Records to publish, per node, sent together when the run ends (see `flush`): a batch
+-- of signals for one node is one PUBLISH and one wake-up there, not one per signal.
+local PUBS = {}
+local function publish(node, p, seq, msg)
+  local t = PUBS[node]
+  if not t then
+    t = {}
+    PUBS[node] = t
+  end
+  -- Header and message as separate parts: Redis's Lua hashes every byte of every new
+  -- string, so the message is not copied into a record string before the final concat.
+  t[#t + 1] = p .. ' ' .. seq .. ' ' .. NOW_US .. ' ' .. #msg .. ' '
+  t[#t + 1] = msg
+end
+local function flush()
+  for node, t in pairs(PUBS) do
+    redis.call('PUBLISH', 'ib:node:' .. node, table.concat(t))
+  end
+end
+
+-- Hands `body` (a message without its seq and closing brace) to peer p, if p is in
+-- `room` (nil: anywhere): the next seq, kept in p's outbox stream, published to p's node.
+-- Returns the seq, or -1: no such peer (in that room).
+local function deliver(p, body, room)
   local k = pk(p)
-  local node = redis.call('HGET', k, 'node')
-  if not node then return -1 end
+  local f = redis.call('HMGET', k, 'node', 'room')
+  local node = f[1]
+  if not node or (room and f[2] ~= room) then return -1 end
   local seq = redis.call('HINCRBY', k, 'seq', 1)
   local full = body .. ',"seq":' .. seq .. '}'
   local sk = k .. ':out'
-  -- An expired outbox took its bytes with it.
-  if redis.call('EXISTS', sk) == 0 then redis.call('HSET', k, 'bytes', 0) end
-  redis.call('XADD', sk, seq .. '-0', 'm', full)
-  local bytes = redis.call('HINCRBY', k, 'bytes', #full)
+  local id = seq .. '-0'
+  redis.call('XADD', sk, id, 'm', full)
+  local n = redis.call('XLEN', sk)
+  local bytes
+  if n == 1 then
+    -- A new stream (or one emptied by acks): an expired one took its bytes with it.
+    redis.call('HSET', k, 'bytes', #full)
+    bytes = #full
+  else
+    bytes = redis.call('HINCRBY', k, 'bytes', #full)
+  end
   -- Bounded in entries and bytes: the oldest go first (a resume that needs them fails).
-  while redis.call('XLEN', sk) > LIMIT or bytes > BYTES do
+  while n > LIMIT or bytes > BYTES do
     local old = redis.call('XRANGE', sk, '-', '+', 'COUNT', 1)[1]
-    if not old or old[1] == seq .. '-0' then break end
+    if not old or old[1] == id then break end
     redis.call('XDEL', sk, old[1])
+    n = n - 1
     bytes = redis.call('HINCRBY', k, 'bytes', -#old[2][2])
   end
   redis.call('PEXPIRE', sk, TTL)
-  redis.call('PUBLISH', 'ib:node:' .. node, p .. ' ' .. seq .. ' ' .. NOW_US .. ' ' .. full)
+  publish(node, p, seq, full)
   return seq
 end
 
@@ -59,23 +91,31 @@ local function remove(p, reason, only_node, skip_node)
   local body = '{"type":"peer-left","id":"' .. p .. '","reason":"' .. reason .. '"'
   for _, m in ipairs(redis.call('HKEYS', rk)) do
     if not (skip_node and redis.call('HGET', pk(m), 'node') == skip_node) then
-      deliver(m, body)
+      deliver(m, body, nil)
     end
   end
   return 1
 end
 
+local function run()
 if op == 'deliver' then
-  -- ARGV[6] = the sender's room ('' = no check: a message to oneself), 7 the sender,
-  -- then pairs of (recipient, body). Returns one seq (or -1: not in that room) per pair.
-  local room, from = ARGV[6], ARGV[7]
+  -- Groups back to back, each: the sender's room ('' = no check: a message to oneself),
+  -- the sender, a count n, then n pairs of (recipient, body). Several senders' signals
+  -- go in one run (the node batches what arrives while the previous run is in flight).
+  -- Returns one seq (or -1: not in that room) per pair, in order.
   local out = {}
-  for i = 8, #ARGV, 2 do
-    local to = ARGV[i]
-    if room ~= '' and (to == from or redis.call('HGET', pk(to), 'room') ~= room) then
-      out[#out + 1] = -1
-    else
-      out[#out + 1] = deliver(to, ARGV[i + 1])
+  local i = 6
+  while i <= #ARGV do
+    local room, from, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    i = i + 3
+    for _ = 1, n do
+      local to = ARGV[i]
+      if room ~= '' and to == from then
+        out[#out + 1] = -1
+      else
+        out[#out + 1] = deliver(to, ARGV[i + 1], room ~= '' and room or nil)
+      end
+      i = i + 2
     end
   end
   return out
@@ -89,7 +129,7 @@ elseif op == 'join' then
   local out = {'ok'}
   local all = redis.call('HGETALL', rk)
   for i = 1, #all do out[#out + 1] = all[i] end
-  for i = 1, #all, 2 do deliver(all[i], ARGV[12]) end
+  for i = 1, #all, 2 do deliver(all[i], ARGV[12], nil) end
   redis.call('HSET', pk(id), 'room', room, 'node', node, 'token', ARGV[8], 'seq', 1, 'bytes', 0)
   redis.call('HSET', rk, id, ARGV[10])
   redis.call('SADD', 'ib:node:' .. node .. ':peers', id)
@@ -127,7 +167,7 @@ elseif op == 'resume' then
     redis.call('HSET', k, 'node', node)
     redis.call('SMOVE', 'ib:node:' .. old .. ':peers', 'ib:node:' .. node .. ':peers', id)
     redis.call('SADD', 'ib:node:' .. node .. ':peers', id)
-    redis.call('PUBLISH', 'ib:node:' .. old, id .. ' 0 0 takeover')
+    redis.call('PUBLISH', 'ib:node:' .. old, id .. ' 0 0 8 takeover')
   end
   local out = {'ok', seq, room}
   local all = redis.call('HGETALL', 'ib:room:' .. room)
@@ -207,3 +247,8 @@ elseif op == 'reap' then
   return removed
 end
 return redis.error_reply('unknown op ' .. tostring(op))
+end
+
+local result = run()
+flush()
+return result

@@ -60,6 +60,71 @@ struct Inner {
     gone_while_down: Mutex<Vec<(PeerId, LeaveReason)>>,
     last_reap: AtomicU64,
     started: Instant,
+    /// Signals waiting for the next `deliver` run (see [`Inner::committer`]).
+    commit: Mutex<CommitQueue>,
+    commit_wake: tokio::sync::Notify,
+}
+
+/// Signals queued for the group commit; bounded because every sender waits for its own
+/// (one batch per connection at a time, each within the connection's frame limit).
+#[derive(Default)]
+struct CommitQueue {
+    queue: Vec<Pending>,
+    bytes: usize,
+}
+
+/// One sender's batch waiting for a `deliver` run.
+struct Pending {
+    room: Vec<u8>,
+    from: Vec<u8>,
+    items: Vec<(Vec<u8>, Vec<u8>)>,
+    bytes: usize,
+    tx: tokio::sync::oneshot::Sender<Option<Vec<Value>>>,
+}
+
+/// Most signals, and bytes, one `deliver` run carries: keeps each script run short
+/// (Redis does nothing else meanwhile).
+const COMMIT_ITEMS: usize = 256;
+const COMMIT_BYTES: usize = 1 << 20;
+
+/// One record of a channel message (see `cluster.lua`).
+struct Record<'a> {
+    id: &'a str,
+    seq: u64,
+    t: u64,
+    json: Bytes,
+}
+
+/// The records of a channel message, `P SEQ T LEN JSON` back to back; stops at the first
+/// malformed one.
+fn records(payload: &Bytes) -> impl Iterator<Item = Record<'_>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = payload.get(at..)?;
+        let mut fields = [0usize; 4];
+        let mut pos = 0;
+        for f in &mut fields {
+            let sp = rest.get(pos..)?.iter().position(|&b| b == b' ')?;
+            *f = pos + sp;
+            pos += sp + 1;
+        }
+        let num = |a: usize, b: usize| -> Option<u64> {
+            std::str::from_utf8(&rest[a..b]).ok()?.parse().ok()
+        };
+        let id = std::str::from_utf8(&rest[..fields[0]]).ok()?;
+        let seq = num(fields[0] + 1, fields[1])?;
+        let t = num(fields[1] + 1, fields[2])?;
+        let len = num(fields[2] + 1, fields[3])? as usize;
+        let start = at + fields[3] + 1;
+        let end = start.checked_add(len).filter(|&e| e <= payload.len())?;
+        at = end;
+        Some(Record {
+            id,
+            seq,
+            t,
+            json: payload.slice(start..end),
+        })
+    })
 }
 
 /// The current time in µs since the epoch (the sender's stamp for forward latency).
@@ -105,6 +170,8 @@ impl RedisBus {
             gone_while_down: Mutex::new(Vec::new()),
             last_reap: AtomicU64::new(0),
             started: Instant::now(),
+            commit: Mutex::new(CommitQueue::default()),
+            commit_wake: tokio::sync::Notify::new(),
         });
         inner.alive().await?;
         // A node restarted under the same id left peers behind that nobody can resume
@@ -131,6 +198,7 @@ impl RedisBus {
         inner.metrics.redis_up.set(1);
         tokio::spawn(Inner::liveness(inner.clone()));
         tokio::spawn(Inner::subscriber(inner.clone()));
+        tokio::spawn(Inner::committer(inner.clone()));
         info!(node, "cluster node registered in Redis");
         Ok(RedisBus { inner })
     }
@@ -321,37 +389,116 @@ impl Inner {
         }
     }
 
-    /// One message on this node's channel: `P SEQ T JSON`, or `P 0 0 takeover`.
+    /// One message on this node's channel: records `P SEQ T LEN JSON` back to back (a
+    /// message for P), or `P 0 0 8 takeover`. Every record is handed to the core under
+    /// one lock; a malformed record ends the message (nothing after it can be framed).
     fn on_message(self: &Arc<Self>, payload: &[u8]) {
-        let mut parts = payload.splitn(4, |&b| b == b' ');
-        let (Some(id), Some(seq), Some(t), Some(json)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        let (Ok(id), Some(seq), Some(t)) = (
-            std::str::from_utf8(id),
-            std::str::from_utf8(seq)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok()),
-            std::str::from_utf8(t)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok()),
-        ) else {
-            return;
-        };
-        if seq == 0 {
-            self.with_local(|l| l.take_over(id));
-            return;
-        }
+        let payload = Bytes::copy_from_slice(payload);
         let now = Instant::now();
-        let got = self.with_local(|l| l.receive(now, id, seq, Bytes::copy_from_slice(json)));
-        if got == Received::Delivered {
-            let lat = now_us().saturating_sub(t) as f64 / 1e6;
+        let sent_now = now_us();
+        let mut fetches = Vec::new();
+        let mut latencies = Vec::new();
+        self.with_local(|l| {
+            for r in records(&payload) {
+                if r.seq == 0 {
+                    l.take_over(r.id);
+                    continue;
+                }
+                match l.receive(now, r.id, r.seq, r.json) {
+                    Received::Delivered => {
+                        latencies.push(sent_now.saturating_sub(r.t) as f64 / 1e6);
+                    }
+                    Received::Fetch { from, to } => fetches.push((PeerId::from(r.id), from, to)),
+                    _ => {}
+                }
+            }
+        });
+        for lat in latencies {
             self.metrics.cross_node_latency.observe(lat);
         }
-        if let Received::Fetch { from, to } = got {
-            self.clone().fetch(id.into(), from, Some(to));
+        for (id, from, to) in fetches {
+            self.clone().fetch(id, from, Some(to));
+        }
+    }
+
+    /// Runs `deliver` for one sender's batch, together with whatever other senders queue
+    /// while a run is in flight (one script run and one round trip for all of them: see
+    /// [`Inner::committer`]). `None`: Redis did not answer.
+    async fn deliver(
+        &self,
+        room: &str,
+        from: &str,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Option<Vec<Value>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let bytes =
+            items.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + room.len() + from.len();
+        {
+            let mut q = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+            q.bytes += bytes;
+            q.queue.push(Pending {
+                room: room.as_bytes().to_vec(),
+                from: from.as_bytes().to_vec(),
+                items,
+                bytes,
+                tx,
+            });
+        }
+        self.commit_wake.notify_one();
+        rx.await.ok().flatten()
+    }
+
+    /// The group commit behind [`Inner::deliver`]: takes everything queued (up to
+    /// `COMMIT_ITEMS` signals / `COMMIT_BYTES`), runs it as one `deliver`, answers each
+    /// sender with its seqs, and goes again while anything is queued. One run at a time
+    /// keeps every sender's signals in the order it sent them.
+    async fn committer(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut q = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut n, mut b, mut take) = (0, 0, 0);
+                for p in &q.queue {
+                    if take > 0 && (n + p.items.len() > COMMIT_ITEMS || b + p.bytes > COMMIT_BYTES)
+                    {
+                        break;
+                    }
+                    n += p.items.len();
+                    b += p.bytes;
+                    take += 1;
+                }
+                q.bytes -= b;
+                q.queue.drain(..take).collect::<Vec<_>>()
+            };
+            if batch.is_empty() {
+                self.commit_wake.notified().await;
+                continue;
+            }
+            let counts: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|p| p.items.len().to_string().into_bytes())
+                .collect();
+            let mut args: Vec<&[u8]> = Vec::new();
+            for (p, n) in batch.iter().zip(&counts) {
+                args.extend_from_slice(&[&p.room, &p.from, n]);
+                for (to, body) in &p.items {
+                    args.push(to);
+                    args.push(body);
+                }
+            }
+            self.metrics
+                .redis_batch_signals
+                .observe(batch.iter().map(|p| p.items.len()).sum::<usize>() as f64);
+            let r = self.eval("deliver", &args).await;
+            let mut seqs = match r {
+                Ok(Value::Array(v)) => Some(v.into_iter()),
+                _ => None,
+            };
+            for p in batch {
+                let mine = seqs
+                    .as_mut()
+                    .map(|it| it.by_ref().take(p.items.len()).collect());
+                let _ = p.tx.send(mine);
+            }
         }
     }
 
@@ -442,9 +589,9 @@ impl Inner {
         if self.is_up() {
             let body = msg.to_json_unsequenced();
             if self
-                .eval("deliver", &[b"", b"", id.as_bytes(), &body])
+                .deliver("", "", vec![(id.as_bytes().to_vec(), body)])
                 .await
-                .is_ok()
+                .is_some()
             {
                 return;
             }
@@ -646,23 +793,19 @@ impl Bus for RedisBus {
             return batch.iter().map(|(to, _)| unknown(to)).collect();
         };
         if me.is_up() {
-            let bodies: Vec<Vec<u8>> = batch
+            let items: Vec<(Vec<u8>, Vec<u8>)> = batch
                 .iter()
-                .map(|(_, data)| {
-                    ServerMessage::Signal {
+                .map(|(to, data)| {
+                    let body = ServerMessage::Signal {
                         from: from.into(),
                         data,
                         seq: 0,
                     }
-                    .to_json_unsequenced()
+                    .to_json_unsequenced();
+                    (to.as_bytes().to_vec(), body)
                 })
                 .collect();
-            let mut args: Vec<&[u8]> = vec![room.as_bytes(), from.as_bytes()];
-            for ((to, _), body) in batch.iter().zip(&bodies) {
-                args.push(to.as_bytes());
-                args.push(body);
-            }
-            if let Ok(Value::Array(seqs)) = me.eval("deliver", &args).await {
+            if let Some(seqs) = me.deliver(&room, from, items).await {
                 return batch
                     .iter()
                     .zip(seqs)
@@ -880,5 +1023,40 @@ impl Bus for RedisBus {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(p: &[u8]) -> Vec<(String, u64, u64, Vec<u8>)> {
+        let b = Bytes::copy_from_slice(p);
+        records(&b)
+            .map(|r| (r.id.to_string(), r.seq, r.t, r.json.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn channel_records_back_to_back_with_spaces_in_json() {
+        let got = parse(b"abc 7 1000 12 {\"a\": \"b c\"}xyz 0 0 8 takeoverq 8 5 2 {}");
+        assert_eq!(
+            got,
+            vec![
+                ("abc".into(), 7, 1000, b"{\"a\": \"b c\"}".to_vec()),
+                ("xyz".into(), 0, 0, b"takeover".to_vec()),
+                ("q".into(), 8, 5, b"{}".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_record_ends_the_message() {
+        // Length past the end, a non-number, a missing field: nothing from there on.
+        assert_eq!(parse(b"a 1 2 99 {}").len(), 0);
+        assert_eq!(parse(b"a 1 2 2 {}b x 2 2 {}c 3 4 2 {}").len(), 1);
+        assert_eq!(parse(b"a 1 2").len(), 0);
+        assert_eq!(parse(b"").len(), 0);
+        assert_eq!(parse(b"a 1 2 18446744073709551615 {}").len(), 0);
     }
 }
