@@ -57,8 +57,9 @@ const { values: opt } = parseArgs({
     verbose: { type: 'boolean', default: false },
   },
 });
-const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share', 'peer'];
-const wanted = opt.scenario === 'all' ? SCENARIOS.filter((s) => s !== 'peer' || opt.peer) : opt.scenario.split(',');
+const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share', 'peer', 'unavailable'];
+// `unavailable` needs a harness that stops and restarts Redis (tests/e2e/cluster.rs): never in `all`.
+const wanted = opt.scenario === 'all' ? SCENARIOS.filter((s) => (s !== 'peer' || opt.peer) && s !== 'unavailable') : opt.scenario.split(',');
 const timeoutMs = Number(opt['timeout-ms']);
 if (!opt.base || !(timeoutMs > 0) || wanted.some((s) => !SCENARIOS.includes(s))) {
   console.log(JSON.stringify({ ok: false, error: `usage: node web-client.mjs --base http://HOST:PORT [--scenario ${SCENARIOS.join('|')}|all] [--screenshots DIR] [--timeout-ms N]` }));
@@ -648,6 +649,33 @@ async function withPeer(sc) {
   }
 }
 
+/**
+ * `unavailable`: the harness has stopped Redis, so --base (a cluster node) answers `join` with
+ * `unavailable`. The page must not give up: it shows that it is reconnecting and retries on new
+ * sockets by itself. Once it has been refused at least twice this prints `redis-may-return` on
+ * stderr; the harness brings Redis back, the page gets in without help, and a page on --base2
+ * (the other node) calls it.
+ */
+async function unavailableRetry(sc) {
+  const a = await sc.open(await sc.launch(), 'alice');
+  const refused = await sc.until(a, 'refused with unavailable, twice, and still trying', () => {
+    const ib = window.icebreaker;
+    return ib && ib.counters.drops >= 2 && ib.counters.joins === 0 && ['reconnecting', 'connecting', 'joining'].includes(ib.state) &&
+      { drops: ib.counters.drops, state: ib.state };
+  }, null);
+  sc.result.refused = refused;
+  log('redis-may-return');
+  sc.result.joined_after_ms = await (async () => {
+    const t0 = Date.now();
+    await sc.until(a, 'joined once Redis is back', () => window.icebreaker.state === 'joined' && window.icebreaker.counters.joins === 1, null);
+    return Date.now() - t0;
+  })();
+  const b = await sc.open(await sc.launch(), 'bob', { base: BASE2 });
+  await connected(sc, a, 1);
+  await connected(sc, b, 1);
+  sc.result.chat_ms = await chat(sc, b, [a], 'bob on the other node');
+}
+
 // ---- Main
 
 const runs = {
@@ -668,6 +696,7 @@ const runs = {
   share,
   expire,
   peer: (sc) => { if (!opt.peer) throw new Error('the peer scenario needs --peer PATH'); return withPeer(sc); },
+  unavailable: unavailableRetry,
 };
 
 let allOk = true;

@@ -475,6 +475,57 @@ fn browsers_on_two_nodes_call_each_other() {
     }
 }
 
+/// The web client refused with `unavailable` (its node lost Redis) keeps trying by itself
+/// and gets in once Redis is back, then calls a page on the other node.
+#[test]
+fn browser_refused_while_redis_is_away_retries_and_gets_in() {
+    require("chromium", "chromium");
+    require("node", "nodejs");
+    let dir = repo_dir().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (.ci/run does)"
+    );
+    let port = free_tcp_port();
+    let mut redis = Redis::start(port);
+    let n1 = node(&redis, "u1", &[]);
+    let n2 = node(&redis, "u2", &[]);
+    redis.kill();
+    wait_for("n1 degraded", Duration::from_secs(5), || {
+        http_get(n1.http, "/healthz").0 == 503
+    });
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["web-client.mjs", "--scenario", "unavailable"])
+        .args(["--base", &format!("http://{}", n1.http)])
+        .args(["--base2", &format!("http://{}", n2.http)]);
+    let mut p = Proc::start("web-client", cmd);
+    p.wait_line("redis-may-return", Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the page was not refused twice:\n{}", p.output()));
+    let refused = metric(
+        &metrics_of(&n1),
+        "icebreaker_errors_total",
+        &["code=\"unavailable\""],
+    );
+    assert!(refused >= 2.0, "n1 answered unavailable {refused} times");
+    let mut redis = Redis::start(port);
+    let status = p
+        .wait(Duration::from_secs(180))
+        .expect("web-client.mjs finished");
+    assert!(status.success(), "{}", p.output());
+    assert!(p.output().contains("\"ok\":true"), "{}", p.output());
+    assert_eq!(
+        metric(
+            &metrics_of(&n1),
+            "icebreaker_messages_out_total",
+            &["type=\"joined\""]
+        ),
+        1.0,
+        "the page joined n1 once, after being refused"
+    );
+    redis.kill();
+}
+
 /// A node killed with SIGKILL: its peer that reconnects (through HAProxy, to the
 /// survivor) resumes with exactly what it missed, none twice; the one that never comes
 /// back is announced `peer-left` (timeout) once, after liveness expiry plus the grace.

@@ -87,6 +87,25 @@ struct Pending {
 const COMMIT_ITEMS: usize = 256;
 const COMMIT_BYTES: usize = 1 << 20;
 
+/// What a peer is sent about its own requests (numbered like everything it receives).
+enum ToSelf<'a> {
+    Pong,
+    Error(&'a ProtocolError),
+}
+
+impl ToSelf<'_> {
+    fn message(&self, seq: u64) -> ServerMessage<'_> {
+        match self {
+            ToSelf::Pong => ServerMessage::Pong { seq },
+            ToSelf::Error(e) => ServerMessage::Error {
+                code: e.code,
+                message: e.message.as_str().into(),
+                seq,
+            },
+        }
+    }
+}
+
 /// One record of a channel message (see `cluster.lua`).
 struct Record<'a> {
     id: &'a str,
@@ -585,9 +604,9 @@ impl Inner {
     }
 
     /// A message for the peer itself (pong, error), numbered by Redis when it answers.
-    async fn to_self(&self, id: &str, msg: ServerMessage<'_>) {
+    async fn to_self(&self, id: &str, msg: ToSelf<'_>) {
         if self.is_up() {
-            let body = msg.to_json_unsequenced();
+            let body = msg.message(0).to_json_unsequenced();
             if self
                 .deliver("", "", vec![(id.as_bytes().to_vec(), body)])
                 .await
@@ -597,17 +616,7 @@ impl Inner {
             }
         }
         let now = Instant::now();
-        self.with_local(|l| {
-            l.deliver_local(now, id, |seq| match &msg {
-                ServerMessage::Pong { .. } => ServerMessage::Pong { seq },
-                ServerMessage::Error { code, message, .. } => ServerMessage::Error {
-                    code: *code,
-                    message: message.clone(),
-                    seq,
-                },
-                _ => ServerMessage::Pong { seq },
-            })
-        });
+        self.with_local(|l| l.deliver_local(now, id, |seq| msg.message(seq)));
     }
 
     /// Dead nodes' peers whose grace has passed are removed (see `reap` in the script).
@@ -840,20 +849,11 @@ impl Bus for RedisBus {
     }
 
     async fn pong(&self, id: &str) {
-        self.inner.to_self(id, ServerMessage::Pong { seq: 0 }).await;
+        self.inner.to_self(id, ToSelf::Pong).await;
     }
 
     async fn error(&self, id: &str, err: &ProtocolError) {
-        self.inner
-            .to_self(
-                id,
-                ServerMessage::Error {
-                    code: err.code,
-                    message: err.message.as_str().into(),
-                    seq: 0,
-                },
-            )
-            .await;
+        self.inner.to_self(id, ToSelf::Error(err)).await;
     }
 
     async fn leave(&self, id: &str, reason: LeaveReason) {
@@ -1058,5 +1058,35 @@ mod tests {
         assert_eq!(parse(b"a 1 2").len(), 0);
         assert_eq!(parse(b"").len(), 0);
         assert_eq!(parse(b"a 1 2 18446744073709551615 {}").len(), 0);
+    }
+
+    #[test]
+    fn arbitrary_channel_bytes_never_panic_and_stay_in_bounds() {
+        // Pieces of real records shuffled with noise; every record parsed must lie inside
+        // the payload and carry exactly LEN bytes.
+        let pieces: [&[u8]; 8] = [
+            b"p",
+            b" ",
+            b"12",
+            b"0",
+            b"8 ",
+            b"{}",
+            b"\xff",
+            b"99999999999999999999",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut p = Vec::new();
+            for _ in 0..(x % 24) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                p.extend_from_slice(pieces[(x % 8) as usize]);
+            }
+            let b = Bytes::from(p);
+            for r in records(&b) {
+                assert!(r.json.len() <= b.len());
+            }
+        }
     }
 }
