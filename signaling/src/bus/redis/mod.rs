@@ -169,7 +169,11 @@ impl RedisBus {
         cfg: HubConfig,
         metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        // TCP_NODELAY: redis-rs leaves Nagle on, which holds a small command (a liveness
+        // refresh, a fetch) behind an unacknowledged one on the multiplexed connection.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp))?;
         let mcfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))
