@@ -55,7 +55,11 @@ fn main() -> ExitCode {
     if let Err(code) = service::init_logging(NAME, &cli.log) {
         return code;
     }
-    match serve(config) {
+    let source = Source {
+        args: cli.relay.clone(),
+        file: cli.config.clone(),
+    };
+    match serve(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{NAME}: {e:#}");
@@ -114,18 +118,65 @@ fn print_config(layered: RelayArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
+/// Where the configuration came from, read again on SIGHUP.
+struct Source {
+    args: RelayArgs,
+    file: Option<PathBuf>,
+}
+
+/// SIGHUP: resolves the configuration again; the TURN core takes what it can change
+/// (`Shared::reload`), the rest is reported as needing a restart. A bad file changes
+/// nothing and says why in one line.
+fn reload(
+    handle: &icebreaker_relay::RelayHandle,
+    started: &icebreaker_relay::RelayConfig,
+    src: &Source,
+    metrics: &RelayMetrics,
+) {
+    let new = service::config::load(src.args.clone(), src.file.as_deref(), RelayArgs::layer_over)
+        .and_then(RelayArgs::resolve);
+    let new = match new {
+        Ok(c) => c,
+        Err(e) => {
+            metrics.config_reload_errors.inc();
+            tracing::warn!(error = %e, "SIGHUP: the new configuration is not valid; still running the previous one");
+            return;
+        }
+    };
+    let mut need_restart = handle.shared.reload(new.turn.clone());
+    macro_rules! fixed {
+        ($($f:ident => $k:literal),*) => {$(
+            if format!("{:?}", started.$f) != format!("{:?}", new.$f) {
+                need_restart.push($k);
+            }
+        )*};
+    }
+    fixed!(listen => "listen", max_tcp_connections => "max-tcp-connections",
+           max_tcp_frame => "max-tcp-frame", tcp_buffer_limit => "tcp-buffer-limit",
+           threads => "threads", metrics_listen => "metrics-listen");
+    metrics.config_reloads.inc();
+    info!(
+        "SIGHUP: configuration reloaded (credentials, peer policy, quotas, lifetimes, bandwidth)"
+    );
+    if !need_restart.is_empty() {
+        tracing::warn!(keys = ?need_restart, "SIGHUP: these keys changed but take effect only after a restart; kept as they were");
+    }
+}
+
+fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Result<()> {
+    let started = config.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // Install the SIGTERM handler before announcing readiness.
-    let stop = rt.block_on(async { service::Stop::install() })?;
+    let mut stop = rt.block_on(async { service::Stop::install() })?;
     let metrics = RelayMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let metrics_listen = config.metrics_listen;
     let listen = config.listen.clone();
-    let handle = icebreaker_relay::run(config, metrics).context("cannot bind the relay's ports")?;
+    let handle =
+        icebreaker_relay::run(config, metrics.clone()).context("cannot bind the relay's ports")?;
     info!(addrs = ?handle.local_addrs, shards = handle.shards, "relay listening (UDP+TCP)");
     rt.block_on(async {
         if let Some(addr) = metrics_listen {
@@ -140,7 +191,9 @@ fn serve(config: icebreaker_relay::RelayConfig) -> anyhow::Result<()> {
             info!(%addr, "metrics on /metrics, health on /healthz");
             tokio::spawn(async move { axum::serve(l, app).await });
         }
-        stop.wait().await;
+        while stop.next().await == service::Signal::Reload {
+            reload(&handle, &started, &source, &metrics);
+        }
         anyhow::Ok(())
     })?;
     info!(?listen, "shutting down");

@@ -62,6 +62,10 @@ pub struct RelayMetrics {
     pub peer_refusals: Family<ReasonLabel, Counter>,
     /// Open client TCP connections, all shards together.
     pub tcp_connections: Gauge,
+    /// SIGHUP reloads that took a new configuration (the standalone binary).
+    pub config_reloads: Counter,
+    /// SIGHUP reloads refused because the new configuration was not valid.
+    pub config_reload_errors: Counter,
 }
 
 impl RelayMetrics {
@@ -69,6 +73,16 @@ impl RelayMetrics {
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("icebreaker_relay");
         r.register("allocations", "Live allocations", self.allocations.clone());
+        r.register(
+            "config_reloads",
+            "SIGHUP reloads that took a new configuration",
+            self.config_reloads.clone(),
+        );
+        r.register(
+            "config_reload_errors",
+            "SIGHUP reloads refused because the new configuration was not valid",
+            self.config_reload_errors.clone(),
+        );
         r.register(
             "allocations_created",
             "Allocations created",

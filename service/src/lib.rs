@@ -56,19 +56,34 @@ impl Stop {
         Ok(Stop { term, hup })
     }
 
-    /// Waits until a stop is asked for.
-    pub async fn wait(mut self) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = self.hup.recv() => tracing::warn!(
-                    "SIGHUP: configuration reload is not implemented yet, nothing changed; \
-                     restart the service to apply a new configuration"
-                ),
-            }
+    /// The next request: stop (SIGTERM, Ctrl-C) or reload (SIGHUP).
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
+
+    /// Waits until a stop is asked for, for a server that cannot reload: a SIGHUP is
+    /// logged as changing nothing.
+    pub async fn wait(mut self) {
+        while let Signal::Reload = self.next().await {
+            tracing::warn!(
+                "SIGHUP: this server cannot reload its configuration yet, nothing changed; \
+                 restart it to apply a new configuration"
+            );
+        }
+    }
+}
+
+/// What [`Stop::next`] was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or Ctrl-C.
+    Stop,
+    /// SIGHUP (`systemctl reload`).
+    Reload,
 }
 
 /// A non-blocking socket for `addr` that joins an SO_REUSEPORT group (IPv6 sockets are

@@ -414,7 +414,89 @@ fn mask_url_password(url: &str) -> String {
     }
 }
 
+/// What a SIGHUP did: the configuration to run with now, the keys it changed, and the
+/// keys that changed in the file but only take effect after a restart (kept as they were).
+#[derive(Debug)]
+pub struct Reload {
+    /// The new running configuration.
+    pub config: SignalingConfig,
+    /// Keys whose new value is in force.
+    pub changed: Vec<&'static str>,
+    /// Keys whose new value waits for a restart.
+    pub need_restart: Vec<&'static str>,
+}
+
 impl SignalingConfig {
+    /// Folds `new` (the configuration resolved again from the same flags, environment and
+    /// file) into this running one. What a connection reads when it uses it (tokens,
+    /// origins, proxies, limits for new connections, ICE servers for new joins, the web
+    /// directory) changes; what sockets, threads, the bundled relay, Redis or the rooms
+    /// were built with is kept and reported as needing a restart. Values generated at start
+    /// (the TURN secret, the node id) stay when the file still leaves them unset.
+    ///
+    /// `started` is the configuration as resolved at start, before the driver filled in
+    /// what it bound (port 0 becomes a port): restart-only keys are compared with it.
+    pub fn reload(
+        &self,
+        started: &SignalingConfig,
+        mut new: SignalingConfig,
+        given: &SignalingArgs,
+    ) -> Reload {
+        if given.turn_secret.is_none() {
+            new.turn_secret = self.turn_secret.clone();
+            if let (Some(n), Some(s)) = (new.relay.as_mut(), started.relay.as_ref()) {
+                n.turn.auth_secrets = s.turn.auth_secrets.clone();
+            }
+        }
+        if given.node_id.is_none() {
+            new.node_id = self.node_id.clone();
+        }
+        let mut changed = Vec::new();
+        let mut need_restart = Vec::new();
+        macro_rules! live {
+            ($($f:ident => $k:literal),*) => {$(
+                if format!("{:?}", self.$f) != format!("{:?}", new.$f) {
+                    changed.push($k);
+                }
+            )*};
+        }
+        macro_rules! fixed {
+            ($($f:ident => $k:literal),*) => {$(
+                if format!("{:?}", started.$f) != format!("{:?}", new.$f) {
+                    need_restart.push($k);
+                    new.$f = self.$f.clone();
+                }
+            )*};
+        }
+        live!(turn_urls => "turn-url", jwt_secret => "jwt-secret",
+              allowed_origins => "allowed-origin", ice_ttl => "ice-ttl",
+              heartbeat_interval => "heartbeat-interval", rate_limit => "rate-limit",
+              rate_burst => "rate-burst", max_connections_per_ip => "max-connections-per-ip",
+              web_dir => "web-dir", trusted_proxies => "trusted-proxy");
+        fixed!(listen => "listen", room_capacity => "room-capacity",
+               resume_grace => "resume-grace", join_rate => "join-rate",
+               join_burst => "join-burst", threads => "threads", redis => "redis",
+               node_id => "node-id");
+        // The bundled relay was started with its settings and with the TURN secret.
+        if format!("{:?}", started.relay) != format!("{:?}", new.relay) {
+            need_restart.push("relay-*");
+            new.relay = self.relay.clone();
+        }
+        if self.turn_secret != new.turn_secret {
+            if self.relay.is_some() {
+                need_restart.push("turn-secret");
+                new.turn_secret = self.turn_secret.clone();
+            } else {
+                changed.push("turn-secret");
+            }
+        }
+        Reload {
+            config: new,
+            changed,
+            need_restart,
+        }
+    }
+
     /// What the room hubs enforce (shard 0; the bus numbers the others).
     pub fn hub(&self) -> crate::room::HubConfig {
         crate::room::HubConfig {

@@ -33,8 +33,8 @@ use crate::ws::Refusal;
 
 /// What every request handler and connection shares.
 pub struct AppState {
-    /// The server's configuration.
-    pub cfg: SignalingConfig,
+    /// The server's configuration; SIGHUP swaps in a new one (see [`AppState::cfg`]).
+    pub cfg: arc_swap::ArcSwap<SignalingConfig>,
     /// The room state connections talk to.
     pub bus: Arc<dyn Bus>,
     /// The signaling service's metrics.
@@ -47,6 +47,14 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection's task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// The configuration now. A connection reads it where it uses it (joins, new
+    /// connections), so a reload reaches everything after it without touching sockets.
+    pub fn cfg(&self) -> Arc<SignalingConfig> {
+        self.cfg.load_full()
+    }
 }
 
 /// Output a connection may have waiting (unwritten) before it is cut off as too slow.
@@ -198,15 +206,15 @@ async fn ws_handler(
             return r;
         }
     };
-    if !origin_allowed(headers, &st.cfg.allowed_origins) {
+    if !origin_allowed(headers, &st.cfg().allowed_origins) {
         return refuse(
             "origin",
             StatusCode::FORBIDDEN,
             "origin not allowed\n".into(),
         );
     }
-    let client = client_ip(addr.ip(), headers, &st.cfg.trusted_proxies);
-    let Some(slot) = st.per_ip.acquire(client, st.cfg.max_connections_per_ip) else {
+    let client = client_ip(addr.ip(), headers, &st.cfg().trusted_proxies);
+    let Some(slot) = st.per_ip.acquire(client, st.cfg().max_connections_per_ip) else {
         return refuse(
             "per-ip-limit",
             StatusCode::TOO_MANY_REQUESTS,
@@ -235,7 +243,7 @@ async fn ws_handler(
         let ip = slot.ip;
         let sock = WsSocket::new(
             parts.io.into_inner(),
-            state.cfg.outbox_limit,
+            state.cfg().outbox_limit,
             MAX_PENDING_BYTES,
             Some(slot),
         );
@@ -286,7 +294,7 @@ async fn static_file(State(st): State<Arc<AppState>>, uri: Uri) -> Response {
     } else {
         path.to_string()
     };
-    let body: Option<Vec<u8>> = match &st.cfg.web_dir {
+    let body: Option<Vec<u8>> = match &st.cfg().web_dir {
         Some(dir) => {
             let rel = Path::new(&path);
             if rel.components().all(|c| matches!(c, Component::Normal(_))) {

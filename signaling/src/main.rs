@@ -12,7 +12,7 @@ use icebreaker_service as service;
 use icebreaker_signaling::bus::memory::MemoryBus;
 use icebreaker_signaling::bus::redis::RedisBus;
 use icebreaker_signaling::bus::Bus;
-use icebreaker_signaling::config::SignalingArgs;
+use icebreaker_signaling::config::{SignalingArgs, SignalingConfig};
 use icebreaker_signaling::http::AppState;
 use icebreaker_signaling::limits::PerIp;
 use icebreaker_signaling::metrics::Metrics;
@@ -77,7 +77,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg)) {
+    let source = Source {
+        args: cli.args.clone(),
+        file: cli.config.clone(),
+    };
+    match rt.block_on(serve(cfg, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{NAME}: {e:#}");
@@ -112,10 +116,43 @@ fn print_config(
     )
 }
 
-async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow::Result<()> {
+/// Where the configuration came from, read again on SIGHUP: the flags and environment as
+/// parsed at start, and the file.
+struct Source {
+    args: SignalingArgs,
+    file: Option<std::path::PathBuf>,
+}
+
+/// SIGHUP: resolves the configuration again and swaps it in (see
+/// `SignalingConfig::reload`); a bad file changes nothing and says why in one line.
+fn reload(state: &AppState, started: &SignalingConfig, src: &Source) {
+    let layered = service::config::load(
+        src.args.clone(),
+        src.file.as_deref(),
+        SignalingArgs::layer_over,
+    );
+    let new = match layered.and_then(|l| l.clone().resolve().map(|c| (l, c))) {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics.config_reload_errors.inc();
+            tracing::warn!(error = %e, "SIGHUP: the new configuration is not valid; still running the previous one");
+            return;
+        }
+    };
+    let r = state.cfg().reload(started, new.1, &new.0);
+    state.cfg.store(Arc::new(r.config));
+    state.metrics.config_reloads.inc();
+    info!(changed = ?r.changed, "SIGHUP: configuration reloaded");
+    if !r.need_restart.is_empty() {
+        tracing::warn!(keys = ?r.need_restart, "SIGHUP: these keys changed but take effect only after a restart; kept as they were");
+    }
+}
+
+async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
+    let started = cfg.clone();
     // Install the SIGTERM handler before announcing readiness, so an early SIGTERM is
     // a graceful stop rather than the default kill.
-    let stop = service::Stop::install().context("SIGTERM handler")?;
+    let mut stop = service::Stop::install().context("SIGTERM handler")?;
     let mut registry = Registry::default();
     let metrics = Metrics::default();
     metrics.register(&mut registry);
@@ -154,7 +191,7 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         .unwrap_or_default();
     let per_ip = PerIp::new(cfg.join_rate, cfg.join_burst);
     let state = Arc::new(AppState {
-        cfg,
+        cfg: arc_swap::ArcSwap::from_pointee(cfg),
         bus: bus.clone(),
         metrics,
         registry,
@@ -203,7 +240,9 @@ async fn serve(mut cfg: icebreaker_signaling::config::SignalingConfig) -> anyhow
         shards.push(t);
     }
     let server = tokio::spawn(icebreaker_signaling::http::serve(first, state.clone()));
-    stop.wait().await;
+    while stop.next().await == service::Signal::Reload {
+        reload(&state, &started, &source);
+    }
     info!("shutting down");
     // Stop accepting; HTTP connections finish their request, WebSockets close with 1001.
     state.shutdown.cancel();

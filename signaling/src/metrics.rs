@@ -70,6 +70,10 @@ pub struct Metrics {
     pub cross_node_latency: Histogram,
     /// Signals per `deliver` run in Redis (the group commit's batch size).
     pub redis_batch_signals: Histogram,
+    /// SIGHUP reloads that took a new configuration.
+    pub config_reloads: Counter,
+    /// SIGHUP reloads refused (the new configuration was not valid; nothing changed).
+    pub config_reload_errors: Counter,
     /// `messages_in`/`messages_out` for signals, resolved once: they are counted per
     /// forwarded message.
     signals_in: Counter,
@@ -108,6 +112,8 @@ impl Default for Metrics {
             redis_batch_signals: Histogram::new([
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0,
             ]),
+            config_reloads: Counter::default(),
+            config_reload_errors: Counter::default(),
         }
     }
 }
@@ -135,6 +141,16 @@ impl Metrics {
             "cross_node_latency_seconds",
             "Seconds from the sending node handing a message to Redis to the recipient's node queueing it",
             self.cross_node_latency.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "SIGHUP reloads that took a new configuration",
+            self.config_reloads.clone(),
+        );
+        r.register(
+            "config_reload_errors",
+            "SIGHUP reloads refused because the new configuration was not valid",
+            self.config_reload_errors.clone(),
         );
         r.register(
             "redis_batch_signals",

@@ -96,6 +96,21 @@ impl Authenticator {
         }
     }
 
+    /// New credentials (a reload) that keep this one's nonce secret, so the nonces clients
+    /// hold stay valid and a reload costs them no extra round trip.
+    pub fn reloaded(
+        &self,
+        realm: &str,
+        users: &[(String, String)],
+        rest_secrets: &[String],
+        nonce_lifetime_secs: u64,
+    ) -> Self {
+        Authenticator {
+            nonce_secret: self.nonce_secret,
+            ..Self::new(realm, users, rest_secrets, nonce_lifetime_secs)
+        }
+    }
+
     /// The REALM sent in challenges and expected in authenticated requests.
     pub fn realm(&self) -> &str {
         &self.realm

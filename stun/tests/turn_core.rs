@@ -56,6 +56,7 @@ impl RelaySockets for FakeSockets {
 const UNIX0: u64 = 1_700_000_000;
 
 struct World {
+    shared: Arc<Shared>,
     server: Server,
     sockets: FakeSockets,
     t0: Instant,
@@ -69,6 +70,7 @@ fn world(extra: impl FnOnce(&mut Config)) -> World {
     let shared = Shared::with_clock(cfg, &[LISTEN.parse().unwrap()], t0, UNIX0);
     World {
         server: Server::new(Arc::clone(&shared), ()),
+        shared,
         sockets: FakeSockets::default(),
         t0,
         now: t0,
@@ -919,6 +921,7 @@ fn shards_share_one_port_pool() {
     let shared = Shared::with_clock(cfg, &[LISTEN.parse().unwrap()], t0, UNIX0);
     let mut w = World {
         server: Server::new(Arc::clone(&shared), ()),
+        shared: Arc::clone(&shared),
         sockets: FakeSockets::default(),
         t0,
         now: t0,
@@ -956,4 +959,38 @@ fn a_released_port_cools_down_before_reuse() {
     let r = w.allocate(&mut b, None);
     assert!(r.ok(), "{r:?}");
     assert_eq!(w.relayed(&r).port(), 50000);
+}
+
+#[test]
+fn reload_takes_new_credentials_policy_and_quotas_and_keeps_nonces_and_ports() {
+    let mut w = world(|_| {});
+    let mut a = client(44000, "alice", "pw");
+    assert!(w.allocate(&mut a, None).ok());
+    assert!(w.permit(&mut a, &[peer(9)]).ok(), "loopback allowed before");
+    let mut cfg = config();
+    cfg.users = vec![("alice".into(), "new".into()), ("bob".into(), "pw".into())];
+    cfg.allow_peer.clear();
+    cfg.user_quota = 1;
+    cfg.relay_ports = (51000, 51019);
+    assert_eq!(w.shared.reload(cfg), vec!["relay-ports"]);
+    // The old password no longer signs anything.
+    assert_eq!(w.permit(&mut a, &[peer(10)]).code, Some(401));
+    // A nonce handed out before the reload still works: one request, no 438 round.
+    let mut b = client(44001, "bob", "pw");
+    b.nonce = a.nonce.clone();
+    let r = w.allocate(&mut b, None);
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(b.seq, 1, "no nonce round after the reload");
+    // The port range stays what the sockets were bound from.
+    assert!((50000..=50019).contains(&w.relayed(&r).port()));
+    // The new policy refuses loopback; the new quota counts what is already held.
+    assert_eq!(w.permit(&mut b, &[peer(9)]).code, Some(403));
+    let mut b2 = client(44002, "bob", "pw");
+    assert_eq!(w.allocate(&mut b2, None).code, Some(486));
+    let mut a2 = client(44003, "alice", "new");
+    assert_eq!(
+        w.allocate(&mut a2, None).code,
+        Some(486),
+        "alice's first allocation still counts"
+    );
 }

@@ -576,3 +576,117 @@ fn sighup_does_not_kill_and_sigterm_stops_gracefully() {
     assert!(status.success(), "{status:?}");
     assert!(relay.proc.output().contains("shutting down"));
 }
+
+/// SIGHUP (`systemctl reload`) reads the config file again: a changed password and a
+/// narrower peer policy are in force for the next request without a restart, a change to
+/// the relayed port range is reported as needing one, and a broken file changes nothing.
+#[test]
+fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
+    use icebreaker_relay::codec::{attr, Method};
+    use icebreaker_tests::port_range;
+    use icebreaker_tests::turn_probe::TurnProbe;
+    let dir = std::env::temp_dir().join(format!("ib-relay-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("relay.toml");
+    let (lo, hi) = port_range(100);
+    let file = |pass: &str, allow: bool, ports: (u16, u16)| {
+        let allow = if allow {
+            "allow-peer = [\"127.0.0.0/8\"]\n"
+        } else {
+            ""
+        };
+        format!(
+            "realm = \"example.org\"\nuser = [\"alice:{pass}\"]\nrelay-ports = \"{}-{}\"\n{allow}",
+            ports.0, ports.1
+        )
+    };
+    std::fs::write(&f, file("one", true, (lo, hi))).unwrap();
+    let p = Proc::ours(
+        "icebreaker-relay",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+            f.to_str().unwrap(),
+        ],
+    );
+    let line = p
+        .wait_line("relay listening", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("relay did not start:\n{}", p.output()));
+    let addr: SocketAddr = line
+        .split("addrs=[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mline = p.wait_line("metrics on", Duration::from_secs(5)).unwrap();
+    let maddr: SocketAddr = mline
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let alice = |pass: &str| TurnProbe::udp(addr).with_credentials("alice", "example.org", pass);
+    let allocate_code = |pass: &str| {
+        alice(pass)
+            .request(Method::ALLOCATE, &|w| {
+                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            })
+            .code
+    };
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut before = alice("one");
+    before.allocate(None);
+    assert_eq!(
+        before.permit(peer),
+        None,
+        "loopback allowed by the first file"
+    );
+
+    std::fs::write(&f, file("two", false, (lo + 1, hi))).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_line("configuration reloaded", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no reload:\n{}", p.output()));
+    let restart = p
+        .wait_line("only after a restart", Duration::from_secs(5))
+        .expect("the port range change is reported");
+    assert!(restart.contains("relay-ports"), "{restart}");
+    assert_eq!(
+        allocate_code("one"),
+        Some(401),
+        "the old password is refused"
+    );
+    let mut after = alice("two");
+    after.allocate(None);
+    assert_eq!(
+        after.permit(peer),
+        Some(403),
+        "loopback refused again by default"
+    );
+
+    std::fs::write(&f, "max-lifetime = \"long\"\n").unwrap();
+    p.signal(libc::SIGHUP);
+    let bad = p
+        .wait_line("not valid", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no refusal:\n{}", p.output()));
+    assert!(bad.contains("max-lifetime"), "{bad}");
+    assert_eq!(allocate_code("two"), None, "still the reloaded credentials");
+    let m = http_get(maddr, "/metrics").1;
+    assert_eq!(
+        metric(&m, "icebreaker_relay_config_reloads_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "icebreaker_relay_config_reload_errors_total", &[]),
+        1.0
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

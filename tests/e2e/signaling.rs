@@ -672,3 +672,87 @@ fn print_config_lists_every_flag_masks_secrets_and_loads_back() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), printed);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// SIGHUP (`systemctl reload`) reads the config file again: a rotated JWT secret is in
+/// force for the next join while the connection that joined before stays in its room; a
+/// broken file changes nothing and says why; a restart-only key is reported and kept.
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        room: &'a str,
+        sub: &'a str,
+        exp: u64,
+    }
+    let now = icebreaker_relay::server::unix_now();
+    let tok = |secret: &str| {
+        encode(
+            &Header::default(),
+            &Claims {
+                room: "rot",
+                sub: "alice",
+                exp: now + 600,
+            },
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let (old, new) = ("the-first-jwt-secret-0123", "the-second-jwt-secret-456");
+    let dir = std::env::temp_dir().join(format!("ib-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("icebreaker.toml");
+    std::fs::write(&f, format!("jwt-secret = \"{old}\"\nroom-capacity = 8\n")).unwrap();
+    let ib = start_icebreaker(&["--config", f.to_str().unwrap()]);
+    let joins_with = |secret: &'static str| {
+        let ib = &ib;
+        async move {
+            let mut c = Client::connect(ib).await;
+            c.send(json!({"type":"join","room":"rot","token": tok(secret)}))
+                .await;
+            let v = c.recv().await;
+            (v["type"] == "joined", c, v)
+        }
+    };
+    rt().block_on(async {
+        let (ok, mut first, _) = joins_with(old).await;
+        assert!(ok, "the first secret works before the reload");
+
+        std::fs::write(&f, format!("jwt-secret = \"{new}\"\nroom-capacity = 9\n")).unwrap();
+        ib.proc.signal(libc::SIGHUP);
+        ib.proc
+            .wait_line("configuration reloaded", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no reload:\n{}", ib.proc.output()));
+        let line = ib
+            .proc
+            .wait_line("take effect only after a restart", Duration::from_secs(5))
+            .expect("room-capacity reported as restart-only");
+        assert!(line.contains("room-capacity"), "{line}");
+        assert!(
+            !joins_with(old).await.0,
+            "the old secret is refused after the reload"
+        );
+        let (ok, _second, joined) = joins_with(new).await;
+        assert!(ok, "the new secret works");
+        // The peer that joined before the reload is still in the room and hears of it.
+        let pj = first.expect_type("peer-joined").await;
+        assert_eq!(pj["id"], joined["id"]);
+
+        // A broken file: one clear line, the running configuration stays.
+        std::fs::write(&f, "jwt-secret = \"short\"\n").unwrap();
+        ib.proc.signal(libc::SIGHUP);
+        let line = ib
+            .proc
+            .wait_line("not valid", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no refusal:\n{}", ib.proc.output()));
+        assert!(line.contains("jwt-secret"), "{line}");
+        assert!(joins_with(new).await.0, "still the second secret");
+    });
+    let m = http_get(ib.http, "/metrics").1;
+    assert_eq!(metric(&m, "icebreaker_config_reloads_total", &[]), 1.0);
+    assert_eq!(
+        metric(&m, "icebreaker_config_reload_errors_total", &[]),
+        1.0
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

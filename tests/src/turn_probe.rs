@@ -65,6 +65,14 @@ impl TurnProbe {
         }
     }
 
+    /// Signs as `user` with `password` in `realm` instead of the harness's user.
+    pub fn with_credentials(mut self, user: &str, realm: &str, password: &str) -> TurnProbe {
+        self.user = user.into();
+        self.realm = realm.into();
+        self.key = long_term_key(user, realm, password);
+        self
+    }
+
     pub fn send(&mut self, b: &[u8]) {
         match &mut self.conn {
             Conn::Udp(s) => {

@@ -162,7 +162,7 @@ impl<S: Stream> Conn<S> {
         // Anything else comes after the signals before it; from here on `report`.
         self.forward(batch).await;
         let st = self.state.clone();
-        let cfg = &st.cfg;
+        let cfg = st.cfg();
         let bad = |m: &str| ProtocolError::new(ErrorCode::BadMessage, m);
         match msg {
             ClientMessage::Join { room, token, meta } => {
@@ -205,7 +205,7 @@ impl<S: Stream> Conn<S> {
                         Err(e) => return self.report(e).await,
                     }
                 }
-                let ice = ice_servers_json(cfg, &label, icebreaker_relay::server::unix_now());
+                let ice = ice_servers_json(&cfg, &label, icebreaker_relay::server::unix_now());
                 match st
                     .bus
                     .join(&room, meta.map(|m| m.to_owned()), &ice, self.outbox())
@@ -308,7 +308,7 @@ impl<S: Stream> Conn<S> {
     }
 
     async fn too_large(&mut self, batch: &mut Batch<'_>) -> End {
-        let max = self.state.cfg.max_message_bytes;
+        let max = self.state.cfg().max_message_bytes;
         let e = ProtocolError::new(
             ErrorCode::TooLarge,
             format!("messages are limited to {max} bytes"),
@@ -443,7 +443,7 @@ pub async fn run<S: Stream>(
 ) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
-    let cfg = &state.cfg;
+    let cfg = state.cfg();
     let interval = cfg.heartbeat_interval;
     // The first ping comes soon after joining: its pong acknowledges `joined` and the
     // first messages, so an idle peer's replay buffer is emptied early, not after a full

@@ -31,7 +31,7 @@ fn state(tweak: impl FnOnce(&mut crate::config::SignalingConfig)) -> Arc<AppStat
     Arc::new(AppState {
         bus: Arc::new(MemoryBus::new(cfg.hub(), 4, metrics.clone())),
         per_ip: PerIp::new(cfg.join_rate, cfg.join_burst),
-        cfg,
+        cfg: arc_swap::ArcSwap::from_pointee(cfg),
         metrics,
         registry: Default::default(),
         shutdown: CancellationToken::new(),
@@ -60,9 +60,9 @@ fn connect(st: &Arc<AppState>) -> Client {
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let hold = st
         .per_ip
-        .acquire(IP, st.cfg.max_connections_per_ip)
+        .acquire(IP, st.cfg().max_connections_per_ip)
         .map(|h| h as crate::room::Hold);
-    let sock = Arc::new(WsSocket::new(theirs, st.cfg.outbox_limit, 4 << 20, hold));
+    let sock = Arc::new(WsSocket::new(theirs, st.cfg().outbox_limit, 4 << 20, hold));
     tokio::spawn(super::run(sock, bytes::Bytes::new(), st.clone(), IP));
     Client {
         io: ours,
@@ -230,7 +230,7 @@ async fn bad_input_is_answered_and_framing_errors_close_with_their_code() {
     );
 
     let mut big = connect(&st);
-    let max = st.cfg.max_message_bytes;
+    let max = st.cfg().max_message_bytes;
     big.write(&frame(true, 1, &vec![b' '; max + 1])).await;
     assert_eq!(big.json().await["code"], "too-large");
     assert!(matches!(big.frame().await, Some(Frame::Close(1009, _))));

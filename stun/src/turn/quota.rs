@@ -2,6 +2,7 @@
 //! 508) and a per-user cap (`--user-quota`, exceeded → 486). Touched only when an
 //! allocation is created or deleted, never per packet, so a mutex is fine here.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
@@ -26,8 +27,8 @@ struct Counts {
 /// Allocation counts checked against the server-wide and per-user caps, shared by every shard.
 #[derive(Debug)]
 pub struct Quota {
-    max_total: u32,
-    per_user: u32,
+    max_total: AtomicU32,
+    per_user: AtomicU32,
     counts: Mutex<Counts>,
 }
 
@@ -35,20 +36,30 @@ impl Quota {
     /// `0` means unlimited for either cap.
     pub fn new(max_total: u32, per_user: u32) -> Self {
         Quota {
-            max_total,
-            per_user,
+            max_total: AtomicU32::new(max_total),
+            per_user: AtomicU32::new(per_user),
             counts: Mutex::default(),
         }
+    }
+
+    /// New caps (a reload): what is held stays counted; only new allocations see them.
+    pub fn set_limits(&self, max_total: u32, per_user: u32) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.per_user.store(per_user, Ordering::Relaxed);
     }
 
     /// Counts one more allocation for `user`, or says which cap it would exceed.
     pub fn acquire(&self, user: &str) -> Result<(), QuotaError> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if self.max_total > 0 && c.total >= self.max_total {
+        let (max_total, per_user) = (
+            self.max_total.load(Ordering::Relaxed),
+            self.per_user.load(Ordering::Relaxed),
+        );
+        if max_total > 0 && c.total >= max_total {
             return Err(QuotaError::ServerFull);
         }
         let used = c.per_user.get(user).copied().unwrap_or(0);
-        if self.per_user > 0 && used >= self.per_user {
+        if per_user > 0 && used >= per_user {
             return Err(QuotaError::UserQuota);
         }
         c.total += 1;

@@ -74,12 +74,9 @@ pub enum Transmit<'a> {
 
 /// State shared by all shards (read-mostly: config, credentials, policy; quotas).
 pub struct Shared {
-    /// The configuration every shard runs with.
-    pub config: Config,
-    /// Long-term credentials and nonces, built from `config`.
-    pub auth: Authenticator,
-    /// Which peer addresses may be permitted, from `allow_peer` and `deny_peer`.
-    pub policy: PeerPolicy,
+    /// What SIGHUP may replace: the configuration every shard runs with, the credentials
+    /// and the peer policy built from it (see [`Shared::reload`]).
+    live: arc_swap::ArcSwap<Live>,
     /// The relay's own addresses, never relayed to (see [`OwnAddresses`]).
     pub own: OwnAddresses,
     /// The allocation caps (`max_allocations`, `user_quota`), counted across all shards.
@@ -93,6 +90,16 @@ pub struct Shared {
     pub unix_at_epoch: u64,
     /// The monotonic instant at which the wall clock read `unix_at_epoch`.
     pub epoch: Instant,
+}
+
+/// The reloadable part of [`Shared`]: one snapshot, so a request sees one configuration.
+pub struct Live {
+    /// The configuration every shard runs with.
+    pub config: Config,
+    /// Long-term credentials and nonces, built from `config`.
+    pub auth: Authenticator,
+    /// Which peer addresses may be permitted, from `allow_peer` and `deny_peer`.
+    pub policy: PeerPolicy,
 }
 
 impl Shared {
@@ -131,15 +138,56 @@ impl Shared {
         let (lo, hi) = config.relay_ports;
         let ports = std::sync::Mutex::new(PortPool::new(lo, hi, 0, 1));
         Arc::new(Shared {
-            config,
-            auth,
-            policy,
+            live: arc_swap::ArcSwap::from_pointee(Live {
+                config,
+                auth,
+                policy,
+            }),
             ports,
             own,
             quota,
             unix_at_epoch,
             epoch,
         })
+    }
+
+    /// The configuration, credentials and policy now (one consistent snapshot).
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// Takes `new` for everything a running relay can change: credentials (users, REST
+    /// secrets, realm), the peer policy, quotas, lifetimes and the bandwidth cap. The
+    /// relayed addresses and port range stay (sockets are bound from them): those keys are
+    /// returned when `new` differs there. Nonces handed out stay valid; allocations,
+    /// permissions and channels that exist stay as they are (a stricter policy applies to
+    /// the next CreatePermission), and lowered quotas refuse only new allocations.
+    pub fn reload(&self, mut new: Config) -> Vec<&'static str> {
+        let old = self.live();
+        let mut need_restart = Vec::new();
+        if new.relay_v4 != old.config.relay_v4 || new.relay_v6 != old.config.relay_v6 {
+            need_restart.push("relay-ip");
+            new.relay_v4 = old.config.relay_v4;
+            new.relay_v6 = old.config.relay_v6;
+        }
+        if new.relay_ports != old.config.relay_ports {
+            need_restart.push("relay-ports");
+            new.relay_ports = old.config.relay_ports;
+        }
+        let auth = old.auth.reloaded(
+            &new.realm,
+            &new.users,
+            &new.auth_secrets,
+            new.nonce_lifetime.as_secs(),
+        );
+        let policy = PeerPolicy::new(&new.allow_peer, &new.deny_peer);
+        self.quota.set_limits(new.max_allocations, new.user_quota);
+        self.live.store(Arc::new(Live {
+            config: new,
+            auth,
+            policy,
+        }));
+        need_restart
     }
 
     fn ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
@@ -642,19 +690,23 @@ impl<O: Observer> Server<O> {
     fn respond_error(&mut self, now: Instant, ft: &FiveTuple, msg: &Message<'_>, r: &Reject) {
         let nonce = r.challenge.then(|| {
             self.shared
+                .live()
                 .auth
                 .nonce(self.shared.unix(now), ft.client.ip())
         });
         let mut w = MessageWriter::new(&mut self.buf, msg.method, Class::Error, msg.transaction_id);
         w.error_code(r.code, r.reason);
         if let Some(n) = &nonce {
-            w.attr(attr::REALM, self.shared.auth.realm().as_bytes())
+            w.attr(attr::REALM, self.shared.live().auth.realm().as_bytes())
                 .attr(attr::NONCE, n.as_bytes());
         }
         match &r.key {
             Some(k) => {
-                w.attr(attr::SOFTWARE, self.shared.config.software.as_bytes())
-                    .integrity(k, msg.uses_sha256());
+                w.attr(
+                    attr::SOFTWARE,
+                    self.shared.live().config.software.as_bytes(),
+                )
+                .integrity(k, msg.uses_sha256());
                 w.finish_with_fingerprint();
             }
             None => finish_unauthenticated(w, msg),
@@ -693,16 +745,22 @@ impl<O: Observer> Server<O> {
             ));
         };
         let unix = self.shared.unix(now);
-        if self.shared.auth.check_nonce(nonce, unix, ft.client.ip()) == NonceCheck::Stale {
+        if self
+            .shared
+            .live()
+            .auth
+            .check_nonce(nonce, unix, ft.client.ip())
+            == NonceCheck::Stale
+        {
             return Err(Reject::challenge(
                 438,
                 "stale nonce: retry with the new one",
             ));
         }
-        if realm != self.shared.auth.realm() {
+        if realm != self.shared.live().auth.realm() {
             return Err(Reject::challenge(401, "wrong realm"));
         }
-        let keys = match self.shared.auth.keys(username, unix) {
+        let keys = match self.shared.live().auth.keys(username, unix) {
             Ok(k) => k,
             Err(AuthError::Expired) => return Err(Reject::challenge(401, "credentials expired")),
             Err(AuthError::UnknownUser) => {
@@ -736,15 +794,19 @@ impl<O: Observer> Server<O> {
             msg.transaction_id,
         );
         f(&mut w);
-        w.attr(attr::SOFTWARE, self.shared.config.software.as_bytes())
-            .integrity(key, msg.uses_sha256());
+        w.attr(
+            attr::SOFTWARE,
+            self.shared.live().config.software.as_bytes(),
+        )
+        .integrity(key, msg.uses_sha256());
         w.finish_with_fingerprint();
     }
 
     /// The lifetime granted for the LIFETIME asked: 0 deletes (Refresh); otherwise never
     /// below the default or above the max (RFC 8656 §7.2).
     fn lifetime(&self, asked: Option<u32>) -> Duration {
-        let c = &self.shared.config;
+        let live = self.shared.live();
+        let c = &live.config;
         match asked {
             None => c.default_lifetime,
             Some(0) => Duration::ZERO,
@@ -779,10 +841,11 @@ impl<O: Observer> Server<O> {
         }
         let ask = AllocateRequest::read(req.attrs).map_err(|r| r.signed(key))?;
         let lifetime = match self.lifetime(req.attrs.lifetime) {
-            Duration::ZERO => self.shared.config.default_lifetime,
+            Duration::ZERO => self.shared.live().config.default_lifetime,
             l => l,
         };
-        let config = &self.shared.config;
+        let live = self.shared.live();
+        let config = &live.config;
         let (bind_ip, adv_ip) = if ask.v6 {
             config.relay_v6
         } else {
@@ -803,8 +866,8 @@ impl<O: Observer> Server<O> {
             return Err(Reject::new(508, "no relay port available").signed(key));
         };
         let advertised = SocketAddr::new(adv_ip, relay.port());
-        let bucket = (self.shared.config.max_bps > 0)
-            .then(|| TokenBucket::new(self.shared.config.max_bps, now));
+        let bucket = (self.shared.live().config.max_bps > 0)
+            .then(|| TokenBucket::new(self.shared.live().config.max_bps, now));
         info!(client = %ft.client, transport = ?ft.transport, relay = %advertised, user = %username, lifetime = lifetime.as_secs(), "allocation created");
         let a = Allocation {
             five_tuple: ft,
@@ -973,7 +1036,7 @@ impl<O: Observer> Server<O> {
                 )
                 .signed(key));
             }
-            if let Err(refusal) = self.shared.own.check(&self.shared.policy, peer) {
+            if let Err(refusal) = self.shared.own.check(&self.shared.live().policy, peer) {
                 info!(client = %ft.client, %peer, reason = refusal.reason(), "{refusal}");
                 self.metrics.refused(refusal);
                 return Err(
@@ -997,8 +1060,8 @@ impl<O: Observer> Server<O> {
     ) -> Result<(), Reject> {
         let (msg, key) = (req.msg, req.auth.key);
         let peers = self.peers(req.attrs, ft, key)?;
-        let expires = now + self.shared.config.permission_lifetime;
-        let limit = self.shared.config.max_permissions;
+        let expires = now + self.shared.live().config.permission_lifetime;
+        let limit = self.shared.live().config.max_permissions;
         let id = self.by_five_tuple[ft];
         let a = self.get_mut(id).expect("checked by peers()");
         // All or nothing: check the limit before installing any.
@@ -1031,7 +1094,8 @@ impl<O: Observer> Server<O> {
         }
         let peers = self.peers(req.attrs, ft, key)?;
         let peer = peers[0];
-        let config = &self.shared.config;
+        let live = self.shared.live();
+        let config = &live.config;
         let (perm_exp, chan_exp, limit) = (
             now + config.permission_lifetime,
             now + config.channel_lifetime,
