@@ -38,6 +38,9 @@ pub struct RelayConfig {
     pub threads: usize,
     /// Where the binary serves `/metrics` and `/healthz`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a stop (SIGTERM) lets existing allocations keep relaying while new ones
+    /// are refused; the relay exits as soon as none is left.
+    pub drain_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -50,6 +53,7 @@ impl Default for RelayConfig {
             max_tcp_frame: 16 * 1024,
             tcp_buffer_limit: 64 << 20,
             threads: 0,
+            drain_timeout: Duration::from_secs(30),
             metrics_listen: None,
         }
     }
@@ -137,6 +141,10 @@ pub struct RelayArgs {
     /// Serve /metrics and /healthz on this address.
     #[arg(long, env = "ICEBREAKER_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM, refuse new allocations and let existing ones relay for up to this many
+    /// seconds (30; 0 = stop at once); exits as soon as none is left.
+    #[arg(long, env = "ICEBREAKER_RELAY_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<u64>,
 }
 
 macro_rules! layer_opt {
@@ -177,7 +185,8 @@ impl RelayArgs {
             max_tcp_frame,
             tcp_buffer_limit,
             threads,
-            metrics_listen
+            metrics_listen,
+            drain_timeout
         );
         self
     }
@@ -355,6 +364,9 @@ impl RelayArgs {
             tcp_buffer_limit,
             threads: self.threads.unwrap_or(d.threads),
             metrics_listen: self.metrics_listen,
+            drain_timeout: self
+                .drain_timeout
+                .map_or(d.drain_timeout, Duration::from_secs),
         })
     }
 }
@@ -413,6 +425,7 @@ impl RelayConfig {
             max_tcp_frame: Some(self.max_tcp_frame),
             tcp_buffer_limit: Some(self.tcp_buffer_limit),
             threads: Some(self.threads),
+            drain_timeout: Some(self.drain_timeout.as_secs()),
             metrics_listen: self.metrics_listen,
         };
         toml::to_string(&args).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))

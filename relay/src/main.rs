@@ -182,8 +182,11 @@ fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Resul
         if let Some(addr) = metrics_listen {
             let app = Router::new()
                 .route("/metrics", get(metrics_handler))
-                .route("/healthz", get(|| async { "ok\n" }))
-                .with_state(Arc::new(registry));
+                .route("/healthz", get(healthz))
+                .with_state(Arc::new(Http {
+                    registry,
+                    shared: handle.shared.clone(),
+                }));
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind metrics-listen {addr}"))?;
@@ -194,6 +197,7 @@ fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Resul
         while stop.next().await == service::Signal::Reload {
             reload(&handle, &started, &source, &metrics);
         }
+        handle.drain(&mut stop, started.drain_timeout).await;
         anyhow::Ok(())
     })?;
     info!(?listen, "shutting down");
@@ -201,9 +205,23 @@ fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Resul
     Ok(())
 }
 
-async fn metrics_handler(State(reg): State<Arc<Registry>>) -> impl IntoResponse {
+/// What the metrics listener serves from.
+struct Http {
+    registry: Registry,
+    shared: Arc<icebreaker_relay::server::Shared>,
+}
+
+async fn healthz(State(h): State<Arc<Http>>) -> impl IntoResponse {
+    if h.shared.is_draining() {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (axum::http::StatusCode::OK, "ok\n")
+    }
+}
+
+async fn metrics_handler(State(h): State<Arc<Http>>) -> impl IntoResponse {
     let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+    let _ = prometheus_client::encoding::text::encode(&mut out, &h.registry);
     (
         [(
             header::CONTENT_TYPE,

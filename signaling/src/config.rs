@@ -67,6 +67,9 @@ pub struct SignalingConfig {
     pub node_id: String,
     /// Reverse proxies whose `X-Forwarded-For` names the client (per-IP limits, logs).
     pub trusted_proxies: Vec<IpNet>,
+    /// How long SIGTERM lets the bundled relay's allocations keep relaying (new ones are
+    /// refused) before the process exits; it exits as soon as none is left.
+    pub drain_timeout: Duration,
 }
 
 /// Flags and TOML keys, all optional so the three sources can be layered.
@@ -153,6 +156,10 @@ pub struct SignalingArgs {
     #[arg(long, env = "ICEBREAKER_TRUSTED_PROXY", value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxy: Vec<IpNet>,
+    /// On SIGTERM, let calls through the bundled relay go on this long while new
+    /// allocations are refused (default 30s; 0s = stop at once)
+    #[arg(long, env = "ICEBREAKER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
 }
 
 impl SignalingArgs {
@@ -184,7 +191,8 @@ impl SignalingArgs {
             web_dir,
             threads,
             redis,
-            node_id
+            node_id,
+            drain_timeout
         );
         vec![relay_allow_peer, turn_url, allowed_origin, trusted_proxy];
         self.no_relay |= file.no_relay;
@@ -346,6 +354,12 @@ impl SignalingArgs {
             redis: self.redis.clone(),
             node_id,
             trusted_proxies: self.trusted_proxy.clone(),
+            drain_timeout: match &self.drain_timeout {
+                None => Duration::from_secs(30),
+                Some(s) => parse_duration(s).ok_or_else(|| {
+                    err("drain-timeout", format!("{s:?} is not a duration like 30s"))
+                })?,
+            },
         })
     }
 }
@@ -386,6 +400,7 @@ impl SignalingArgs {
             redis: c.redis.as_deref().map(mask_url_password),
             node_id: self.node_id.clone(),
             trusted_proxy: c.trusted_proxies.clone(),
+            drain_timeout: Some(fmt_duration(c.drain_timeout)),
         };
         toml::to_string(&eff).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
@@ -472,7 +487,8 @@ impl SignalingConfig {
               allowed_origins => "allowed-origin", ice_ttl => "ice-ttl",
               heartbeat_interval => "heartbeat-interval", rate_limit => "rate-limit",
               rate_burst => "rate-burst", max_connections_per_ip => "max-connections-per-ip",
-              web_dir => "web-dir", trusted_proxies => "trusted-proxy");
+              web_dir => "web-dir", trusted_proxies => "trusted-proxy",
+              drain_timeout => "drain-timeout");
         fixed!(listen => "listen", room_capacity => "room-capacity",
                resume_grace => "resume-grace", join_rate => "join-rate",
                join_burst => "join-burst", threads => "threads", redis => "redis",

@@ -244,6 +244,11 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
         reload(&state, &started, &source);
     }
     info!("shutting down");
+    // The bundled relay refuses new allocations from now on; existing calls keep relaying
+    // below while the signaling side closes.
+    if let Some(r) = &relay {
+        r.shared.drain();
+    }
     // Stop accepting; HTTP connections finish their request, WebSockets close with 1001.
     state.shutdown.cancel();
     let _ = server.await;
@@ -258,6 +263,9 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
     ticker.abort();
     for t in shards {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    if let Some(r) = &relay {
+        r.drain(&mut stop, state.cfg().drain_timeout).await;
     }
     if let Some(r) = relay {
         tokio::task::spawn_blocking(move || r.shutdown()).await?;

@@ -559,7 +559,8 @@ fn config_errors_exit_2_naming_the_key_and_print_config_masks_secrets() {
 #[test]
 fn sighup_does_not_kill_and_sigterm_stops_gracefully() {
     // `systemctl reload` sends SIGHUP, whose default action would end the process.
-    let mut relay = start_relay(&[]);
+    // (No drain: the allocation made below would otherwise hold the stop for its length.)
+    let mut relay = start_relay(&["--drain-timeout", "0"]);
     relay.proc.signal(libc::SIGHUP);
     assert!(relay
         .proc
@@ -689,4 +690,67 @@ fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
         1.0
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// SIGTERM drains: new allocations get 508 and `/healthz` 503 (a balancer stops sending),
+/// an existing allocation keeps relaying, and the relay exits 0 as soon as the last one is
+/// gone, well before `--drain-timeout`; with one left, it exits 0 at the timeout.
+#[test]
+fn sigterm_drains_new_allocations_refused_existing_ones_relay() {
+    use icebreaker_relay::codec::{attr, Method};
+    use icebreaker_tests::turn_probe::TurnProbe;
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut relay = start_relay(&["--allow-peer", "127.0.0.0/8", "--drain-timeout", "20"]);
+    let maddr = relay.metrics.expect("metrics address");
+    let mut held = TurnProbe::udp(relay.addr);
+    held.allocate(None);
+    assert_eq!(held.permit(peer_addr), None);
+    relay.proc.signal(libc::SIGTERM);
+    relay
+        .proc
+        .wait_line("draining", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no drain:\n{}", relay.proc.output()));
+    let (status, body) = http_get(maddr, "/healthz");
+    assert_eq!((status, body.trim()), (503, "draining"));
+    let refused = TurnProbe::udp(relay.addr)
+        .request(Method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        })
+        .code;
+    assert_eq!(refused, Some(508), "new allocations refused while draining");
+    // The call in progress still relays.
+    held.send_indication(peer_addr, b"still relaying");
+    let mut buf = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut buf).expect("relayed while draining");
+    assert_eq!(&buf[..n], b"still relaying");
+    // Its end ends the drain.
+    let t0 = std::time::Instant::now();
+    let gone = held
+        .request(Method::REFRESH, &|w| {
+            w.u32(attr::LIFETIME, 0);
+        })
+        .code;
+    assert_eq!(gone, None);
+    let st = relay
+        .proc
+        .wait(Duration::from_secs(10))
+        .expect("exits once drained");
+    assert!(st.success(), "{st:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "did not wait for the timeout"
+    );
+    assert!(relay.proc.output().contains("drained: no allocation left"));
+
+    // With an allocation left, the timeout ends it (exit 0).
+    let mut relay = start_relay(&["--drain-timeout", "1"]);
+    TurnProbe::udp(relay.addr).allocate(None);
+    let st = relay
+        .proc
+        .terminate(Duration::from_secs(10))
+        .expect("exits at the drain timeout");
+    assert!(st.success(), "{st:?}");
+    assert!(relay.proc.output().contains("drain timeout"));
 }

@@ -756,3 +756,58 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// SIGTERM: the signaling side closes at once (clients resume elsewhere), while the
+/// bundled relay refuses new allocations and lets the call in progress finish; the process
+/// exits 0 as soon as that allocation is gone.
+#[test]
+fn sigterm_drains_the_bundled_relay() {
+    use icebreaker_relay::codec::{attr, Method};
+    use icebreaker_tests::turn_probe::TurnProbe;
+    let mut ib = start_icebreaker(&["--drain-timeout", "20s"]);
+    let relay = ib.relay.unwrap();
+    let (user, pass) = rt().block_on(async {
+        let mut a = Client::connect(&ib).await;
+        let j = a.join("drain").await;
+        let s = j["ice_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["username"].is_string())
+            .unwrap()
+            .clone();
+        (
+            s["username"].as_str().unwrap().to_string(),
+            s["credential"].as_str().unwrap().to_string(),
+        )
+    });
+    let probe = || TurnProbe::udp(relay).with_credentials(&user, "icebreaker", &pass);
+    let mut held = probe();
+    held.allocate(None);
+    ib.proc.signal(libc::SIGTERM);
+    ib.proc
+        .wait_line("draining", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no drain:\n{}", ib.proc.output()));
+    assert!(
+        std::net::TcpStream::connect(ib.http).is_err(),
+        "signaling stopped accepting"
+    );
+    let refused = probe()
+        .request(Method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        })
+        .code;
+    assert_eq!(refused, Some(508));
+    assert!(ib.proc.is_running(), "still relaying the call in progress");
+    let gone = held
+        .request(Method::REFRESH, &|w| {
+            w.u32(attr::LIFETIME, 0);
+        })
+        .code;
+    assert_eq!(gone, None);
+    let st = ib
+        .proc
+        .wait(Duration::from_secs(10))
+        .expect("exits once drained");
+    assert!(st.success(), "{st:?}");
+}

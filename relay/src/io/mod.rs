@@ -42,6 +42,47 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
+    /// SIGTERM: new allocations get 508 (clients move to another server) and
+    /// `Shared::is_draining` turns on (the binaries' `/healthz` then says draining, so a
+    /// load balancer stops sending), while existing allocations keep relaying until none is
+    /// left or `timeout` has passed; a second SIGTERM ends the wait at once. Then call
+    /// [`RelayHandle::shutdown`].
+    pub async fn drain(&self, stop: &mut icebreaker_service::Stop, timeout: std::time::Duration) {
+        use icebreaker_service::Signal;
+        let shared = &self.shared;
+        shared.drain();
+        let held = shared.quota.held();
+        if held == 0 || timeout.is_zero() {
+            return;
+        }
+        tracing::info!(
+            allocations = held,
+            timeout_s = timeout.as_secs(),
+            "draining: new allocations refused, existing ones keep relaying"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let held = shared.quota.held();
+                    if held == 0 {
+                        tracing::info!("drained: no allocation left");
+                        return;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::info!(allocations = held, "drain timeout: stopping with allocations left");
+                        return;
+                    }
+                }
+                s = stop.next() => if s == Signal::Stop {
+                    tracing::info!("second stop: not waiting for the drain");
+                    return;
+                },
+            }
+        }
+    }
+
     /// Stops every shard and waits for its thread.
     pub fn shutdown(self) {
         let _ = self.shutdown.send(true);

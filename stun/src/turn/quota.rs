@@ -42,6 +42,11 @@ impl Quota {
         }
     }
 
+    /// Allocations held now, all users together.
+    pub fn held(&self) -> u32 {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
     /// New caps (a reload): what is held stays counted; only new allocations see them.
     pub fn set_limits(&self, max_total: u32, per_user: u32) {
         self.max_total.store(max_total, Ordering::Relaxed);

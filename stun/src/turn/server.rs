@@ -90,6 +90,8 @@ pub struct Shared {
     pub unix_at_epoch: u64,
     /// The monotonic instant at which the wall clock read `unix_at_epoch`.
     pub epoch: Instant,
+    /// Set on SIGTERM: new allocations are refused while the existing ones run out.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// The reloadable part of [`Shared`]: one snapshot, so a request sees one configuration.
@@ -148,7 +150,20 @@ impl Shared {
             quota,
             unix_at_epoch,
             epoch,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Starts draining (a stop was asked for): every shard answers new Allocate requests
+    /// with 508, so clients pick another server, while existing allocations keep relaying.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Shared::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The configuration, credentials and policy now (one consistent snapshot).
@@ -852,6 +867,9 @@ impl<O: Observer> Server<O> {
             config.relay_v4
         }
         .ok_or_else(|| Reject::new(440, "no relay address of that family").signed(key))?;
+        if self.shared.is_draining() {
+            return Err(Reject::new(508, "server is shutting down; use another").signed(key));
+        }
         let username = req.auth.username;
         self.shared.quota.acquire(&username).map_err(|e| {
             match e {
