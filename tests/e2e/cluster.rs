@@ -526,6 +526,42 @@ fn browser_refused_while_redis_is_away_retries_and_gets_in() {
     redis.kill();
 }
 
+/// A right token whose resume another node cannot serve (here `last_seq` is ahead of what
+/// was sent): `resume-failed`, and the room hears `peer-left` at once, as on the peer's own
+/// node, not after the grace; its old node forgets it.
+#[test]
+fn unservable_resume_on_another_node_leaves_at_once() {
+    let redis = Redis::start(free_tcp_port());
+    let n1 = node(&redis, "f1", &["--resume-grace", "30s"]);
+    let n2 = node(&redis, "f2", &["--resume-grace", "30s"]);
+    let w1 = format!("ws://{}/ws", n1.http);
+    let w2 = format!("ws://{}/ws", n2.http);
+    rt().block_on(async {
+        let mut a = Client::connect(&w1).await;
+        a.join("unservable").await;
+        let mut b = Client::connect(&w2).await;
+        b.join("unservable").await;
+        a.expect("peer-joined").await;
+        let (aid, token) = (a.id.clone(), a.token.clone());
+        drop(a);
+        let mut a2 = Client::connect(&w2).await;
+        a2.send(json!({"type":"resume","id": aid,"token": token,"last_seq": 999}))
+            .await;
+        let e = a2.expect("error").await;
+        assert_eq!(e["code"], "resume-failed", "{e}");
+        let v = b
+            .try_recv(Duration::from_secs(3))
+            .await
+            .expect("peer-left well before the 30 s grace");
+        assert_eq!(
+            (v["type"].as_str(), v["id"].as_str(), v["reason"].as_str()),
+            (Some("peer-left"), Some(aid.as_str()), Some("timeout")),
+            "{v}"
+        );
+        wait_for("n1 forgot a", Duration::from_secs(3), || peers_on(&n1) == 0);
+    });
+}
+
 /// A node killed with SIGKILL: its peer that reconnects (through HAProxy, to the
 /// survivor) resumes with exactly what it missed, none twice; the one that never comes
 /// back is announced `peer-left` (timeout) once, after liveness expiry plus the grace.

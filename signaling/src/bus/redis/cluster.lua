@@ -162,7 +162,15 @@ elseif op == 'resume' then
       why = 'messages after last_seq are no longer buffered'
     end
   end
-  if why then return {'unservable', why} end
+  if why then
+    -- The token was right but the peer cannot be resumed: it leaves its room now (as on
+    -- its own node), not at the end of its grace, and its node forgets it.
+    if old ~= node then
+      redis.call('PUBLISH', 'ib:node:' .. old, id .. ' 0 0 8 takeover')
+    end
+    remove(id, 'timeout', nil, nil)
+    return {'unservable', why}
+  end
   if old ~= node then
     redis.call('HSET', k, 'node', node)
     redis.call('SMOVE', 'ib:node:' .. old .. ':peers', 'ib:node:' .. node .. ':peers', id)
