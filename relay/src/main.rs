@@ -91,17 +91,7 @@ fn print_config(layered: RelayArgs) -> ExitCode {
         }
         Err(e) => return service::config_error(NAME, &e),
     };
-    let skip = ["config", "print-config", "log", "help", "version"];
-    let keys: Vec<(String, String)> = Cli::command()
-        .get_arguments()
-        .filter_map(|a| {
-            let long = a.get_long()?;
-            (!skip.contains(&long)).then(|| {
-                let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string());
-                (long.to_string(), help.unwrap_or_default())
-            })
-        })
-        .collect();
+    let keys = service::config::setting_keys(&Cli::command());
     print!(
         "# icebreaker-relay configuration (icebreaker-relay --config FILE); flags and\n\
          # ICEBREAKER_RELAY_* variables override it. Printed by `icebreaker-relay\n\

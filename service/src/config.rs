@@ -79,6 +79,22 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(secs))
 }
 
+/// The settings of a binary's command line, for [`commented_toml`]: each long flag's name
+/// and `--help` text, without the flags every binary has that are not settings (`--config`,
+/// `--print-config`, `--log`, `--help`, `--version`).
+pub fn setting_keys(cmd: &clap::Command) -> Vec<(String, String)> {
+    const NOT_SETTINGS: [&str; 5] = ["config", "print-config", "log", "help", "version"];
+    cmd.get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            (!NOT_SETTINGS.contains(&long)).then(|| {
+                let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string());
+                (long.to_string(), help.unwrap_or_default())
+            })
+        })
+        .collect()
+}
+
 /// A printed configuration (`toml`, one `key = value` line per set key, as the `toml`
 /// crate writes a flat table) as a commented config file: every key of `keys` (its name and
 /// help text, in that order) gets its help as a comment above it, and a key that is not set

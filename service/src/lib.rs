@@ -40,8 +40,7 @@ pub fn config_error(binary: &str, e: &ConfigError) -> ExitCode {
 /// default kill. Needs a tokio runtime.
 ///
 /// It also takes SIGHUP (`systemctl reload`), whose default action would kill the
-/// process: until configuration reload exists, a SIGHUP is logged as not applied and the
-/// server keeps running.
+/// process: [`Stop::next`] returns it as [`Signal::Reload`] and the server reloads.
 pub struct Stop {
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
@@ -62,17 +61,6 @@ impl Stop {
             _ = self.term.recv() => Signal::Stop,
             _ = tokio::signal::ctrl_c() => Signal::Stop,
             _ = self.hup.recv() => Signal::Reload,
-        }
-    }
-
-    /// Waits until a stop is asked for, for a server that cannot reload: a SIGHUP is
-    /// logged as changing nothing.
-    pub async fn wait(mut self) {
-        while let Signal::Reload = self.next().await {
-            tracing::warn!(
-                "SIGHUP: this server cannot reload its configuration yet, nothing changed; \
-                 restart it to apply a new configuration"
-            );
         }
     }
 }

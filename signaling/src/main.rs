@@ -97,18 +97,7 @@ fn print_config(
     cfg: &icebreaker_signaling::config::SignalingConfig,
 ) -> String {
     use clap::CommandFactory;
-    let cmd = Cli::command();
-    let keys: Vec<(String, String)> = cmd
-        .get_arguments()
-        .filter_map(|a| {
-            let long = a.get_long()?;
-            let skip = ["config", "print-config", "log", "help", "version"];
-            (!skip.contains(&long)).then(|| {
-                let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string());
-                (long.to_string(), help.unwrap_or_default())
-            })
-        })
-        .collect();
+    let keys = service::config::setting_keys(&Cli::command());
     format!(
         "# icebreaker configuration (icebreaker --config FILE); flags and ICEBREAKER_* variables\n\
          # override it. Printed by `icebreaker --print-config`: unset keys are commented out.\n\n{}",

@@ -15,38 +15,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use icebreaker_tests::{
-    bin, free_tcp_port, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
+    bin, browser_dir, free_tcp_port, http_get, metric, require, start_icebreaker, Icebreaker, Proc,
+    Redis,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// `redis-server` on `port`, in memory only (a restart loses everything, the worst case).
-struct Redis {
-    proc: Proc,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        require("redis-server", "redis-server");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
-        let proc = Proc::start("redis", cmd);
-        proc.wait_line("Ready to accept connections", Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("redis-server did not start:\n{}", proc.output()));
-        Redis { proc, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGKILL) };
-        self.proc.wait(Duration::from_secs(5));
-    }
-}
 
 /// A cluster node: `icebreaker --redis … --node-id …` without a bundled relay (peers use
 /// host candidates on loopback).
@@ -440,13 +413,7 @@ fn webrtc_peers_on_two_nodes_open_a_data_channel() {
 /// different node, call each other (video decoded both ways, chat, pointers).
 #[test]
 fn browsers_on_two_nodes_call_each_other() {
-    require("chromium", "chromium");
-    require("node", "nodejs");
-    let dir = repo_dir().join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` first (.ci/run does)"
-    );
+    let dir = browser_dir();
     let redis = Redis::start(free_tcp_port());
     // The pages need a TURN-less call on loopback: host candidates suffice.
     let n1 = node(&redis, "b1", &[]);
@@ -479,13 +446,7 @@ fn browsers_on_two_nodes_call_each_other() {
 /// and gets in once Redis is back, then calls a page on the other node.
 #[test]
 fn browser_refused_while_redis_is_away_retries_and_gets_in() {
-    require("chromium", "chromium");
-    require("node", "nodejs");
-    let dir = repo_dir().join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` first (.ci/run does)"
-    );
+    let dir = browser_dir();
     let port = free_tcp_port();
     let mut redis = Redis::start(port);
     let n1 = node(&redis, "u1", &[]);

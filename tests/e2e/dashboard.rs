@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use icebreaker_tests::{
-    free_tcp_port, http_get, peer_cmd, repo_dir, require, start_icebreaker, Proc,
+    free_tcp_port, http_get, peer_cmd, repo_dir, start_icebreaker, Proc, Redis,
 };
 
 /// Every `icebreaker_…` name in the dashboard's query expressions.
@@ -63,16 +63,8 @@ fn exposed(metrics: &str, name: &str) -> bool {
 
 #[test]
 fn every_metric_the_dashboard_queries_exists() {
-    require("redis-server", "redis-server");
-    let port = free_tcp_port();
-    let mut cmd = std::process::Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"]);
-    let redis = Proc::start("redis", cmd);
-    redis
-        .wait_line("Ready to accept connections", Duration::from_secs(10))
-        .expect("redis-server started");
-    let url = format!("redis://127.0.0.1:{port}/");
+    let redis = Redis::start(free_tcp_port());
+    let url = redis.url();
     let ib = start_icebreaker(&["--redis", &url, "--node-id", "dash"]);
     let chat = |name: &str| {
         Proc::start(

@@ -474,10 +474,11 @@ fn relay_tcp_connection_closes_with_its_allocation() {
     );
     let mut leaving = TurnProbe::tcp(relay.addr);
     leaving.allocate(None);
-    let a = leaving.request(Method::REFRESH, &|w| {
-        w.u32(attr::LIFETIME, 0);
-    });
-    assert_eq!(a.code, None, "Refresh 0 is answered before the close");
+    assert_eq!(
+        leaving.release(),
+        None,
+        "Refresh 0 is answered before the close"
+    );
     let t0 = Instant::now();
     assert_eq!(leaving.recv(Duration::from_secs(5)), None);
     assert!(t0.elapsed() < Duration::from_secs(2));

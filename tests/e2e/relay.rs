@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use icebreaker_relay::auth::mint_rest_credentials;
 use icebreaker_tests::{
-    free_udp_port, http_get, metric, repo_dir, require, start_relay, Proc, Relay,
+    browser_dir, free_udp_port, http_get, metric, require, start_relay, Proc, Relay,
 };
 
 /// An echo peer from coturn's tools on a free loopback port.
@@ -324,13 +324,7 @@ fn webrtc_rs_turn_client_relays_both_ways() {
 /// Two relay-only RTCPeerConnections in headless Chromium, over TURN/UDP and TURN/TCP.
 #[test]
 fn chromium_connects_through_the_relay_over_udp_and_tcp() {
-    require("chromium", "chromium");
-    require("node", "nodejs");
-    let dir = repo_dir().join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` first (.ci/run does)"
-    );
+    let dir = browser_dir();
     let relay = start_relay(&["--allow-peer", "127.0.0.0/8"]);
     for transport in ["udp", "tcp"] {
         let url = format!("turn:127.0.0.1:{}?transport={transport}", relay.addr.port());
@@ -583,7 +577,6 @@ fn sighup_does_not_kill_and_sigterm_stops_gracefully() {
 /// the relayed port range is reported as needing one, and a broken file changes nothing.
 #[test]
 fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
-    use icebreaker_relay::codec::{attr, Method};
     use icebreaker_tests::port_range;
     use icebreaker_tests::turn_probe::TurnProbe;
     let dir = std::env::temp_dir().join(format!("ib-relay-reload-{}", std::process::id()));
@@ -636,13 +629,7 @@ fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
         .parse()
         .unwrap();
     let alice = |pass: &str| TurnProbe::udp(addr).with_credentials("alice", "example.org", pass);
-    let allocate_code = |pass: &str| {
-        alice(pass)
-            .request(Method::ALLOCATE, &|w| {
-                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-            })
-            .code
-    };
+    let allocate_code = |pass: &str| alice(pass).try_allocate();
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut before = alice("one");
     before.allocate(None);
@@ -697,7 +684,6 @@ fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
 /// gone, well before `--drain-timeout`; with one left, it exits 0 at the timeout.
 #[test]
 fn sigterm_drains_new_allocations_refused_existing_ones_relay() {
-    use icebreaker_relay::codec::{attr, Method};
     use icebreaker_tests::turn_probe::TurnProbe;
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -714,11 +700,7 @@ fn sigterm_drains_new_allocations_refused_existing_ones_relay() {
         .unwrap_or_else(|| panic!("no drain:\n{}", relay.proc.output()));
     let (status, body) = http_get(maddr, "/healthz");
     assert_eq!((status, body.trim()), (503, "draining"));
-    let refused = TurnProbe::udp(relay.addr)
-        .request(Method::ALLOCATE, &|w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        })
-        .code;
+    let refused = TurnProbe::udp(relay.addr).try_allocate();
     assert_eq!(refused, Some(508), "new allocations refused while draining");
     // The call in progress still relays.
     held.send_indication(peer_addr, b"still relaying");
@@ -727,12 +709,7 @@ fn sigterm_drains_new_allocations_refused_existing_ones_relay() {
     assert_eq!(&buf[..n], b"still relaying");
     // Its end ends the drain.
     let t0 = std::time::Instant::now();
-    let gone = held
-        .request(Method::REFRESH, &|w| {
-            w.u32(attr::LIFETIME, 0);
-        })
-        .code;
-    assert_eq!(gone, None);
+    assert_eq!(held.release(), None);
     let st = relay
         .proc
         .wait(Duration::from_secs(10))

@@ -99,6 +99,21 @@ impl Client {
     }
 }
 
+/// The TURN username and credential a `joined` hands out (its `ice_servers` entry that
+/// has them).
+fn turn_credentials(joined: &Value) -> (String, String) {
+    let s = joined["ice_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["username"].is_string())
+        .expect("a TURN entry with credentials");
+    (
+        s["username"].as_str().unwrap().to_string(),
+        s["credential"].as_str().unwrap().to_string(),
+    )
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -498,18 +513,7 @@ fn minted_turn_credentials_work_on_the_bundled_relay_and_expire() {
     let relay = ib.relay.unwrap();
     let creds = rt().block_on(async {
         let mut a = Client::connect(&ib).await;
-        let j = a.join("turn").await;
-        let s = j["ice_servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["username"].is_string())
-            .unwrap()
-            .clone();
-        (
-            s["username"].as_str().unwrap().to_string(),
-            s["credential"].as_str().unwrap().to_string(),
-        )
+        turn_credentials(&a.join("turn").await)
     });
     let peer_port = free_udp_port();
     let mut pc = Command::new("turnutils_peer");
@@ -762,24 +766,12 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
 /// exits 0 as soon as that allocation is gone.
 #[test]
 fn sigterm_drains_the_bundled_relay() {
-    use icebreaker_relay::codec::{attr, Method};
     use icebreaker_tests::turn_probe::TurnProbe;
     let mut ib = start_icebreaker(&["--drain-timeout", "20s"]);
     let relay = ib.relay.unwrap();
     let (user, pass) = rt().block_on(async {
         let mut a = Client::connect(&ib).await;
-        let j = a.join("drain").await;
-        let s = j["ice_servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["username"].is_string())
-            .unwrap()
-            .clone();
-        (
-            s["username"].as_str().unwrap().to_string(),
-            s["credential"].as_str().unwrap().to_string(),
-        )
+        turn_credentials(&a.join("drain").await)
     });
     let probe = || TurnProbe::udp(relay).with_credentials(&user, "icebreaker", &pass);
     let mut held = probe();
@@ -792,19 +784,10 @@ fn sigterm_drains_the_bundled_relay() {
         std::net::TcpStream::connect(ib.http).is_err(),
         "signaling stopped accepting"
     );
-    let refused = probe()
-        .request(Method::ALLOCATE, &|w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        })
-        .code;
+    let refused = probe().try_allocate();
     assert_eq!(refused, Some(508));
     assert!(ib.proc.is_running(), "still relaying the call in progress");
-    let gone = held
-        .request(Method::REFRESH, &|w| {
-            w.u32(attr::LIFETIME, 0);
-        })
-        .code;
-    assert_eq!(gone, None);
+    assert_eq!(held.release(), None);
     let st = ib
         .proc
         .wait(Duration::from_secs(10))

@@ -7,17 +7,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use icebreaker_tests::{bin, repo_dir, require, start_icebreaker, Proc};
+use icebreaker_tests::{bin, browser_dir, start_icebreaker, Proc};
 
 #[test]
 fn web_client_in_chromium() {
-    require("chromium", "chromium");
-    require("node", "nodejs");
-    let dir = repo_dir().join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` first (.ci/run does)"
-    );
+    let dir = browser_dir();
     // A short grace keeps the `expire` scenario (waits it out) quick.
     let ib = start_icebreaker(&["--resume-grace", "5s"]);
     let shots = std::env::temp_dir().join(format!("ib-shots-{}", std::process::id()));

@@ -342,6 +342,48 @@ pub fn repo_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// `redis-server` on `port`, in memory only (a restart loses everything, the worst case).
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(port: u16) -> Redis {
+        require("redis-server", "redis-server");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        let proc = Proc::start("redis", cmd);
+        proc.wait_line("Ready to accept connections", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("redis-server did not start:\n{}", proc.output()));
+        Redis { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGKILL) };
+        self.proc.wait(Duration::from_secs(5));
+    }
+}
+
+/// `tests/browser`, where the Playwright scripts live, once Chromium, Node and the npm
+/// packages are there (`scripts/test` installs them).
+pub fn browser_dir() -> PathBuf {
+    require("chromium", "chromium");
+    require("node", "nodejs");
+    let dir = repo_dir().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (.ci/run does)"
+    );
+    dir
+}
+
 pub struct Icebreaker {
     pub proc: Proc,
     pub http: SocketAddr,

@@ -174,6 +174,22 @@ impl TurnProbe {
         m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap()
     }
 
+    /// An Allocate (UDP relaying) that may be refused: the error code, None on success.
+    pub fn try_allocate(&mut self) -> Option<u16> {
+        self.request(Method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        })
+        .code
+    }
+
+    /// Refresh with lifetime 0 (deletes the allocation): the error code, None on success.
+    pub fn release(&mut self) -> Option<u16> {
+        self.request(Method::REFRESH, &|w| {
+            w.u32(attr::LIFETIME, 0);
+        })
+        .code
+    }
+
     /// CreatePermission for `peer`: the error code, None on success.
     pub fn permit(&mut self, peer: SocketAddr) -> Option<u16> {
         self.request(Method::CREATE_PERMISSION, &|w| {

@@ -60,17 +60,11 @@ struct Inner {
     gone_while_down: Mutex<Vec<(PeerId, LeaveReason)>>,
     last_reap: AtomicU64,
     started: Instant,
-    /// Signals waiting for the next `deliver` run (see [`Inner::committer`]).
-    commit: Mutex<CommitQueue>,
+    /// Signals waiting for the next `deliver` run (see [`Inner::committer`]); bounded
+    /// because every sender waits for its own (one batch per connection at a time, each
+    /// within the connection's frame limit).
+    commit: Mutex<Vec<Pending>>,
     commit_wake: tokio::sync::Notify,
-}
-
-/// Signals queued for the group commit; bounded because every sender waits for its own
-/// (one batch per connection at a time, each within the connection's frame limit).
-#[derive(Default)]
-struct CommitQueue {
-    queue: Vec<Pending>,
-    bytes: usize,
 }
 
 /// One sender's batch waiting for a `deliver` run.
@@ -193,7 +187,7 @@ impl RedisBus {
             gone_while_down: Mutex::new(Vec::new()),
             last_reap: AtomicU64::new(0),
             started: Instant::now(),
-            commit: Mutex::new(CommitQueue::default()),
+            commit: Mutex::new(Vec::new()),
             commit_wake: tokio::sync::Notify::new(),
         });
         inner.alive().await?;
@@ -458,8 +452,7 @@ impl Inner {
             items.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() + room.len() + from.len();
         {
             let mut q = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-            q.bytes += bytes;
-            q.queue.push(Pending {
+            q.push(Pending {
                 room: room.as_bytes().to_vec(),
                 from: from.as_bytes().to_vec(),
                 items,
@@ -480,7 +473,7 @@ impl Inner {
             let batch = {
                 let mut q = self.commit.lock().unwrap_or_else(|e| e.into_inner());
                 let (mut n, mut b, mut take) = (0, 0, 0);
-                for p in &q.queue {
+                for p in q.iter() {
                     if take > 0 && (n + p.items.len() > COMMIT_ITEMS || b + p.bytes > COMMIT_BYTES)
                     {
                         break;
@@ -489,8 +482,7 @@ impl Inner {
                     b += p.bytes;
                     take += 1;
                 }
-                q.bytes -= b;
-                q.queue.drain(..take).collect::<Vec<_>>()
+                q.drain(..take).collect::<Vec<_>>()
             };
             if batch.is_empty() {
                 self.commit_wake.notified().await;
