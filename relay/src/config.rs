@@ -3,6 +3,7 @@
 //! flag's long name. A bad value is one line naming the key.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -41,6 +42,12 @@ pub struct RelayConfig {
     /// How long a stop (SIGTERM) lets existing allocations keep relaying while new ones
     /// are refused; the relay exits as soon as none is left.
     pub drain_timeout: Duration,
+    /// TURN over TLS (RFC 8656 §3.1): TCP addresses served with TLS, with `cert`/`key`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS (reloaded on SIGHUP and when the file changes).
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for RelayConfig {
@@ -55,6 +62,9 @@ impl Default for RelayConfig {
             threads: 0,
             drain_timeout: Duration::from_secs(30),
             metrics_listen: None,
+            tls_listen: Vec::new(),
+            cert: None,
+            key: None,
         }
     }
 }
@@ -145,6 +155,17 @@ pub struct RelayArgs {
     /// seconds (30; 0 = stop at once); exits as soon as none is left.
     #[arg(long, env = "ICEBREAKER_RELAY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// TURN over TLS on this TCP address (repeatable; coturn's 5349), with --cert/--key.
+    #[arg(long, env = "ICEBREAKER_RELAY_TLS_LISTEN", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for --tls-listen, leaf first (reloaded on SIGHUP and when the
+    /// file changes).
+    #[arg(long, env = "ICEBREAKER_RELAY_CERT")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "ICEBREAKER_RELAY_KEY")]
+    pub key: Option<PathBuf>,
 }
 
 macro_rules! layer_opt {
@@ -166,7 +187,8 @@ impl RelayArgs {
             users,
             auth_secrets,
             allow_peer,
-            deny_peer
+            deny_peer,
+            tls_listen
         );
         layer_opt!(
             self,
@@ -186,7 +208,9 @@ impl RelayArgs {
             tcp_buffer_limit,
             threads,
             metrics_listen,
-            drain_timeout
+            drain_timeout,
+            cert,
+            key
         );
         self
     }
@@ -329,6 +353,14 @@ impl RelayArgs {
         if tcp_buffer_limit < max_tcp_frame {
             return Err(err("tcp-buffer-limit", "must be at least max-tcp-frame"));
         }
+        if !self.tls_listen.is_empty() && (self.cert.is_none() || self.key.is_none()) {
+            return Err(err("tls-listen", "needs --cert and --key"));
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(err("cert", "needs --key")),
+            (None, Some(_)) => return Err(err("key", "needs --cert")),
+            _ => {}
+        }
         Ok(RelayConfig {
             turn: Config {
                 relay_v4,
@@ -367,6 +399,9 @@ impl RelayArgs {
             drain_timeout: self
                 .drain_timeout
                 .map_or(d.drain_timeout, Duration::from_secs),
+            tls_listen: self.tls_listen,
+            cert: self.cert,
+            key: self.key,
         })
     }
 }
@@ -427,6 +462,9 @@ impl RelayConfig {
             threads: Some(self.threads),
             drain_timeout: Some(self.drain_timeout.as_secs()),
             metrics_listen: self.metrics_listen,
+            tls_listen: self.tls_listen.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
         };
         toml::to_string(&args).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }

@@ -141,7 +141,12 @@ fn reload(
             }
         )*};
     }
-    fixed!(listen => "listen", max_tcp_connections => "max-tcp-connections",
+    // The certificate files are read again (same paths); a bad pair keeps the old one.
+    if let Some(c) = &handle.certificates {
+        cert_reloaded(metrics, c.reload(), "SIGHUP");
+    }
+    fixed!(listen => "listen", tls_listen => "tls-listen", cert => "cert", key => "key",
+           max_tcp_connections => "max-tcp-connections",
            max_tcp_frame => "max-tcp-frame", tcp_buffer_limit => "tcp-buffer-limit",
            threads => "threads", metrics_listen => "metrics-listen");
     metrics.config_reloads.inc();
@@ -150,6 +155,21 @@ fn reload(
     );
     if !need_restart.is_empty() {
         tracing::warn!(keys = ?need_restart, "SIGHUP: these keys changed but take effect only after a restart; kept as they were");
+    }
+}
+
+/// Counts and logs a certificate reload.
+fn cert_reloaded(metrics: &RelayMetrics, r: Result<(), service::tls::TlsError>, why: &str) {
+    let result = if r.is_ok() { "ok" } else { "error" };
+    metrics
+        .tls_cert_reloads
+        .get_or_create(&icebreaker_relay::metrics::ResultLabel { result })
+        .inc();
+    match r {
+        Ok(()) => info!("{why}: TLS certificate reloaded; new connections get it"),
+        Err(e) => {
+            tracing::warn!(error = %e, "{why}: TLS certificate not reloaded; still serving the previous one")
+        }
     }
 }
 
@@ -168,7 +188,16 @@ fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Resul
     let handle =
         icebreaker_relay::run(config, metrics.clone()).context("cannot bind the relay's ports")?;
     info!(addrs = ?handle.local_addrs, shards = handle.shards, "relay listening (UDP+TCP)");
+    if !handle.tls_addrs.is_empty() {
+        info!(addrs = ?handle.tls_addrs, "relay listening (TURN over TLS)");
+    }
     rt.block_on(async {
+        if let Some(c) = handle.certificates.clone() {
+            let m = metrics.clone();
+            tokio::spawn(c.watch(std::time::Duration::from_secs(2), move |r| {
+                cert_reloaded(&m, r, "certificate files changed")
+            }));
+        }
         if let Some(addr) = metrics_listen {
             let app = Router::new()
                 .route("/metrics", get(metrics_handler))

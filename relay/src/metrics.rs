@@ -41,6 +41,13 @@ pub struct RequestLabel {
     pub code: u16,
 }
 
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// What happened.
+    pub result: &'static str,
+}
+
 /// Handles registered once; cloned into each shard.
 #[derive(Clone, Default)]
 pub struct RelayMetrics {
@@ -62,6 +69,10 @@ pub struct RelayMetrics {
     pub peer_refusals: Family<ReasonLabel, Counter>,
     /// Open client TCP connections, all shards together.
     pub tcp_connections: Gauge,
+    /// TLS handshakes on client connections, by result (ok, failed, timeout).
+    pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
+    pub tls_cert_reloads: Family<ResultLabel, Counter>,
     /// SIGHUP reloads that took a new configuration (the standalone binary).
     pub config_reloads: Counter,
     /// SIGHUP reloads refused because the new configuration was not valid.
@@ -120,9 +131,26 @@ impl RelayMetrics {
         );
         r.register(
             "tcp_connections",
-            "Open client TCP connections",
+            "Open client TCP connections (TLS included)",
             self.tcp_connections.clone(),
         );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes on client connections, by result (ok, failed, timeout)",
+            self.tls_handshakes.clone(),
+        );
+        r.register(
+            "tls_cert_reloads",
+            "Certificate reloads (SIGHUP or the files changed), by result (ok, error)",
+            self.tls_cert_reloads.clone(),
+        );
+    }
+
+    /// Counts a TLS handshake's end.
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// The handles shard `shard` uses, its labelled counters looked up once.

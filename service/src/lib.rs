@@ -6,6 +6,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

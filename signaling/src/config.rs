@@ -70,6 +70,9 @@ pub struct SignalingConfig {
     /// How long SIGTERM lets the bundled relay's allocations keep relaying (new ones are
     /// refused) before the process exits; it exits as soon as none is left.
     pub drain_timeout: Duration,
+    /// PEM certificate chain and key: `listen` serves HTTPS and wss, and (with the bundled
+    /// relay) TURN over TLS on the same port.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Flags and TOML keys, all optional so the three sources can be layered.
@@ -160,6 +163,17 @@ pub struct SignalingArgs {
     /// allocations are refused (default 30s; 0s = stop at once)
     #[arg(long, env = "ICEBREAKER_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
+    /// PEM certificate chain (leaf first): serve HTTPS/wss on --listen, and TURN over TLS
+    /// on the same port through the bundled relay. Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "ICEBREAKER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "ICEBREAKER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A TURN-over-TLS port of its own for the bundled relay (e.g. 0.0.0.0:5349), with
+    /// the --tls-cert certificate; TURN over TLS is on --listen's port anyway.
+    #[arg(long, env = "ICEBREAKER_RELAY_TLS_LISTEN")]
+    pub relay_tls_listen: Option<SocketAddr>,
 }
 
 impl SignalingArgs {
@@ -192,7 +206,10 @@ impl SignalingArgs {
             threads,
             redis,
             node_id,
-            drain_timeout
+            drain_timeout,
+            tls_cert,
+            tls_key,
+            relay_tls_listen
         );
         vec![relay_allow_peer, turn_url, allowed_origin, trusted_proxy];
         self.no_relay |= file.no_relay;
@@ -235,6 +252,18 @@ impl SignalingArgs {
                 ));
             }
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("tls-cert", "needs --tls-key")),
+            (None, Some(_)) => return Err(err("tls-key", "needs --tls-cert")),
+        };
+        if self.relay_tls_listen.is_some() && (tls.is_none() || self.no_relay) {
+            return Err(err(
+                "relay-tls-listen",
+                "needs --tls-cert/--tls-key and the bundled relay",
+            ));
+        }
         let relay = if self.no_relay {
             None
         } else {
@@ -252,6 +281,9 @@ impl SignalingArgs {
                 relay_ports: self.relay_ports.clone(),
                 auth_secrets: vec![turn_secret.clone()],
                 allow_peer: allow,
+                tls_listen: self.relay_tls_listen.into_iter().collect(),
+                cert: self.relay_tls_listen.and(self.tls_cert.clone()),
+                key: self.relay_tls_listen.and(self.tls_key.clone()),
                 ..Default::default()
             };
             let relay = args.resolve().map_err(|e| {
@@ -360,6 +392,7 @@ impl SignalingArgs {
                     err("drain-timeout", format!("{s:?} is not a duration like 30s"))
                 })?,
             },
+            tls,
         })
     }
 }
@@ -401,6 +434,9 @@ impl SignalingArgs {
             node_id: self.node_id.clone(),
             trusted_proxy: c.trusted_proxies.clone(),
             drain_timeout: Some(fmt_duration(c.drain_timeout)),
+            tls_cert: c.tls.as_ref().map(|t| t.0.clone()),
+            tls_key: c.tls.as_ref().map(|t| t.1.clone()),
+            relay_tls_listen: relay.and_then(|r| r.tls_listen.first().copied()),
         };
         toml::to_string(&eff).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
@@ -492,7 +528,7 @@ impl SignalingConfig {
         fixed!(listen => "listen", room_capacity => "room-capacity",
                resume_grace => "resume-grace", join_rate => "join-rate",
                join_burst => "join-burst", threads => "threads", redis => "redis",
-               node_id => "node-id");
+               node_id => "node-id", tls => "tls-cert/tls-key");
         // The bundled relay was started with its settings and with the TURN secret.
         if format!("{:?}", started.relay) != format!("{:?}", new.relay) {
             need_restart.push("relay-*");

@@ -23,6 +23,9 @@ use tower::ServiceExt;
 use tower_http::trace::TraceLayer;
 use tracing::{debug, warn};
 
+use icebreaker_service::tls::{self as tlsio, Certificates, TlsConn};
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::auth::origin_allowed;
 use crate::bus::Bus;
 use crate::config::SignalingConfig;
@@ -47,7 +50,41 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection's task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// HTTPS/wss (and TURN over TLS) on the listener, when a certificate is configured.
+    pub tls: Option<Tls>,
 }
+
+/// What the listener needs to speak TLS.
+pub struct Tls {
+    /// rustls's configuration; it resolves through `certificates`, so a reload reaches
+    /// new handshakes at once.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The certificate served; reloaded on SIGHUP and when its files change.
+    pub certificates: Arc<Certificates>,
+    /// Where connections whose first bytes are STUN go (the bundled relay).
+    pub turn: Option<icebreaker_relay::io::Handoff>,
+    /// Handshakes in progress at most; more connections wait for the kernel's backlog.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Tls {
+    /// TLS with `certificates`, handing TURN to `turn`.
+    pub fn new(
+        certificates: Arc<Certificates>,
+        turn: Option<icebreaker_relay::io::Handoff>,
+    ) -> Tls {
+        Tls {
+            config: certificates.server_config(&[b"http/1.1"]),
+            certificates,
+            turn,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+        }
+    }
+}
+
+/// TLS handshakes in progress at once (each holds a socket and rustls's buffers, for at
+/// most `HANDSHAKE_TIMEOUT`); beyond it new connections are closed and counted (`busy`).
+const MAX_HANDSHAKES: usize = 1024;
 
 impl AppState {
     /// The configuration now. A connection reads it where it uses it (joins, new
@@ -98,30 +135,76 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let svc =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(addr));
-                app.clone().oneshot(req)
-            });
         let stop = state.shutdown.clone();
+        if state.tls.is_none() {
+            state.tasks.spawn(serve_http(stream, addr, app, stop));
+            continue;
+        }
+        let st = state.clone();
         state.tasks.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some(tls) = &st.tls else { return };
+            let handshake = |r: &'static str| {
+                st.metrics
+                    .tls_handshakes
+                    .get_or_create(&crate::metrics::ResultLabel { result: r })
+                    .inc();
             };
-            if let Err(e) = r {
-                debug!(error = %e, %addr, "http connection ended");
+            let carried = |t: &'static str| {
+                st.metrics
+                    .tls_connections
+                    .get_or_create(&crate::metrics::TypeLabel { r#type: t })
+                    .inc();
+            };
+            let Ok(permit) = tls.handshakes.clone().try_acquire_owned() else {
+                return handshake("busy");
+            };
+            let conn = match tlsio::accept(tls.config.clone(), stream).await {
+                Ok(c) => c,
+                Err(why) => return handshake(why.as_str()),
+            };
+            drop(permit);
+            handshake("ok");
+            // One port for everything: TURN's first byte is never an HTTP method's.
+            let Some(first) = conn.peek_first(Duration::from_secs(10)).await else {
+                return carried("dropped");
+            };
+            if tlsio::looks_like_stun(first) {
+                match &tls.turn {
+                    Some(relay) if relay.give(conn) => carried("turn"),
+                    _ => carried("dropped"),
+                }
+                return;
             }
+            carried("http");
+            serve_http(conn, addr, app, stop).await
         });
+    }
+}
+
+/// Serves one connection's HTTP/1.1 requests (and its upgrade to a WebSocket).
+async fn serve_http<I>(io: I, addr: SocketAddr, app: Router, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(addr));
+        app.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        debug!(error = %e, %addr, "http connection ended");
     }
 }
 
@@ -221,6 +304,10 @@ async fn ws_handler(
             "too many connections from your address\n".into(),
         );
     };
+    let tls_host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let upgrade = hyper::upgrade::on(&mut req);
     let state = st.clone();
     st.tasks.spawn(async move {
@@ -231,23 +318,27 @@ async fn ws_handler(
                 return;
             }
         };
-        // The accept loop serves hyper's HTTP/1 connection on a bare TcpStream, so the
-        // upgraded connection is that stream (plus any bytes read past the handshake).
-        let parts = match up.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => {
-                warn!("upgraded connection is not a TcpStream");
-                return;
-            }
-        };
+        // The accept loop serves hyper's HTTP/1 connection on a bare TcpStream or a
+        // TlsConn, so the upgraded connection is that (plus any bytes read past the
+        // handshake).
         let ip = slot.ip;
-        let sock = WsSocket::new(
-            parts.io.into_inner(),
-            state.cfg().outbox_limit,
-            MAX_PENDING_BYTES,
-            Some(slot),
-        );
-        crate::session::run(Arc::new(sock), parts.read_buf, state, ip).await;
+        let limit = state.cfg().outbox_limit;
+        let up = match up.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let sock =
+                    WsSocket::new(parts.io.into_inner(), limit, MAX_PENDING_BYTES, Some(slot));
+                return crate::session::run(Arc::new(sock), parts.read_buf, state, ip, None).await;
+            }
+            Err(up) => up,
+        };
+        match up.downcast::<TokioIo<TlsConn>>() {
+            Ok(parts) => {
+                let sock =
+                    WsSocket::new(parts.io.into_inner(), limit, MAX_PENDING_BYTES, Some(slot));
+                crate::session::run(Arc::new(sock), parts.read_buf, state, ip, tls_host).await;
+            }
+            Err(_) => warn!("upgraded connection is neither TCP nor TLS"),
+        }
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -112,9 +112,46 @@ struct Source {
     file: Option<std::path::PathBuf>,
 }
 
+/// Counts and logs a certificate reload (`what`: which listener, `why`: what asked).
+fn cert_reloaded(metrics: &Metrics, r: Result<(), service::tls::TlsError>, what: &str, why: &str) {
+    let result = if r.is_ok() { "ok" } else { "error" };
+    metrics
+        .tls_cert_reloads
+        .get_or_create(&icebreaker_signaling::metrics::ResultLabel { result })
+        .inc();
+    match r {
+        Ok(()) => info!("{why}: {what} TLS certificate reloaded; new connections get it"),
+        Err(e) => {
+            tracing::warn!(error = %e, "{why}: {what} TLS certificate not reloaded; still serving the previous one")
+        }
+    }
+}
+
+/// The certificates this process serves: the listener's, and the bundled relay's own
+/// TLS port's (the same files, read by each).
+fn certificates<'a>(
+    state: &'a AppState,
+    relay: Option<&'a icebreaker_relay::RelayHandle>,
+) -> impl Iterator<Item = (&'static str, &'a Arc<service::tls::Certificates>)> {
+    let own = state.tls.as_ref().map(|t| ("listener", &t.certificates));
+    let relay = relay
+        .and_then(|r| r.certificates.as_ref())
+        .map(|c| ("relay-tls-listen", c));
+    own.into_iter().chain(relay)
+}
+
 /// SIGHUP: resolves the configuration again and swaps it in (see
-/// `SignalingConfig::reload`); a bad file changes nothing and says why in one line.
-fn reload(state: &AppState, started: &SignalingConfig, src: &Source) {
+/// `SignalingConfig::reload`); a bad file changes nothing and says why in one line. The
+/// certificates are read again too.
+fn reload(
+    state: &AppState,
+    relay: Option<&icebreaker_relay::RelayHandle>,
+    started: &SignalingConfig,
+    src: &Source,
+) {
+    for (what, c) in certificates(state, relay) {
+        cert_reloaded(&state.metrics, c.reload(), what, "SIGHUP");
+    }
     let layered = service::config::load(
         src.args.clone(),
         src.file.as_deref(),
@@ -179,7 +216,19 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
         .map(|r| r.local_addrs.clone())
         .unwrap_or_default();
     let per_ip = PerIp::new(cfg.join_rate, cfg.join_burst);
+    let tls = match &cfg.tls {
+        Some((cert, key)) => {
+            let c = service::tls::Certificates::load(cert, key).context("tls-cert/tls-key")?;
+            Some(icebreaker_signaling::http::Tls::new(
+                c,
+                relay.as_ref().map(|r| r.handoff.clone()),
+            ))
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let state = Arc::new(AppState {
+        tls,
         cfg: arc_swap::ArcSwap::from_pointee(cfg),
         bus: bus.clone(),
         metrics,
@@ -202,7 +251,17 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
             }
         })
     };
-    info!(http = %http_addr, relay = ?relay_addrs, "icebreaker listening; open http://{http_addr}/");
+    for (what, c) in certificates(&state, relay.as_ref()) {
+        let metrics = state.metrics.clone();
+        tokio::spawn(c.clone().watch(Duration::from_secs(2), move |r| {
+            cert_reloaded(&metrics, r, what, "certificate files changed")
+        }));
+    }
+    let relay_tls = relay
+        .as_ref()
+        .map(|r| r.tls_addrs.clone())
+        .unwrap_or_default();
+    info!(http = %http_addr, relay = ?relay_addrs, ?relay_tls, tls = state.tls.is_some(), "icebreaker listening; open {scheme}://{http_addr}/");
     // One single-threaded runtime per thread, each accepting on its own listener: a
     // connection lives on one thread, and a message to a peer on another thread is
     // written into its socket directly, so threads hand nothing to each other.
@@ -230,7 +289,7 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
     }
     let server = tokio::spawn(icebreaker_signaling::http::serve(first, state.clone()));
     while stop.next().await == service::Signal::Reload {
-        reload(&state, &started, &source);
+        reload(&state, relay.as_ref(), &started, &source);
     }
     info!("shutting down");
     // The bundled relay refuses new allocations from now on; existing calls keep relaying

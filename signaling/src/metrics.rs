@@ -70,6 +70,12 @@ pub struct Metrics {
     pub cross_node_latency: Histogram,
     /// Signals per `deliver` run in Redis (the group commit's batch size).
     pub redis_batch_signals: Histogram,
+    /// TLS handshakes on the listener, by result (ok, failed, timeout, busy).
+    pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// TLS connections by what they carried after the handshake (http, turn, dropped).
+    pub tls_connections: Family<TypeLabel, Counter>,
+    /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
+    pub tls_cert_reloads: Family<ResultLabel, Counter>,
     /// SIGHUP reloads that took a new configuration.
     pub config_reloads: Counter,
     /// SIGHUP reloads refused (the new configuration was not valid; nothing changed).
@@ -114,6 +120,9 @@ impl Default for Metrics {
             ]),
             config_reloads: Counter::default(),
             config_reload_errors: Counter::default(),
+            tls_handshakes: Family::default(),
+            tls_connections: Family::default(),
+            tls_cert_reloads: Family::default(),
         }
     }
 }
@@ -146,6 +155,21 @@ impl Metrics {
             "config_reloads",
             "SIGHUP reloads that took a new configuration",
             self.config_reloads.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes on the listener, by result (ok, failed, timeout, busy)",
+            self.tls_handshakes.clone(),
+        );
+        r.register(
+            "tls_connections",
+            "TLS connections by what they carried after the handshake (http, turn, dropped)",
+            self.tls_connections.clone(),
+        );
+        r.register(
+            "tls_cert_reloads",
+            "Certificate reloads (SIGHUP or the files changed), by result (ok, error)",
+            self.tls_cert_reloads.clone(),
         );
         r.register(
             "config_reload_errors",

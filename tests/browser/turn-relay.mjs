@@ -2,6 +2,7 @@
 // turn-relay.mjs — prove that a TURN server relays real Chromium WebRTC traffic.
 //
 //   node turn-relay.mjs --url 'turn:127.0.0.1:3478?transport=udp' --username U --credential P [--timeout-ms 30000]
+//                       [--ignore-certificate-errors]   (turns: with a test certificate)
 //
 // Two RTCPeerConnections in one page, both `iceTransportPolicy: "relay"` with only the given
 // TURN server, so the sole way they can reach each other is through two allocations on it.
@@ -24,6 +25,9 @@ const { values: opt } = parseArgs({
     'timeout-ms': { type: 'string', default: '30000' },
     chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     verbose: { type: 'boolean', default: false },
+    // Chromium checks a turns: server's certificate like a web server's; a test's
+    // self-signed certificate needs this (the Rust tests check the chain themselves).
+    'ignore-certificate-errors': { type: 'boolean', default: false },
   },
 });
 const timeoutMs = Number(opt['timeout-ms']);
@@ -198,6 +202,7 @@ const CHROMIUM_ARGS = [
   '--allow-loopback-in-peer-connection', // TURN server and relayed addresses are all 127.0.0.1
   `--disable-features=${DISABLED_FEATURES.join(',')}`,
 ];
+if (opt['ignore-certificate-errors']) CHROMIUM_ARGS.push('--ignore-certificate-errors');
 
 // ---- Run, always bounded by --timeout-ms.
 const deadline = Date.now() + timeoutMs;

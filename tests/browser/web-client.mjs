@@ -28,6 +28,10 @@
 //             after the page (it offers) and `pointer` joining before it (the page offers);
 //             chat and pointer positions both ways; if that binary has `media`, VP8/Opus both
 //             ways in both offer directions (page decodes its video, it counts the page's frames)
+//   tls       (with an https:// --base) two pages served over HTTPS with the server's own
+//             certificate, signaling over wss, media relay-only through the turns: URL the
+//             server hands out for its one TLS port (&relay=tls): selected pair relay/TLS
+//             on both, video decoded, chat both ways
 //   share     two pages join with &media=0, then both start a screen share at the same moment
 //             (offers cross: perfect negotiation's glare handling); each decodes the other's
 //             screen; then one turns its microphone on (renegotiation) and the other gets audio
@@ -57,9 +61,9 @@ const { values: opt } = parseArgs({
     verbose: { type: 'boolean', default: false },
   },
 });
-const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share', 'peer', 'unavailable'];
+const SCENARIOS = ['two', 'relay', 'three', 'resume', 'cut', 'expire', 'nomedia', 'share', 'peer', 'unavailable', 'tls'];
 // `unavailable` needs a harness that stops and restarts Redis (tests/e2e/cluster.rs): never in `all`.
-const wanted = opt.scenario === 'all' ? SCENARIOS.filter((s) => (s !== 'peer' || opt.peer) && s !== 'unavailable') : opt.scenario.split(',');
+const wanted = opt.scenario === 'all' ? SCENARIOS.filter((s) => (s !== 'peer' || opt.peer) && s !== 'unavailable' && s !== 'tls') : opt.scenario.split(',');
 const timeoutMs = Number(opt['timeout-ms']);
 if (!opt.base || !(timeoutMs > 0) || wanted.some((s) => !SCENARIOS.includes(s))) {
   console.log(JSON.stringify({ ok: false, error: `usage: node web-client.mjs --base http://HOST:PORT [--scenario ${SCENARIOS.join('|')}|all] [--screenshots DIR] [--timeout-ms N]` }));
@@ -82,6 +86,8 @@ const BASE_ARGS = [
   '--disable-background-timer-throttling', '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
   `--disable-features=${DISABLED_FEATURES.join(',')}`,
 ];
+// A server with a test certificate: Chromium checks it for the page, wss and turns: alike.
+if (opt.base.startsWith('https:')) BASE_ARGS.push('--ignore-certificate-errors');
 const MEDIA = {
   fake: ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'], // test pattern + beep, auto-granted
   refused: ['--use-fake-device-for-media-stream'], // devices exist, the permission prompt is dismissed: NotAllowedError
@@ -697,7 +703,26 @@ const runs = {
   expire,
   peer: (sc) => { if (!opt.peer) throw new Error('the peer scenario needs --peer PATH'); return withPeer(sc); },
   unavailable: unavailableRetry,
+  tls: tlsPages,
 };
+
+/** The `tls` scenario: HTTPS page, wss signaling, media relay-only over TURN/TLS. */
+async function tlsPages(sc) {
+  if (!BASE.startsWith('https:')) throw new Error('the tls scenario needs an https:// --base');
+  const a = await sc.open(await sc.launch(), 'alice', { query: '&relay=tls' });
+  const b = await sc.open(await sc.launch(), 'bob', { query: '&relay=tls' });
+  const r = sc.result;
+  r.secure = await a.evaluate(() => ({ secureContext: window.isSecureContext, protocol: location.protocol }));
+  if (!r.secure.secureContext) throw new Error('the HTTPS page is not a secure context');
+  await connected(sc, a, 1);
+  await connected(sc, b, 1);
+  r.alice_receives = (await mediaFlows(sc, a))[0];
+  r.bob_receives = (await mediaFlows(sc, b))[0];
+  for (const [who, got] of [['alice', r.alice_receives], ['bob', r.bob_receives]]) {
+    if (got.candidateType !== 'relay' || got.protocol !== 'TLS') throw new Error(`${who}: selected candidate is ${got.candidateType}/${got.protocol}, not relay/TLS`);
+  }
+  r.chat_ms = { alice_to_bob: await chat(sc, a, [b], 'over wss and TURN/TLS'), bob_to_alice: await chat(sc, b, [a], 'one port for all') };
+}
 
 let allOk = true;
 process.on('exit', () => { if (clipDir) fs.rmSync(clipDir, { recursive: true, force: true }); });

@@ -10,75 +10,13 @@ use std::time::Duration;
 
 use icebreaker_relay::auth::mint_rest_credentials;
 use icebreaker_tests::{
-    browser_dir, free_udp_port, http_get, metric, require, start_relay, Proc, Relay,
+    assert_all_echoed, browser_dir, echo_peer, http_get, metric, require, start_relay, Proc, Relay,
+    Uclient,
 };
 
-/// An echo peer from coturn's tools on a free loopback port.
-fn echo_peer() -> (Proc, u16) {
-    require("turnutils_peer", "coturn");
-    let port = free_udp_port();
-    let mut cmd = Command::new("turnutils_peer");
-    cmd.args(["-L", "127.0.0.1", "-p", &port.to_string()]);
-    let p = Proc::start("turnutils_peer", cmd);
-    std::thread::sleep(Duration::from_millis(200));
-    (p, port)
-}
-
-struct Uclient {
-    ok: bool,
-    sent: u64,
-    recv: u64,
-    lost_zero: bool,
-    output: String,
-}
-
-/// Runs `turnutils_uclient` (bounded) against the relay, through the echo peer.
+/// `turnutils_uclient` (bounded) against `relay`'s client port, through the echo peer.
 fn uclient(relay: &Relay, peer_port: u16, extra: &[&str]) -> Uclient {
-    require("turnutils_uclient", "coturn");
-    let mut cmd = Command::new("timeout");
-    cmd.args([
-        "60",
-        "turnutils_uclient",
-        "-p",
-        &relay.addr.port().to_string(),
-    ])
-    .args(["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-c"])
-    .args(extra)
-    .arg("127.0.0.1");
-    let mut p = Proc::start("uclient", cmd);
-    let status = p.wait(Duration::from_secs(70)).expect("uclient finished");
-    let output = p.output();
-    let totals = output
-        .lines()
-        .rev()
-        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .unwrap_or("");
-    let num = |key: &str| -> u64 {
-        totals
-            .split(key)
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    Uclient {
-        ok: status.success(),
-        sent: num("tot_send_msgs="),
-        recv: num("tot_recv_msgs="),
-        lost_zero: output.contains("Total lost packets 0 (0.000000%)"),
-        output,
-    }
-}
-
-fn assert_all_echoed(u: &Uclient, what: &str, expect_sent: u64) {
-    assert!(u.ok, "{what}: uclient failed:\n{}", u.output);
-    assert_eq!(u.sent, expect_sent, "{what}: messages sent\n{}", u.output);
-    assert_eq!(
-        u.recv, u.sent,
-        "{what}: every message echoed back\n{}",
-        u.output
-    );
-    assert!(u.lost_zero, "{what}: uclient reports loss\n{}", u.output);
+    icebreaker_tests::uclient(relay.addr.port(), peer_port, extra)
 }
 
 #[test]

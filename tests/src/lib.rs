@@ -500,3 +500,69 @@ impl Drop for RssWatch {
         }
     }
 }
+
+/// An echo peer from coturn's tools on a free loopback port.
+pub fn echo_peer() -> (Proc, u16) {
+    require("turnutils_peer", "coturn");
+    let port = free_udp_port();
+    let mut cmd = Command::new("turnutils_peer");
+    cmd.args(["-L", "127.0.0.1", "-p", &port.to_string()]);
+    let p = Proc::start("turnutils_peer", cmd);
+    std::thread::sleep(Duration::from_millis(200));
+    (p, port)
+}
+
+/// What `turnutils_uclient` reported.
+pub struct Uclient {
+    pub ok: bool,
+    pub sent: u64,
+    pub recv: u64,
+    pub lost_zero: bool,
+    pub output: String,
+}
+
+/// Runs `turnutils_uclient` (bounded) against 127.0.0.1:`port`, through the echo peer on
+/// `peer_port`, with `extra` flags (credentials, load, `-t`, `-S`).
+pub fn uclient(port: u16, peer_port: u16, extra: &[&str]) -> Uclient {
+    require("turnutils_uclient", "coturn");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", "turnutils_uclient", "-p", &port.to_string()])
+        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string(), "-c"])
+        .args(extra)
+        .arg("127.0.0.1");
+    let mut p = Proc::start("uclient", cmd);
+    let status = p.wait(Duration::from_secs(70)).expect("uclient finished");
+    let output = p.output();
+    let totals = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or("");
+    let num = |key: &str| -> u64 {
+        totals
+            .split(key)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    Uclient {
+        ok: status.success(),
+        sent: num("tot_send_msgs="),
+        recv: num("tot_recv_msgs="),
+        lost_zero: output.contains("Total lost packets 0 (0.000000%)"),
+        output,
+    }
+}
+
+/// Every message `uclient` sent came back, none lost.
+pub fn assert_all_echoed(u: &Uclient, what: &str, expect_sent: u64) {
+    assert!(u.ok, "{what}: uclient failed:\n{}", u.output);
+    assert_eq!(u.sent, expect_sent, "{what}: messages sent\n{}", u.output);
+    assert_eq!(
+        u.recv, u.sent,
+        "{what}: every message echoed back\n{}",
+        u.output
+    );
+    assert!(u.lost_zero, "{what}: uclient reports loss\n{}", u.output);
+}

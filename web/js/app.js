@@ -5,7 +5,8 @@
 //   &name=NAME   display name (else the one saved in this browser, else a generated one)
 //   &media=0     join without asking for camera/microphone (the Mic/Camera buttons ask later)
 //   &relay=1     force iceTransportPolicy "relay" (media only through the TURN relay);
-//                relay=udp / relay=tcp also keep only that transport to the relay
+//                relay=udp / relay=tcp / relay=tls also keep only that transport to the relay
+//                (tls: the turns: URLs a server with a certificate hands out)
 //
 // Test hook (for automation; read-only unless noted):
 //   window.icebreaker = {
@@ -87,7 +88,7 @@ async function startCall(room) {
   const name = (params.get('name') || savedName() || generateName()).slice(0, 40);
   if (!savedName()) saveName(name);
   const relayParam = params.get('relay');
-  const relay = !relayParam || relayParam === '0' ? false : relayParam === 'udp' || relayParam === 'tcp' ? relayParam : 'any';
+  const relay = !relayParam || relayParam === '0' ? false : ['udp', 'tcp', 'tls'].includes(relayParam) ? relayParam : 'any';
 
   document.title = `${room} · Icebreaker`;
   $('#call').hidden = false;

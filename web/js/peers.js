@@ -13,7 +13,7 @@ export class PeerManager {
    * @param {object} o
    * @param {import('./signaling.js').Signaling} o.signaling
    * @param {import('./media.js').Media} o.media
-   * @param {false|'any'|'udp'|'tcp'} o.relay  force iceTransportPolicy "relay" (and a TURN transport)
+   * @param {false|'any'|'udp'|'tcp'|'tls'} o.relay  force iceTransportPolicy "relay" (and a TURN transport)
    * @param {(peer: Peer) => void} o.onPeer     a peer was added or changed (state, tracks, channels)
    * @param {(peer: Peer) => void} o.onGone     a peer was removed
    * @param {(peer: Peer, label: string, msg: object) => void} o.onData  a data channel message
@@ -26,10 +26,15 @@ export class PeerManager {
 
   config() {
     let iceServers = this.signaling.iceServers;
-    if (this.relay === 'udp' || this.relay === 'tcp') {
-      // Keep only TURN URLs of the wanted transport (TURN/TCP: the relay reached over TCP).
+    if (this.relay === 'udp' || this.relay === 'tcp' || this.relay === 'tls') {
+      // Keep only TURN URLs of the wanted transport (TURN/TCP: the relay reached over TCP;
+      // TLS: only turns: URLs, the relay reached over TLS, as from a network that lets
+      // nothing but TLS out).
+      const wanted = (u) => this.relay === 'tls'
+        ? u.startsWith('turns:')
+        : /^turn:/.test(u) && (u.includes(`transport=${this.relay}`) || (this.relay === 'udp' && !u.includes('transport=')));
       iceServers = iceServers
-        .map((s) => ({ ...s, urls: [].concat(s.urls).filter((u) => /^turns?:/.test(u) && (u.includes(`transport=${this.relay}`) || (this.relay === 'udp' && !u.includes('transport=')))) }))
+        .map((s) => ({ ...s, urls: [].concat(s.urls).filter(wanted) }))
         .filter((s) => s.urls.length);
     }
     return { iceServers, iceTransportPolicy: this.relay ? 'relay' : 'all' };

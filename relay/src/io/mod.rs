@@ -14,6 +14,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use icebreaker_service::tls::{Certificates, TlsConn, TlsParts};
 use socket2::{Protocol, Type};
 use tokio::sync::watch;
 
@@ -29,6 +30,32 @@ pub(crate) struct TcpLimits {
     buffer: usize,
 }
 
+/// Hands TURN-over-TLS connections accepted elsewhere to the relay's shards: how
+/// `icebreaker` serves TURN on its one TLS port beside HTTPS.
+#[derive(Clone)]
+pub struct Handoff {
+    shards: Arc<[tokio::sync::mpsc::Sender<TlsParts>]>,
+}
+
+impl Handoff {
+    /// Gives `conn` (handshake done, its first bytes STUN) to the shard its client port
+    /// picks. False when that shard's queue is full or the relay has stopped: the
+    /// connection is closed.
+    pub fn give(&self, conn: TlsConn) -> bool {
+        let Ok(client) = conn.peer_addr() else {
+            return false;
+        };
+        let Ok(parts) = conn.into_parts() else {
+            return false;
+        };
+        let shard = &self.shards[client.port() as usize % self.shards.len()];
+        shard.try_send(parts).is_ok()
+    }
+}
+
+/// Connections waiting for a shard to adopt them.
+const HANDOFF_QUEUE: usize = 128;
+
 /// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
 pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
@@ -39,6 +66,12 @@ pub struct RelayHandle {
     pub local_addrs: Vec<SocketAddr>,
     /// The state every shard shares (config, credentials, peer policy, quotas).
     pub shared: Arc<Shared>,
+    /// The TURN-over-TLS addresses actually bound (`tls_listen`).
+    pub tls_addrs: Vec<SocketAddr>,
+    /// The certificate the TLS listeners serve, when there are any; reload it on SIGHUP.
+    pub certificates: Option<Arc<Certificates>>,
+    /// Gives the shards TLS connections accepted elsewhere.
+    pub handoff: Handoff,
 }
 
 impl RelayHandle {
@@ -129,6 +162,25 @@ fn bind_shards(
     Ok((addr, out))
 }
 
+/// One TCP listener per shard on `want` (SO_REUSEPORT group), for TURN over TLS.
+fn bind_tls_shards(
+    want: SocketAddr,
+    shards: usize,
+) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
+    let mut addr = want;
+    let mut out = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let t = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
+        t.bind(&addr.into())?;
+        t.listen(1024)?;
+        if i == 0 {
+            addr = t.local_addr()?.as_socket().expect("inet");
+        }
+        out.push(t.into());
+    }
+    Ok((addr, out))
+}
+
 /// Binds every shard's sockets, then starts the shards. Bind errors come back here, before
 /// any thread runs, so a misconfigured port fails the start with a clear error.
 pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayHandle> {
@@ -159,7 +211,28 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
             tcps.push(t);
         }
     }
-    let own = crate::server::own_addresses(&config.turn, &local_addrs, &host_ips());
+    let certificates = match (&config.cert, &config.key) {
+        (Some(c), Some(k)) if !config.tls_listen.is_empty() => Some(
+            Certificates::load(c, k)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        _ => None,
+    };
+    let mut tls_per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut tls_addrs = Vec::new();
+    if certificates.is_some() {
+        for &want in &config.tls_listen {
+            let (addr, ls) = bind_tls_shards(want, shards)?;
+            tls_addrs.push(addr);
+            for (v, l) in tls_per_shard.iter_mut().zip(ls) {
+                v.push(l);
+            }
+        }
+    }
+    let tls_config = certificates.as_ref().map(|c| c.server_config(&[]));
+    let mut all_addrs = local_addrs.clone();
+    all_addrs.extend(&tls_addrs);
+    let own = crate::server::own_addresses(&config.turn, &all_addrs, &host_ips());
     let tcp_limits = TcpLimits {
         connections: config.max_tcp_connections,
         frame: config.max_tcp_frame,
@@ -173,15 +246,19 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     );
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
-    for (i, (udps, tcps)) in per_shard.into_iter().enumerate() {
+    let mut handoff = Vec::new();
+    for (i, ((udps, tcps), tls)) in per_shard.into_iter().zip(tls_per_shard).enumerate() {
         let shared = shared.clone();
         let m = metrics.shard(i as u16);
         let rx = rx.clone();
+        let tls = tls_config.clone().map(|c| (tls, c));
+        let (htx, hrx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
+        handoff.push(htx);
         threads.push(
             std::thread::Builder::new()
                 .name(format!("relay-shard-{i}"))
                 .spawn(move || {
-                    shard::run_shard(i, shards, tcp_limits, shared, m, udps, tcps, rx)
+                    shard::run_shard(i, shards, tcp_limits, shared, m, udps, tcps, tls, hrx, rx)
                 })?,
         );
     }
@@ -191,5 +268,10 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         local_addrs,
         shared,
         shards,
+        tls_addrs,
+        certificates,
+        handoff: Handoff {
+            shards: handoff.into(),
+        },
     })
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, LocalSet};
 use tracing::{debug, error, warn};
 
-use super::tcp::TcpClient;
+use super::tcp::{ConnKey, TcpClient};
 use crate::metrics::ShardMetrics;
 use crate::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
 use crate::{FiveTuple, Transport};
@@ -29,7 +29,9 @@ pub(super) struct Ctx {
     pub max_tcp_frame: usize,
     udp: Vec<(SocketAddr, Rc<tokio::net::UdpSocket>)>,
     relays: RefCell<FxHashMap<SocketAddr, RelaySocket>>,
-    pub tcp: RefCell<FxHashMap<SocketAddr, TcpClient>>,
+    pub tcp: RefCell<FxHashMap<ConnKey, TcpClient>>,
+    /// TLS handshakes in progress (they count against `max_tcp`).
+    pub handshaking: Cell<usize>,
     /// This shard's part of `tcp-buffer-limit`, and what its TCP connections hold now.
     tcp_budget: usize,
     tcp_used: Cell<usize>,
@@ -75,7 +77,12 @@ impl RelaySockets for Binder<'_> {
 
     fn allocation_ended(&mut self, five_tuple: &FiveTuple) {
         if five_tuple.transport == Transport::Tcp {
-            if let Some(c) = self.0.tcp.borrow().get(&five_tuple.client) {
+            if let Some(c) = self
+                .0
+                .tcp
+                .borrow()
+                .get(&(five_tuple.client, five_tuple.server))
+            {
                 c.close();
             }
         }
@@ -139,7 +146,7 @@ impl Ctx {
                     }
                 }
                 Transport::Tcp => {
-                    if let Some(c) = self.tcp.borrow().get(&to.client) {
+                    if let Some(c) = self.tcp.borrow().get(&(to.client, to.server)) {
                         if !c.send(self, data) {
                             self.metrics.drop("tcp_queue_full");
                         }
@@ -197,6 +204,8 @@ pub(super) fn run_shard(
     metrics: ShardMetrics,
     udps: Vec<UdpSocket>,
     tcps: Vec<TcpListener>,
+    tls: Option<(Vec<TcpListener>, Arc<rustls::ServerConfig>)>,
+    handed: tokio::sync::mpsc::Receiver<icebreaker_service::tls::TlsParts>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -231,6 +240,7 @@ pub(super) fn run_shard(
             udp: udp.clone(),
             relays: RefCell::default(),
             tcp: RefCell::default(),
+            handshaking: Cell::new(0),
             tcp_budget,
             tcp_used: Cell::new(0),
             buf: RefCell::new(vec![0u8; 2 * 65536]),
@@ -241,11 +251,26 @@ pub(super) fn run_shard(
         for t in tcps {
             match tokio::net::TcpListener::from_std(t) {
                 Ok(l) => {
-                    tokio::task::spawn_local(super::tcp::accept_loop(ctx.clone(), l));
+                    tokio::task::spawn_local(super::tcp::accept_loop(ctx.clone(), l, None));
                 }
                 Err(e) => error!(error = %e, "cannot use TCP listener"),
             }
         }
+        if let Some((listeners, cfg)) = tls {
+            for t in listeners {
+                match tokio::net::TcpListener::from_std(t) {
+                    Ok(l) => {
+                        tokio::task::spawn_local(super::tcp::accept_loop(
+                            ctx.clone(),
+                            l,
+                            Some(cfg.clone()),
+                        ));
+                    }
+                    Err(e) => error!(error = %e, "cannot use TLS listener"),
+                }
+            }
+        }
+        tokio::task::spawn_local(super::tcp::handed_over(ctx.clone(), handed));
         tokio::task::spawn_local(timer(ctx.clone()));
         let _ = shutdown.wait_for(|s| *s).await;
         // Release every relayed socket and quota before the runtime goes away.

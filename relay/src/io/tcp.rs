@@ -1,4 +1,6 @@
-//! TURN over TCP (RFC 8656 §3.1): STUN messages and padded ChannelData framed on a stream.
+//! TURN over TCP and over TLS (RFC 8656 §3.1): STUN messages and padded ChannelData framed
+//! on a stream. TLS connections are the same after their handshake (rustls, driven by
+//! [`TlsConn`] so that they read into the shard's buffer like plain ones).
 //!
 //! What a hostile client can hold here is bounded: a connection reads into the shard's
 //! one receive buffer and keeps only an unfinished frame of its own, at most
@@ -9,11 +11,13 @@
 //! [`IDLE_WITHOUT_ALLOCATION`] is closed, and one whose allocation ends is closed with it.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::ErrorKind;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use icebreaker_service::tls::{self, TlsConn, TlsParts};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -33,6 +37,64 @@ pub(super) const FRAME_DEADLINE: Duration = Duration::from_secs(10);
 pub(super) const OUTPUT_BYTES: usize = 256 * 1024;
 /// How long a closing connection may take to write what is queued.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// The key of a client connection in the shard's table: client and server address (a
+/// client may use one source port towards both the TCP and the TLS port).
+pub(super) type ConnKey = (std::net::SocketAddr, std::net::SocketAddr);
+
+/// What a client connection is carried on: a TCP stream, or TLS over one. Both read
+/// without waiting into the shard's buffer and are written by the connection's writer.
+pub(super) trait ClientIo: 'static {
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + '_;
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + '_;
+    /// Output taken but not written yet (TLS records rustls holds).
+    fn backlogged(&self) -> bool;
+    fn shutdown(&self);
+}
+
+impl ClientIo for TcpStream {
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        TcpStream::readable(self)
+    }
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        TcpStream::writable(self)
+    }
+    fn backlogged(&self) -> bool {
+        false
+    }
+    fn shutdown(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl ClientIo for TlsConn {
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        TlsConn::try_read(self, buf)
+    }
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        TlsConn::readable(self)
+    }
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        TlsConn::try_write(self, buf)
+    }
+    fn writable(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        TlsConn::writable(self)
+    }
+    fn backlogged(&self) -> bool {
+        TlsConn::backlogged(self)
+    }
+    fn shutdown(&self) {
+        self.shutdown_write()
+    }
+}
 
 /// The driver's handle on one client connection.
 pub(super) struct TcpClient {
@@ -64,12 +126,26 @@ impl TcpClient {
     }
 }
 
-pub(super) async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener) {
+/// Whether the shard may take one more client connection (handshakes in progress count).
+fn room_for_one(ctx: &Ctx) -> bool {
+    if ctx.tcp.borrow().len() + ctx.handshaking.get() >= ctx.max_tcp {
+        ctx.metrics.drop("tcp_connection_limit");
+        return false;
+    }
+    true
+}
+
+/// Accepts client connections on `listener`: plain TURN over TCP, or with `tls` TURN over
+/// TLS (the handshake bounded by [`tls::HANDSHAKE_TIMEOUT`] and counted).
+pub(super) async fn accept_loop(
+    ctx: Rc<Ctx>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                if ctx.tcp.borrow().len() >= ctx.max_tcp {
-                    ctx.metrics.drop("tcp_connection_limit");
+                if !room_for_one(&ctx) {
                     continue;
                 }
                 let local = match stream.local_addr() {
@@ -82,7 +158,27 @@ pub(super) async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener) {
                     server: local,
                     transport: Transport::Tcp,
                 };
-                tokio::task::spawn_local(connection(ctx.clone(), stream, ft));
+                let ctx = ctx.clone();
+                match &tls {
+                    None => {
+                        tokio::task::spawn_local(connection(ctx, Rc::new(stream), ft));
+                    }
+                    Some(cfg) => {
+                        let cfg = cfg.clone();
+                        tokio::task::spawn_local(async move {
+                            ctx.handshaking.set(ctx.handshaking.get() + 1);
+                            let r = tls::accept(cfg, stream).await;
+                            ctx.handshaking.set(ctx.handshaking.get() - 1);
+                            match r {
+                                Ok(c) => {
+                                    ctx.metrics.all.tls_handshake("ok");
+                                    connection(ctx, Rc::new(c), ft).await
+                                }
+                                Err(why) => ctx.metrics.all.tls_handshake(why.as_str()),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 warn!(error = %e, "TCP accept failed");
@@ -90,6 +186,47 @@ pub(super) async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// A TURN-over-TLS connection handed over by another listener (`icebreaker`'s one TLS
+/// port, which tells STUN from HTTP after the handshake).
+pub(super) async fn handed_over(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<TlsParts>) {
+    while let Some(p) = rx.recv().await {
+        if !room_for_one(&ctx) {
+            continue;
+        }
+        let conn = match TlsConn::from_parts(p) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "cannot adopt a TLS connection");
+                continue;
+            }
+        };
+        let (Ok(client), Ok(server)) = (conn.peer_addr(), conn.local_addr()) else {
+            continue;
+        };
+        let ft = FiveTuple {
+            client,
+            server,
+            transport: Transport::Tcp,
+        };
+        tokio::task::spawn_local(connection(ctx.clone(), Rc::new(conn), ft));
+    }
+}
+
+/// Writes all of `b`, waiting for the stream as needed.
+async fn write_all<S: ClientIo>(io: &S, mut b: &[u8]) -> std::io::Result<()> {
+    while !b.is_empty() {
+        match io.try_write(b) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                io.writable().await?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Why a connection ends (the metric label, for those that are our decision).
@@ -104,13 +241,13 @@ enum End {
     AllocationEnded,
 }
 
-async fn connection(ctx: Rc<Ctx>, stream: TcpStream, ft: FiveTuple) {
-    let (rd, mut wr) = stream.into_split();
+async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
+    let key = (ft.client, ft.server);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Rc::new(Cell::new(0));
     let close = Rc::new(Notify::new());
     ctx.tcp.borrow_mut().insert(
-        ft.client,
+        key,
         TcpClient {
             tx,
             queued: queued.clone(),
@@ -120,16 +257,24 @@ async fn connection(ctx: Rc<Ctx>, stream: TcpStream, ft: FiveTuple) {
     ctx.metrics.all.tcp_connections.inc();
     let wctx = ctx.clone();
     let wqueued = queued.clone();
+    let wio = io.clone();
     let writer = tokio::task::spawn_local(async move {
         while let Some(b) = rx.recv().await {
-            let ok = wr.write_all(&b).await.is_ok();
+            let mut ok = write_all(&*wio, &b).await.is_ok();
             wqueued.set(wqueued.get() - b.len());
             wctx.tcp_release(b.len());
+            // TLS: what rustls holds goes out before the writer sleeps.
+            if ok && rx.is_empty() && wio.backlogged() {
+                ok = wio.writable().await.is_ok();
+            }
             if !ok {
                 break;
             }
         }
-        let _ = wr.shutdown().await;
+        if wio.backlogged() {
+            let _ = wio.writable().await;
+        }
+        wio.shutdown();
     });
 
     let max_frame = ctx.max_tcp_frame;
@@ -147,7 +292,7 @@ async fn connection(ctx: Rc<Ctx>, stream: TcpStream, ft: FiveTuple) {
         };
         let (until, why) = deadline.unwrap_or((last_message + FRAME_DEADLINE, End::Idle));
         tokio::select! {
-            r = rd.readable() => if r.is_err() { break End::Closed },
+            r = io.readable() => if r.is_err() { break End::Closed },
             _ = close.notified() => break End::AllocationEnded,
             _ = tokio::time::sleep_until(until), if deadline.is_some() => break why,
         }
@@ -155,7 +300,7 @@ async fn connection(ctx: Rc<Ctx>, stream: TcpStream, ft: FiveTuple) {
         let mut buf = ctx.buf.borrow_mut();
         let held = partial.len();
         buf[..held].copy_from_slice(&partial);
-        let n = match rd.try_read(&mut buf[held..]) {
+        let n = match io.try_read(&mut buf[held..]) {
             Ok(0) => break End::Closed,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
@@ -203,7 +348,7 @@ async fn connection(ctx: Rc<Ctx>, stream: TcpStream, ft: FiveTuple) {
     debug!(client = %ft.client, ?end, "TCP connection ends");
     // Dropping our sender lets the writer finish what is queued (a Refresh answer before
     // the close, say), then shut the stream down.
-    ctx.tcp.borrow_mut().remove(&ft.client);
+    ctx.tcp.borrow_mut().remove(&key);
     ctx.core
         .borrow_mut()
         .close_client(&ft, &mut super::shard::Binder(&ctx));

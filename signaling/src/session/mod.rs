@@ -79,6 +79,8 @@ struct Conn<S: Stream> {
     me: Option<Attached>,
     /// The client's address (its per-IP slot travels in the socket).
     ip: IpAddr,
+    /// The `Host` the client reached us with over TLS (for its `turns:` URLs).
+    tls_host: Option<String>,
     bucket: TokenBucket,
     last_seen: Instant,
     /// The WebSocket read side (a fragmented message in progress, if any).
@@ -205,7 +207,12 @@ impl<S: Stream> Conn<S> {
                         Err(e) => return self.report(e).await,
                     }
                 }
-                let ice = ice_servers_json(&cfg, &label, icebreaker_relay::server::unix_now());
+                let ice = ice_servers_json(
+                    &cfg,
+                    &label,
+                    icebreaker_relay::server::unix_now(),
+                    self.tls_host.as_deref(),
+                );
                 match st
                     .bus
                     .join(&room, meta.map(|m| m.to_owned()), &ice, self.outbox())
@@ -434,12 +441,14 @@ impl<S: Stream> Conn<S> {
     }
 }
 
-/// The connection's task. `early`: bytes the client sent right behind its handshake.
+/// The connection's task. `early`: bytes the client sent right behind its handshake;
+/// `tls_host`: the `Host` header of a connection over TLS.
 pub async fn run<S: Stream>(
     sock: Arc<WsSocket<S>>,
     early: bytes::Bytes,
     state: Arc<AppState>,
     ip: IpAddr,
+    tls_host: Option<String>,
 ) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
@@ -456,6 +465,7 @@ pub async fn run<S: Stream>(
         sock: sock.clone(),
         me: None,
         ip,
+        tls_host,
         bucket: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, clock()),
         last_seen: clock(),
         reader: Reader::new(cfg.max_message_bytes),

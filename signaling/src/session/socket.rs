@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Mutex;
 
+use icebreaker_service::tls::TlsConn;
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
@@ -58,6 +59,11 @@ pub trait Stream: Send + Sync + 'static {
     fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Sends FIN.
     fn shutdown_write(&self);
+    /// Output was taken but is not on the wire yet (TLS records rustls holds): the
+    /// connection is blocked until [`Stream::writable`] has written it.
+    fn backlogged(&self) -> bool {
+        false
+    }
 }
 
 macro_rules! tokio_stream {
@@ -91,6 +97,34 @@ macro_rules! tokio_stream {
 }
 tokio_stream!(TcpStream);
 tokio_stream!(UnixStream);
+
+/// wss: a TLS connection, read and written without waiting like a TCP stream.
+impl Stream for TlsConn {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TlsConn::try_write(self, buf)
+    }
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TlsConn::try_write_vectored(self, bufs)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TlsConn::try_read(self, buf)
+    }
+    fn clear_readable(&self) {
+        TlsConn::clear_readable(self)
+    }
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TlsConn::readable(self)
+    }
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TlsConn::writable(self)
+    }
+    fn shutdown_write(&self) {
+        TlsConn::shutdown_write(self)
+    }
+    fn backlogged(&self) -> bool {
+        TlsConn::backlogged(self)
+    }
+}
 
 /// A WebSocket connection's socket and its unwritten output; the [`Outbox`] of the peer it
 /// carries.
@@ -163,7 +197,16 @@ impl<S: Stream> WsSocket<S> {
             }
         }
         self.drained(out);
+        self.blocked_if_backlogged(out);
         Pushed::Ok
+    }
+
+    /// TLS keeps what the kernel refused inside rustls: the owner must write it.
+    fn blocked_if_backlogged(&self, out: &mut Out) {
+        if !out.blocked && self.io.backlogged() {
+            out.blocked = true;
+            self.wake.notify_one();
+        }
     }
 
     fn drained(&self, out: &mut Out) {
@@ -209,6 +252,7 @@ impl<S: Stream> WsSocket<S> {
                 }
             };
             if written == total {
+                self.blocked_if_backlogged(out);
                 return Pushed::Ok;
             }
             if written < hl {
@@ -331,7 +375,7 @@ impl<S: Stream> WsSocket<S> {
             if self.write_out(&mut out) == Pushed::Gone {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
-            if out.pending.is_empty() {
+            if out.pending.is_empty() && !out.blocked {
                 return Ok(());
             }
         }

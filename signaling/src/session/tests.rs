@@ -36,6 +36,7 @@ fn state(tweak: impl FnOnce(&mut crate::config::SignalingConfig)) -> Arc<AppStat
         registry: Default::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        tls: None,
     })
 }
 
@@ -63,7 +64,7 @@ fn connect(st: &Arc<AppState>) -> Client {
         .acquire(IP, st.cfg().max_connections_per_ip)
         .map(|h| h as crate::room::Hold);
     let sock = Arc::new(WsSocket::new(theirs, st.cfg().outbox_limit, 4 << 20, hold));
-    tokio::spawn(super::run(sock, bytes::Bytes::new(), st.clone(), IP));
+    tokio::spawn(super::run(sock, bytes::Bytes::new(), st.clone(), IP, None));
     Client {
         io: ours,
         buf: Vec::new(),

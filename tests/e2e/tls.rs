@@ -1,0 +1,473 @@
+//! TLS end to end, with clients nobody here wrote: coturn's `turnutils_uclient -S` for TURN
+//! over TLS (the relay's `--tls-listen`, and `icebreaker`'s one TLS port that also serves
+//! HTTPS and wss), rustls and tungstenite as the HTTPS/wss client, headless Chromium
+//! relaying through `turns:`. Certificates come from rcgen at test time; a rotation on disk
+//! must reach new connections without dropping old ones.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use icebreaker_tests::{
+    assert_all_echoed, browser_dir, echo_peer, http_get, metric, start_icebreaker, start_relay,
+    uclient, Proc,
+};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::{json, Value};
+
+/// A certificate for `localhost` and 127.0.0.1 written as PEM files.
+struct TestCert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ib-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A new self-signed certificate written to `dir/name.{crt,key}` (replacing what is there,
+/// the way certbot's renewal does: write elsewhere, then rename over).
+fn make_cert(dir: &Path, name: &str) -> TestCert {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen");
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let tmp = dir.join("new.tmp");
+    std::fs::write(&tmp, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::rename(&tmp, &key).unwrap();
+    std::fs::write(&tmp, ck.cert.pem()).unwrap();
+    std::fs::rename(&tmp, &cert).unwrap();
+    TestCert {
+        cert,
+        key,
+        der: ck.cert.der().clone(),
+    }
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection to `addr` as `localhost` that trusts only `trust`; Err when the
+/// handshake fails (for instance because the server shows another certificate).
+fn tls_connect(addr: SocketAddr, trust: &CertificateDer<'static>) -> Result<Tls, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add(trust.clone()).map_err(|e| e.to_string())?;
+    let cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap().to_owned();
+    let conn = ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
+    }
+    Ok(s)
+}
+
+/// GET over TLS: (status, body).
+fn https_get(addr: SocketAddr, trust: &CertificateDer<'static>, path: &str) -> (u16, String) {
+    let mut s = tls_connect(addr, trust).expect("TLS handshake");
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost:{}\r\n\r\n",
+        addr.port()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    // A peer that closes without close_notify is an error to rustls; what came is enough.
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The address after `key` in a log line (`addrs=[127.0.0.1:1234]`).
+fn addr_in(line: &str, key: &str) -> SocketAddr {
+    let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+    let end = rest.find([']', ',']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("address in {line}"))
+}
+
+/// Waits until `f` holds (polled), or panics with `what`.
+fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// coturn's client over TLS (`-t -S`) to the relay's `--tls-listen`: nothing lost, with
+/// long-term and REST credentials; a certificate rotated on disk reaches the next
+/// handshake while a running TLS allocation keeps relaying; a SIGHUP with a broken
+/// certificate changes nothing.
+#[test]
+fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
+    let dir = temp_dir("relay");
+    let first = make_cert(&dir, "relay");
+    let (cert, key) = (first.cert.to_str().unwrap(), first.key.to_str().unwrap());
+    let relay = start_relay(&[
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--cert",
+        cert,
+        "--key",
+        key,
+    ]);
+    let line = relay
+        .proc
+        .wait_line("TURN over TLS", Duration::from_secs(5))
+        .expect("TLS listener logged");
+    let tls = addr_in(&line, "addrs=[");
+    let (_peer, peer_port) = echo_peer();
+    for (what, creds) in [
+        ("tls long-term", ["-u", "test", "-w", "test"]),
+        ("tls rest", ["-u", "alice", "-W", "s3cret"]),
+    ] {
+        let mut args = creds.to_vec();
+        args.extend(["-m", "10", "-n", "50", "-l", "120", "-t", "-S"]);
+        assert_all_echoed(&uclient(tls.port(), peer_port, &args), what, 500);
+    }
+    assert!(tls_connect(tls, &first.der).is_ok());
+
+    // A long call in the background while the certificate is replaced on disk.
+    let call = std::thread::spawn(move || {
+        uclient(
+            tls.port(),
+            peer_port,
+            &[
+                "-u", "test", "-w", "test", "-m", "2", "-n", "150", "-l", "120", "-t", "-S",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let second = make_cert(&dir, "relay");
+    eventually(
+        "the new certificate on new connections",
+        Duration::from_secs(10),
+        || tls_connect(tls, &second.der).is_ok(),
+    );
+    assert!(
+        tls_connect(tls, &first.der).is_err(),
+        "the old certificate is no longer served"
+    );
+    let call = call.join().unwrap();
+    assert_all_echoed(&call, "a call across the rotation", 300);
+
+    // A broken certificate file and SIGHUP: the last good one stays.
+    std::fs::write(&second.cert, "-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
+    relay.proc.signal(libc::SIGHUP);
+    relay
+        .proc
+        .wait_line("TLS certificate not reloaded", Duration::from_secs(5))
+        .expect("the bad certificate is reported");
+    assert!(tls_connect(tls, &second.der).is_ok(), "still the good one");
+    let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_tls_handshakes_total",
+            &["result=\"ok\""]
+        ) >= 20.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_tls_cert_reloads_total",
+            &["result=\"ok\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_tls_cert_reloads_total",
+            &["result=\"error\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A relay given --tls-listen without a certificate, or a certificate that is not one,
+/// does not start, and says why.
+#[test]
+fn relay_refuses_to_start_with_bad_tls_settings() {
+    let dir = temp_dir("bad");
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["--tls-listen", "127.0.0.1:0"],
+            "needs --cert and --key",
+        ),
+        (
+            vec!["--tls-listen", "127.0.0.1:0", "--cert", junk, "--key", junk],
+            "junk.pem",
+        ),
+    ] {
+        let mut all = vec!["--user", "a:b", "--listen", "127.0.0.1:0"];
+        all.extend(args);
+        let out = Command::new(icebreaker_tests::bin("icebreaker-relay"))
+            .args(&all)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{all:?} started");
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One TLS port for everything: the web client, /healthz and /metrics over HTTPS, wss
+/// signaling whose `joined` hands out a `turns:` URL for this same port, and TURN over
+/// TLS (coturn's client) on that port too. Garbage, a truncated ClientHello and plain
+/// HTTP on the TLS port close only themselves, counted.
+#[test]
+fn one_tls_port_serves_https_wss_and_turn() {
+    let dir = temp_dir("one-port");
+    let c = make_cert(&dir, "ib");
+    let ib = start_icebreaker(&[
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+        "--turn-secret",
+        "s3cret",
+    ]);
+    let port = ib.http.port();
+    let (status, body) = https_get(ib.http, &c.der, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok rooms=0 peers=0\n"));
+    let (status, page) = https_get(ib.http, &c.der, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+
+    // wss: join, and the TURN entry names this host and port with turns:.
+    let tls = tls_connect(ib.http, &c.der).unwrap();
+    let url = format!("wss://localhost:{port}/ws");
+    let (mut ws, _) = tokio_tungstenite::tungstenite::client(url.as_str(), tls).expect("wss");
+    let join = json!({"type": "join", "room": "tls"}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(join))
+        .unwrap();
+    let joined: Value = loop {
+        let m = ws.read().expect("a message");
+        if let Ok(t) = m.to_text() {
+            let v: Value = serde_json::from_str(t).unwrap();
+            if v["type"] == "joined" {
+                break v;
+            }
+        }
+    };
+    let turn = joined["ice_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["username"].is_string())
+        .expect("a TURN entry")
+        .clone();
+    let urls: Vec<&str> = turn["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    let want = format!("turns:localhost:{port}?transport=tcp");
+    assert!(urls.contains(&want.as_str()), "{urls:?}");
+
+    // TURN over TLS on the same port, with the credentials joined handed out.
+    let (_peer, peer_port) = echo_peer();
+    let user = turn["username"].as_str().unwrap();
+    let pass = turn["credential"].as_str().unwrap();
+    let args = [
+        "-u", user, "-w", pass, "-m", "5", "-n", "40", "-l", "120", "-t", "-S",
+    ];
+    assert_all_echoed(
+        &uclient(port, peer_port, &args),
+        "turn on the one port",
+        200,
+    );
+
+    // Hostile or confused clients close only themselves.
+    let mut garbage = TcpStream::connect(ib.http).unwrap();
+    garbage.write_all(&[0x55; 700]).unwrap();
+    let mut plain = TcpStream::connect(ib.http).unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut truncated = TcpStream::connect(ib.http).unwrap();
+    // A ClientHello record header promising 512 bytes, then a few of them, then silence.
+    truncated
+        .write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ])
+        .unwrap();
+    for s in [&mut garbage, &mut plain] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 64];
+        // Closed (maybe after an alert), not left hanging.
+        let mut n = 1;
+        while n > 0 {
+            n = s.read(&mut b).unwrap_or(0);
+        }
+    }
+    assert_eq!(https_get(ib.http, &c.der, "/healthz").0, 200);
+    let (_, m) = https_get(ib.http, &c.der, "/metrics");
+    assert!(
+        metric(
+            &m,
+            "icebreaker_tls_handshakes_total",
+            &["result=\"failed\""]
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "icebreaker_tls_connections_total", &["type=\"turn\""]) >= 5.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "icebreaker_tls_connections_total", &["type=\"http\""]) >= 3.0,
+        "{m}"
+    );
+    // The slow handshake is cut off at the handshake timeout (10 s).
+    truncated
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = Instant::now();
+    let mut b = [0u8; 64];
+    let mut n = 1;
+    while n > 0 {
+        n = truncated.read(&mut b).unwrap_or(0);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(14),
+        "the slow handshake was closed"
+    );
+    eventually("the timeout counted", Duration::from_secs(5), || {
+        let (_, m) = https_get(ib.http, &c.der, "/metrics");
+        metric(
+            &m,
+            "icebreaker_tls_handshakes_total",
+            &["result=\"timeout\""],
+        ) >= 1.0
+    });
+    drop(ws);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Chromium, relay-only, through `turns:` (TURN over TLS on TCP) on the bundled relay's
+/// one TLS port: a data channel opens and video is decoded. Chromium checks a TURN
+/// server's certificate like a web server's; `--ignore-certificate-errors` lets the
+/// test's self-signed one through (the rustls tests above check the chain instead).
+#[test]
+fn chromium_relays_through_turns() {
+    let dir = browser_dir();
+    let certs = temp_dir("chromium");
+    let c = make_cert(&certs, "ib");
+    let ib = start_icebreaker(&[
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+        "--turn-secret",
+        "s3cret",
+    ]);
+    let (user, pass) = icebreaker_relay::auth::mint_rest_credentials(
+        b"s3cret",
+        icebreaker_relay::server::unix_now() + 600,
+        "chromium",
+    );
+    let url = format!("turns:localhost:{}?transport=tcp", ib.http.port());
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["turn-relay.mjs", "--url", &url, "--username", &user])
+        .args(["--credential", &pass, "--timeout-ms", "40000"])
+        .arg("--ignore-certificate-errors");
+    let mut p = Proc::start("chromium-turns", cmd);
+    let status = p.wait(Duration::from_secs(60)).expect("script finished");
+    let out = p.output();
+    let json = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no JSON result:\n{out}"));
+    assert!(status.success() && json["ok"] == true, "{json}\n{out}");
+    assert_eq!(json["local_type"], "relay", "{json}");
+    assert_eq!(json["relay_protocol"], "tls", "{json}");
+    assert!(json["framesDecoded"].as_u64().unwrap_or(0) > 0, "{json}");
+    let (_, m) = https_get(ib.http, &c.der, "/metrics");
+    assert!(
+        metric(&m, "icebreaker_tls_connections_total", &["type=\"turn\""]) >= 2.0,
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// The web client served over HTTPS by `icebreaker` itself with a test certificate: two
+/// Chromium pages (a secure context, so camera and microphone work from another machine)
+/// signal over wss and call each other relay-only through the `turns:` URL for the same
+/// port (web-client.mjs's `tls` scenario).
+#[test]
+fn web_client_over_https_wss_and_turns_on_one_port() {
+    let dir = browser_dir();
+    let certs = temp_dir("web");
+    let c = make_cert(&certs, "ib");
+    let ib = start_icebreaker(&[
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+    ]);
+    let base = format!("https://localhost:{}", ib.http.port());
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["web-client.mjs", "--base", &base, "--scenario", "tls"])
+        .args(["--timeout-ms", "60000"]);
+    let mut p = Proc::start("web-client-tls", cmd);
+    let status = p
+        .wait(Duration::from_secs(120))
+        .expect("web-client.mjs finished");
+    let out = p.output();
+    let r = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["scenario"] == "tls")
+        .unwrap_or_else(|| panic!("no tls result:\n{out}"));
+    assert!(status.success() && r["ok"] == true, "{r}\n{out}");
+    for who in ["alice_receives", "bob_receives"] {
+        assert_eq!(r[who]["candidateType"], "relay", "{r}");
+        assert_eq!(r[who]["protocol"], "TLS", "{r}");
+        assert!(r[who]["framesDecoded"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+    let (_, m) = https_get(ib.http, &c.der, "/metrics");
+    assert!(
+        metric(&m, "icebreaker_tls_connections_total", &["type=\"turn\""]) >= 2.0,
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}
