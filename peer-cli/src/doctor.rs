@@ -85,40 +85,95 @@ async fn resolve(u: &IceUrl) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{} has no address", u.host))
 }
 
-/// One request/response over UDP (3 tries) or TCP.
-async fn transact(server: SocketAddr, tcp: bool, req: &[u8]) -> Result<Vec<u8>, String> {
+/// How a STUN/TURN server is reached: `turn:?transport=udp`, `?transport=tcp`, `turns:`.
+#[derive(Debug, Clone)]
+enum Via {
+    Udp,
+    Tcp,
+    /// TLS over TCP, checking the certificate for this name (the URL's host).
+    Tls(String),
+}
+
+impl IceUrl {
+    fn via(&self) -> Via {
+        match (self.scheme.as_str(), self.tcp) {
+            ("turns", _) => Via::Tls(self.host.clone()),
+            (_, true) => Via::Tcp,
+            _ => Via::Udp,
+        }
+    }
+}
+
+/// Writes `req` on a stream and reads one framed STUN message back (3 s).
+async fn stream_transact<S>(
+    s: &mut S,
+    server: SocketAddr,
+    t: &str,
+    req: &[u8],
+) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let why_silent = || {
+        format!("no answer from {server}/{t}: the relay is not running there, or a firewall drops {t} to that port")
+    };
+    s.write_all(req).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(Some(n)) = tcp_frame_len(&buf) {
+            if buf.len() >= n {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+        let mut chunk = [0u8; 2048];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .map_err(|_| why_silent())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "{server} closed the {t} connection without answering"
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request/response over UDP (3 tries), TCP or TLS.
+async fn transact(server: SocketAddr, via: &Via, req: &[u8]) -> Result<Vec<u8>, String> {
     let why_silent = |t: &str| {
         format!("no answer from {server}/{t}: the relay is not running there, or a firewall drops {t} to that port")
     };
-    if tcp {
-        let mut s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(server))
+    if let Via::Tcp | Via::Tls(_) = via {
+        let t = if matches!(via, Via::Tcp) {
+            "tcp"
+        } else {
+            "tls"
+        };
+        let s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(server))
             .await
-            .map_err(|_| why_silent("tcp"))?
+            .map_err(|_| why_silent(t))?
             .map_err(|e| {
                 format!("TCP connect to {server} failed ({e}): relay down or port closed")
             })?;
-        s.write_all(req).await.map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        loop {
-            if let Some(Some(n)) = tcp_frame_len(&buf) {
-                if buf.len() >= n {
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
-            }
-            let mut chunk = [0u8; 2048];
-            let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-                .await
-                .map_err(|_| why_silent("tcp"))?
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err(format!(
-                    "{server} closed the TCP connection without answering"
-                ));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        let _ = s.set_nodelay(true);
+        let Via::Tls(host) = via else {
+            let mut s = s;
+            return stream_transact(&mut s, server, t, req).await;
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| format!("{host:?} is not a name a certificate can be checked for"))?;
+        let connector = tokio_rustls::TlsConnector::from(crate::tls::config());
+        let mut s = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, s))
+            .await
+            .map_err(|_| format!("TLS handshake with {server} did not finish within 5 s"))?
+            .map_err(|e| {
+                format!("TLS handshake with {server} failed: {e} (a certificate for {host:?} that this machine trusts is needed; --ca FILE adds a private CA)")
+            })?;
+        stream_transact(&mut s, server, t, req).await
     } else {
         let sock = UdpSocket::bind(if server.is_ipv6() {
             "[::]:0"
@@ -155,7 +210,7 @@ async fn stun_binding(u: &IceUrl) -> Result<String, String> {
         .finish_with_fingerprint()
         .to_vec();
     let t0 = Instant::now();
-    let resp = transact(server, u.tcp, &req).await?;
+    let resp = transact(server, &u.via(), &req).await?;
     let (_, a) = answer(&resp, server)?;
     let mapped = a.xor_mapped_address.ok_or_else(|| {
         format!("{server} answered without XOR-MAPPED-ADDRESS: not a STUN server?")
@@ -174,7 +229,7 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
     let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, rand::random());
     w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     let req = w.finish_with_fingerprint().to_vec();
-    let resp = transact(server, u.tcp, &req).await?;
+    let resp = transact(server, &u.via(), &req).await?;
     let (_, a) = answer(&resp, server)?;
     let (realm, nonce) = match (a.realm, a.nonce) {
         (Some(r), Some(n)) => (r.to_string(), n.to_string()),
@@ -195,7 +250,7 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
             .integrity(&key, false);
         w.finish_with_fingerprint().to_vec()
     };
-    let resp = transact(server, u.tcp, &allocate(&nonce)).await?;
+    let resp = transact(server, &u.via(), &allocate(&nonce)).await?;
     let (m, a) = answer(&resp, server)?;
     if let Some((code, reason)) = a.error_code {
         return Err(match code {
@@ -221,7 +276,7 @@ async fn turn_allocate(u: &IceUrl, user: &str, pass: &str) -> Result<String, Str
             .attr(attr::REALM, realm.as_bytes())
             .attr(attr::NONCE, nonce.as_bytes())
             .integrity(&key, false);
-        let _ = transact(server, false, w.finish_with_fingerprint()).await;
+        let _ = transact(server, &Via::Udp, w.finish_with_fingerprint()).await;
     }
     if relayed.ip().is_unspecified() {
         return Err(format!(
@@ -299,18 +354,16 @@ pub async fn run(base: Options, out: Out) -> anyhow::Result<bool> {
     // 1. WebSocket and protocol.
     let room = format!("doctor-{:08x}", rand::random::<u32>());
     let joined = async {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(&base.server),
-        )
-        .await
-        .map_err(|_| format!("no WebSocket answer from {} within 5 s", base.server))?
-        .map_err(|e| {
-            format!(
-                "cannot open {}: {e} (is icebreaker running, and is /ws the path?)",
-                base.server
-            )
-        })?;
+        let (ws, _) =
+            tokio::time::timeout(Duration::from_secs(5), crate::tls::ws_connect(&base.server))
+                .await
+                .map_err(|_| format!("no WebSocket answer from {} within 5 s", base.server))?
+                .map_err(|e| {
+                    format!(
+                        "cannot open {}: {e} (is icebreaker running, and is /ws the path?)",
+                        base.server
+                    )
+                })?;
         let mut ws = ws;
         use futures_util::{SinkExt, StreamExt};
         let meta = serde_json::value::to_raw_value(&json!({"name": "doctor"})).ok();
@@ -416,15 +469,12 @@ pub async fn run(base: Options, out: Out) -> anyhow::Result<bool> {
             "turn {}:{} {}",
             u.host,
             u.port,
-            if u.tcp { "tcp" } else { "udp" }
+            match u.via() {
+                Via::Udp => "udp",
+                Via::Tcp => "tcp",
+                Via::Tls(_) => "tls",
+            }
         );
-        if u.scheme == "turns" {
-            d.report(
-                &label,
-                Err("turns: (TLS) is offered but this doctor cannot check TLS yet".into()),
-            );
-            continue;
-        }
         d.report(&label, turn_allocate(u, name, cred).await);
     }
     // 4. Relay-only round trip between two internal peers.

@@ -12,6 +12,7 @@ pub mod peer;
 pub mod pointer;
 pub mod room;
 pub mod signaling;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -55,6 +55,10 @@ struct Common {
     /// Give up (exit 1) after this long, e.g. 30s.
     #[arg(long, global = true, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Also trust the CA certificates in this PEM file for wss:// and turns: (beside the
+    /// Web PKI roots): a private CA or a test certificate.
+    #[arg(long, global = true, env = "ICEBREAKER_PEER_CA")]
+    ca: Option<std::path::PathBuf>,
     /// Local address for WebRTC sockets (host candidates).
     #[arg(long, global = true, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -90,8 +94,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let c = cli.common.clone();
+    if let Err(e) = icebreaker_peer::tls::init(c.ca.as_deref()) {
+        eprintln!("icebreaker-peer: {e:#}");
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let name = c
         .name
         .clone()

@@ -120,7 +120,7 @@ type Ws =
 
 /// Connects and joins; events arrive on the returned receiver until the session ends.
 pub async fn connect(req: JoinRequest) -> anyhow::Result<(SigSender, mpsc::Receiver<SigEvent>)> {
-    let (ws, _) = tokio_tungstenite::connect_async(&req.url)
+    let (ws, _) = crate::tls::ws_connect(&req.url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the signaling server at {}: {e}", req.url))?;
     let (ev_tx, ev_rx) = mpsc::channel(1024);
@@ -210,7 +210,7 @@ async fn run(
                 Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1));
             tokio::time::sleep(delay + jitter).await;
             delay = (delay * 2).min(Duration::from_secs(5));
-            match tokio_tungstenite::connect_async(&req.url).await {
+            match crate::tls::ws_connect(&req.url).await {
                 Ok((mut nws, _)) => {
                     let msg = ClientMessage::Resume {
                         id: id.as_str().into(),
@@ -378,8 +378,13 @@ async fn pump(
                 }
                 Some(Cmd::Drop) => {
                     // Abrupt: shut the TCP stream down with no close frame, like a network drop.
-                    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
-                        let _ = socket2::SockRef::from(&*tcp).shutdown(std::net::Shutdown::Both);
+                    let tcp = match ws.get_mut() {
+                        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => Some(&*tcp),
+                        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => Some(tls.get_ref().0),
+                        _ => None,
+                    };
+                    if let Some(tcp) = tcp {
+                        let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
                     }
                     return Pumped::Dropped;
                 }

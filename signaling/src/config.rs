@@ -532,8 +532,9 @@ impl SignalingConfig {
         // The bundled relay was started with its settings and with the TURN secret.
         if format!("{:?}", started.relay) != format!("{:?}", new.relay) {
             need_restart.push("relay-*");
-            new.relay = self.relay.clone();
         }
+        // Always the running relay's: it holds the addresses actually bound (port 0).
+        new.relay = self.relay.clone();
         if self.turn_secret != new.turn_secret {
             if self.relay.is_some() {
                 need_restart.push("turn-secret");

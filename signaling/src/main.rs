@@ -195,6 +195,7 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
     // Advertise the ports actually bound (port 0 in tests picks a free one).
     if let (Some(rc), Some(h)) = (cfg.relay.as_mut(), relay.as_ref()) {
         rc.listen = h.local_addrs.clone();
+        rc.tls_listen = h.tls_addrs.clone();
     }
     let hub = cfg.hub();
     // Rooms spread over a few hubs per serving thread: two threads rarely want the same

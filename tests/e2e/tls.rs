@@ -471,3 +471,68 @@ fn web_client_over_https_wss_and_turns_on_one_port() {
     );
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// `icebreaker-peer doctor` against a server that speaks only TLS: signaling over wss,
+/// and every `turns:` URL (the one port and `relay-tls-listen`) checked with a real
+/// Allocate over TLS. Without the test CA it says the certificate is not trusted.
+#[test]
+fn doctor_checks_wss_and_turns_for_real() {
+    let certs = temp_dir("doctor");
+    let c = make_cert(&certs, "ib");
+    let ib = start_icebreaker(&[
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+        "--relay-tls-listen",
+        "127.0.0.1:0",
+    ]);
+    let server = format!("wss://localhost:{}/ws", ib.http.port());
+    let doctor = |ca: Option<&Path>| {
+        let mut cmd = Command::new(icebreaker_tests::bin("icebreaker-peer"));
+        cmd.args(["--server", &server, "--bind", "127.0.0.1", "--json"]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca").arg(ca);
+        }
+        let out = cmd.arg("doctor").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "doctor")
+            .unwrap_or_else(|| panic!("no doctor report:\n{text}"));
+        (out.status.success(), report)
+    };
+    let (ok, report) = doctor(Some(&c.cert));
+    assert!(ok && report["ok"] == true, "{report}");
+    let tls_checks: Vec<&Value> = report["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["check"].as_str().unwrap().ends_with(" tls"))
+        .collect();
+    assert_eq!(
+        tls_checks.len(),
+        2,
+        "the one port and relay-tls-listen: {report}"
+    );
+    for d in tls_checks {
+        assert_eq!(d["ok"], true, "{d}");
+        assert!(
+            d["detail"].as_str().unwrap().contains("relayed address"),
+            "{d}"
+        );
+    }
+    let (ok, report) = doctor(None);
+    assert!(!ok, "{report}");
+    let signaling = &report["details"][0];
+    assert_eq!(signaling["ok"], false, "{report}");
+    assert!(
+        signaling["detail"]
+            .as_str()
+            .unwrap()
+            .contains("certificate"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}
