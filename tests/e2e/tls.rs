@@ -536,3 +536,92 @@ fn doctor_checks_wss_and_turns_for_real() {
     );
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// wss: a client that stops reading is cut off once the kernel's buffers, rustls's
+/// buffer and the server's bounded output are full, and the sender keeps being served;
+/// what the slow client does get is whole messages (TLS records written by whichever
+/// thread delivered them), then a close with 1008.
+#[test]
+fn wss_slow_consumer_is_cut_off_and_others_are_not_held_up() {
+    use tokio_tungstenite::tungstenite::{self, Message};
+    let certs = temp_dir("slow");
+    let c = make_cert(&certs, "ib");
+    let ib = start_icebreaker(&[
+        "--no-relay",
+        "--rate-limit",
+        "100000",
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+    ]);
+    let url = format!("wss://localhost:{}/ws", ib.http.port());
+    let connect = || {
+        let (ws, _) =
+            tungstenite::client(url.as_str(), tls_connect(ib.http, &c.der).unwrap()).expect("wss");
+        ws
+    };
+    let next = |ws: &mut tungstenite::WebSocket<Tls>| -> Value {
+        loop {
+            if let Message::Text(t) = ws.read().expect("a message") {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    };
+    let join = Message::text(json!({"type": "join", "room": "slow"}).to_string());
+    let mut reader = connect();
+    reader.send(join.clone()).unwrap();
+    let slow_id = next(&mut reader)["id"].as_str().unwrap().to_string();
+    let mut sender = connect();
+    sender.send(join).unwrap();
+    assert_eq!(next(&mut sender)["type"], "joined");
+    assert_eq!(next(&mut reader)["type"], "peer-joined");
+    let big = "x".repeat(60_000);
+    let t0 = Instant::now();
+    let mut cut = false;
+    for i in 0..2000 {
+        let m = json!({"type": "signal", "to": slow_id, "data": {"i": i, "pad": big}});
+        sender.send(Message::text(m.to_string())).unwrap();
+        if i % 50 == 49 {
+            let (_, m) = https_get(ib.http, &c.der, "/metrics");
+            if metric(&m, "icebreaker_slow_consumers_total", &[]) >= 1.0 {
+                cut = true;
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "sending took too long"
+        );
+    }
+    assert!(cut, "the reader was never cut off");
+    sender
+        .send(Message::text(json!({"type": "ping"}).to_string()))
+        .unwrap();
+    loop {
+        let m = next(&mut sender);
+        if m["type"] == "pong" {
+            break;
+        }
+        assert_ne!(m["type"], "error", "{m}");
+    }
+    let mut expect = 0;
+    loop {
+        match reader.read() {
+            Ok(Message::Text(t)) => {
+                let m: Value = serde_json::from_str(t.as_str()).expect("a whole message");
+                assert_eq!(m["type"], "signal");
+                assert_eq!(m["data"]["i"], expect, "in order, none missing");
+                expect += 1;
+            }
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1008, "{f:?}");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e} after {expect} messages"),
+        }
+    }
+    assert!(expect > 0);
+    let _ = std::fs::remove_dir_all(&certs);
+}

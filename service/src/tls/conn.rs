@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use rustls::ServerConnection;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// TLS output (records not yet taken by the kernel) one connection may hold; past it
@@ -239,15 +239,10 @@ impl TlsConn {
         self.tcp.readable().await
     }
 
-    /// Forgets the socket's read readiness, unless decrypted bytes are waiting.
-    pub fn clear_readable(&self) {
-        let st = self.lock();
-        if st.unread.is_empty() && st.plain == 0 {
-            let _ = self.tcp.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-            });
-        }
-    }
+    /// Does nothing: a short read of plaintext does not mean the socket is drained (rustls
+    /// takes the kernel's bytes a record buffer at a time), so the read readiness is left
+    /// for the next `try_read` to clear when the socket really says `WouldBlock`.
+    pub fn clear_readable(&self) {}
 
     /// Writes the backlog, waiting for the socket; then a write may succeed.
     pub async fn writable(&self) -> io::Result<()> {
