@@ -994,3 +994,113 @@ fn reload_takes_new_credentials_policy_and_quotas_and_keeps_nonces_and_ports() {
         "alice's first allocation still counts"
     );
 }
+
+/// A world whose relay has an IPv6 address too (::1), IPv6 loopback peers allowed.
+fn dual_world() -> World {
+    world(|c| {
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        c.relay_v6 = Some((v6, v6));
+        c.allow_peer.push("::1/128".parse().unwrap());
+    })
+}
+
+fn allocate_dual(w: &mut World, c: &mut Client, family: u8) -> Reply {
+    w.request(c, Method::ALLOCATE, &move |m| {
+        m.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[family, 0, 0, 0]);
+    })
+}
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2): one Allocate gets an IPv4 and an IPv6
+/// relayed address; a permission request may name peers of both families; each peer is
+/// reached from the socket of its family and answers through it; the allocation's end
+/// closes both sockets.
+#[test]
+fn dual_allocation_relays_both_families_and_releases_both() {
+    use icebreaker_stun::codec::Attributes;
+    let mut w = dual_world();
+    let mut c = client(40000, "alice", "pw");
+    let r = allocate_dual(&mut w, &mut c, attr::FAMILY_IPV6);
+    assert!(r.ok(), "{r:?}");
+    let (v4, v6) = {
+        let m = r.msg();
+        let a = Attributes::parse(&m).unwrap();
+        assert!(a.address_error_code.is_none());
+        (
+            a.xor_relayed_address.unwrap(),
+            a.xor_relayed_address_2.unwrap(),
+        )
+    };
+    assert!(v4.is_ipv4() && v6.is_ipv6(), "{v4} {v6}");
+    assert_eq!(w.sockets.open.len(), 2);
+    assert_eq!(w.id_of(v4), w.id_of(v6), "one allocation, two sockets");
+    // A retransmission gets the same two addresses.
+    let again = w.send_raw_same(&c, &r);
+    let m = again.msg();
+    let a = Attributes::parse(&m).unwrap();
+    assert_eq!(
+        (a.xor_relayed_address, a.xor_relayed_address_2),
+        (Some(v4), Some(v6))
+    );
+
+    let p4 = peer(7000);
+    let p6: SocketAddr = "[::1]:7001".parse().unwrap();
+    assert!(
+        w.permit(&mut c, &[p4, p6]).ok(),
+        "both families in one request"
+    );
+    assert!(w.bind(&mut c, 0x4000, p6).ok());
+    assert!(w.bind(&mut c, 0x4001, p4).ok());
+    let (relay, to, data) = w.channel_data(&c, 0x4000, b"to v6").unwrap();
+    assert_eq!((relay, to, data.as_slice()), (v6, p6, &b"to v6"[..]));
+    let (relay, to, _) = w.channel_data(&c, 0x4001, b"to v4").unwrap();
+    assert_eq!((relay, to), (v4, p4));
+    let back = w
+        .peer_sends(v6, p6, b"from v6")
+        .expect("the v6 peer reaches the client");
+    assert_eq!(&back[..4], &[0x40, 0x00, 0, 7]);
+    assert!(w.peer_sends(v4, p4, b"from v4").is_some());
+
+    assert!(w.refresh(&mut c, 0).ok());
+    assert!(w.sockets.open.is_empty(), "both sockets closed");
+}
+
+/// Only IPv6 may be additional, not beside REQUESTED-ADDRESS-FAMILY nor with a port
+/// reservation (400); a relay without an IPv6 address still allocates IPv4 and says why
+/// in ADDRESS-ERROR-CODE; an IPv4-only allocation refuses IPv6 peers with 443.
+#[test]
+fn dual_allocation_rules_and_a_relay_without_ipv6() {
+    use icebreaker_stun::codec::Attributes;
+    let mut w = dual_world();
+    let mut c = client(40001, "alice", "pw");
+    assert_eq!(
+        allocate_dual(&mut w, &mut c, attr::FAMILY_IPV4).code,
+        Some(400)
+    );
+    let r = w.request(&mut c, Method::ALLOCATE, &|m| {
+        m.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
+    assert_eq!(r.code, Some(400));
+    let r = w.request(&mut c, Method::ALLOCATE, &|m| {
+        m.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80])
+            .attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
+    assert_eq!(r.code, Some(400));
+    assert!(w.sockets.open.is_empty(), "refusals bind nothing");
+
+    let mut w = world(|_| {});
+    let mut c = client(40002, "alice", "pw");
+    let r = allocate_dual(&mut w, &mut c, attr::FAMILY_IPV6);
+    assert!(r.ok(), "{r:?}");
+    let m = r.msg();
+    let a = Attributes::parse(&m).unwrap();
+    assert!(a.xor_relayed_address.unwrap().is_ipv4());
+    assert_eq!(a.xor_relayed_address_2, None);
+    let (family, code, _) = a.address_error_code.expect("ADDRESS-ERROR-CODE");
+    assert_eq!((family, code), (attr::FAMILY_IPV6, 440));
+    let p6: SocketAddr = "[::1]:7001".parse().unwrap();
+    assert_eq!(w.permit(&mut c, &[p6]).code, Some(443));
+}

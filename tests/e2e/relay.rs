@@ -669,3 +669,93 @@ fn sigterm_drains_new_allocations_refused_existing_ones_relay() {
     assert!(st.success(), "{st:?}");
     assert!(relay.proc.output().contains("drain timeout"));
 }
+
+/// The relay's IPv6 address in its start line (`addrs=[127.0.0.1:P, [::1]:Q]`).
+fn v6_listen(relay: &Relay) -> SocketAddr {
+    let line = relay
+        .proc
+        .wait_line("relay listening", Duration::from_secs(1))
+        .unwrap();
+    let at = line.find("[::1]:").expect("an IPv6 listen address");
+    let rest = &line[at..];
+    let end = rest.find([',', ' ']).map_or(rest.len(), |i| i);
+    let end = rest[..end].rfind(|c: char| c.is_ascii_digit()).unwrap() + 1;
+    rest[..end].parse().unwrap()
+}
+
+/// Two XOR-RELAYED-ADDRESS attributes of a dual Allocate's answer.
+fn allocate_dual(probe: &mut icebreaker_tests::turn_probe::TurnProbe) -> (SocketAddr, SocketAddr) {
+    use icebreaker_relay::codec::{attr, Attributes, Method};
+    let a = probe.request(Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(
+            attr::ADDITIONAL_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV6, 0, 0, 0],
+        );
+    });
+    assert_eq!(a.code, None, "dual allocate");
+    let m = a.msg();
+    let at = Attributes::parse(&m).unwrap();
+    (
+        at.xor_relayed_address.unwrap(),
+        at.xor_relayed_address_2.expect("the IPv6 one"),
+    )
+}
+
+/// IPv6 end to end: a relay on 127.0.0.1 and [::1] allocates for a client over ::1
+/// (REQUESTED-ADDRESS-FAMILY IPv6 gives an IPv6 relayed address); by default IPv6
+/// loopback peers and IPv4-mapped ones (::ffff:127.0.0.1, judged as the IPv4 address they
+/// are) get 403; a dual allocation returns both families, and with ::1 allowed a Send
+/// indication reaches an IPv6 peer from the IPv6 relayed address and its answer comes back.
+#[test]
+fn ipv6_allocations_dual_allocation_and_the_default_policy() {
+    use icebreaker_relay::codec::{attr, Attributes, Message, Method};
+    use icebreaker_tests::turn_probe::TurnProbe;
+    let safe = start_relay(&["--listen", "[::1]:0"]);
+    let v6 = v6_listen(&safe);
+    let mut over_v6 = TurnProbe::udp(v6);
+    let a = over_v6.request(Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).attr(
+            attr::REQUESTED_ADDRESS_FAMILY,
+            &[attr::FAMILY_IPV6, 0, 0, 0],
+        );
+    });
+    assert_eq!(a.code, None);
+    let relayed = a
+        .msg()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert!(relayed.is_ipv6(), "{relayed}");
+    assert_eq!(over_v6.permit("[::1]:9".parse().unwrap()), Some(403));
+    let mut over_v4 = TurnProbe::udp(safe.addr);
+    let (r4, r6) = allocate_dual(&mut over_v4);
+    assert!(r4.is_ipv4() && r6.is_ipv6(), "{r4} {r6}");
+    assert_eq!(
+        over_v4.permit("[::ffff:127.0.0.1]:9".parse().unwrap()),
+        Some(403)
+    );
+    assert_eq!(over_v4.permit("[::1]:9".parse().unwrap()), Some(403));
+    assert_eq!(over_v4.permit("127.0.0.1:9".parse().unwrap()), Some(403));
+
+    let open = start_relay(&["--listen", "[::1]:0", "--allow-peer", "::1/128"]);
+    let mut client = TurnProbe::udp(open.addr);
+    let (_, r6) = allocate_dual(&mut client);
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    assert_eq!(client.permit(peer_addr), None);
+    client.send_indication(peer_addr, b"over IPv6");
+    let mut buf = [0u8; 1500];
+    let (n, from) = peer.recv_from(&mut buf).expect("the IPv6 peer gets it");
+    assert_eq!((&buf[..n], from), (&b"over IPv6"[..], r6));
+    peer.send_to(b"answer", from).unwrap();
+    let data = (0..10)
+        .find_map(|_| client.recv(Duration::from_millis(300)))
+        .expect("a Data indication");
+    let m = Message::parse(&data).unwrap();
+    assert_eq!(m.method, Method::DATA);
+    let at = Attributes::parse(&m).unwrap();
+    assert_eq!(at.data, Some(&b"answer"[..]));
+    assert_eq!(at.xor_peer_addresses.as_slice(), &[peer_addr]);
+    assert_eq!(client.release(), None);
+}

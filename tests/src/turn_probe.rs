@@ -38,9 +38,15 @@ impl Answer {
 }
 
 impl TurnProbe {
-    /// Over UDP from 127.0.0.1 with the harness's `test`/`test` user (realm example.org).
+    /// Over UDP from 127.0.0.1 (or ::1 to an IPv6 server) with the harness's `test`/`test`
+    /// user (realm example.org).
     pub fn udp(server: SocketAddr) -> TurnProbe {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s = UdpSocket::bind(if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        })
+        .unwrap();
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         Self::new(Conn::Udp(s), server)

@@ -59,6 +59,8 @@ pub struct Attributes<'a> {
     pub xor_mapped_address: Option<SocketAddr>,
     /// XOR-RELAYED-ADDRESS: an allocation's relayed address.
     pub xor_relayed_address: Option<SocketAddr>,
+    /// A second XOR-RELAYED-ADDRESS: a dual allocation's other family (RFC 8656 §7.2).
+    pub xor_relayed_address_2: Option<SocketAddr>,
     /// XOR-PEER-ADDRESS, each one.
     pub xor_peer_addresses: Peers,
     /// USERNAME.
@@ -79,6 +81,10 @@ pub struct Attributes<'a> {
     pub data: Option<&'a [u8]>,
     /// REQUESTED-ADDRESS-FAMILY: the family byte (1 IPv4, 2 IPv6).
     pub requested_address_family: Option<u8>,
+    /// ADDITIONAL-ADDRESS-FAMILY: the family byte of a dual allocation's second address.
+    pub additional_address_family: Option<u8>,
+    /// ADDRESS-ERROR-CODE: the family that could not be allocated, code and reason.
+    pub address_error_code: Option<(u8, u16, &'a str)>,
     /// EVEN-PORT: whether the R bit asks to reserve the next port.
     pub even_port: Option<bool>,
     /// REQUESTED-TRANSPORT: the IP protocol number (17 = UDP).
@@ -145,9 +151,15 @@ impl<'a> Attributes<'a> {
                 attr::XOR_MAPPED_ADDRESS => first(&mut a.xor_mapped_address, || {
                     xor(v, "bad XOR-MAPPED-ADDRESS")
                 })?,
-                attr::XOR_RELAYED_ADDRESS => first(&mut a.xor_relayed_address, || {
-                    xor(v, "bad XOR-RELAYED-ADDRESS")
-                })?,
+                attr::XOR_RELAYED_ADDRESS => {
+                    let addr = xor(v, "bad XOR-RELAYED-ADDRESS")?;
+                    match a.xor_relayed_address {
+                        None => a.xor_relayed_address = Some(addr),
+                        Some(_) => {
+                            a.xor_relayed_address_2.get_or_insert(addr);
+                        }
+                    }
+                }
                 attr::XOR_PEER_ADDRESS => {
                     a.xor_peer_addresses.push(xor(v, "bad XOR-PEER-ADDRESS")?)?
                 }
@@ -170,6 +182,20 @@ impl<'a> Attributes<'a> {
                         _ => Err(DecodeError::BadAttribute("bad REQUESTED-ADDRESS-FAMILY")),
                     })?
                 }
+                attr::ADDITIONAL_ADDRESS_FAMILY => {
+                    first(&mut a.additional_address_family, || match v {
+                        [f, _, _, _] => Ok(*f),
+                        _ => Err(DecodeError::BadAttribute("bad ADDITIONAL-ADDRESS-FAMILY")),
+                    })?
+                }
+                attr::ADDRESS_ERROR_CODE => first(&mut a.address_error_code, || match v {
+                    // ERROR-CODE's layout with the family in its first byte.
+                    [f, _, _, _, ..] => {
+                        let (code, reason) = decode_error_code(v)?;
+                        Ok((*f, code, reason))
+                    }
+                    _ => Err(DecodeError::BadAttribute("bad ADDRESS-ERROR-CODE")),
+                })?,
                 attr::EVEN_PORT => first(&mut a.even_port, || match v {
                     [r, ..] => Ok(r & 0x80 != 0),
                     [] => Err(DecodeError::BadAttribute("bad EVEN-PORT")),

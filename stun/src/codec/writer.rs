@@ -64,13 +64,22 @@ impl<'b> MessageWriter<'b> {
 
     /// ERROR-CODE: class in the hundreds digit, number below (RFC 8489 §14.8).
     pub fn error_code(&mut self, code: u16, reason: &str) -> &mut Self {
-        let t = attr::ERROR_CODE;
+        self.coded(attr::ERROR_CODE, 0, code, reason)
+    }
+
+    /// ADDRESS-ERROR-CODE (RFC 8656 §18.11): why a dual allocation's `family` (1 IPv4,
+    /// 2 IPv6) was not allocated; ERROR-CODE's layout with the family in the first byte.
+    pub fn address_error_code(&mut self, family: u8, code: u16, reason: &str) -> &mut Self {
+        self.coded(attr::ADDRESS_ERROR_CODE, family, code, reason)
+    }
+
+    fn coded(&mut self, t: u16, first: u8, code: u16, reason: &str) -> &mut Self {
         let reason = &reason.as_bytes()[..reason.len().min(763)];
         let len = 4 + reason.len();
         self.buf.extend_from_slice(&t.to_be_bytes());
         self.buf.extend_from_slice(&(len as u16).to_be_bytes());
         self.buf
-            .extend_from_slice(&[0, 0, (code / 100) as u8, (code % 100) as u8]);
+            .extend_from_slice(&[first, 0, (code / 100) as u8, (code % 100) as u8]);
         self.buf.extend_from_slice(reason);
         let pad = (4 - len % 4) % 4;
         self.buf.extend_from_slice(&[0u8; 3][..pad]);

@@ -97,6 +97,9 @@ pub struct Allocation {
     pub relay: SocketAddr,
     /// What clients are told (differs behind NAT: `--external-ip`).
     pub advertised: SocketAddr,
+    /// A dual allocation's IPv6 relayed socket (ADDITIONAL-ADDRESS-FAMILY, RFC 8656 §7.2):
+    /// (bound, advertised). Peers of either family are reached from the socket of theirs.
+    pub additional: Option<(SocketAddr, SocketAddr)>,
     /// The USERNAME that created it; requests from another user get 441.
     pub username: Box<str>,
     /// The long-term key the creating Allocate was authenticated with.
@@ -115,6 +118,17 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The relayed socket that talks to `peer`: the one of its address family, if the
+    /// allocation has one.
+    pub fn relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        if peer.is_ipv6() == self.relay.is_ipv6() {
+            return Some(self.relay);
+        }
+        self.additional
+            .map(|(bound, _)| bound)
+            .filter(|b| b.is_ipv6() == peer.is_ipv6())
+    }
+
     /// Whether a live permission covers peer `ip`.
     pub fn is_permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions

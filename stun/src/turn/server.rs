@@ -307,6 +307,8 @@ enum PortRequest {
 struct AllocateRequest {
     port: PortRequest,
     v6: bool,
+    /// ADDITIONAL-ADDRESS-FAMILY IPv6: an IPv6 relayed address besides the IPv4 one.
+    dual: bool,
     dont_fragment: bool,
 }
 
@@ -341,9 +343,34 @@ impl AllocateRequest {
                 "REQUESTED-ADDRESS-FAMILY with RESERVATION-TOKEN",
             ));
         }
+        // RFC 8656 §7.2: only IPv6 may be additional, never beside REQUESTED-ADDRESS-FAMILY,
+        // and not with a reserved port pair (the pair is one family's).
+        let dual = match a.additional_address_family {
+            None => false,
+            Some(attr::FAMILY_IPV6) => true,
+            Some(_) => return Err(Reject::new(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")),
+        };
+        if dual && a.requested_address_family.is_some() {
+            return Err(Reject::new(
+                400,
+                "ADDITIONAL-ADDRESS-FAMILY with REQUESTED-ADDRESS-FAMILY",
+            ));
+        }
+        if dual
+            && matches!(
+                port,
+                PortRequest::Reserved(_) | PortRequest::Even { reserve: true }
+            )
+        {
+            return Err(Reject::new(
+                400,
+                "ADDITIONAL-ADDRESS-FAMILY with a port reservation",
+            ));
+        }
         Ok(AllocateRequest {
             port,
             v6,
+            dual,
             dont_fragment: a.dont_fragment,
         })
     }
@@ -483,8 +510,12 @@ impl<O: Observer> Server<O> {
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
         sockets.close(a.relay);
-        sockets.allocation_ended(ft);
         self.cooling[1].push(a.relay.port());
+        if let Some((bound, _)) = a.additional {
+            sockets.close(bound);
+            self.cooling[1].push(bound.port());
+        }
+        sockets.allocation_ended(ft);
         self.shared.quota.release(&a.username);
         self.metrics.allocation_deleted(reason);
         info!(client = %ft.client, transport = ?ft.transport, relay = %a.advertised, user = %a.username, reason = reason.as_str(), "allocation deleted");
@@ -847,9 +878,13 @@ impl<O: Observer> Server<O> {
             }
             // A retransmitted Allocate: answer it again.
             let (adv, life) = (a.advertised, a.remaining(now));
+            let additional = a.additional.map(|(_, adv)| adv);
             self.finish_success(msg, &key, |w| {
-                w.xor_address(attr::XOR_RELAYED_ADDRESS, adv)
-                    .u32(attr::LIFETIME, life.as_secs() as u32)
+                w.xor_address(attr::XOR_RELAYED_ADDRESS, adv);
+                if let Some(adv6) = additional {
+                    w.xor_address(attr::XOR_RELAYED_ADDRESS, adv6);
+                }
+                w.u32(attr::LIFETIME, life.as_secs() as u32)
                     .xor_address(attr::XOR_MAPPED_ADDRESS, ft.client);
             });
             return Ok(());
@@ -884,6 +919,19 @@ impl<O: Observer> Server<O> {
             return Err(Reject::new(508, "no relay port available").signed(key));
         };
         let advertised = SocketAddr::new(adv_ip, relay.port());
+        // The IPv6 half of a dual allocation; without it the IPv4 one still stands and the
+        // response says why (ADDRESS-ERROR-CODE).
+        let mut additional = None;
+        let mut additional_error = None;
+        if ask.dual {
+            match config.relay_v6 {
+                None => additional_error = Some((440, "no IPv6 relay address here")),
+                Some((bind6, adv6)) => match self.bind_additional(sockets, bind6, id, &ask) {
+                    Some(bound) => additional = Some((bound, SocketAddr::new(adv6, bound.port()))),
+                    None => additional_error = Some((508, "no IPv6 relay port available")),
+                },
+            }
+        }
         let bucket = (self.shared.live().config.max_bps > 0)
             .then(|| TokenBucket::new(self.shared.live().config.max_bps, now));
         info!(client = %ft.client, transport = ?ft.transport, relay = %advertised, user = %username, lifetime = lifetime.as_secs(), "allocation created");
@@ -891,6 +939,7 @@ impl<O: Observer> Server<O> {
             five_tuple: ft,
             relay,
             advertised,
+            additional,
             username,
             key,
             expires: now + lifetime,
@@ -903,8 +952,14 @@ impl<O: Observer> Server<O> {
         self.by_five_tuple.insert(ft, id);
         self.metrics.allocation_created();
         self.finish_success(msg, &key, |w| {
-            w.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
-                .u32(attr::LIFETIME, lifetime.as_secs() as u32);
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, advertised);
+            if let Some((_, adv6)) = additional {
+                w.xor_address(attr::XOR_RELAYED_ADDRESS, adv6);
+            }
+            if let Some((code, reason)) = additional_error {
+                w.address_error_code(attr::FAMILY_IPV6, code, reason);
+            }
+            w.u32(attr::LIFETIME, lifetime.as_secs() as u32);
             if let Some(t) = reservation_token {
                 w.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
             }
@@ -975,6 +1030,28 @@ impl<O: Observer> Server<O> {
         }
     }
 
+    /// Binds a dual allocation's IPv6 socket on any free port, for allocation `id`.
+    fn bind_additional(
+        &mut self,
+        sockets: &mut dyn RelaySockets,
+        bind_ip: IpAddr,
+        id: AllocationId,
+        ask: &AllocateRequest,
+    ) -> Option<SocketAddr> {
+        for _ in 0..16 {
+            let p = self.shared.ports().take()?;
+            let addr = SocketAddr::new(bind_ip, p);
+            match sockets.open(addr, id, ask.dont_fragment) {
+                Ok(()) => return Some(addr),
+                Err(e) => {
+                    debug!(%addr, error = %e, "relay port unavailable");
+                    self.shared.ports().release(p);
+                }
+            }
+        }
+        None
+    }
+
     /// Reserves a slot and binds the socket; the slot is filled by the caller.
     fn open(
         &mut self,
@@ -1043,11 +1120,11 @@ impl<O: Observer> Server<O> {
             .by_five_tuple
             .get(ft)
             .ok_or_else(|| Reject::new(437, "no allocation for this 5-tuple").signed(key))?;
-        let relay_v6 = self.get(id).map(|a| a.relay.is_ipv6()).unwrap_or(false);
+        let allocation = self.get(id);
         let mut out = Vec::new();
         for &peer in attrs.xor_peer_addresses.as_slice() {
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-            if peer.is_ipv6() != relay_v6 {
+            if allocation.and_then(|a| a.relay_for(peer)).is_none() {
                 return Err(Reject::new(
                     443,
                     "peer address family differs from the relayed address",
@@ -1196,9 +1273,13 @@ fn to_peer<'a>(
         metrics.dropped(reason);
         return None;
     }
+    let Some(relay) = a.relay_for(peer) else {
+        metrics.dropped(DropReason::NoPermission);
+        return None;
+    };
     metrics.relayed(Direction::ToPeer, data.len());
     Some(Transmit::Peer {
-        relay: a.relay,
+        relay,
         to: peer,
         data,
     })
