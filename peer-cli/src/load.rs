@@ -1,7 +1,8 @@
 //! `load`: N peers in rooms of K through one server, in this process. Each peer opens
 //! data channels to its room mates and pings them over `chat`; the report gives setup
-//! time (join → chat channel open) percentiles, message round trips, the success rate and
-//! failures by cause.
+//! time (join → chat channel open) percentiles, the same per phase (signaling round trip,
+//! candidates gathered, ICE connected, DTLS connected, channel open: each measured from
+//! the start of the join), message round trips, the success rate and failures by cause.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct LoadArgs {
 enum Report {
     /// Join → chat open towards one room mate.
     Setup(Duration),
+    /// Join → a setup phase reached (per room mate; `joined` once per peer).
+    Phase(&'static str, Duration),
     Rtt(Duration),
     Ready,
     Failed(&'static str),
@@ -61,7 +64,9 @@ async fn one_peer(
             return;
         }
     };
+    let _ = tx.send(Report::Phase("joined", t0.elapsed())).await;
     let mut chans = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     let setup_deadline = tokio::time::Instant::now() + args.setup_timeout;
     let mut failed = None;
     while chans.len() < mates {
@@ -70,6 +75,11 @@ async fn one_peer(
                 Some(Event::Peer(PeerEvent::ChannelOpen { peer, label, dc })) if label == "chat" => {
                     let _ = tx.send(Report::Setup(t0.elapsed())).await;
                     chans.insert(peer, dc);
+                }
+                Some(Event::Peer(PeerEvent::Phase { peer, phase })) => {
+                    if seen.insert((peer, phase)) {
+                        let _ = tx.send(Report::Phase(phase.as_str(), t0.elapsed())).await;
+                    }
                 }
                 Some(Event::Peer(PeerEvent::Failed { .. })) => { failed = Some("ice-failed"); break; }
                 Some(Event::ServerError { .. }) => { failed = Some("server-error"); break; }
@@ -174,6 +184,7 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
     }
     drop(tx);
     let (mut setups, mut rtts) = (Vec::new(), Vec::new());
+    let mut phases: HashMap<&'static str, Vec<f64>> = HashMap::new();
     let mut failures: HashMap<&'static str, usize> = HashMap::new();
     let (mut ready, mut finished) = (0usize, 0usize);
     let mut released = false;
@@ -184,6 +195,7 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
                 bar.inc(1);
             }
             Report::Rtt(d) => rtts.push(d.as_secs_f64() * 1000.0),
+            Report::Phase(p, d) => phases.entry(p).or_default().push(d.as_secs_f64() * 1000.0),
             Report::Ready => ready += 1,
             Report::Failed(c) => {
                 *failures.entry(c).or_default() += 1;
@@ -202,6 +214,31 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
     let ok_peers = ready;
     let success = ok_peers as f64 / args.peers as f64;
     let round = |x: f64| (x * 10.0).round() / 10.0;
+    // In setup order; `channel_open` is the setup time itself.
+    phases.insert("channel_open", setups.clone());
+    let order = [
+        "joined",
+        "gathered",
+        "ice_connected",
+        "dtls_connected",
+        "channel_open",
+    ];
+    let mut phase_json = serde_json::Map::new();
+    let mut phase_text = Vec::new();
+    for name in order {
+        let mut v = phases.remove(name).unwrap_or_default();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let (p50, p95, p99) = (
+            percentile(&v, 0.5),
+            percentile(&v, 0.95),
+            percentile(&v, 0.99),
+        );
+        phase_json.insert(
+            name.into(),
+            json!({"n": v.len(), "p50": round(p50), "p95": round(p95), "p99": round(p99)}),
+        );
+        phase_text.push(format!("{name} {p50:.0}/{p95:.0}/{p99:.0}"));
+    }
     let report = json!({
         "event": "load-report",
         "ok": ok_peers == args.peers,
@@ -210,16 +247,18 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
         "channels_open": setups.len(), "channels_expected": expected_channels,
         "setup_ms_p50": round(percentile(&setups, 0.5)), "setup_ms_p95": round(percentile(&setups, 0.95)), "setup_ms_p99": round(percentile(&setups, 0.99)),
         "rtt_ms_p50": round(percentile(&rtts, 0.5)), "rtt_ms_p99": round(percentile(&rtts, 0.99)), "round_trips": rtts.len(),
+        "phases_ms": phase_json,
         "failures": failures,
         "wall_s": round(started.elapsed().as_secs_f64()),
     });
     out.event(
         &report,
         Some(format!(
-            "{} / {} peers ok ({:.0}%), {} channels; setup p50 {:.0} ms p95 {:.0} ms p99 {:.0} ms; rtt p50 {:.2} ms p99 {:.2} ms ({} round trips); failures {:?}",
+            "{} / {} peers ok ({:.0}%), {} channels; setup p50 {:.0} ms p95 {:.0} ms p99 {:.0} ms; rtt p50 {:.2} ms p99 {:.2} ms ({} round trips); failures {:?}\nphases since join, ms p50/p95/p99: {}",
             ok_peers, args.peers, success * 100.0, setups.len(),
             percentile(&setups, 0.5), percentile(&setups, 0.95), percentile(&setups, 0.99),
-            percentile(&rtts, 0.5), percentile(&rtts, 0.99), rtts.len(), failures
+            percentile(&rtts, 0.5), percentile(&rtts, 0.99), rtts.len(), failures,
+            phase_text.join(", ")
         )),
     );
     Ok(ok_peers == args.peers && !rtts.is_empty())

@@ -59,6 +59,18 @@ struct Common {
     /// Web PKI roots): a private CA or a test certificate.
     #[arg(long, global = true, env = "ICEBREAKER_PEER_CA")]
     ca: Option<std::path::PathBuf>,
+    /// Between ICE connectivity checks (RFC 8445's Ta).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "50ms")]
+    ice_check_interval: Duration,
+    /// Head start of host pairs over server-reflexive ones before nomination.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "100ms")]
+    ice_srflx_wait: Duration,
+    /// Wait before a peer-reflexive pair may be nominated.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "100ms")]
+    ice_prflx_wait: Duration,
+    /// Head start of direct pairs over relay ones (none with --relay-only).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "500ms")]
+    ice_relay_wait: Duration,
     /// Local address for WebRTC sockets (host candidates).
     #[arg(long, global = true, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -111,6 +123,12 @@ fn main() -> ExitCode {
         relay_only: c.relay_only,
         token: c.token,
         bind: c.bind,
+        ice: icebreaker_peer::peer::IceTiming {
+            check_interval: c.ice_check_interval,
+            srflx_wait: c.ice_srflx_wait,
+            prflx_wait: c.ice_prflx_wait,
+            relay_wait: c.ice_relay_wait,
+        },
     };
     let out = Out { json: c.json };
     let result = rt.block_on(async {

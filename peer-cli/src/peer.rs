@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use icebreaker_protocol::{IceCandidate, IceServer, SdpType, SessionDescription, SignalData};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -16,9 +16,10 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
-    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder, StatsSelector,
 };
 
 use crate::signaling::SigSender;
@@ -55,6 +56,13 @@ pub enum PeerEvent {
         /// The message as text (invalid UTF-8 replaced).
         text: String,
     },
+    /// A step of connection setup was reached (for `load`'s per-phase times).
+    Phase {
+        /// The remote peer's id.
+        peer: String,
+        /// Which step.
+        phase: Phase,
+    },
     /// The peer connection reached `failed`.
     Failed {
         /// The remote peer's id.
@@ -69,6 +77,28 @@ pub enum PeerEvent {
         /// Counters of what arrives on it, updated as packets come.
         stats: Arc<TrackStats>,
     },
+}
+
+/// The steps of a connection's setup, in the order they usually complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Our candidates are all gathered (host at once; relay after the TURN allocation).
+    Gathered,
+    /// ICE found a working pair (`iceConnectionState` connected).
+    IceConnected,
+    /// DTLS is done too (`connectionState` connected).
+    Connected,
+}
+
+impl Phase {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Gathered => "gathered",
+            Phase::IceConnected => "ice_connected",
+            Phase::Connected => "dtls_connected",
+        }
+    }
 }
 
 /// A local track added to every connection: from samples (files), or RTP forwarded from
@@ -111,6 +141,7 @@ impl std::fmt::Debug for PeerEvent {
             PeerEvent::Message { peer, label, text } => {
                 write!(f, "{label} message from {peer}: {text}")
             }
+            PeerEvent::Phase { peer, phase } => write!(f, "{} with {peer}", phase.as_str()),
             PeerEvent::Failed { peer } => write!(f, "connection to {peer} failed"),
             PeerEvent::Track { peer, kind, .. } => write!(f, "{kind} track from {peer}"),
         }
@@ -128,6 +159,40 @@ pub struct TrackStats {
     pub bytes: AtomicU64,
 }
 
+/// ICE timing of the peer connections (webrtc-rs inherits pion's: checks every 200 ms and
+/// minimum waits before a pair of each candidate type may be nominated, which made a
+/// loopback connection take 0.6-1.5 s and a relay-only one over 2 s). Every value is a
+/// flag of the CLI; the defaults are chosen to stay right across the internet.
+#[derive(Debug, Clone, Copy)]
+pub struct IceTiming {
+    /// Between connectivity checks: RFC 8445 §14.2's Ta of 50 ms (what browsers use),
+    /// not 200 ms; a check is one small STUN request, so this costs nothing on a real
+    /// network and saves three check rounds on every connection.
+    pub check_interval: Duration,
+    /// Before a server-reflexive pair may be nominated: a host pair (same LAN) gets this
+    /// long to win. Short, since a working pair is what the user waits for.
+    pub srflx_wait: Duration,
+    /// Before a peer-reflexive pair may be nominated. With trickle ICE the remote host
+    /// candidate often shows up as peer-reflexive first (its check arrives before its
+    /// signal), so pion's 1 s wait delayed exactly the pair that was best.
+    pub prflx_wait: Duration,
+    /// Before a relay pair may be nominated when direct candidates exist (a relay costs
+    /// the operator bandwidth and adds latency, so direct pairs get this head start).
+    /// Relay-only connections never wait: no better pair can come.
+    pub relay_wait: Duration,
+}
+
+impl Default for IceTiming {
+    fn default() -> Self {
+        IceTiming {
+            check_interval: Duration::from_millis(50),
+            srflx_wait: Duration::from_millis(100),
+            prflx_wait: Duration::from_millis(100),
+            relay_wait: Duration::from_millis(500),
+        }
+    }
+}
+
 /// What every peer connection in a session is built with.
 #[derive(Clone)]
 pub struct Setup {
@@ -137,12 +202,19 @@ pub struct Setup {
     pub relay_only: bool,
     /// Local address the WebRTC UDP sockets bind on.
     pub bind: IpAddr,
+    /// ICE check pacing and nomination waits.
+    pub ice: IceTiming,
 }
 
 impl Setup {
     /// `ice_servers` from `joined`; webrtc-rs relays over UDP only, so TCP/TLS TURN URLs
     /// are left out (it would skip them anyway).
-    pub fn from_joined(ice: &[IceServer], relay_only: bool, bind: IpAddr) -> Setup {
+    pub fn from_joined(
+        ice: &[IceServer],
+        relay_only: bool,
+        bind: IpAddr,
+        timing: IceTiming,
+    ) -> Setup {
         let servers = ice
             .iter()
             .map(|s| RTCIceServer {
@@ -161,6 +233,7 @@ impl Setup {
             ice_servers: servers,
             relay_only,
             bind,
+            ice: timing,
         }
     }
 }
@@ -200,6 +273,17 @@ struct Handler {
     candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
 }
 
+impl Handler {
+    /// Reports a setup step; dropped if the consumer is behind (timings are best effort,
+    /// the connection never waits for them).
+    fn phase(&self, phase: Phase) {
+        let _ = self.events.try_send(PeerEvent::Phase {
+            peer: self.peer.clone(),
+            phase,
+        });
+    }
+}
+
 fn first_attr(sdp: &str, key: &str) -> Option<String> {
     sdp.lines()
         .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
@@ -226,6 +310,13 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
         if s == RTCIceGatheringState::Complete {
             let _ = self.candidates.send(None);
+            self.phase(Phase::Gathered);
+        }
+    }
+
+    async fn on_ice_connection_state_change(&self, s: RTCIceConnectionState) {
+        if s == RTCIceConnectionState::Connected {
+            self.phase(Phase::IceConnected);
         }
     }
 
@@ -234,6 +325,7 @@ impl PeerConnectionEventHandler for Handler {
         let (events, peer, remote) = (self.events.clone(), self.peer.clone(), self.remote.clone());
         match s {
             RTCPeerConnectionState::Connected => {
+                self.phase(Phase::Connected);
                 tokio::spawn(async move {
                     let (local, remote_t, protocol) = match remote.get().and_then(Weak::upgrade) {
                         Some(r) => r.selected_pair().await,
@@ -415,8 +507,25 @@ impl Remote {
             })
             .build();
         // mDNS needs a multicast interface; a loopback-only host has none.
+        // `Some(ZERO)`, not `None`: in rtc 0.21 `None` means the default wait.
+        let t = setup.ice;
+        let relay_wait = if setup.relay_only {
+            Duration::ZERO
+        } else {
+            t.relay_wait
+        };
         let se = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            // A pair is given up after this many unanswered checks: keep pion's 1.4 s
+            // (7 × 200 ms) whatever the interval, so a slow path is not dropped early.
+            .with_ice_connection_attempts(
+                Some(t.check_interval),
+                Some((1400 / t.check_interval.as_millis().max(1)).clamp(7, 200) as u16),
+            )
+            .with_host_acceptance_min_wait(Some(Duration::ZERO))
+            .with_srflx_acceptance_min_wait(Some(t.srflx_wait))
+            .with_prflx_acceptance_min_wait(Some(t.prflx_wait))
+            .with_relay_acceptance_min_wait(Some(relay_wait))
             .build();
         let mut me = MediaEngine::default();
         me.register_default_codecs()?;

@@ -27,6 +27,8 @@ pub struct Options {
     pub token: Option<String>,
     /// Local address for the WebRTC sockets.
     pub bind: IpAddr,
+    /// ICE check pacing and nomination waits.
+    pub ice: crate::peer::IceTiming,
 }
 
 /// What a subcommand sees of the room: signaling and every peer connection.
@@ -116,7 +118,12 @@ impl Room {
                         peers,
                         ice_servers,
                     } => {
-                        let s = Setup::from_joined(&ice_servers, opts2.relay_only, opts2.bind);
+                        let s = Setup::from_joined(
+                            &ice_servers,
+                            opts2.relay_only,
+                            opts2.bind,
+                            opts2.ice,
+                        );
                         // We are the newcomer: we offer to everyone already here.
                         for p in &peers {
                             add_remote(&remotes2, p, &s, &sig2, &ptx, &tracks).await;
@@ -212,6 +219,9 @@ pub fn event_json(e: &Event) -> Value {
         }
         Event::Peer(PeerEvent::Message { peer, label, text }) => {
             json!({"event": "message", "peer": peer, "label": label, "text": text})
+        }
+        Event::Peer(PeerEvent::Phase { peer, phase }) => {
+            json!({"event": "phase", "peer": peer, "phase": phase.as_str()})
         }
         Event::Peer(PeerEvent::Failed { peer }) => {
             json!({"event": "connection-failed", "peer": peer})

@@ -231,6 +231,28 @@ fn load_40_peers_in_pairs_all_succeed() {
     assert_eq!(report["channels_open"], 40, "{report}");
     assert!(report["round_trips"].as_u64().unwrap() > 100, "{report}");
     assert!(report["setup_ms_p50"].as_f64().unwrap() > 0.0);
+    // Every phase was seen for every connection (joined once per peer), and the phases
+    // come in setup order: each one's median no earlier than the one before.
+    let phases = &report["phases_ms"];
+    let mut last = 0.0;
+    for (name, n) in [
+        ("joined", 40),
+        ("gathered", 40),
+        ("ice_connected", 40),
+        ("dtls_connected", 40),
+        ("channel_open", 40),
+    ] {
+        let ph = &phases[name];
+        assert_eq!(ph["n"], n, "{name}: {report}");
+        let p50 = ph["p50"].as_f64().unwrap();
+        assert!(p50 >= last, "{name} before the phase before it: {report}");
+        assert!(ph["p99"].as_f64().unwrap() >= p50, "{report}");
+        last = p50;
+    }
+    assert_eq!(
+        phases["channel_open"]["p50"], report["setup_ms_p50"],
+        "{report}"
+    );
 }
 
 fn doctor(ib: &icebreaker_tests::Icebreaker) -> (bool, Vec<Value>) {
