@@ -625,3 +625,192 @@ fn wss_slow_consumer_is_cut_off_and_others_are_not_held_up() {
     assert!(expect > 0);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// The webrtc-rs `turn` client (written for UDP) over TURN/TLS: a packet conn that frames
+/// its STUN messages and ChannelData on a TLS stream (ChannelData padded to 4 bytes on
+/// the way out and unpadded on the way in, RFC 8656 §12.5).
+struct TlsPacketConn {
+    server: SocketAddr,
+    local: SocketAddr,
+    rd: tokio::sync::Mutex<(
+        tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        Vec<u8>,
+    )>,
+    wr: tokio::sync::Mutex<
+        tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    >,
+}
+
+fn util_err(e: impl std::fmt::Display) -> webrtc_util::Error {
+    webrtc_util::Error::Other(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl webrtc_util::Conn for TlsPacketConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        use tokio::io::AsyncReadExt;
+        let mut g = self.rd.lock().await;
+        let (rd, pending) = &mut *g;
+        loop {
+            if let Some(Some(len)) = icebreaker_relay::codec::tcp_frame_len(pending) {
+                if pending.len() >= len {
+                    let frame: Vec<u8> = pending.drain(..len).collect();
+                    // ChannelData: header + its own length, without the padding.
+                    let n = if frame[0] & 0xC0 == 0x40 {
+                        4 + u16::from_be_bytes([frame[2], frame[3]]) as usize
+                    } else {
+                        frame.len()
+                    };
+                    buf[..n].copy_from_slice(&frame[..n]);
+                    return Ok((n, self.server));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = rd.read(&mut chunk).await.map_err(util_err)?;
+            if n == 0 {
+                return Err(util_err("TLS stream closed"));
+            }
+            pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.send_to(buf, self.server).await
+    }
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        use tokio::io::AsyncWriteExt;
+        let mut framed = buf.to_vec();
+        if buf[0] & 0xC0 == 0x40 {
+            framed.resize(buf.len().div_ceil(4) * 4, 0);
+        }
+        let mut w = self.wr.lock().await;
+        w.write_all(&framed).await.map_err(util_err)?;
+        w.flush().await.map_err(util_err)?;
+        Ok(buf.len())
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// webrtc-rs's `turn` client allocates over TLS on `icebreaker`'s one TLS port with the
+/// REST credentials `joined` would hand out, binds a channel and relays to a UDP echo
+/// peer and back, every message.
+#[test]
+fn webrtc_rs_turn_client_over_tls() {
+    use webrtc_util::Conn;
+    let certs = temp_dir("webrtc-rs");
+    let c = make_cert(&certs, "ib");
+    let ib = start_icebreaker(&[
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+        "--turn-secret",
+        "s3cret",
+    ]);
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            if &buf[..n] == b"stop" {
+                break;
+            }
+            echo.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let (user, pass) = icebreaker_relay::auth::mint_rest_credentials(
+        b"s3cret",
+        icebreaker_relay::server::unix_now() + 600,
+        "webrtc-rs",
+    );
+    let server = ib.http;
+    let trust = c.der.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut roots = RootCertStore::empty();
+        roots.add(trust).unwrap();
+        let cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(server).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let name = ServerName::try_from("localhost").unwrap().to_owned();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let (rd, wr) = tokio::io::split(tls);
+        let conn = Arc::new(TlsPacketConn {
+            server,
+            local,
+            rd: tokio::sync::Mutex::new((rd, Vec::new())),
+            wr: tokio::sync::Mutex::new(wr),
+        });
+        let client = turn::client::Client::new(turn::client::ClientConfig {
+            stun_serv_addr: server.to_string(),
+            turn_serv_addr: server.to_string(),
+            username: user,
+            password: pass,
+            realm: String::new(),
+            software: String::new(),
+            rto_in_ms: 0,
+            conn,
+            vnet: None,
+        })
+        .await
+        .unwrap();
+        client.listen().await.unwrap();
+        let relayed = client.allocate().await.expect("allocation over TLS");
+        assert_eq!(relayed.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+        let mut buf = vec![0u8; 2048];
+        for i in 0..30u32 {
+            let msg = format!("over TLS {i}");
+            relayed.send_to(msg.as_bytes(), echo_addr).await.unwrap();
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), relayed.recv_from(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("no echo of {msg}"))
+                    .unwrap();
+            assert_eq!((&buf[..n], from), (msg.as_bytes(), echo_addr));
+            if i == 0 {
+                // The background ChannelBind: later messages travel as ChannelData.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        relayed.send_to(b"stop", echo_addr).await.unwrap();
+        relayed.close().await.unwrap();
+        client.close().await.unwrap();
+    });
+    echo_thread.join().unwrap();
+    let (_, m) = https_get(ib.http, &c.der, "/metrics");
+    assert!(
+        metric(
+            &m,
+            "icebreaker_relay_requests_total",
+            &["channel_bind", "code=\"0\""]
+        ) >= 1.0,
+        "ChannelData was used: {m}"
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}
