@@ -175,9 +175,11 @@ fn cert_reloaded(metrics: &RelayMetrics, r: Result<(), service::tls::TlsError>, 
 
 fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Result<()> {
     let started = config.clone();
+    let nofile = service::raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    info!(open_files = nofile, "open-files limit");
     // Install the SIGTERM handler before announcing readiness.
     let mut stop = rt.block_on(async { service::Stop::install() })?;
     let metrics = RelayMetrics::default();
@@ -199,12 +201,20 @@ fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Resul
             }));
         }
         if let Some(addr) = metrics_listen {
+            let rss = prometheus_client::metrics::gauge::Gauge::default();
+            registry.register(
+                "process_resident_memory_bytes",
+                "Resident memory of this process",
+                rss.clone(),
+            );
             let app = Router::new()
                 .route("/metrics", get(metrics_handler))
                 .route("/healthz", get(healthz))
                 .with_state(Arc::new(Http {
                     registry,
                     shared: handle.shared.clone(),
+                    metrics: metrics.clone(),
+                    rss,
                 }));
             let l = tokio::net::TcpListener::bind(addr)
                 .await
@@ -228,6 +238,8 @@ fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Resul
 struct Http {
     registry: Registry,
     shared: Arc<icebreaker_relay::server::Shared>,
+    metrics: RelayMetrics,
+    rss: prometheus_client::metrics::gauge::Gauge,
 }
 
 async fn healthz(State(h): State<Arc<Http>>) -> impl IntoResponse {
@@ -239,6 +251,8 @@ async fn healthz(State(h): State<Arc<Http>>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(h): State<Arc<Http>>) -> impl IntoResponse {
+    h.metrics.ports_free.set(h.shared.free_ports() as i64);
+    h.rss.set(service::resident_memory_bytes() as i64);
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &h.registry);
     (

@@ -73,6 +73,8 @@ pub struct RelayMetrics {
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
     pub tls_cert_reloads: Family<ResultLabel, Counter>,
+    /// Relayed ports free (not bound, reserved or cooling), set when scraped.
+    pub ports_free: Gauge,
     /// SIGHUP reloads that took a new configuration (the standalone binary).
     pub config_reloads: Counter,
     /// SIGHUP reloads refused because the new configuration was not valid.
@@ -133,6 +135,11 @@ impl RelayMetrics {
             "tcp_connections",
             "Open client TCP connections (TLS included)",
             self.tcp_connections.clone(),
+        );
+        r.register(
+            "ports_free",
+            "Relayed ports free (not bound, reserved or cooling)",
+            self.ports_free.clone(),
         );
         r.register(
             "tls_handshakes",

@@ -66,6 +66,57 @@ impl Stop {
     }
 }
 
+/// Raises the soft open-files limit to the hard one: a relay holds a socket per
+/// allocation and a signaling server one per client, so the usual soft 1024 is far too
+/// low, while the hard limit is what the operator (or systemd's `LimitNOFILE`) allows.
+/// Returns the limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+    }
+    r.rlim_cur
+}
+
+/// This process's resident memory in bytes (`/proc/self/statm`), for the `/metrics` of
+/// both binaries; 0 where it cannot be read.
+pub fn resident_memory_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    };
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
+/// Gives freed heap memory back to the kernel (glibc's `malloc_trim`): after many
+/// allocations or connections end, the allocator otherwise keeps the peak's pages.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What [`Stop::next`] was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

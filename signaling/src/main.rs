@@ -65,6 +65,10 @@ fn main() -> ExitCode {
     if let Err(code) = service::init_logging(NAME, &cli.log) {
         return code;
     }
+    info!(
+        open_files = service::raise_nofile_limit(),
+        "open-files limit"
+    );
     // This thread serves one share of the connections (and signals, timers); the other
     // `--threads` - 1 run their own single-threaded runtimes (see `serve`).
     let rt = match tokio::runtime::Builder::new_current_thread()

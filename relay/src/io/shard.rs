@@ -327,7 +327,12 @@ async fn relay_reader(ctx: Rc<Ctx>, sock: Rc<tokio::net::UdpSocket>, id: Allocat
     }
 }
 
+/// Allocations released since the shard last gave memory back that make a trim worth it.
+const TRIM_AFTER: usize = 1000;
+
 async fn timer(ctx: Rc<Ctx>) {
+    // The most allocations held since the last trim.
+    let mut high = 0usize;
     loop {
         let next = ctx
             .core
@@ -340,6 +345,19 @@ async fn timer(ctx: Rc<Ctx>) {
             .handle_timeout(Instant::now(), &mut Binder(&ctx));
         if ctx.tcp.borrow().len() > ctx.max_tcp {
             warn!("TCP connection table over its limit");
+        }
+        // Memory back to the kernel once many allocations have gone (RSS otherwise stays
+        // at its peak, as coturn's and turn-rs's do).
+        let now_held = ctx.core.borrow().allocation_count();
+        high = high.max(now_held);
+        if high - now_held >= TRIM_AFTER || (now_held == 0 && high >= 64) {
+            icebreaker_service::trim_heap();
+            debug!(
+                from = high,
+                to = now_held,
+                "allocations released; heap trimmed"
+            );
+            high = now_held;
         }
     }
 }

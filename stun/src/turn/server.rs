@@ -205,6 +205,11 @@ impl Shared {
         need_restart
     }
 
+    /// Relayed ports free now (not bound, reserved or cooling).
+    pub fn free_ports(&self) -> usize {
+        self.ports().len()
+    }
+
     fn ports(&self) -> std::sync::MutexGuard<'_, PortPool> {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -1011,8 +1016,14 @@ impl<O: Observer> Server<O> {
                             return Some((addr, id, Some(token)));
                         }
                         Ok(id) => return Some((addr, id, None)),
-                        Err(_) if reserve => self.shared.ports().release(p + 1),
-                        Err(_) => {}
+                        Err(_) => {
+                            // Taken by another program now: back in the pool after the
+                            // cooling sweeps instead of lost from it for good.
+                            self.cooling[1].push(p);
+                            if reserve {
+                                self.shared.ports().release(p + 1);
+                            }
+                        }
                     }
                 }
                 None
@@ -1021,8 +1032,9 @@ impl<O: Observer> Server<O> {
                 for _ in 0..16 {
                     let p = self.shared.ports().take()?;
                     let addr = SocketAddr::new(bind_ip, p);
-                    if let Ok(id) = self.open(sockets, addr, df) {
-                        return Some((addr, id, None));
+                    match self.open(sockets, addr, df) {
+                        Ok(id) => return Some((addr, id, None)),
+                        Err(_) => self.cooling[1].push(p),
                     }
                 }
                 None
@@ -1045,7 +1057,7 @@ impl<O: Observer> Server<O> {
                 Ok(()) => return Some(addr),
                 Err(e) => {
                     debug!(%addr, error = %e, "relay port unavailable");
-                    self.shared.ports().release(p);
+                    self.cooling[1].push(p);
                 }
             }
         }
