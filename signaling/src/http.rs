@@ -52,6 +52,11 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// HTTPS/wss (and TURN over TLS) on the listener, when a certificate is configured.
     pub tls: Option<Tls>,
+    /// The bundled relay's shared state and metrics (gauges set when `/metrics` is read).
+    pub relay: Option<(
+        Arc<icebreaker_relay::server::Shared>,
+        icebreaker_relay::metrics::RelayMetrics,
+    )>,
 }
 
 /// What the listener needs to speak TLS.
@@ -367,6 +372,12 @@ async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    if let Some((shared, m)) = &st.relay {
+        m.ports_free.set(shared.free_ports() as i64);
+    }
+    st.metrics
+        .resident_memory
+        .set(icebreaker_service::resident_memory_bytes() as i64);
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &st.registry);
     (

@@ -186,10 +186,12 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::default();
     metrics.register(&mut registry);
+    let mut relay_metrics = None;
     let relay = match &cfg.relay {
         Some(rc) => {
             let rm = icebreaker_relay::metrics::RelayMetrics::default();
             rm.register(&mut registry);
+            relay_metrics = Some(rm.clone());
             let h = icebreaker_relay::run(rc.clone(), rm)
                 .with_context(|| format!("cannot start the bundled relay on {:?}", rc.listen))?;
             Some(h)
@@ -234,6 +236,10 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let state = Arc::new(AppState {
         tls,
+        relay: relay
+            .as_ref()
+            .zip(relay_metrics)
+            .map(|(h, m)| (h.shared.clone(), m)),
         cfg: arc_swap::ArcSwap::from_pointee(cfg),
         bus: bus.clone(),
         metrics,

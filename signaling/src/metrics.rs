@@ -76,6 +76,8 @@ pub struct Metrics {
     pub tls_connections: Family<TypeLabel, Counter>,
     /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
     pub tls_cert_reloads: Family<ResultLabel, Counter>,
+    /// This process's resident memory (`process_resident_memory_bytes`), set when scraped.
+    pub resident_memory: Gauge,
     /// SIGHUP reloads that took a new configuration.
     pub config_reloads: Counter,
     /// SIGHUP reloads refused (the new configuration was not valid; nothing changed).
@@ -120,6 +122,7 @@ impl Default for Metrics {
             ]),
             config_reloads: Counter::default(),
             config_reload_errors: Counter::default(),
+            resident_memory: Gauge::default(),
             tls_handshakes: Family::default(),
             tls_connections: Family::default(),
             tls_cert_reloads: Family::default(),
@@ -130,6 +133,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric in `r` under the `icebreaker` prefix.
     pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process",
+            self.resident_memory.clone(),
+        );
         let r = r.sub_registry_with_prefix("icebreaker");
         r.register(
             "redis_up",

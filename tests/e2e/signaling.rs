@@ -578,6 +578,14 @@ fn serves_the_web_client_health_and_metrics() {
         body.contains("icebreaker_connections") && body.contains("icebreaker_relay_allocations"),
         "{body}"
     );
+    // The process's memory, and the bundled relay's free relayed ports (start_icebreaker
+    // gives it a range of 400, none in use).
+    assert!(icebreaker_tests::metric(&body, "process_resident_memory_bytes", &[]) > 1e6);
+    assert_eq!(
+        icebreaker_tests::metric(&body, "icebreaker_relay_ports_free", &[]),
+        400.0,
+        "{body}"
+    );
 }
 
 #[test]

@@ -37,6 +37,7 @@ fn state(tweak: impl FnOnce(&mut crate::config::SignalingConfig)) -> Arc<AppStat
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         tls: None,
+        relay: None,
     })
 }
 
