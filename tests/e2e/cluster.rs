@@ -721,3 +721,50 @@ fn room_capacity_holds_across_nodes_under_concurrent_joins() {
     let on_nodes: u64 = nodes.iter().map(peers_on).sum();
     assert_eq!(on_nodes, 4);
 }
+
+/// Redis at `maxmemory` with `noeviction` answers OOM to every write: the node says
+/// degraded on `/healthz` naming the OOM (not "unreachable"), a join gets `unavailable`,
+/// and once Redis takes writes again the node is whole and joins work.
+#[test]
+fn redis_refusing_writes_with_oom_is_named_and_recovered_from() {
+    icebreaker_tests::require("redis-cli", "redis-tools");
+    let port = free_tcp_port();
+    let redis = Redis::start(port);
+    let n = node(&redis, "oom", &[]);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+    };
+    assert_eq!(http_get(n.http, "/healthz").0, 200);
+    cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    wait_for("healthz degraded", Duration::from_secs(10), || {
+        http_get(n.http, "/healthz").0 == 503
+    });
+    let (_, body) = http_get(n.http, "/healthz");
+    assert!(body.contains("OOM"), "{body}");
+    rt().block_on(async {
+        let mut c = Client::connect(&n.ws_url()).await;
+        c.send(json!({"type": "join", "room": "oom"})).await;
+        assert_eq!(c.expect("error").await["code"], "unavailable");
+    });
+    cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    wait_for("healthz whole again", Duration::from_secs(15), || {
+        http_get(n.http, "/healthz").0 == 200
+    });
+    rt().block_on(async {
+        let mut c = Client::connect(&n.ws_url()).await;
+        c.join("oom").await;
+    });
+    assert!(
+        metric(
+            &metrics_of(&n),
+            "icebreaker_redis_publish_errors_total",
+            &[]
+        ) >= 1.0
+    );
+}

@@ -56,6 +56,10 @@ struct Inner {
     /// Redis is back but this node is still writing its peers back: not yet whole, so
     /// `/healthz` keeps saying degraded (a load balancer sends no newcomers meanwhile).
     reregistering: AtomicBool,
+    /// The last Redis error and when: a refusal Redis itself answered (OOM, READONLY,
+    /// BUSY: reachable, but cross-node signals do not go through) keeps `/healthz`
+    /// degraded for a while, and `/healthz` names it.
+    server_error: Mutex<Option<(Instant, String)>>,
     /// Peers that left while Redis was away; Redis hears of them when it is back.
     gone_while_down: Mutex<Vec<(PeerId, LeaveReason)>>,
     last_reap: AtomicU64,
@@ -184,6 +188,7 @@ impl RedisBus {
             script: Script::new(include_str!("cluster.lua")),
             up: AtomicBool::new(false),
             reregistering: AtomicBool::new(false),
+            server_error: Mutex::new(None),
             gone_while_down: Mutex::new(Vec::new()),
             last_reap: AtomicU64::new(0),
             started: Instant::now(),
@@ -248,6 +253,8 @@ impl Inner {
 
     fn went_down(&self, e: &redis::RedisError) {
         self.metrics.redis_publish_errors.inc();
+        *self.server_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), e.to_string()));
         if self.up.swap(false, Ordering::Relaxed) {
             warn!(error = %e, "lost Redis: rooms keep working on this node only");
             self.metrics.redis_up.set(0);
@@ -273,6 +280,8 @@ impl Inner {
             } else {
                 self.metrics.redis_publish_errors.inc();
                 warn!(error = %e, op, "cluster script failed");
+                *self.server_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), e.to_string()));
             }
         }
         r
@@ -1007,8 +1016,17 @@ impl Bus for RedisBus {
     fn degraded(&self) -> Option<String> {
         let me = &self.inner;
         if !me.is_up() {
+            // Name the last error: "connection refused" and "OOM command not allowed" call
+            // for different fixes.
+            let why = me
+                .server_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(_, w)| format!(" ({w})"))
+                .unwrap_or_default();
             Some(format!(
-                "node {} cannot reach Redis: rooms work on this node only",
+                "node {} cannot use Redis{why}: rooms work on this node only",
                 me.node
             ))
         } else if me.reregistering.load(Ordering::Relaxed) {
@@ -1017,10 +1035,22 @@ impl Bus for RedisBus {
                 me.node
             ))
         } else {
-            None
+            // Degraded while Redis refused work in the last few seconds (a load balancer
+            // then sends newcomers elsewhere); whole again once calls succeed that long.
+            let e = me.server_error.lock().unwrap_or_else(|p| p.into_inner());
+            match &*e {
+                Some((at, why)) if at.elapsed() < SERVER_ERROR_HOLD => Some(format!(
+                    "node {}: Redis refuses work ({why}): signals to other nodes fail",
+                    me.node
+                )),
+                _ => None,
+            }
         }
     }
 }
+
+/// How long one error answered by Redis keeps `/healthz` degraded.
+const SERVER_ERROR_HOLD: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
