@@ -104,6 +104,11 @@ impl IceUrl {
     }
 }
 
+/// What a server that never answers over transport `t` most likely means.
+fn silent(server: SocketAddr, t: &str) -> String {
+    format!("no answer from {server}/{t}: the relay is not running there, or a firewall drops {t} to that port")
+}
+
 /// Writes `req` on a stream and reads one framed STUN message back (3 s).
 async fn stream_transact<S>(
     s: &mut S,
@@ -114,9 +119,6 @@ async fn stream_transact<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let why_silent = || {
-        format!("no answer from {server}/{t}: the relay is not running there, or a firewall drops {t} to that port")
-    };
     s.write_all(req).await.map_err(|e| e.to_string())?;
     s.flush().await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
@@ -131,7 +133,7 @@ where
         let mut chunk = [0u8; 2048];
         let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
             .await
-            .map_err(|_| why_silent())?
+            .map_err(|_| silent(server, t))?
             .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err(format!(
@@ -144,9 +146,6 @@ where
 
 /// One request/response over UDP (3 tries), TCP or TLS.
 async fn transact(server: SocketAddr, via: &Via, req: &[u8]) -> Result<Vec<u8>, String> {
-    let why_silent = |t: &str| {
-        format!("no answer from {server}/{t}: the relay is not running there, or a firewall drops {t} to that port")
-    };
     if let Via::Tcp | Via::Tls(_) = via {
         let t = if matches!(via, Via::Tcp) {
             "tcp"
@@ -155,7 +154,7 @@ async fn transact(server: SocketAddr, via: &Via, req: &[u8]) -> Result<Vec<u8>, 
         };
         let s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(server))
             .await
-            .map_err(|_| why_silent(t))?
+            .map_err(|_| silent(server, t))?
             .map_err(|e| {
                 format!("TCP connect to {server} failed ({e}): relay down or port closed")
             })?;
@@ -191,7 +190,7 @@ async fn transact(server: SocketAddr, via: &Via, req: &[u8]) -> Result<Vec<u8>, 
                 return Ok(buf[..n].to_vec());
             }
         }
-        Err(why_silent("udp"))
+        Err(silent(server, "udp"))
     }
 }
 

@@ -160,17 +160,11 @@ fn reload(
 
 /// Counts and logs a certificate reload.
 fn cert_reloaded(metrics: &RelayMetrics, r: Result<(), service::tls::TlsError>, why: &str) {
-    let result = if r.is_ok() { "ok" } else { "error" };
+    let result = service::tls::report_reload(r, "", why);
     metrics
         .tls_cert_reloads
         .get_or_create(&icebreaker_relay::metrics::ResultLabel { result })
         .inc();
-    match r {
-        Ok(()) => info!("{why}: TLS certificate reloaded; new connections get it"),
-        Err(e) => {
-            tracing::warn!(error = %e, "{why}: TLS certificate not reloaded; still serving the previous one")
-        }
-    }
 }
 
 fn serve(config: icebreaker_relay::RelayConfig, source: Source) -> anyhow::Result<()> {

@@ -66,6 +66,27 @@ impl Stop {
     }
 }
 
+/// `n` TCP listeners on one address in an SO_REUSEPORT group (one per serving thread or
+/// relay shard; the kernel spreads new connections over them). With port 0 the first
+/// picks the port and the others join it.
+pub fn reuse_tcp_listeners(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let at = match out.first() {
+            Some(l) => l.local_addr()?,
+            None => addr,
+        };
+        let s = reuse_socket(at, Type::STREAM, Protocol::TCP)?;
+        s.bind(&at.into())?;
+        s.listen(1024)?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
 /// Raises the soft open-files limit to the hard one: a relay holds a socket per
 /// allocation and a signaling server one per client, so the usual soft 1024 is far too
 /// low, while the hard limit is what the operator (or systemd's `LimitNOFILE`) allows.

@@ -102,24 +102,6 @@ impl AppState {
 /// Output a connection may have waiting (unwritten) before it is cut off as too slow.
 const MAX_PENDING_BYTES: usize = 4 << 20;
 
-/// `n` listeners on one address (SO_REUSEPORT): one per serving thread, and the kernel
-/// spreads new connections over them. With port 0 the first picks the port.
-pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Protocol, Type};
-    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
-        let at = match out.first() {
-            Some(l) => l.local_addr()?,
-            None => addr,
-        };
-        let s = icebreaker_service::reuse_socket(at, Type::STREAM, Protocol::TCP)?;
-        s.bind(&at.into())?;
-        s.listen(1024)?;
-        out.push(s.into());
-    }
-    Ok(out)
-}
-
 /// Accepts connections until `state.shutdown`. HTTP/1.1 only: hyper's HTTP/1 connection
 /// hands an upgraded socket back as the plain `TcpStream`, which the WebSocket code needs
 /// (it reads and writes the socket itself, see [`crate::ws`]).

@@ -118,17 +118,11 @@ struct Source {
 
 /// Counts and logs a certificate reload (`what`: which listener, `why`: what asked).
 fn cert_reloaded(metrics: &Metrics, r: Result<(), service::tls::TlsError>, what: &str, why: &str) {
-    let result = if r.is_ok() { "ok" } else { "error" };
+    let result = service::tls::report_reload(r, &format!("{what} "), why);
     metrics
         .tls_cert_reloads
         .get_or_create(&icebreaker_signaling::metrics::ResultLabel { result })
         .inc();
-    match r {
-        Ok(()) => info!("{why}: {what} TLS certificate reloaded; new connections get it"),
-        Err(e) => {
-            tracing::warn!(error = %e, "{why}: {what} TLS certificate not reloaded; still serving the previous one")
-        }
-    }
 }
 
 /// The certificates this process serves: the listener's, and the bundled relay's own
@@ -215,7 +209,7 @@ async fn serve(mut cfg: SignalingConfig, source: Source) -> anyhow::Result<()> {
         ),
         None => Arc::new(MemoryBus::new(hub, shards, metrics.clone())),
     };
-    let listeners = icebreaker_signaling::http::bind_listeners(cfg.listen, cfg.threads)
+    let listeners = service::reuse_tcp_listeners(cfg.listen, cfg.threads)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let http_addr = listeners[0].local_addr()?;
     let relay_addrs: Vec<SocketAddr> = relay

@@ -10,22 +10,13 @@ use icebreaker_tests::{http_get, metric, start_relay};
 
 const N: usize = 10_000;
 
-/// The test holds a UDP socket per allocation: lift its own open-files limit.
+/// The test holds a UDP socket per allocation: lift its own open-files limit (as the
+/// servers do for theirs).
 fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-    }
+    let limit = icebreaker_service::raise_nofile_limit();
     assert!(
-        r.rlim_cur as usize > N + 1000,
-        "open-files hard limit {} is below {N} allocations",
-        r.rlim_max
+        limit as usize > N + 1000,
+        "open-files limit {limit} is below {N} allocations"
     );
 }
 

@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use icebreaker_tests::{
-    bin, browser_dir, free_tcp_port, http_get, metric, require, start_icebreaker, Icebreaker, Proc,
-    Redis,
+    bin, browser_dir, free_tcp_port, http_get, metric, require, start_icebreaker, wait_for,
+    Icebreaker, Proc, Redis,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -265,14 +265,6 @@ fn peers_on(n: &Icebreaker) -> u64 {
 
 fn metrics_of(n: &Icebreaker) -> String {
     http_get(n.http, "/metrics").1
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Three nodes behind HAProxy: three peers land on three nodes, see each other join, and

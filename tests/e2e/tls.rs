@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use icebreaker_tests::{
-    assert_all_echoed, browser_dir, echo_peer, http_get, metric, start_icebreaker, start_relay,
-    uclient, Proc,
+    addr_after, assert_all_echoed, browser_dir, echo_peer, http_get, metric, parse_http_response,
+    start_icebreaker, start_relay, uclient, wait_for, Proc,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -88,35 +88,19 @@ fn https_get(addr: SocketAddr, trust: &CertificateDer<'static>, path: &str) -> (
     let mut out = Vec::new();
     // A peer that closes without close_notify is an error to rustls; what came is enough.
     let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
+    parse_http_response(&String::from_utf8_lossy(&out))
 }
 
-/// The address after `key` in a log line (`addrs=[127.0.0.1:1234]`).
-fn addr_in(line: &str, key: &str) -> SocketAddr {
-    let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
-    let end = rest.find([']', ',']).unwrap_or(rest.len());
-    rest[..end]
-        .parse()
-        .unwrap_or_else(|_| panic!("address in {line}"))
-}
-
-/// Waits until `f` holds (polled), or panics with `what`.
-fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// `icebreaker` with the test certificate `c` (its listener speaks TLS), plus `extra`.
+fn start_tls(c: &TestCert, extra: &[&str]) -> icebreaker_tests::Icebreaker {
+    let mut args = vec![
+        "--tls-cert",
+        c.cert.to_str().unwrap(),
+        "--tls-key",
+        c.key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    start_icebreaker(&args)
 }
 
 /// coturn's client over TLS (`-t -S`) to the relay's `--tls-listen`: nothing lost, with
@@ -142,7 +126,7 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
         .proc
         .wait_line("TURN over TLS", Duration::from_secs(5))
         .expect("TLS listener logged");
-    let tls = addr_in(&line, "addrs=[");
+    let tls = addr_after(&line, "addrs=[").expect("the TLS address");
     let (_peer, peer_port) = echo_peer();
     for (what, creds) in [
         ("tls long-term", ["-u", "test", "-w", "test"]),
@@ -166,7 +150,7 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let second = make_cert(&dir, "relay");
-    eventually(
+    wait_for(
         "the new certificate on new connections",
         Duration::from_secs(10),
         || tls_connect(tls, &second.der).is_ok(),
@@ -253,14 +237,7 @@ fn relay_refuses_to_start_with_bad_tls_settings() {
 fn one_tls_port_serves_https_wss_and_turn() {
     let dir = temp_dir("one-port");
     let c = make_cert(&dir, "ib");
-    let ib = start_icebreaker(&[
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-        "--turn-secret",
-        "s3cret",
-    ]);
+    let ib = start_tls(&c, &["--turn-secret", "s3cret"]);
     let port = ib.http.port();
     let (status, body) = https_get(ib.http, &c.der, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok rooms=0 peers=0\n"));
@@ -368,7 +345,7 @@ fn one_tls_port_serves_https_wss_and_turn() {
         started.elapsed() < Duration::from_secs(14),
         "the slow handshake was closed"
     );
-    eventually("the timeout counted", Duration::from_secs(5), || {
+    wait_for("the timeout counted", Duration::from_secs(5), || {
         let (_, m) = https_get(ib.http, &c.der, "/metrics");
         metric(
             &m,
@@ -389,14 +366,7 @@ fn chromium_relays_through_turns() {
     let dir = browser_dir();
     let certs = temp_dir("chromium");
     let c = make_cert(&certs, "ib");
-    let ib = start_icebreaker(&[
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-        "--turn-secret",
-        "s3cret",
-    ]);
+    let ib = start_tls(&c, &["--turn-secret", "s3cret"]);
     let (user, pass) = icebreaker_relay::auth::mint_rest_credentials(
         b"s3cret",
         icebreaker_relay::server::unix_now() + 600,
@@ -437,12 +407,7 @@ fn web_client_over_https_wss_and_turns_on_one_port() {
     let dir = browser_dir();
     let certs = temp_dir("web");
     let c = make_cert(&certs, "ib");
-    let ib = start_icebreaker(&[
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-    ]);
+    let ib = start_tls(&c, &[]);
     let base = format!("https://localhost:{}", ib.http.port());
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir)
@@ -479,14 +444,7 @@ fn web_client_over_https_wss_and_turns_on_one_port() {
 fn doctor_checks_wss_and_turns_for_real() {
     let certs = temp_dir("doctor");
     let c = make_cert(&certs, "ib");
-    let ib = start_icebreaker(&[
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-        "--relay-tls-listen",
-        "127.0.0.1:0",
-    ]);
+    let ib = start_tls(&c, &["--relay-tls-listen", "127.0.0.1:0"]);
     let server = format!("wss://localhost:{}/ws", ib.http.port());
     let doctor = |ca: Option<&Path>| {
         let mut cmd = Command::new(icebreaker_tests::bin("icebreaker-peer"));
@@ -546,15 +504,7 @@ fn wss_slow_consumer_is_cut_off_and_others_are_not_held_up() {
     use tokio_tungstenite::tungstenite::{self, Message};
     let certs = temp_dir("slow");
     let c = make_cert(&certs, "ib");
-    let ib = start_icebreaker(&[
-        "--no-relay",
-        "--rate-limit",
-        "100000",
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-    ]);
+    let ib = start_tls(&c, &["--no-relay", "--rate-limit", "100000"]);
     let url = format!("wss://localhost:{}/ws", ib.http.port());
     let connect = || {
         let (ws, _) =
@@ -715,14 +665,7 @@ fn webrtc_rs_turn_client_over_tls() {
     use webrtc_util::Conn;
     let certs = temp_dir("webrtc-rs");
     let c = make_cert(&certs, "ib");
-    let ib = start_icebreaker(&[
-        "--tls-cert",
-        c.cert.to_str().unwrap(),
-        "--tls-key",
-        c.key.to_str().unwrap(),
-        "--turn-secret",
-        "s3cret",
-    ]);
+    let ib = start_tls(&c, &["--turn-secret", "s3cret"]);
     let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let echo_addr = echo.local_addr().unwrap();
     echo.set_read_timeout(Some(Duration::from_secs(20)))

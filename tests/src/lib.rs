@@ -258,7 +258,8 @@ pub struct Relay {
     pub metrics: Option<SocketAddr>,
 }
 
-fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
+/// The socket address right after `key` in a log line (`addrs=[127.0.0.1:1234]`).
+pub fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(key)? + key.len()..];
     let end = rest
         .find(|c: char| c == ']' || c == ',' || c.is_whitespace())
@@ -313,6 +314,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).ok();
+    parse_http_response(&out)
+}
+
+/// (status, body) of a whole HTTP/1 response; status 0 when there is none.
+pub fn parse_http_response(out: &str) -> (u16, String) {
     let status = out
         .split_whitespace()
         .nth(1)
@@ -323,6 +329,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|x| x.1.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Sum of a Prometheus metric's samples whose label set contains every `label` given.

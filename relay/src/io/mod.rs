@@ -162,25 +162,6 @@ fn bind_shards(
     Ok((addr, out))
 }
 
-/// One TCP listener per shard on `want` (SO_REUSEPORT group), for TURN over TLS.
-fn bind_tls_shards(
-    want: SocketAddr,
-    shards: usize,
-) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
-    let mut addr = want;
-    let mut out = Vec::with_capacity(shards);
-    for i in 0..shards {
-        let t = reuse_socket(addr, Type::STREAM, Protocol::TCP)?;
-        t.bind(&addr.into())?;
-        t.listen(1024)?;
-        if i == 0 {
-            addr = t.local_addr()?.as_socket().expect("inet");
-        }
-        out.push(t.into());
-    }
-    Ok((addr, out))
-}
-
 /// Binds every shard's sockets, then starts the shards. Bind errors come back here, before
 /// any thread runs, so a misconfigured port fails the start with a clear error.
 pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayHandle> {
@@ -222,8 +203,8 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     let mut tls_addrs = Vec::new();
     if certificates.is_some() {
         for &want in &config.tls_listen {
-            let (addr, ls) = bind_tls_shards(want, shards)?;
-            tls_addrs.push(addr);
+            let ls = icebreaker_service::reuse_tcp_listeners(want, shards)?;
+            tls_addrs.push(ls[0].local_addr()?);
             for (v, l) in tls_per_shard.iter_mut().zip(ls) {
                 v.push(l);
             }

@@ -246,17 +246,7 @@ impl TlsConn {
 
     /// Writes the backlog, waiting for the socket; then a write may succeed.
     pub async fn writable(&self) -> io::Result<()> {
-        loop {
-            {
-                let mut st = self.lock();
-                match self.write_tls(&mut st) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            self.tcp.writable().await?;
-        }
+        std::future::poll_fn(|cx| self.poll_flush_tls(cx)).await
     }
 
     /// close_notify, then FIN.

@@ -107,8 +107,7 @@ impl Certificates {
         loop {
             tick.tick().await;
             if self.changed() {
-                let r = read(&self.cert, &self.key).map(|ck| self.current.store(Arc::new(ck)));
-                done(r);
+                done(self.reload());
             }
         }
     }
@@ -169,6 +168,21 @@ pub async fn accept(
         Ok(Ok(s)) => {
             let (tcp, conn) = s.into_inner();
             TlsConn::new(tcp, conn).map_err(|_| Handshake::Failed)
+        }
+    }
+}
+
+/// Logs a certificate reload's outcome the way both binaries do (`what`: whose
+/// certificate, `why`: what asked) and gives the metric label, `ok` or `error`.
+pub fn report_reload(r: Result<(), TlsError>, what: &str, why: &str) -> &'static str {
+    match r {
+        Ok(()) => {
+            tracing::info!("{why}: {what}TLS certificate reloaded; new connections get it");
+            "ok"
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "{why}: {what}TLS certificate not reloaded; still serving the previous one");
+            "error"
         }
     }
 }

@@ -251,10 +251,15 @@ impl Inner {
         self.up.load(Ordering::Relaxed)
     }
 
-    fn went_down(&self, e: &redis::RedisError) {
+    /// Counts a failed Redis call and keeps it as the last error `/healthz` names.
+    fn note_error(&self, e: &redis::RedisError) {
         self.metrics.redis_publish_errors.inc();
         *self.server_error.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), e.to_string()));
+    }
+
+    fn went_down(&self, e: &redis::RedisError) {
+        self.note_error(e);
         if self.up.swap(false, Ordering::Relaxed) {
             warn!(error = %e, "lost Redis: rooms keep working on this node only");
             self.metrics.redis_up.set(0);
@@ -278,10 +283,8 @@ impl Inner {
             if !matches!(e.kind(), redis::ErrorKind::Server(_)) {
                 self.went_down(e);
             } else {
-                self.metrics.redis_publish_errors.inc();
+                self.note_error(e);
                 warn!(error = %e, op, "cluster script failed");
-                *self.server_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), e.to_string()));
             }
         }
         r
