@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use icebreaker_stun::auth::{long_term_key, mint_rest_credentials, Key};
 use icebreaker_stun::codec::{attr, Class, Message, MessageWriter, Method};
-use icebreaker_stun::turn::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
+use icebreaker_stun::turn::server::{
+    AllocationId, ConnectionId, RelaySockets, Server, Shared, Transmit,
+};
 use icebreaker_stun::turn::{Config, FiveTuple, Transport};
 
 /// The relay's client-facing address in these tests (never a valid peer).
@@ -32,6 +34,16 @@ struct FakeSockets {
     dont_fragment: Vec<SocketAddr>,
     /// Ports "taken by another program".
     busy: Vec<u16>,
+    /// TCP listeners of TCP allocations (RFC 6062).
+    tcp: HashMap<SocketAddr, AllocationId>,
+    /// Outgoing connections asked for: (relayed address, peer, connection).
+    connects: Vec<(SocketAddr, SocketAddr, ConnectionId)>,
+    /// Peer data connections the core closed.
+    closed: Vec<ConnectionId>,
+    /// Client data connections joined to peer connections.
+    bound: Vec<(ConnectionId, FiveTuple)>,
+    /// ConnectionBinds sent on to another shard.
+    handed: Vec<(FiveTuple, usize)>,
 }
 
 impl RelaySockets for FakeSockets {
@@ -49,7 +61,26 @@ impl RelaySockets for FakeSockets {
         Ok(())
     }
     fn close(&mut self, addr: SocketAddr) {
-        assert!(self.open.remove(&addr).is_some(), "close of unknown {addr}");
+        assert!(
+            self.open.remove(&addr).is_some() || self.tcp.remove(&addr).is_some(),
+            "close of unknown {addr}"
+        );
+    }
+    fn open_tcp(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+        assert!(self.tcp.insert(addr, id).is_none(), "double bind of {addr}");
+        Ok(())
+    }
+    fn connect(&mut self, relay: SocketAddr, peer: SocketAddr, conn: ConnectionId) {
+        self.connects.push((relay, peer, conn));
+    }
+    fn close_connection(&mut self, conn: ConnectionId) {
+        self.closed.push(conn);
+    }
+    fn bind_connection(&mut self, conn: ConnectionId, data: &FiveTuple) {
+        self.bound.push((conn, *data));
+    }
+    fn hand_over(&mut self, data: &FiveTuple, shard: usize) {
+        self.handed.push((*data, shard));
     }
 }
 
@@ -660,7 +691,11 @@ fn allocate_errors() {
     let r = w.request(&mut c, Method::ALLOCATE, &|w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
     });
-    assert_eq!(r.code, Some(442), "TCP relaying not offered");
+    assert_eq!(r.code, Some(400), "TCP relaying over UDP");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
+    });
+    assert_eq!(r.code, Some(442), "SCTP relaying not offered");
     let r = w.request(&mut c, Method::ALLOCATE, &|w| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
@@ -1103,4 +1138,221 @@ fn dual_allocation_rules_and_a_relay_without_ipv6() {
     assert_eq!((family, code), (attr::FAMILY_IPV6, 440));
     let p6: SocketAddr = "[::1]:7001".parse().unwrap();
     assert_eq!(w.permit(&mut c, &[p6]).code, Some(443));
+}
+
+// ---- TCP allocations (RFC 6062) ----
+
+fn tcp_client(port: u16, user: &str) -> Client {
+    let mut c = client(port, user, "pw");
+    c.ft.transport = Transport::Tcp;
+    c
+}
+
+impl World {
+    fn allocate_tcp(&mut self, c: &mut Client) -> Reply {
+        self.request(c, Method::ALLOCATE, &|w| {
+            w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        })
+    }
+
+    /// A request signed with the client's current nonce, sent; whatever comes back now.
+    fn signed(
+        &mut self,
+        c: &mut Client,
+        method: Method,
+        f: &dyn Fn(&mut MessageWriter<'_>),
+    ) -> ([u8; 12], Option<Vec<u8>>) {
+        c.seq += 1;
+        let tid = [c.seq; 12];
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid);
+        f(&mut w);
+        w.attr(attr::USERNAME, c.user.as_bytes())
+            .attr(attr::REALM, b"example.org")
+            .attr(attr::NONCE, c.nonce.as_deref().unwrap().as_bytes())
+            .integrity(&c.key, false);
+        let raw = w.finish_with_fingerprint().to_vec();
+        (tid, self.send_raw(c.ft, &raw))
+    }
+
+    /// Connect to `peer`: answered later, so the core asks for a connection and says nothing.
+    fn connect(&mut self, c: &mut Client, peer: SocketAddr) -> ([u8; 12], Option<Vec<u8>>) {
+        self.signed(c, Method::CONNECT, &move |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+    }
+
+    /// The driver reports the connection: the Connect's answer, to the control connection.
+    fn connect_result(&mut self, conn: ConnectionId, ok: bool) -> Option<(FiveTuple, Vec<u8>)> {
+        match self.server.connect_result(self.now, conn, ok)? {
+            Transmit::Client { to, data } => Some((to, data.to_vec())),
+            Transmit::Peer { .. } => panic!("answers go to the client"),
+        }
+    }
+
+    fn connection_bind(&mut self, c: &mut Client, conn: u32) -> Option<Vec<u8>> {
+        if c.nonce.is_none() {
+            // A new data connection: its first request is challenged like any.
+            let r = self.request(c, Method::CONNECTION_BIND, &move |w| {
+                w.u32(attr::CONNECTION_ID, conn);
+            });
+            return Some(r.raw);
+        }
+        self.signed(c, Method::CONNECTION_BIND, &move |w| {
+            w.u32(attr::CONNECTION_ID, conn);
+        })
+        .1
+    }
+}
+
+fn code_of(raw: &[u8]) -> Option<u16> {
+    Message::parse(raw)
+        .unwrap()
+        .get(attr::ERROR_CODE)
+        .map(|v| attr::decode_error_code(v).unwrap().0)
+}
+
+fn connection_id_of(raw: &[u8]) -> u32 {
+    let m = Message::parse(raw).unwrap();
+    attr::decode_u32(m.get(attr::CONNECTION_ID).expect("CONNECTION-ID")).unwrap()
+}
+
+#[test]
+fn tcp_allocation_connect_and_connection_bind() {
+    let mut w = world(|_| {});
+    // Over UDP, TCP relaying is refused: data connections need a stream to the server.
+    let mut u = client(40001, "alice", "pw");
+    assert_eq!(w.allocate_tcp(&mut u).code, Some(400));
+    let mut c = tcp_client(40002, "alice");
+    let r = w.request(&mut c, Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0]);
+    });
+    assert_eq!(r.code, Some(400), "EVEN-PORT is for UDP relaying");
+    let r = w.allocate_tcp(&mut c);
+    assert!(r.ok(), "{:?}", r.code);
+    let relayed = w.relayed(&r);
+    assert!(w.sockets.tcp.contains_key(&relayed), "a TCP listener, not a UDP socket");
+    assert!(w.sockets.open.is_empty());
+
+    // Connect: nothing answered until the connection is up.
+    let p = peer(7000);
+    let (tid, now) = w.connect(&mut c, p);
+    assert!(now.is_none(), "Connect is answered once connected");
+    let (relay, to, conn) = w.sockets.connects[0];
+    assert_eq!((relay, to), (relayed, p));
+    let (dst, ans) = w.connect_result(conn, true).expect("answered");
+    assert_eq!(dst, c.ft);
+    let m = Message::parse(&ans).unwrap();
+    assert_eq!((m.method, m.class, m.transaction_id), (Method::CONNECT, Class::Success, tid));
+    assert!(m.verify_integrity(&c.key) && m.verify_fingerprint());
+    assert_eq!(connection_id_of(&ans), conn.0);
+    // The same peer again while that connection lives: 446.
+    let (_, again) = w.connect(&mut c, p);
+    assert_eq!(code_of(&again.unwrap()), Some(446));
+    // A peer the policy refuses: 403, and no connection is tried.
+    let (_, refused) = w.connect(&mut c, "10.1.2.3:80".parse().unwrap());
+    assert_eq!(code_of(&refused.unwrap()), Some(403));
+    assert_eq!(w.sockets.connects.len(), 1);
+
+    // The data connection: a wrong CONNECTION-ID is 400, the right one binds.
+    let mut d = tcp_client(40003, "alice");
+    let bad = w.connection_bind(&mut d, conn.0 ^ 1).unwrap();
+    assert_eq!(code_of(&bad), Some(400));
+    assert!(w.sockets.bound.is_empty());
+    let ok = w.connection_bind(&mut d, conn.0).unwrap();
+    let m = Message::parse(&ok).unwrap();
+    assert_eq!((m.method, m.class), (Method::CONNECTION_BIND, Class::Success));
+    assert_eq!(w.sockets.bound, vec![(conn, d.ft)]);
+    // Bound once: a second bind of it is refused.
+    let mut d2 = tcp_client(40004, "alice");
+    assert_eq!(code_of(&w.connection_bind(&mut d2, conn.0).unwrap()), Some(400));
+    // A ConnectionBind on the control connection itself is refused.
+    assert_eq!(code_of(&w.connection_bind(&mut c, conn.0).unwrap()), Some(400));
+
+    // A failed connect answers 447 and frees the peer for another try.
+    let q = peer(7001);
+    w.connect(&mut c, q);
+    let conn2 = w.sockets.connects[1].2;
+    let (_, ans) = w.connect_result(conn2, false).unwrap();
+    assert_eq!(code_of(&ans), Some(447));
+    assert!(Message::parse(&ans).unwrap().verify_integrity(&c.key));
+    let (_, retry) = w.connect(&mut c, q);
+    assert!(retry.is_none(), "the peer can be connected again");
+
+    // The bound connection ends (a side closed): the peer can be connected again.
+    w.server.connection_closed(conn);
+    let (_, re) = w.connect(&mut c, p);
+    assert!(re.is_none());
+
+    // The allocation ends: every connection it holds is closed with it.
+    assert!(w.refresh(&mut c, 0).ok());
+    let mut closed = w.sockets.closed.clone();
+    closed.sort_by_key(|c| c.0);
+    let mut want: Vec<ConnectionId> = w.sockets.connects[2..].iter().map(|c| c.2).collect();
+    want.sort_by_key(|c| c.0);
+    assert_eq!(closed, want);
+    assert!(w.sockets.tcp.is_empty(), "the listener is closed");
+    assert_eq!(w.server.connection_count(), 0);
+    // A late report of a connect for a deleted allocation answers nothing.
+    assert!(w.connect_result(want[0], true).is_none());
+}
+
+#[test]
+fn tcp_allocation_peer_connection_attempt_and_bind_timeout() {
+    let mut w = world(|_| {});
+    let mut c = tcp_client(40010, "alice");
+    let r = w.allocate_tcp(&mut c);
+    let relayed = w.relayed(&r);
+    let id = w.sockets.tcp[&relayed];
+    let p = peer(7100);
+    // No permission for the peer: the driver closes it, the client hears nothing.
+    assert!(w.server.peer_connected(w.now, id, p).is_none());
+    assert!(w.permit(&mut c, &[p]).ok());
+    let (conn, t) = w.server.peer_connected(w.now, id, p).expect("permitted");
+    let Transmit::Client { to, data } = t else { panic!("to the client") };
+    assert_eq!(to, c.ft);
+    let m = Message::parse(data).unwrap();
+    assert_eq!((m.method, m.class), (Method::CONNECTION_ATTEMPT, Class::Indication));
+    assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(), p);
+    assert_eq!(connection_id_of(data), conn.0);
+    // ChannelBind and Send have no place on a TCP allocation.
+    assert_eq!(w.bind(&mut c, 0x4000, p).code, Some(400));
+    // Another user cannot bind it (441); nobody binds within 30 s: closed.
+    let mut bob = tcp_client(40011, "bob");
+    assert_eq!(code_of(&w.connection_bind(&mut bob, conn.0).unwrap()), Some(441));
+    w.advance(Duration::from_secs(29));
+    assert!(w.sockets.closed.is_empty());
+    w.advance(Duration::from_secs(2));
+    assert_eq!(w.sockets.closed, vec![conn]);
+    let mut d = tcp_client(40012, "alice");
+    assert_eq!(code_of(&w.connection_bind(&mut d, conn.0).unwrap()), Some(400));
+    assert!(w.sockets.bound.is_empty());
+}
+
+#[test]
+fn connection_ids_name_their_shard_and_binds_find_it() {
+    let t0 = Instant::now();
+    let shared = Shared::with_clock(config(), &[LISTEN.parse().unwrap()], t0, UNIX0);
+    let mut w = World {
+        server: Server::with_shard(Arc::clone(&shared), (), 1, 3),
+        shared,
+        sockets: FakeSockets::default(),
+        t0,
+        now: t0,
+    };
+    let mut c = tcp_client(40020, "alice");
+    assert!(w.allocate_tcp(&mut c).ok());
+    for port in 0..20 {
+        w.connect(&mut c, peer(7200 + port));
+    }
+    assert!(w.sockets.connects.iter().all(|(_, _, id)| id.0 % 3 == 1));
+    // A bind for a connection of shard 2 goes there, unanswered here.
+    let mut d = tcp_client(40021, "alice");
+    // Nonces are per client IP: the data connection may reuse the control one's.
+    d.nonce = c.nonce.clone();
+    let (_, here) = w.signed(&mut d, Method::CONNECTION_BIND, &|w| {
+        w.u32(attr::CONNECTION_ID, 3 * 77 + 2);
+    });
+    assert!(here.is_none());
+    assert_eq!(w.sockets.handed, vec![(d.ft, 2)]);
 }

@@ -100,6 +100,7 @@ pub fn is_understood(t: u16) -> bool {
             | REQUESTED_ADDRESS_FAMILY
             | EVEN_PORT
             | REQUESTED_TRANSPORT
+            | CONNECTION_ID
             | DONT_FRAGMENT
             | MESSAGE_INTEGRITY_SHA256
             | XOR_MAPPED_ADDRESS

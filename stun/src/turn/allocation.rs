@@ -35,6 +35,10 @@ pub struct Channel {
 /// cap bounds the per-packet channel scan.
 pub const MAX_CHANNELS: usize = 256;
 
+/// Peer data connections one TCP allocation may hold at once (RFC 6062): each is a socket
+/// on the server, so a client cannot open them without bound.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Why [`Allocation::can_bind`] refuses a ChannelBind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelBindError {
@@ -115,6 +119,12 @@ pub struct Allocation {
     pub channels: Vec<Channel>,
     /// The bandwidth cap, when `max_bps` is set.
     pub bucket: Option<TokenBucket>,
+    /// A TCP allocation (RFC 6062): the relayed address is a TCP listener, and data flows
+    /// over data connections, never in Send/Data indications or channels.
+    pub tcp: bool,
+    /// A TCP allocation's peer data connections (connecting, pending or bound), with the
+    /// peer each one is for.
+    pub connections: Vec<(super::server::ConnectionId, SocketAddr)>,
 }
 
 impl Allocation {

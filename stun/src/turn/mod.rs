@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 pub use policy::Refusal;
 
-/// Client transport (RFC 8656: UDP, TCP; TLS and DTLS come later).
+/// Client transport (RFC 8656: UDP, or TCP, which TLS connections are too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// Datagrams on the listen port.
@@ -175,6 +175,37 @@ pub enum Direction {
     ToClient,
 }
 
+/// What happened to a peer data connection of a TCP allocation (RFC 6062).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionEvent {
+    /// A Connect reached its peer.
+    Connected,
+    /// A Connect failed or timed out (447).
+    ConnectFailed,
+    /// A peer connected to a relayed address with a permission (ConnectionAttempt sent).
+    Accepted,
+    /// A peer connected to a relayed address without a permission, or past the cap: closed.
+    Refused,
+    /// A ConnectionBind joined a client data connection to it.
+    Bound,
+    /// No ConnectionBind came within 30 s: closed.
+    Expired,
+}
+
+impl ConnectionEvent {
+    /// A label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionEvent::Connected => "connected",
+            ConnectionEvent::ConnectFailed => "connect_failed",
+            ConnectionEvent::Accepted => "accepted",
+            ConnectionEvent::Refused => "refused",
+            ConnectionEvent::Bound => "bound",
+            ConnectionEvent::Expired => "expired",
+        }
+    }
+}
+
 /// What the core reports as it runs: the relay turns it into Prometheus metrics. Every
 /// method has an empty default, and `()` observes nothing (tests).
 pub trait Observer {
@@ -199,6 +230,10 @@ pub trait Observer {
     /// A packet of `bytes` application bytes was relayed.
     fn relayed(&self, direction: Direction, bytes: usize) {
         let _ = (direction, bytes);
+    }
+    /// Something happened to a TCP allocation's peer data connection.
+    fn connection(&self, event: ConnectionEvent) {
+        let _ = event;
     }
 }
 

@@ -23,6 +23,10 @@ use crate::codec::{
     self, attr, parse_channel_data, Attributes, Class, Message, MessageWriter, Method, PacketKind,
 };
 
+mod tcp;
+pub use tcp::{ConnectionId, BIND_TIMEOUT};
+use tcp::TcpConnection;
+
 /// Opens and closes relayed sockets for the core. `open` binds `addr` (a UDP socket)
 /// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`];
 /// `dont_fragment` asks for the DF bit on what it sends (DONT-FRAGMENT, RFC 8656 §7.2).
@@ -40,6 +44,32 @@ pub trait RelaySockets {
     /// The allocation of `five_tuple` is gone: a TCP client's connection closes with it.
     fn allocation_ended(&mut self, five_tuple: &FiveTuple) {
         let _ = five_tuple;
+    }
+    /// Binds a TCP listener at `addr` for the TCP allocation `id` (RFC 6062 §5.1); peers
+    /// that connect to it are reported with [`Server::peer_connected`]. [`RelaySockets::close`]
+    /// closes it.
+    fn open_tcp(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+        let _ = (addr, id);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+    /// Opens a TCP connection from the relayed address `relay` to `peer` (a Connect
+    /// request, RFC 6062 §5.2); report how it went with [`Server::connect_result`].
+    fn connect(&mut self, relay: SocketAddr, peer: SocketAddr, conn: ConnectionId) {
+        let _ = (relay, peer, conn);
+    }
+    /// Closes the peer data connection `conn` (and its client data connection when bound).
+    fn close_connection(&mut self, conn: ConnectionId) {
+        let _ = conn;
+    }
+    /// A ConnectionBind succeeded: once the answer is written, the client connection `data`
+    /// carries the bytes of peer data connection `conn` as they are, both ways.
+    fn bind_connection(&mut self, conn: ConnectionId, data: &FiveTuple) {
+        let _ = (conn, data);
+    }
+    /// A ConnectionBind names a connection that shard `shard` holds: move the client
+    /// connection `data` there, this request first, and let that shard answer it.
+    fn hand_over(&mut self, data: &FiveTuple, shard: usize) {
+        let _ = (data, shard);
     }
 }
 
@@ -289,6 +319,15 @@ struct Authenticated {
     key: Key,
 }
 
+/// Whether a request was answered now or will be later.
+enum Reply {
+    /// The answer is in the buffer.
+    Now,
+    /// No answer yet (a Connect waiting for its TCP connection, a ConnectionBind handed to
+    /// the shard that holds its connection).
+    Later,
+}
+
 /// An authenticated request: the message, its decoded attributes and who sent it.
 struct Request<'m, 'a> {
     msg: &'m Message<'a>,
@@ -315,19 +354,35 @@ struct AllocateRequest {
     /// ADDITIONAL-ADDRESS-FAMILY IPv6: an IPv6 relayed address besides the IPv4 one.
     dual: bool,
     dont_fragment: bool,
+    /// REQUESTED-TRANSPORT TCP (RFC 6062): a TCP listener, reached with Connect.
+    tcp: bool,
 }
 
 impl AllocateRequest {
     fn read(a: &Attributes<'_>) -> Result<AllocateRequest, Reject> {
-        match a.requested_transport {
+        let tcp = match a.requested_transport {
             None => return Err(Reject::new(400, "REQUESTED-TRANSPORT is missing")),
-            Some(17) => {}
+            Some(17) => false,
+            Some(6) => true,
             Some(_) => {
                 return Err(Reject::new(
                     442,
-                    "only UDP relaying (protocol 17) is supported",
+                    "only UDP (17) and TCP (6) relaying are supported",
                 ))
             }
+        };
+        // RFC 6062 §5.1: a TCP allocation has no port pairs and no DF bit.
+        if tcp && (a.dont_fragment || a.even_port.is_some() || a.reservation_token.is_some()) {
+            return Err(Reject::new(
+                400,
+                "DONT-FRAGMENT, EVEN-PORT and RESERVATION-TOKEN are for UDP relaying",
+            ));
+        }
+        if tcp && a.additional_address_family.is_some() {
+            return Err(Reject::new(
+                400,
+                "ADDITIONAL-ADDRESS-FAMILY is for UDP relaying",
+            ));
         }
         let port = match (a.even_port, a.reservation_token) {
             (Some(_), Some(_)) => {
@@ -377,6 +432,7 @@ impl AllocateRequest {
             v6,
             dual,
             dont_fragment: a.dont_fragment,
+            tcp,
         })
     }
 }
@@ -396,12 +452,27 @@ pub struct Server<O: Observer = ()> {
     cooling: [Vec<u16>; 2],
     buf: Vec<u8>,
     next_sweep: Instant,
+    /// Peer data connections of this shard's TCP allocations (RFC 6062), by CONNECTION-ID.
+    connections: FxHashMap<ConnectionId, TcpConnection>,
+    /// This shard's index and the number of shards: a CONNECTION-ID names its shard, so a
+    /// ConnectionBind that the kernel hashed elsewhere finds its way back.
+    shard: u32,
+    shards: u32,
 }
 
 impl<O: Observer> Server<O> {
     /// A shard's core; every shard of a relay shares `shared`.
     pub fn new(shared: Arc<Shared>, metrics: O) -> Self {
+        Self::with_shard(shared, metrics, 0, 1)
+    }
+
+    /// Shard `shard` of `shards`: CONNECTION-IDs it hands out name it (see
+    /// [`RelaySockets::hand_over`]).
+    pub fn with_shard(shared: Arc<Shared>, metrics: O, shard: usize, shards: usize) -> Self {
         Server {
+            connections: FxHashMap::default(),
+            shard: shard as u32,
+            shards: shards.max(1) as u32,
             next_sweep: shared.epoch,
             shared,
             metrics,
@@ -443,6 +514,7 @@ impl<O: Observer> Server<O> {
     /// When `handle_timeout` wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.by_five_tuple.is_empty()
+            && self.connections.is_empty()
             && self.reservations.is_empty()
             && self.cooling.iter().all(Vec::is_empty)
         {
@@ -467,6 +539,7 @@ impl<O: Observer> Server<O> {
         for ft in expired {
             self.delete(&ft, DeleteReason::Expired, sockets);
         }
+        self.expire_connections(now, sockets);
         for s in &mut self.slots {
             if let Some(a) = &mut s.allocation {
                 a.prune(now);
@@ -519,6 +592,10 @@ impl<O: Observer> Server<O> {
         if let Some((bound, _)) = a.additional {
             sockets.close(bound);
             self.cooling[1].push(bound.port());
+        }
+        for (conn, _) in &a.connections {
+            self.connections.remove(conn);
+            sockets.close_connection(*conn);
         }
         sockets.allocation_ended(ft);
         self.shared.quota.release(&a.username);
@@ -683,7 +760,7 @@ impl<O: Observer> Server<O> {
                 (_, Err(e)) => Err(Some(Reject::new(400, e.reason()))),
                 (Method::BINDING, Ok(_)) => {
                     self.binding(&ft, msg);
-                    Ok(())
+                    Ok(Reply::Now)
                 }
                 (
                     Method::ALLOCATE
@@ -704,19 +781,37 @@ impl<O: Observer> Server<O> {
                             Method::CREATE_PERMISSION => self.create_permission(now, &ft, req),
                             _ => self.channel_bind(now, &ft, req),
                         }
+                        .map(|()| Reply::Now)
                         .map_err(Some)
                     }
                     Err(r) => Err(Some(r)),
                 },
-                (Method::CONNECT | Method::CONNECTION_BIND, Ok(_)) => Err(Some(Reject::new(
-                    400,
-                    "TCP relaying (RFC 6062) is not enabled on this server",
-                ))),
+                (Method::CONNECT | Method::CONNECTION_BIND, Ok(a)) => {
+                    match self.authenticate(now, &ft, msg, &a) {
+                        Ok(auth) => {
+                            let req = Request {
+                                msg,
+                                attrs: &a,
+                                auth,
+                            };
+                            if msg.method == Method::CONNECT {
+                                self.connect(now, &ft, req, sockets)
+                            } else {
+                                self.connection_bind(&ft, req, sockets)
+                            }
+                            .map_err(Some)
+                        }
+                        Err(r) => Err(Some(r)),
+                    }
+                }
                 (_, Ok(_)) => Err(Some(Reject::new(400, "unknown method"))),
             }
         };
         let code = match result {
-            Ok(()) => 0,
+            // Answered later: Connect when its TCP connection is up or has failed, a
+            // ConnectionBind by the shard it was handed to.
+            Ok(Reply::Later) => return None,
+            Ok(Reply::Now) => 0,
             Err(None) => 420,
             Err(Some(r)) => {
                 self.respond_error(now, &ft, msg, &r);
@@ -895,6 +990,14 @@ impl<O: Observer> Server<O> {
             return Ok(());
         }
         let ask = AllocateRequest::read(req.attrs).map_err(|r| r.signed(key))?;
+        if ask.tcp && ft.transport == Transport::Udp {
+            // RFC 6062 §5.1: data connections are TCP, so the control connection is too.
+            return Err(Reject::new(
+                400,
+                "TCP relaying needs a TCP or TLS connection to the server",
+            )
+            .signed(key));
+        }
         let lifetime = match self.lifetime(req.attrs.lifetime) {
             Duration::ZERO => self.shared.live().config.default_lifetime,
             l => l,
@@ -952,6 +1055,8 @@ impl<O: Observer> Server<O> {
             permissions: Vec::new(),
             channels: Vec::new(),
             bucket,
+            tcp: ask.tcp,
+            connections: Vec::new(),
         };
         self.slots[id.index as usize].allocation = Some(a);
         self.by_five_tuple.insert(ft, id);
@@ -984,7 +1089,6 @@ impl<O: Observer> Server<O> {
         bind_ip: IpAddr,
         ask: &AllocateRequest,
     ) -> Option<(SocketAddr, AllocationId, Option<u64>)> {
-        let df = ask.dont_fragment;
         match ask.port {
             PortRequest::Reserved(token) => {
                 let r = self.reservations.remove(&token)?;
@@ -994,7 +1098,7 @@ impl<O: Observer> Server<O> {
                     return None;
                 }
                 let addr = SocketAddr::new(bind_ip, r.port);
-                match self.open(sockets, addr, df) {
+                match self.open(sockets, addr, ask) {
                     Ok(id) => Some((addr, id, None)),
                     Err(_) => {
                         self.shared.ports().release(r.port);
@@ -1006,7 +1110,7 @@ impl<O: Observer> Server<O> {
                 for _ in 0..16 {
                     let p = self.shared.ports().take_even(reserve)?;
                     let addr = SocketAddr::new(bind_ip, p);
-                    match self.open(sockets, addr, df) {
+                    match self.open(sockets, addr, ask) {
                         Ok(id) if reserve => {
                             let token: u64 = rand::random();
                             let expires = now + RESERVATION_LIFETIME;
@@ -1032,7 +1136,7 @@ impl<O: Observer> Server<O> {
                 for _ in 0..16 {
                     let p = self.shared.ports().take()?;
                     let addr = SocketAddr::new(bind_ip, p);
-                    match self.open(sockets, addr, df) {
+                    match self.open(sockets, addr, ask) {
                         Ok(id) => return Some((addr, id, None)),
                         Err(_) => self.cooling[1].push(p),
                     }
@@ -1069,7 +1173,7 @@ impl<O: Observer> Server<O> {
         &mut self,
         sockets: &mut dyn RelaySockets,
         addr: SocketAddr,
-        dont_fragment: bool,
+        ask: &AllocateRequest,
     ) -> std::io::Result<AllocationId> {
         let index = match self.free_slots.last() {
             Some(&i) => i,
@@ -1086,7 +1190,12 @@ impl<O: Observer> Server<O> {
             index,
             generation: self.slots[index as usize].generation,
         };
-        match sockets.open(addr, id, dont_fragment) {
+        let opened = if ask.tcp {
+            sockets.open_tcp(addr, id)
+        } else {
+            sockets.open(addr, id, ask.dont_fragment)
+        };
+        match opened {
             Ok(()) => {
                 self.free_slots.pop();
                 Ok(id)
@@ -1201,6 +1310,9 @@ impl<O: Observer> Server<O> {
         }
         let peers = self.peers(req.attrs, ft, key)?;
         let peer = peers[0];
+        if self.allocation(ft).is_some_and(|a| a.tcp) {
+            return Err(Reject::new(400, "a TCP allocation has no channels").signed(key));
+        }
         let live = self.shared.live();
         let config = &live.config;
         let (perm_exp, chan_exp, limit) = (
@@ -1253,6 +1365,11 @@ impl<O: Observer> Server<O> {
         let metrics = &self.metrics;
         let a = self.slots[id.index as usize].allocation.as_mut()?;
         if a.expires <= now {
+            return None;
+        }
+        if a.tcp {
+            // RFC 6062: a TCP allocation's data goes over data connections only.
+            metrics.dropped(DropReason::UnexpectedMessage);
             return None;
         }
         to_peer(a, metrics, now, peer, data)
