@@ -2,7 +2,9 @@
 //! own cache line (no cross-core contention on the hot path); sum over `shard` in queries.
 
 use icebreaker_stun::codec::Method;
-use icebreaker_stun::turn::{DeleteReason, Direction, DropReason, Observer, Refusal};
+use icebreaker_stun::turn::{
+    ConnectionEvent, DeleteReason, Direction, DropReason, Observer, Refusal,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +41,13 @@ pub struct RequestLabel {
     pub method: &'static str,
     /// The error response code sent, or 0 for a success response.
     pub code: u16,
+}
+
+/// `event` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    /// What happened.
+    pub event: &'static str,
 }
 
 /// `result` label.
@@ -79,6 +88,10 @@ pub struct RelayMetrics {
     pub config_reloads: Counter,
     /// SIGHUP reloads refused because the new configuration was not valid.
     pub config_reload_errors: Counter,
+    /// Peer data connections of TCP allocations (RFC 6062), by event.
+    pub tcp_peer_connections: Family<EventLabel, Counter>,
+    /// Data connections piping bytes between a client and a TCP peer now.
+    pub tcp_data_connections: Gauge,
 }
 
 impl RelayMetrics {
@@ -135,6 +148,16 @@ impl RelayMetrics {
             "tcp_connections",
             "Open client TCP connections (TLS included)",
             self.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_peer_connections",
+            "Peer data connections of TCP allocations (RFC 6062), by event (connected, connect_failed, accepted, refused, bound, expired)",
+            self.tcp_peer_connections.clone(),
+        );
+        r.register(
+            "tcp_data_connections",
+            "Data connections piping a client to a TCP peer now (RFC 6062)",
+            self.tcp_data_connections.clone(),
         );
         r.register(
             "ports_free",
@@ -257,6 +280,15 @@ impl Observer for ShardMetrics {
             .allocations_deleted
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    fn connection(&self, event: ConnectionEvent) {
+        self.all
+            .tcp_peer_connections
+            .get_or_create(&EventLabel {
+                event: event.as_str(),
             })
             .inc();
     }

@@ -1225,13 +1225,17 @@ fn tcp_allocation_connect_and_connection_bind() {
     assert_eq!(w.allocate_tcp(&mut u).code, Some(400));
     let mut c = tcp_client(40002, "alice");
     let r = w.request(&mut c, Method::ALLOCATE, &|w| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]).attr(attr::EVEN_PORT, &[0]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0]);
     });
     assert_eq!(r.code, Some(400), "EVEN-PORT is for UDP relaying");
     let r = w.allocate_tcp(&mut c);
     assert!(r.ok(), "{:?}", r.code);
     let relayed = w.relayed(&r);
-    assert!(w.sockets.tcp.contains_key(&relayed), "a TCP listener, not a UDP socket");
+    assert!(
+        w.sockets.tcp.contains_key(&relayed),
+        "a TCP listener, not a UDP socket"
+    );
     assert!(w.sockets.open.is_empty());
 
     // Connect: nothing answered until the connection is up.
@@ -1243,7 +1247,10 @@ fn tcp_allocation_connect_and_connection_bind() {
     let (dst, ans) = w.connect_result(conn, true).expect("answered");
     assert_eq!(dst, c.ft);
     let m = Message::parse(&ans).unwrap();
-    assert_eq!((m.method, m.class, m.transaction_id), (Method::CONNECT, Class::Success, tid));
+    assert_eq!(
+        (m.method, m.class, m.transaction_id),
+        (Method::CONNECT, Class::Success, tid)
+    );
     assert!(m.verify_integrity(&c.key) && m.verify_fingerprint());
     assert_eq!(connection_id_of(&ans), conn.0);
     // The same peer again while that connection lives: 446.
@@ -1261,13 +1268,22 @@ fn tcp_allocation_connect_and_connection_bind() {
     assert!(w.sockets.bound.is_empty());
     let ok = w.connection_bind(&mut d, conn.0).unwrap();
     let m = Message::parse(&ok).unwrap();
-    assert_eq!((m.method, m.class), (Method::CONNECTION_BIND, Class::Success));
+    assert_eq!(
+        (m.method, m.class),
+        (Method::CONNECTION_BIND, Class::Success)
+    );
     assert_eq!(w.sockets.bound, vec![(conn, d.ft)]);
     // Bound once: a second bind of it is refused.
     let mut d2 = tcp_client(40004, "alice");
-    assert_eq!(code_of(&w.connection_bind(&mut d2, conn.0).unwrap()), Some(400));
+    assert_eq!(
+        code_of(&w.connection_bind(&mut d2, conn.0).unwrap()),
+        Some(400)
+    );
     // A ConnectionBind on the control connection itself is refused.
-    assert_eq!(code_of(&w.connection_bind(&mut c, conn.0).unwrap()), Some(400));
+    assert_eq!(
+        code_of(&w.connection_bind(&mut c, conn.0).unwrap()),
+        Some(400)
+    );
 
     // A failed connect answers 447 and frees the peer for another try.
     let q = peer(7001);
@@ -1309,23 +1325,34 @@ fn tcp_allocation_peer_connection_attempt_and_bind_timeout() {
     assert!(w.server.peer_connected(w.now, id, p).is_none());
     assert!(w.permit(&mut c, &[p]).ok());
     let (conn, t) = w.server.peer_connected(w.now, id, p).expect("permitted");
-    let Transmit::Client { to, data } = t else { panic!("to the client") };
+    let Transmit::Client { to, data } = t else {
+        panic!("to the client")
+    };
     assert_eq!(to, c.ft);
     let m = Message::parse(data).unwrap();
-    assert_eq!((m.method, m.class), (Method::CONNECTION_ATTEMPT, Class::Indication));
+    assert_eq!(
+        (m.method, m.class),
+        (Method::CONNECTION_ATTEMPT, Class::Indication)
+    );
     assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(), p);
     assert_eq!(connection_id_of(data), conn.0);
     // ChannelBind and Send have no place on a TCP allocation.
     assert_eq!(w.bind(&mut c, 0x4000, p).code, Some(400));
     // Another user cannot bind it (441); nobody binds within 30 s: closed.
     let mut bob = tcp_client(40011, "bob");
-    assert_eq!(code_of(&w.connection_bind(&mut bob, conn.0).unwrap()), Some(441));
+    assert_eq!(
+        code_of(&w.connection_bind(&mut bob, conn.0).unwrap()),
+        Some(441)
+    );
     w.advance(Duration::from_secs(29));
     assert!(w.sockets.closed.is_empty());
     w.advance(Duration::from_secs(2));
     assert_eq!(w.sockets.closed, vec![conn]);
     let mut d = tcp_client(40012, "alice");
-    assert_eq!(code_of(&w.connection_bind(&mut d, conn.0).unwrap()), Some(400));
+    assert_eq!(
+        code_of(&w.connection_bind(&mut d, conn.0).unwrap()),
+        Some(400)
+    );
     assert!(w.sockets.bound.is_empty());
 }
 

@@ -136,6 +136,11 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
         args.extend(["-m", "10", "-n", "50", "-l", "120", "-t", "-S"]);
         assert_all_echoed(&uclient(tls.port(), peer_port, &args), what, 500);
     }
+    // TCP relaying (RFC 6062) over TLS: control and data connections both TLS.
+    let args = [
+        "-u", "test", "-w", "test", "-m", "6", "-n", "50", "-l", "120", "-T", "-S",
+    ];
+    assert_all_echoed(&uclient(tls.port(), peer_port, &args), "tls tcp relay", 300);
     assert!(tls_connect(tls, &first.der).is_ok());
 
     // A long call in the background while the certificate is replaced on disk.

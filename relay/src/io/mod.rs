@@ -9,6 +9,7 @@
 
 mod shard;
 mod tcp;
+mod tcp_relay;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
@@ -30,11 +31,27 @@ pub(crate) struct TcpLimits {
     buffer: usize,
 }
 
-/// Hands TURN-over-TLS connections accepted elsewhere to the relay's shards: how
-/// `icebreaker` serves TURN on its one TLS port beside HTTPS.
+/// A client connection on its way to another shard's runtime.
+pub(crate) enum Moved {
+    /// Plain TURN over TCP.
+    Tcp(std::net::TcpStream),
+    /// TURN over TLS, its rustls state with it (boxed: a rustls connection is large).
+    Tls(Box<TlsParts>),
+}
+
+/// A connection for a shard to adopt, and bytes already read from it that the shard
+/// handles first.
+pub(crate) struct Adopt {
+    conn: Moved,
+    prefix: Vec<u8>,
+}
+
+/// Hands client connections to the relay's shards: TURN-over-TLS connections accepted
+/// elsewhere (how `icebreaker` serves TURN on its one TLS port beside HTTPS), and RFC 6062
+/// data connections the kernel hashed to a shard other than the one holding their peer.
 #[derive(Clone)]
 pub struct Handoff {
-    shards: Arc<[tokio::sync::mpsc::Sender<TlsParts>]>,
+    shards: Arc<[tokio::sync::mpsc::Sender<Adopt>]>,
 }
 
 impl Handoff {
@@ -48,8 +65,18 @@ impl Handoff {
         let Ok(parts) = conn.into_parts() else {
             return false;
         };
-        let shard = &self.shards[client.port() as usize % self.shards.len()];
-        shard.try_send(parts).is_ok()
+        self.to_shard(
+            client.port() as usize % self.shards.len(),
+            Moved::Tls(Box::new(parts)),
+            Vec::new(),
+        )
+    }
+
+    /// Gives `conn` to shard `shard`, which handles `prefix` before reading more.
+    pub(crate) fn to_shard(&self, shard: usize, conn: Moved, prefix: Vec<u8>) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|s| s.try_send(Adopt { conn, prefix }).is_ok())
     }
 }
 
@@ -227,20 +254,29 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     );
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
-    let mut handoff = Vec::new();
+    let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| tokio::sync::mpsc::channel(HANDOFF_QUEUE))
+        .unzip();
+    let handoff = Handoff {
+        shards: senders.into(),
+    };
     for (i, ((udps, tcps), tls)) in per_shard.into_iter().zip(tls_per_shard).enumerate() {
         let shared = shared.clone();
         let m = metrics.shard(i as u16);
         let rx = rx.clone();
         let tls = tls_config.clone().map(|c| (tls, c));
-        let (htx, hrx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
-        handoff.push(htx);
+        let hrx = receivers.remove(0);
+        let sockets = shard::ShardSockets {
+            udps,
+            tcps,
+            tls,
+            handed: hrx,
+            handoff: handoff.clone(),
+        };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("relay-shard-{i}"))
-                .spawn(move || {
-                    shard::run_shard(i, shards, tcp_limits, shared, m, udps, tcps, tls, hrx, rx)
-                })?,
+                .spawn(move || shard::run_shard(i, shards, tcp_limits, shared, m, sockets, rx))?,
         );
     }
     Ok(RelayHandle {
@@ -251,8 +287,6 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         shards,
         tls_addrs,
         certificates,
-        handoff: Handoff {
-            shards: handoff.into(),
-        },
+        handoff,
     })
 }

@@ -13,8 +13,10 @@ use tokio::task::{JoinHandle, LocalSet};
 use tracing::{debug, error, warn};
 
 use super::tcp::{ConnKey, TcpClient};
+use super::tcp_relay::PeerConn;
+use super::Handoff;
 use crate::metrics::ShardMetrics;
-use crate::server::{AllocationId, RelaySockets, Server, Shared, Transmit};
+use crate::server::{AllocationId, ConnectionId, RelaySockets, Server, Shared, Transmit};
 use crate::{FiveTuple, Transport};
 
 struct RelaySocket {
@@ -38,6 +40,12 @@ pub(super) struct Ctx {
     /// The shard's one receive buffer, shared by every socket it reads (TCP connections
     /// put their unfinished frame in front of what they read, so it holds two frames).
     pub buf: RefCell<Vec<u8>>,
+    /// TCP allocations' listeners (RFC 6062), by relayed address: their accept tasks.
+    pub tcp_listeners: RefCell<FxHashMap<SocketAddr, JoinHandle<()>>>,
+    /// TCP allocations' peer data connections, by CONNECTION-ID.
+    pub peer_conns: RefCell<FxHashMap<ConnectionId, PeerConn>>,
+    /// Every shard's handoff queue (a data connection moves to the shard of its peer).
+    pub handoff: Handoff,
 }
 
 /// Implements [`RelaySockets`] with real UDP sockets and a reader task per socket.
@@ -72,6 +80,35 @@ impl RelaySockets for Binder<'_> {
     fn close(&mut self, addr: SocketAddr) {
         if let Some(r) = self.0.relays.borrow_mut().remove(&addr) {
             r.reader.abort();
+        }
+        if let Some(l) = self.0.tcp_listeners.borrow_mut().remove(&addr) {
+            l.abort();
+        }
+    }
+
+    fn open_tcp(&mut self, addr: SocketAddr, id: AllocationId) -> std::io::Result<()> {
+        super::tcp_relay::open_listener(self.0, addr, id)
+    }
+
+    fn connect(&mut self, relay: SocketAddr, peer: SocketAddr, conn: ConnectionId) {
+        super::tcp_relay::connect(self.0, relay, peer, conn)
+    }
+
+    fn close_connection(&mut self, conn: ConnectionId) {
+        if let Some(c) = self.0.peer_conns.borrow_mut().remove(&conn) {
+            c.close();
+        }
+    }
+
+    fn bind_connection(&mut self, conn: ConnectionId, data: &FiveTuple) {
+        if let Some(c) = self.0.tcp.borrow().get(&(data.client, data.server)) {
+            c.bound.set(Some(conn));
+        }
+    }
+
+    fn hand_over(&mut self, data: &FiveTuple, shard: usize) {
+        if let Some(c) = self.0.tcp.borrow().get(&(data.client, data.server)) {
+            c.moved.set(Some(shard));
         }
     }
 
@@ -195,19 +232,32 @@ impl Ctx {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a shard listens on and how it reaches the other shards.
+pub(super) struct ShardSockets {
+    pub udps: Vec<UdpSocket>,
+    pub tcps: Vec<TcpListener>,
+    pub tls: Option<(Vec<TcpListener>, Arc<rustls::ServerConfig>)>,
+    /// Connections other listeners or shards hand to this one.
+    pub handed: tokio::sync::mpsc::Receiver<super::Adopt>,
+    pub handoff: Handoff,
+}
+
 pub(super) fn run_shard(
     index: usize,
     shards: usize,
     tcp_limits: super::TcpLimits,
     shared: Arc<Shared>,
     metrics: ShardMetrics,
-    udps: Vec<UdpSocket>,
-    tcps: Vec<TcpListener>,
-    tls: Option<(Vec<TcpListener>, Arc<rustls::ServerConfig>)>,
-    handed: tokio::sync::mpsc::Receiver<icebreaker_service::tls::TlsParts>,
+    sockets: ShardSockets,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ShardSockets {
+        udps,
+        tcps,
+        tls,
+        handed,
+        handoff,
+    } = sockets;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -233,7 +283,7 @@ pub(super) fn run_shard(
             ));
         }
         let ctx = Rc::new(Ctx {
-            core: RefCell::new(Server::new(shared, metrics.clone())),
+            core: RefCell::new(Server::with_shard(shared, metrics.clone(), index, shards)),
             metrics,
             max_tcp,
             max_tcp_frame,
@@ -244,6 +294,9 @@ pub(super) fn run_shard(
             tcp_budget,
             tcp_used: Cell::new(0),
             buf: RefCell::new(vec![0u8; 2 * 65536]),
+            tcp_listeners: RefCell::default(),
+            peer_conns: RefCell::default(),
+            handoff,
         });
         for (addr, sock) in udp {
             tokio::task::spawn_local(udp_listener(ctx.clone(), addr, sock));
@@ -277,6 +330,10 @@ pub(super) fn run_shard(
         let mut core = ctx.core.borrow_mut();
         let n = core.allocation_count();
         core.shutdown(&mut Binder(&ctx));
+        drop(core);
+        for (_, c) in ctx.peer_conns.borrow_mut().drain() {
+            c.close();
+        }
         debug!(shard = index, allocations = n, "shard stopped");
     });
 }

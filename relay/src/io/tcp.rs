@@ -17,14 +17,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use icebreaker_service::tls::{self, TlsConn, TlsParts};
+use icebreaker_service::tls::{self, TlsConn};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::shard::Ctx;
+use super::{Adopt, Moved};
 use crate::codec::tcp_frame_len;
+use crate::server::ConnectionId;
 use crate::{FiveTuple, Transport};
 
 /// A connection that completes no message for this long without holding an allocation
@@ -44,7 +47,7 @@ pub(super) type ConnKey = (std::net::SocketAddr, std::net::SocketAddr);
 
 /// What a client connection is carried on: a TCP stream, or TLS over one. Both read
 /// without waiting into the shard's buffer and are written by the connection's writer.
-pub(super) trait ClientIo: 'static {
+pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
     fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + '_;
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
@@ -52,6 +55,8 @@ pub(super) trait ClientIo: 'static {
     /// Output taken but not written yet (TLS records rustls holds).
     fn backlogged(&self) -> bool;
     fn shutdown(&self);
+    /// Out of this shard's runtime, to be adopted by another shard's.
+    fn into_moved(self) -> std::io::Result<Moved>;
 }
 
 impl ClientIo for TcpStream {
@@ -72,6 +77,9 @@ impl ClientIo for TcpStream {
     }
     fn shutdown(&self) {
         let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
+    fn into_moved(self) -> std::io::Result<Moved> {
+        Ok(Moved::Tcp(self.into_std()?))
     }
 }
 
@@ -94,6 +102,9 @@ impl ClientIo for TlsConn {
     fn shutdown(&self) {
         self.shutdown_write()
     }
+    fn into_moved(self) -> std::io::Result<Moved> {
+        Ok(Moved::Tls(Box::new(self.into_parts()?)))
+    }
 }
 
 /// The driver's handle on one client connection.
@@ -103,6 +114,11 @@ pub(super) struct TcpClient {
     queued: Rc<Cell<usize>>,
     /// Woken when the connection must close (its allocation ended).
     close: Rc<Notify>,
+    /// Set by a ConnectionBind (RFC 6062): from its answer on, the connection carries the
+    /// bytes of this peer data connection.
+    pub(super) bound: Rc<Cell<Option<ConnectionId>>>,
+    /// Set by a ConnectionBind for a connection another shard holds: move there.
+    pub(super) moved: Rc<Cell<Option<usize>>>,
 }
 
 impl TcpClient {
@@ -161,7 +177,7 @@ pub(super) async fn accept_loop(
                 let ctx = ctx.clone();
                 match &tls {
                     None => {
-                        tokio::task::spawn_local(connection(ctx, Rc::new(stream), ft));
+                        tokio::task::spawn_local(connection(ctx, Rc::new(stream), ft, Vec::new()));
                     }
                     Some(cfg) => {
                         let cfg = cfg.clone();
@@ -172,7 +188,7 @@ pub(super) async fn accept_loop(
                             match r {
                                 Ok(c) => {
                                     ctx.metrics.all.tls_handshake("ok");
-                                    connection(ctx, Rc::new(c), ft).await
+                                    connection(ctx, Rc::new(c), ft, Vec::new()).await
                                 }
                                 Err(why) => ctx.metrics.all.tls_handshake(why.as_str()),
                             }
@@ -188,29 +204,52 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// A TURN-over-TLS connection handed over by another listener (`icebreaker`'s one TLS
-/// port, which tells STUN from HTTP after the handshake).
-pub(super) async fn handed_over(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<TlsParts>) {
-    while let Some(p) = rx.recv().await {
+/// Connections handed over: TURN over TLS from another listener (`icebreaker`'s one TLS
+/// port, which tells STUN from HTTP after the handshake), and RFC 6062 data connections
+/// from another shard, their ConnectionBind in `prefix`.
+pub(super) async fn handed_over(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<Adopt>) {
+    while let Some(Adopt { conn, prefix }) = rx.recv().await {
         if !room_for_one(&ctx) {
             continue;
         }
-        let conn = match TlsConn::from_parts(p) {
-            Ok(c) => c,
-            Err(e) => {
-                debug!(error = %e, "cannot adopt a TLS connection");
-                continue;
-            }
-        };
-        let (Ok(client), Ok(server)) = (conn.peer_addr(), conn.local_addr()) else {
-            continue;
-        };
-        let ft = FiveTuple {
+        let ft = |client, server| FiveTuple {
             client,
             server,
             transport: Transport::Tcp,
         };
-        tokio::task::spawn_local(connection(ctx.clone(), Rc::new(conn), ft));
+        match conn {
+            Moved::Tls(p) => {
+                let conn = match TlsConn::from_parts(*p) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(error = %e, "cannot adopt a TLS connection");
+                        continue;
+                    }
+                };
+                let (Ok(client), Ok(server)) = (conn.peer_addr(), conn.local_addr()) else {
+                    continue;
+                };
+                let ft = ft(client, server);
+                tokio::task::spawn_local(connection(ctx.clone(), Rc::new(conn), ft, prefix));
+            }
+            Moved::Tcp(s) => {
+                let conn = match s
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(s))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(error = %e, "cannot adopt a TCP connection");
+                        continue;
+                    }
+                };
+                let (Ok(client), Ok(server)) = (conn.peer_addr(), conn.local_addr()) else {
+                    continue;
+                };
+                let ft = ft(client, server);
+                tokio::task::spawn_local(connection(ctx.clone(), Rc::new(conn), ft, prefix));
+            }
+        }
     }
 }
 
@@ -230,7 +269,7 @@ async fn write_all<S: ClientIo>(io: &S, mut b: &[u8]) -> std::io::Result<()> {
 }
 
 /// Why a connection ends (the metric label, for those that are our decision).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
     Closed,
     Framing,
@@ -239,25 +278,40 @@ enum End {
     FrameTimeout,
     Idle,
     AllocationEnded,
+    /// A ConnectionBind made it a data connection; the bytes after it go to the peer.
+    Bound(ConnectionId, Vec<u8>),
+    /// A ConnectionBind (first in the bytes) for another shard: the connection moves there.
+    Moved(usize, Vec<u8>),
 }
 
-async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
+/// A client connection: STUN and ChannelData framed on the stream, until it closes or an
+/// RFC 6062 ConnectionBind makes it a data connection. `prefix`: bytes read before (on
+/// the shard that handed it here), handled first.
+async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple, mut prefix: Vec<u8>) {
     let key = (ft.client, ft.server);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Rc::new(Cell::new(0));
     let close = Rc::new(Notify::new());
+    let bound = Rc::new(Cell::new(None));
+    let moved = Rc::new(Cell::new(None));
+    // Set when the stream outlives this framing (bound or moved): the writer then flushes
+    // what is queued without shutting the stream down.
+    let keep_open = Rc::new(Cell::new(false));
     ctx.tcp.borrow_mut().insert(
         key,
         TcpClient {
             tx,
             queued: queued.clone(),
             close: close.clone(),
+            bound: bound.clone(),
+            moved: moved.clone(),
         },
     );
     ctx.metrics.all.tcp_connections.inc();
     let wctx = ctx.clone();
     let wqueued = queued.clone();
     let wio = io.clone();
+    let wkeep = keep_open.clone();
     let writer = tokio::task::spawn_local(async move {
         while let Some(b) = rx.recv().await {
             let mut ok = write_all(&*wio, &b).await.is_ok();
@@ -274,7 +328,9 @@ async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
         if wio.backlogged() {
             let _ = wio.writable().await;
         }
-        wio.shutdown();
+        if !wkeep.get() {
+            wio.shutdown();
+        }
     });
 
     let max_frame = ctx.max_tcp_frame;
@@ -290,23 +346,38 @@ async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
             }
             None => None,
         };
+        let waits = deadline.is_some();
         let (until, why) = deadline.unwrap_or((last_message + FRAME_DEADLINE, End::Idle));
-        tokio::select! {
-            r = io.readable() => if r.is_err() { break End::Closed },
-            _ = close.notified() => break End::AllocationEnded,
-            _ = tokio::time::sleep_until(until), if deadline.is_some() => break why,
+        if prefix.is_empty() {
+            tokio::select! {
+                r = io.readable() => if r.is_err() { break End::Closed },
+                _ = close.notified() => break End::AllocationEnded,
+                _ = tokio::time::sleep_until(until), if waits => break why,
+            }
         }
         // Read what is there into the shard's buffer, behind the unfinished frame.
         let mut buf = ctx.buf.borrow_mut();
         let held = partial.len();
         buf[..held].copy_from_slice(&partial);
-        let n = match io.try_read(&mut buf[held..]) {
-            Ok(0) => break End::Closed,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                continue
+        let n = if !prefix.is_empty() {
+            // At most one read's worth, taken on another shard from an empty buffer.
+            let p = std::mem::take(&mut prefix);
+            if held + p.len() > buf.len() {
+                break End::BufferLimit;
             }
-            Err(_) => break End::Closed,
+            buf[held..held + p.len()].copy_from_slice(&p);
+            p.len()
+        } else {
+            match io.try_read(&mut buf[held..]) {
+                Ok(0) => break End::Closed,
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    continue
+                }
+                Err(_) => break End::Closed,
+            }
         };
         let data = &buf[..held + n];
         let mut at = 0;
@@ -317,9 +388,15 @@ async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
                 Some(Some(len)) if len > max_frame => break 'conn End::FrameTooLarge,
                 Some(Some(len)) if rest.len() >= len => {
                     ctx.client_packet(ft, &rest[..len]);
+                    if let Some(shard) = moved.get() {
+                        break 'conn End::Moved(shard, rest.to_vec());
+                    }
                     at += len;
                     last_message = Instant::now();
                     frame_started = None;
+                    if let Some(conn) = bound.get() {
+                        break 'conn End::Bound(conn, data[at..].to_vec());
+                    }
                 }
                 _ => break,
             }
@@ -337,8 +414,8 @@ async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
         }
     };
     ctx.tcp_release(partial.len());
-    match end {
-        End::Closed | End::AllocationEnded => {}
+    match &end {
+        End::Closed | End::AllocationEnded | End::Bound(..) | End::Moved(..) => {}
         End::Framing => ctx.metrics.drop("tcp_framing"),
         End::FrameTooLarge => ctx.metrics.drop("tcp_frame_too_large"),
         End::BufferLimit => ctx.metrics.drop("tcp_buffer_limit"),
@@ -353,9 +430,31 @@ async fn connection<S: ClientIo>(ctx: Rc<Ctx>, io: Rc<S>, ft: FiveTuple) {
         .borrow_mut()
         .close_client(&ft, &mut super::shard::Binder(&ctx));
     ctx.metrics.all.tcp_connections.dec();
+    let keep = matches!(end, End::Bound(..) | End::Moved(..));
+    keep_open.set(keep);
     let mut writer = writer;
     if tokio::time::timeout(DRAIN, &mut writer).await.is_err() {
         writer.abort();
         ctx.tcp_release(queued.get());
+        return;
+    }
+    if !keep {
+        return;
+    }
+    // The writer is done, so this is the stream's last handle.
+    let Ok(io) = Rc::try_unwrap(io) else {
+        return;
+    };
+    match end {
+        End::Bound(conn, rest) => super::tcp_relay::pipe(ctx, conn, io, rest).await,
+        End::Moved(shard, bytes) => match io.into_moved() {
+            Ok(m) => {
+                if !ctx.handoff.to_shard(shard, m, bytes) {
+                    ctx.metrics.drop("handoff_queue_full");
+                }
+            }
+            Err(e) => debug!(error = %e, "cannot move a connection to its shard"),
+        },
+        _ => {}
     }
 }

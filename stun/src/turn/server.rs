@@ -24,8 +24,8 @@ use crate::codec::{
 };
 
 mod tcp;
-pub use tcp::{ConnectionId, BIND_TIMEOUT};
 use tcp::TcpConnection;
+pub use tcp::{ConnectionId, BIND_TIMEOUT};
 
 /// Opens and closes relayed sockets for the core. `open` binds `addr` (a UDP socket)
 /// and tags packets arriving on it with `id` when handing them to [`Server::handle_peer`];

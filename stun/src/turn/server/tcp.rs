@@ -231,7 +231,9 @@ impl<O: Observer> Server<O> {
     ) -> Result<Reply, Reject> {
         let Authenticated { username, key } = req.auth;
         if ft.transport != Transport::Tcp {
-            return Err(Reject::new(400, "ConnectionBind needs a TCP or TLS connection").signed(key));
+            return Err(
+                Reject::new(400, "ConnectionBind needs a TCP or TLS connection").signed(key),
+            );
         }
         if self.by_five_tuple.contains_key(ft) {
             return Err(Reject::new(400, "this connection holds an allocation").signed(key));
@@ -245,13 +247,19 @@ impl<O: Observer> Server<O> {
             return Ok(Reply::Later);
         }
         let Some(c) = self.connections.get(&conn) else {
-            return Err(Reject::new(400, "no pending connection with this CONNECTION-ID").signed(key));
+            return Err(
+                Reject::new(400, "no pending connection with this CONNECTION-ID").signed(key),
+            );
         };
         if !matches!(c.state, State::Pending { .. }) {
-            return Err(Reject::new(400, "no pending connection with this CONNECTION-ID").signed(key));
+            return Err(
+                Reject::new(400, "no pending connection with this CONNECTION-ID").signed(key),
+            );
         }
         let Some(a) = self.get(c.allocation) else {
-            return Err(Reject::new(400, "no pending connection with this CONNECTION-ID").signed(key));
+            return Err(
+                Reject::new(400, "no pending connection with this CONNECTION-ID").signed(key),
+            );
         };
         if a.username != username {
             return Err(Reject::new(441, "allocation belongs to another user").signed(key));
