@@ -129,6 +129,7 @@ fn main() -> ExitCode {
             prflx_wait: c.ice_prflx_wait,
             relay_wait: c.ice_relay_wait,
         },
+        media_state: Default::default(),
     };
     let out = Out { json: c.json };
     let result = rt.block_on(async {
@@ -145,6 +146,15 @@ fn main() -> ExitCode {
                 Cmd::Doctor => icebreaker_peer::doctor::run(opts, out).await,
                 Cmd::Media(flags) => {
                     let args = flags.load(c.timeout)?;
+                    // The others' tiles show what we send: --no-audio reads as muted.
+                    let opts = Options {
+                        media_state: icebreaker_protocol::MediaState {
+                            audio: args.audio.is_some(),
+                            video: args.video.is_some(),
+                            ..Default::default()
+                        },
+                        ..opts
+                    };
                     icebreaker_peer::media::run(opts, args, out).await
                 }
                 Cmd::Pointer(args) => {

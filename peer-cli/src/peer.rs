@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use icebreaker_protocol::{IceCandidate, IceServer, SdpType, SessionDescription, SignalData};
+use crate::room::now_ms;
+use icebreaker_protocol::channel::MEDIA_CHANNEL;
+use icebreaker_protocol::{
+    IceCandidate, IceServer, MediaState, SdpType, SessionDescription, SignalData,
+};
 use rtc::ice::mdns::MulticastDnsMode;
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, warn};
@@ -204,6 +208,8 @@ pub struct Setup {
     pub bind: IpAddr,
     /// ICE check pacing and nomination waits.
     pub ice: IceTiming,
+    /// What we send, announced on each peer's `media` channel when it opens.
+    pub media_state: MediaState,
 }
 
 impl Setup {
@@ -234,6 +240,7 @@ impl Setup {
             relay_only,
             bind,
             ice: timing,
+            media_state: MediaState::default(),
         }
     }
 }
@@ -271,6 +278,8 @@ struct Handler {
     /// sends them, so the end marker can never overtake the last candidate. Unbounded
     /// because a connection gathers a handful of candidates at most.
     candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
+    /// Our [`MediaState`] for the peer's `media` channel, as sent.
+    media_hello: Arc<str>,
 }
 
 impl Handler {
@@ -356,6 +365,7 @@ impl PeerConnectionEventHandler for Handler {
             dc,
             self.events.clone(),
             true,
+            self.media_hello.clone(),
         ));
     }
 
@@ -409,14 +419,20 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Reads one data channel's events; `open` says it is already open (remote-created
-/// channels are announced at their open).
+/// channels are announced at their open). On the `media` channel our state (`hello`) goes
+/// out first, as the browser client's does.
 async fn pump_channel(
     peer: String,
     dc: Arc<dyn DataChannel>,
     events: mpsc::Sender<PeerEvent>,
     mut open: bool,
+    hello: Arc<str>,
 ) {
     let label = dc.label().await.unwrap_or_default();
+    let is_media = label == MEDIA_CHANNEL;
+    if open && is_media {
+        let _ = dc.send_text(&hello).await;
+    }
     if open {
         let _ = events
             .send(PeerEvent::ChannelOpen {
@@ -430,6 +446,9 @@ async fn pump_channel(
         match ev {
             DataChannelEvent::OnOpen if !open => {
                 open = true;
+                if is_media {
+                    let _ = dc.send_text(&hello).await;
+                }
                 let _ = events
                     .send(PeerEvent::ChannelOpen {
                         peer: peer.clone(),
@@ -456,7 +475,8 @@ async fn pump_channel(
 
 impl Remote {
     /// Creates the connection to `peer`. The newcomer (`!polite`) also creates the `chat`
-    /// (ordered, reliable) and `pointer` (unordered, no retransmits) channels.
+    /// (ordered, reliable), `pointer` (unordered, no retransmits) and `media` (ordered,
+    /// reliable: our [`MediaState`]) channels.
     pub async fn new(
         peer: &str,
         polite: bool,
@@ -492,11 +512,18 @@ impl Remote {
                 }
             });
         }
+        let media_hello: Arc<str> = MediaState {
+            ts: now_ms(),
+            ..setup.media_state.clone()
+        }
+        .to_json()
+        .into();
         let handler = Arc::new(Handler {
             peer: peer.into(),
             events: events.clone(),
             remote: slot.clone(),
             candidates: cand_tx,
+            media_hello: media_hello.clone(),
         });
         let cfg = RTCConfigurationBuilder::new()
             .with_ice_servers(setup.ice_servers.clone())
@@ -557,14 +584,34 @@ impl Remote {
         let _ = slot.set(Arc::downgrade(&r));
         if !polite {
             let chat = r.pc.create_data_channel("chat", None).await?;
-            tokio::spawn(pump_channel(peer.into(), chat, events.clone(), false));
+            tokio::spawn(pump_channel(
+                peer.into(),
+                chat,
+                events.clone(),
+                false,
+                media_hello.clone(),
+            ));
             let init = RTCDataChannelInit {
                 ordered: false,
                 max_retransmits: Some(0),
                 ..Default::default()
             };
             let pointer = r.pc.create_data_channel("pointer", Some(init)).await?;
-            tokio::spawn(pump_channel(peer.into(), pointer, events.clone(), false));
+            tokio::spawn(pump_channel(
+                peer.into(),
+                pointer,
+                events.clone(),
+                false,
+                media_hello.clone(),
+            ));
+            let media = r.pc.create_data_channel(MEDIA_CHANNEL, None).await?;
+            tokio::spawn(pump_channel(
+                peer.into(),
+                media,
+                events.clone(),
+                false,
+                media_hello.clone(),
+            ));
             let r2 = r.clone();
             tokio::spawn(async move { r2.negotiate().await });
         }

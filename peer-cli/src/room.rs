@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use icebreaker_protocol::channel::MEDIA_CHANNEL;
+use icebreaker_protocol::MediaState;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
 use tracing::warn;
@@ -29,6 +31,9 @@ pub struct Options {
     pub bind: IpAddr,
     /// ICE check pacing and nomination waits.
     pub ice: crate::peer::IceTiming,
+    /// What we send (audio, video, screen), announced to every peer on the `media`
+    /// channel; `from` is filled in with `name`.
+    pub media_state: icebreaker_protocol::MediaState,
 }
 
 /// What a subcommand sees of the room: signaling and every peer connection.
@@ -118,12 +123,16 @@ impl Room {
                         peers,
                         ice_servers,
                     } => {
-                        let s = Setup::from_joined(
+                        let mut s = Setup::from_joined(
                             &ice_servers,
                             opts2.relay_only,
                             opts2.bind,
                             opts2.ice,
                         );
+                        s.media_state = icebreaker_protocol::MediaState {
+                            from: opts2.name.clone(),
+                            ..opts2.media_state.clone()
+                        };
                         // We are the newcomer: we offer to everyone already here.
                         for p in &peers {
                             add_remote(&remotes2, p, &s, &sig2, &ptx, &tracks).await;
@@ -216,6 +225,15 @@ pub fn event_json(e: &Event) -> Value {
         }
         Event::Peer(PeerEvent::ChannelOpen { peer, label, .. }) => {
             json!({"event": "channel-open", "peer": peer, "label": label})
+        }
+        Event::Peer(PeerEvent::Message { peer, label, text }) if label == MEDIA_CHANNEL => {
+            match MediaState::parse(text) {
+                Ok(m) => json!({"event": "media-state", "peer": peer, "from": m.from,
+                    "audio": m.audio, "video": m.video, "screen": m.screen}),
+                Err(e) => {
+                    json!({"event": "bad-message", "peer": peer, "label": label, "error": e.to_string()})
+                }
+            }
         }
         Event::Peer(PeerEvent::Message { peer, label, text }) => {
             json!({"event": "message", "peer": peer, "label": label, "text": text})

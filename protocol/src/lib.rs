@@ -12,10 +12,12 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod channel;
 mod client;
 mod server;
 mod signal;
 
+pub use channel::MediaState;
 pub use client::ClientMessage;
 pub use server::{PeerInfo, ServerMessage};
 pub use signal::{IceCandidate, SdpType, SessionDescription, SignalData};

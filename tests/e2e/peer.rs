@@ -445,3 +445,57 @@ fn media_flows_both_ways_and_echo_round_trips() {
         "alice got her media back: {back}"
     );
 }
+
+/// Each peer announces what it sends on the `media` channel (docs/protocol.md): a peer
+/// with `--no-audio` reads as muted on the other side, one with both tracks as on.
+#[test]
+fn media_state_is_announced_on_the_media_channel() {
+    let ib = start_icebreaker(&[]);
+    let mut a = Proc::start(
+        "state-a",
+        peer_cmd(
+            &ib,
+            "state",
+            "alice",
+            &[],
+            &[
+                "media",
+                "--no-audio",
+                "--duration",
+                "2s",
+                "--expect-frames",
+                "1",
+            ],
+        ),
+    );
+    a.wait_line("\"joined\"", Duration::from_secs(10))
+        .expect("joined");
+    let mut b = Proc::start(
+        "state-b",
+        peer_cmd(
+            &ib,
+            "state",
+            "bob",
+            &[],
+            &["media", "--duration", "2s", "--expect-frames", "1"],
+        ),
+    );
+    for p in [&mut a, &mut b] {
+        let s = p.wait(Duration::from_secs(60)).expect("exits");
+        assert!(s.success(), "{}: {}", p.name, p.output());
+    }
+    let state = |p: &Proc| {
+        json_events(p)
+            .into_iter()
+            .find(|e| e["event"] == "media-state")
+            .unwrap_or_else(|| panic!("{} got no media-state:\n{}", p.name, p.output()))
+    };
+    let seen_by_bob = state(&b);
+    assert_eq!(seen_by_bob["from"], "alice", "{seen_by_bob}");
+    assert_eq!(seen_by_bob["audio"], false, "{seen_by_bob}");
+    assert_eq!(seen_by_bob["video"], true, "{seen_by_bob}");
+    let seen_by_alice = state(&a);
+    assert_eq!(seen_by_alice["from"], "bob", "{seen_by_alice}");
+    assert_eq!(seen_by_alice["audio"], true, "{seen_by_alice}");
+    assert_eq!(seen_by_alice["video"], true, "{seen_by_alice}");
+}
