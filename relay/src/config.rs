@@ -155,7 +155,8 @@ pub struct RelayArgs {
     /// seconds (30; 0 = stop at once); exits as soon as none is left.
     #[arg(long, env = "ICEBREAKER_RELAY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
-    /// TURN over TLS on this TCP address (repeatable; coturn's 5349), with --cert/--key.
+    /// TURN over TLS on this TCP address and over DTLS on the same UDP address (repeatable;
+    /// coturn's 5349), with --cert/--key.
     #[arg(long, env = "ICEBREAKER_RELAY_TLS_LISTEN", value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_listen: Vec<SocketAddr>,
@@ -163,7 +164,7 @@ pub struct RelayArgs {
     /// file changes).
     #[arg(long, env = "ICEBREAKER_RELAY_CERT")]
     pub cert: Option<PathBuf>,
-    /// PEM private key of --cert (PKCS#8, PKCS#1 or SEC1).
+    /// PEM private key of --cert (PKCS#8, PKCS#1 or SEC1; DTLS needs PKCS#8).
     #[arg(long, env = "ICEBREAKER_RELAY_KEY")]
     pub key: Option<PathBuf>,
 }
@@ -495,7 +496,10 @@ mod tests {
     #[test]
     fn defaults_and_layering() {
         let c = base().resolve().unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:3478".parse::<std::net::SocketAddr>().unwrap()]
+        );
         assert_eq!(
             c.turn.relay_v4.unwrap().0,
             "127.0.0.1".parse::<IpAddr>().unwrap()

@@ -80,6 +80,8 @@ pub struct RelayMetrics {
     pub tcp_connections: Gauge,
     /// TLS handshakes on client connections, by result (ok, failed, timeout).
     pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// DTLS handshakes (TURN over DTLS), by result (ok, failed, timeout).
+    pub dtls_handshakes: Family<ResultLabel, Counter>,
     /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
     pub tls_cert_reloads: Family<ResultLabel, Counter>,
     /// Relayed ports free (not bound, reserved or cooling), set when scraped.
@@ -170,6 +172,11 @@ impl RelayMetrics {
             self.tls_handshakes.clone(),
         );
         r.register(
+            "dtls_handshakes",
+            "DTLS handshakes of TURN over DTLS, by result (ok, failed, timeout)",
+            self.dtls_handshakes.clone(),
+        );
+        r.register(
             "tls_cert_reloads",
             "Certificate reloads (SIGHUP or the files changed), by result (ok, error)",
             self.tls_cert_reloads.clone(),
@@ -179,6 +186,13 @@ impl RelayMetrics {
     /// Counts a TLS handshake's end.
     pub fn tls_handshake(&self, result: &'static str) {
         self.tls_handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts a DTLS handshake's end.
+    pub fn dtls_handshake(&self, result: &'static str) {
+        self.dtls_handshakes
             .get_or_create(&ResultLabel { result })
             .inc();
     }

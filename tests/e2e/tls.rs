@@ -141,15 +141,51 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
         "-u", "test", "-w", "test", "-m", "6", "-n", "50", "-l", "120", "-T", "-S",
     ];
     assert_all_echoed(&uclient(tls.port(), peer_port, &args), "tls tcp relay", 300);
+    // TURN over DTLS on the same address (RFC 7350): uclient -S over UDP.
+    for (what, creds) in [
+        ("dtls long-term", ["-u", "test", "-w", "test"]),
+        ("dtls rest", ["-u", "alice", "-W", "s3cret"]),
+    ] {
+        let mut args = creds.to_vec();
+        args.extend(["-m", "10", "-n", "50", "-l", "120", "-S"]);
+        assert_all_echoed(&uclient(tls.port(), peer_port, &args), what, 500);
+    }
+    // Garbage, a truncated ClientHello and records that are not handshakes on the DTLS
+    // port: refused, counted, and the port keeps serving.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hello_start = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 1, 0, 0];
+    for i in 0..200u32 {
+        let mut d = hello_start.to_vec();
+        d.extend((0..i % 90).map(|k| (k * 31 + i) as u8));
+        junk.send_to(&d, tls).unwrap();
+        junk.send_to(&[23, 0xfe, 0xfd, 1, 2, 3], tls).unwrap();
+    }
+    let args = [
+        "-u", "test", "-w", "test", "-m", "2", "-n", "20", "-l", "120", "-S",
+    ];
+    assert_all_echoed(
+        &uclient(tls.port(), peer_port, &args),
+        "dtls after junk",
+        40,
+    );
     assert!(tls_connect(tls, &first.der).is_ok());
 
-    // A long call in the background while the certificate is replaced on disk.
+    // Long calls (TLS and DTLS) in the background while the certificate is replaced on disk.
     let call = std::thread::spawn(move || {
         uclient(
             tls.port(),
             peer_port,
             &[
                 "-u", "test", "-w", "test", "-m", "2", "-n", "150", "-l", "120", "-t", "-S",
+            ],
+        )
+    });
+    let dtls_call = std::thread::spawn(move || {
+        uclient(
+            tls.port(),
+            peer_port,
+            &[
+                "-u", "test", "-w", "test", "-m", "2", "-n", "150", "-l", "120", "-S",
             ],
         )
     });
@@ -166,6 +202,17 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
     );
     let call = call.join().unwrap();
     assert_all_echoed(&call, "a call across the rotation", 300);
+    let call = dtls_call.join().unwrap();
+    assert_all_echoed(&call, "a DTLS call across the rotation", 300);
+    // New DTLS associations after the rotation (the DTLS configuration is rebuilt).
+    let args = [
+        "-u", "test", "-w", "test", "-m", "2", "-n", "20", "-l", "120", "-S",
+    ];
+    assert_all_echoed(
+        &uclient(tls.port(), peer_port, &args),
+        "dtls after rotation",
+        40,
+    );
 
     // A broken certificate file and SIGHUP: the last good one stays.
     std::fs::write(&second.cert, "-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
@@ -189,6 +236,22 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
             &text,
             "icebreaker_relay_tls_cert_reloads_total",
             &["result=\"ok\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_dtls_handshakes_total",
+            &["result=\"ok\""]
+        ) >= 20.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "icebreaker_relay_dropped_total",
+            &["dtls_not_handshake"]
         ) >= 1.0,
         "{text}"
     );

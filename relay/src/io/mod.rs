@@ -7,6 +7,7 @@
 //! the packet path. Relayed sockets have no buffer of their own; they read into the
 //! shard's one receive buffer, so an idle allocation costs only its bookkeeping.
 
+mod dtls;
 mod shard;
 mod tcp;
 mod tcp_relay;
@@ -227,13 +228,34 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         _ => None,
     };
     let mut tls_per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut dtls_per_shard: Vec<Vec<UdpSocket>> = (0..shards).map(|_| Vec::new()).collect();
     let mut tls_addrs = Vec::new();
+    // TURN over DTLS on the same addresses (RFC 7350), when the key suits the DTLS stack.
+    let dtls_config = match &certificates {
+        Some(c) => match dtls::handshake_config(c) {
+            Ok(cfg) => Some((cfg, c.clone())),
+            Err(e) => {
+                tracing::warn!(error = %e, "TURN over DTLS is off; TLS still serves");
+                None
+            }
+        },
+        None => None,
+    };
     if certificates.is_some() {
         for &want in &config.tls_listen {
             let ls = icebreaker_service::reuse_tcp_listeners(want, shards)?;
-            tls_addrs.push(ls[0].local_addr()?);
+            let addr = ls[0].local_addr()?;
+            tls_addrs.push(addr);
             for (v, l) in tls_per_shard.iter_mut().zip(ls) {
                 v.push(l);
+            }
+            if dtls_config.is_some() {
+                for v in dtls_per_shard.iter_mut() {
+                    let u = reuse_socket(addr, Type::DGRAM, Protocol::UDP)?;
+                    u.set_recv_buffer_size(4 << 20).ok();
+                    u.bind(&addr.into())?;
+                    v.push(u.into());
+                }
             }
         }
     }
@@ -260,7 +282,12 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     let handoff = Handoff {
         shards: senders.into(),
     };
-    for (i, ((udps, tcps), tls)) in per_shard.into_iter().zip(tls_per_shard).enumerate() {
+    for (i, (((udps, tcps), tls), dtls)) in per_shard
+        .into_iter()
+        .zip(tls_per_shard)
+        .zip(dtls_per_shard)
+        .enumerate()
+    {
         let shared = shared.clone();
         let m = metrics.shard(i as u16);
         let rx = rx.clone();
@@ -272,6 +299,8 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
             tls,
             handed: hrx,
             handoff: handoff.clone(),
+            dtls,
+            dtls_config: dtls_config.clone(),
         };
         threads.push(
             std::thread::Builder::new()

@@ -46,6 +46,8 @@ pub(super) struct Ctx {
     pub peer_conns: RefCell<FxHashMap<ConnectionId, PeerConn>>,
     /// Every shard's handoff queue (a data connection moves to the shard of its peer).
     pub handoff: Handoff,
+    /// TURN over DTLS ports (one per `tls_listen` address).
+    pub dtls: Vec<Rc<super::dtls::DtlsSocket>>,
 }
 
 /// Implements [`RelaySockets`] with real UDP sockets and a reader task per socket.
@@ -164,7 +166,11 @@ fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
 /// relayed socket bound in this same burst of packets has not been yet, so the first
 /// datagrams of a new allocation were dropped. We never wait for writability (a full
 /// socket drops the packet, counted), so the readiness tracking buys nothing here.
-fn send_now(sock: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+pub(super) fn send_now(
+    sock: &tokio::net::UdpSocket,
+    data: &[u8],
+    to: SocketAddr,
+) -> std::io::Result<usize> {
     socket2::SockRef::from(sock).send_to(data, &to.into())
 }
 
@@ -187,6 +193,11 @@ impl Ctx {
                         if !c.send(self, data) {
                             self.metrics.drop("tcp_queue_full");
                         }
+                    }
+                }
+                Transport::Dtls => {
+                    if let Some(d) = self.dtls.iter().find(|d| d.local == to.server) {
+                        d.send(self, to.client, data);
                     }
                 }
             },
@@ -214,7 +225,7 @@ impl Ctx {
         self.tcp_used.set(self.tcp_used.get().saturating_sub(n));
     }
 
-    fn send_failed(&self, e: std::io::Error) {
+    pub(super) fn send_failed(&self, e: std::io::Error) {
         if e.kind() == ErrorKind::WouldBlock {
             self.metrics.drop("send_buffer_full");
         } else {
@@ -240,6 +251,13 @@ pub(super) struct ShardSockets {
     /// Connections other listeners or shards hand to this one.
     pub handed: tokio::sync::mpsc::Receiver<super::Adopt>,
     pub handoff: Handoff,
+    /// UDP sockets for TURN over DTLS, with the configuration and the certificates it is
+    /// built from (rebuilt when they reload).
+    pub dtls: Vec<UdpSocket>,
+    pub dtls_config: Option<(
+        Arc<rtc_dtls::config::HandshakeConfig>,
+        Arc<icebreaker_service::tls::Certificates>,
+    )>,
 }
 
 pub(super) fn run_shard(
@@ -257,6 +275,8 @@ pub(super) fn run_shard(
         tls,
         handed,
         handoff,
+        dtls,
+        dtls_config,
     } = sockets;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -282,6 +302,15 @@ pub(super) fn run_shard(
                 Rc::new(tokio::net::UdpSocket::from_std(u).expect("tokio socket")),
             ));
         }
+        let mut dtls_ports = Vec::new();
+        if let Some((cfg, certs)) = &dtls_config {
+            for u in dtls {
+                match super::dtls::DtlsSocket::new(u, cfg.clone(), certs.clone()) {
+                    Ok(d) => dtls_ports.push(Rc::new(d)),
+                    Err(e) => error!(error = %e, "cannot use DTLS socket"),
+                }
+            }
+        }
         let ctx = Rc::new(Ctx {
             core: RefCell::new(Server::with_shard(shared, metrics.clone(), index, shards)),
             metrics,
@@ -297,7 +326,12 @@ pub(super) fn run_shard(
             tcp_listeners: RefCell::default(),
             peer_conns: RefCell::default(),
             handoff,
+            dtls: dtls_ports,
         });
+        for d in &ctx.dtls {
+            tokio::task::spawn_local(super::dtls::reader(ctx.clone(), d.clone()));
+            tokio::task::spawn_local(super::dtls::timer(ctx.clone(), d.clone()));
+        }
         for (addr, sock) in udp {
             tokio::task::spawn_local(udp_listener(ctx.clone(), addr, sock));
         }

@@ -142,9 +142,11 @@ impl TcpClient {
     }
 }
 
-/// Whether the shard may take one more client connection (handshakes in progress count).
+/// Whether the shard may take one more client connection (handshakes in progress and
+/// DTLS associations count).
 fn room_for_one(ctx: &Ctx) -> bool {
-    if ctx.tcp.borrow().len() + ctx.handshaking.get() >= ctx.max_tcp {
+    let dtls: usize = ctx.dtls.iter().map(|d| d.associations()).sum();
+    if ctx.tcp.borrow().len() + ctx.handshaking.get() + dtls >= ctx.max_tcp {
         ctx.metrics.drop("tcp_connection_limit");
         return false;
     }

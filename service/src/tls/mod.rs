@@ -61,6 +61,12 @@ pub struct Certificates {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    /// The private key as read (DER), for DTLS, which signs with its own crypto provider;
+    /// swapped with `current`.
+    key_der: ArcSwap<PrivateKeyDer<'static>>,
+    /// Bumped by every successful reload, so holders of a derived configuration (DTLS)
+    /// know when to rebuild it.
+    generation: std::sync::atomic::AtomicU64,
     stamp: Mutex<Stamp>,
 }
 
@@ -68,11 +74,13 @@ impl Certificates {
     /// Reads `cert` (PEM chain, leaf first) and `key` (PEM PKCS#8, PKCS#1 or SEC1).
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Certificates>, TlsError> {
         let stamp = stamp(cert, key);
-        let ck = read(cert, key)?;
+        let (ck, der) = read(cert, key)?;
         Ok(Arc::new(Certificates {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: ArcSwap::from_pointee(ck),
+            key_der: ArcSwap::from_pointee(der),
+            generation: std::sync::atomic::AtomicU64::new(0),
             stamp: Mutex::new(stamp),
         }))
     }
@@ -81,8 +89,11 @@ impl Certificates {
     /// changes.
     pub fn reload(&self) -> Result<(), TlsError> {
         let stamp = stamp(&self.cert, &self.key);
-        let ck = read(&self.cert, &self.key)?;
+        let (ck, der) = read(&self.cert, &self.key)?;
+        self.key_der.store(Arc::new(der));
         self.current.store(Arc::new(ck));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         *self.stamp.lock().expect("stamp") = stamp;
         Ok(())
     }
@@ -115,6 +126,18 @@ impl Certificates {
     /// The certificate chain served now (leaf first), DER.
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.current.load().cert.clone()
+    }
+
+    /// How many reloads have succeeded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The chain and the private key served now, DER (the key as the file holds it:
+    /// PKCS#8, PKCS#1 or SEC1).
+    pub fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = self.key_der.load().clone_key();
+        (self.chain(), key)
     }
 
     /// A rustls server configuration resolving through these certificates, offering
@@ -206,7 +229,7 @@ fn stamp(cert: &Path, key: &Path) -> Stamp {
         .collect()
 }
 
-fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+fn read(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'static>), TlsError> {
     let file_err = |path: &Path, why: String| TlsError::File {
         path: path.to_path_buf(),
         why,
@@ -229,11 +252,11 @@ fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     };
     let signing = provider
         .key_provider
-        .load_private_key(der)
+        .load_private_key(der.clone_key())
         .map_err(|e| mismatch(e.to_string()))?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|e| mismatch(e.to_string()))?;
-    Ok(ck)
+    Ok((ck, der))
 }
 
 /// Whether a stream's first byte starts a STUN message (its two top bits are zero, RFC

@@ -16,13 +16,16 @@ use ipnet::IpNet;
 
 pub use policy::Refusal;
 
-/// Client transport (RFC 8656: UDP, or TCP, which TLS connections are too).
+/// Client transport (RFC 8656: UDP, or TCP, which TLS connections are too; DTLS, RFC 7350).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// Datagrams on the listen port.
     Udp,
     /// A stream connection to the listen port (RFC 8656 §3.1).
     Tcp,
+    /// DTLS associations on a UDP port (RFC 7350): datagrams, so no ChannelData padding
+    /// and no TCP relaying, but answers go back through the association.
+    Dtls,
 }
 
 /// Identifies a client's transport association with the server (RFC 8656 §2.2).

@@ -990,7 +990,7 @@ impl<O: Observer> Server<O> {
             return Ok(());
         }
         let ask = AllocateRequest::read(req.attrs).map_err(|r| r.signed(key))?;
-        if ask.tcp && ft.transport == Transport::Udp {
+        if ask.tcp && ft.transport != Transport::Tcp {
             // RFC 6062 §5.1: data connections are TCP, so the control connection is too.
             return Err(Reject::new(
                 400,

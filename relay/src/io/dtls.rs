@@ -1,0 +1,312 @@
+//! TURN over DTLS (RFC 7350): on each `--tls-listen` address the relay also answers DTLS
+//! 1.2 on UDP, as coturn does on 5349. webrtc-rs's sans-IO DTLS endpoint does the
+//! handshakes and the records; the decrypted datagrams go to the same core as plain UDP
+//! (transport [`Transport::Dtls`], so answers go back through the association).
+//!
+//! Bounded like TCP: associations per shard are capped (`max-tcp-connections` counts
+//! them too), only a handshake record starts one, a handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`], and an association without an allocation that has been silent
+//! for [`IDLE_WITHOUT_ALLOCATION`] is closed.
+
+use std::cell::{Cell, RefCell};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use icebreaker_service::tls::Certificates;
+use rtc_dtls::config::{ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
+use rtc_dtls::crypto::Certificate;
+use rtc_dtls::crypto_provider::{self as dtls_crypto, SignatureScheme};
+use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+use rustc_hash::FxHashMap;
+use rustls::pki_types::PrivateKeyDer;
+use tracing::debug;
+
+use super::shard::{send_now, Binder, Ctx};
+use crate::{FiveTuple, Transport};
+
+/// A DTLS handshake must complete within this (as the TLS ones do).
+const HANDSHAKE_TIMEOUT: Duration = icebreaker_service::tls::HANDSHAKE_TIMEOUT;
+/// An association with no allocation and no datagram for this long is closed.
+const IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
+/// How often handshake retransmissions and deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// DTLS record content type of a handshake: the only record that may start an association.
+const HANDSHAKE_RECORD: u8 = 22;
+
+/// The DTLS server configuration for `certs`. The key must be PKCS#8 (what rcgen, certbot
+/// and `openssl req` write): the DTLS stack imports it into its own crypto provider.
+pub(crate) fn handshake_config(certs: &Certificates) -> Result<Arc<HandshakeConfig>, String> {
+    let provider = dtls_crypto::default_provider().map_err(|e| e.to_string())?;
+    let (chain, key) = certs.chain_and_key();
+    let PrivateKeyDer::Pkcs8(key) = key else {
+        return Err("the key is not PKCS#8 (convert it: openssl pkcs8 -topk8 -nocrypt)".into());
+    };
+    let signing = [
+        SignatureScheme::EcdsaP256Sha256,
+        SignatureScheme::Ed25519,
+        SignatureScheme::RsaPkcs1Sha256,
+    ]
+    .into_iter()
+    .find_map(|s| {
+        provider
+            .crypto()
+            .import_signing_key(s, key.secret_pkcs8_der())
+            .ok()
+    })
+    .ok_or("the key is neither ECDSA P-256, Ed25519 nor RSA")?;
+    ConfigBuilder::default()
+        .with_crypto_provider(provider)
+        .with_certificates(vec![Certificate::from_signing_key(chain, signing)])
+        .with_extended_master_secret(ExtendedMasterSecretType::Request)
+        .build(false, None)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+struct Assoc {
+    started: Instant,
+    last: Instant,
+    established: bool,
+}
+
+/// One DTLS port of a shard: its socket, the endpoint holding every association on it.
+pub(crate) struct DtlsSocket {
+    /// The address it is bound to (the `server` of its 5-tuples).
+    pub local: SocketAddr,
+    sock: Rc<tokio::net::UdpSocket>,
+    endpoint: RefCell<Endpoint>,
+    assocs: RefCell<FxHashMap<SocketAddr, Assoc>>,
+    /// The certificates and the reload generation the endpoint's configuration was built from.
+    certs: Arc<Certificates>,
+    generation: Cell<u64>,
+}
+
+impl DtlsSocket {
+    pub(crate) fn new(
+        sock: std::net::UdpSocket,
+        config: Arc<HandshakeConfig>,
+        certs: Arc<Certificates>,
+    ) -> std::io::Result<DtlsSocket> {
+        sock.set_nonblocking(true)?;
+        let local = sock.local_addr()?;
+        Ok(DtlsSocket {
+            local,
+            sock: Rc::new(tokio::net::UdpSocket::from_std(sock)?),
+            endpoint: RefCell::new(Endpoint::new(
+                local,
+                rtc_shared::TransportProtocol::UDP,
+                Some(config),
+            )),
+            assocs: RefCell::default(),
+            generation: Cell::new(certs.generation()),
+            certs,
+        })
+    }
+
+    /// Associations held now (they count against the shard's connection limit).
+    pub(crate) fn associations(&self) -> usize {
+        self.assocs.borrow().len()
+    }
+
+    fn five_tuple(&self, client: SocketAddr) -> FiveTuple {
+        FiveTuple {
+            client,
+            server: self.local,
+            transport: Transport::Dtls,
+        }
+    }
+
+    /// Sends what the endpoint queued.
+    fn flush(&self, ctx: &Ctx) {
+        let mut e = self.endpoint.borrow_mut();
+        while let Some(t) = e.poll_transmit() {
+            if let Err(err) = send_now(&self.sock, &t.message, t.transport.peer_addr) {
+                ctx.send_failed(err);
+            }
+        }
+    }
+
+    /// Encrypts `data` (an answer or relayed data) for `client`.
+    pub(crate) fn send(&self, ctx: &Ctx, client: SocketAddr, data: &[u8]) {
+        let r = self
+            .endpoint
+            .borrow_mut()
+            .write(Instant::now(), client, data);
+        match r {
+            Ok(()) => self.flush(ctx),
+            Err(e) => {
+                debug!(%client, error = %e, "DTLS write failed");
+                ctx.metrics.drop("dtls_write");
+            }
+        }
+    }
+
+    fn forget(&self, ctx: &Rc<Ctx>, client: SocketAddr, now: Instant) {
+        self.assocs.borrow_mut().remove(&client);
+        let _ = self.endpoint.borrow_mut().stop(now, client);
+        self.flush(ctx);
+        ctx.core
+            .borrow_mut()
+            .close_client(&self.five_tuple(client), &mut Binder(ctx));
+    }
+
+    fn datagram(&self, ctx: &Rc<Ctx>, from: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        let held: usize = ctx.dtls.iter().map(|d| d.associations()).sum();
+        {
+            let mut assocs = self.assocs.borrow_mut();
+            match assocs.get_mut(&from) {
+                Some(a) => a.last = now,
+                None => {
+                    if data.first() != Some(&HANDSHAKE_RECORD) {
+                        ctx.metrics.drop("dtls_not_handshake");
+                        return;
+                    }
+                    if held + ctx.tcp.borrow().len() + ctx.handshaking.get() >= ctx.max_tcp {
+                        ctx.metrics.drop("dtls_association_limit");
+                        return;
+                    }
+                    assocs.insert(
+                        from,
+                        Assoc {
+                            started: now,
+                            last: now,
+                            established: false,
+                        },
+                    );
+                }
+            }
+        }
+        let r = self
+            .endpoint
+            .borrow_mut()
+            .read(now, from, None, BytesMut::from(data));
+        self.flush(ctx);
+        let events = match r {
+            Ok(ev) => ev,
+            Err(e) => {
+                let established = self
+                    .assocs
+                    .borrow()
+                    .get(&from)
+                    .is_some_and(|a| a.established);
+                debug!(client = %from, error = %e, established, "DTLS record refused");
+                if !established {
+                    ctx.metrics.all.dtls_handshake("failed");
+                    self.forget(ctx, from, now);
+                }
+                return;
+            }
+        };
+        for ev in events {
+            match ev {
+                EndpointEvent::HandshakeComplete => {
+                    if let Some(a) = self.assocs.borrow_mut().get_mut(&from) {
+                        a.established = true;
+                    }
+                    ctx.metrics.all.dtls_handshake("ok");
+                }
+                EndpointEvent::ApplicationData(b) => ctx.client_packet(self.five_tuple(from), &b),
+                EndpointEvent::PeerClosed => {
+                    self.forget(ctx, from, now);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Handshake retransmissions and deadlines, idle associations, certificate reloads.
+    fn tick(&self, ctx: &Rc<Ctx>, now: Instant, sweep_idle: bool) {
+        let g = self.certs.generation();
+        if g != self.generation.get() {
+            self.generation.set(g);
+            match handshake_config(&self.certs) {
+                Ok(c) => self.endpoint.borrow_mut().set_server_config(Some(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reloaded certificate not usable for DTLS; keeping the old one")
+                }
+            }
+        }
+        let mut late = Vec::new();
+        let mut retransmit = Vec::new();
+        for (addr, a) in self.assocs.borrow().iter() {
+            if !a.established {
+                if now.duration_since(a.started) >= HANDSHAKE_TIMEOUT {
+                    late.push(*addr);
+                } else {
+                    retransmit.push(*addr);
+                }
+            } else if sweep_idle
+                && now.duration_since(a.last) >= IDLE_WITHOUT_ALLOCATION
+                && ctx
+                    .core
+                    .borrow()
+                    .allocation(&self.five_tuple(*addr))
+                    .is_none()
+            {
+                late.push(*addr);
+            }
+        }
+        for addr in retransmit {
+            let due = self
+                .endpoint
+                .borrow()
+                .poll_timeout(&addr)
+                .is_some_and(|t| t <= now);
+            if due
+                && self
+                    .endpoint
+                    .borrow_mut()
+                    .handle_timeout(addr, now)
+                    .is_err()
+            {
+                late.push(addr);
+            }
+        }
+        self.flush(ctx);
+        for addr in late {
+            if self
+                .assocs
+                .borrow()
+                .get(&addr)
+                .is_some_and(|a| !a.established)
+            {
+                ctx.metrics.all.dtls_handshake("timeout");
+            }
+            self.forget(ctx, addr, now);
+        }
+    }
+}
+
+/// Reads one DTLS port.
+pub(super) async fn reader(ctx: Rc<Ctx>, d: Rc<DtlsSocket>) {
+    loop {
+        if d.sock.readable().await.is_err() {
+            return;
+        }
+        loop {
+            let mut buf = ctx.buf.borrow_mut();
+            match d.sock.try_recv_from(&mut buf) {
+                Ok((n, from)) => d.datagram(&ctx, from, &buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => debug!(error = %e, "DTLS receive error"),
+            }
+        }
+    }
+}
+
+/// Drives the timers of one DTLS port.
+pub(super) async fn timer(ctx: Rc<Ctx>, d: Rc<DtlsSocket>) {
+    let mut tick = tokio::time::interval(TICK);
+    let mut n = 0u32;
+    loop {
+        tick.tick().await;
+        n = n.wrapping_add(1);
+        d.tick(&ctx, Instant::now(), n.is_multiple_of(10));
+    }
+}
