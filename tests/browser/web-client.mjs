@@ -241,6 +241,7 @@ async function mediaFlows(sc, page, { audio = true, from = null } = {}) {
 
 /** Type a chat message into the UI of `from`; wait for it in the log and the DOM of each `to`. */
 async function chat(sc, from, tos, text) {
+  if (!(await from.isVisible('#chat-input'))) await from.click('#btn-chat'); // chat starts closed
   await from.fill('#chat-input', text);
   await from.press('#chat-input', 'Enter');
   const t0 = Date.now();
@@ -259,6 +260,7 @@ async function chat(sc, from, tos, text) {
  * board). Returns the positions seen.
  */
 async function pointer(sc, from, tos, x, y, tol = 0.05) {
+  await from.evaluate(() => window.icebreaker.showBoard()); // the board starts closed
   const box = await from.locator('#board-surface').boundingBox();
   if (!box) throw new Error(`${from.who}: shared board not visible`);
   await from.mouse.move(box.x + box.width * (1 - x), box.y + box.height * (1 - y));
@@ -600,6 +602,7 @@ async function withPeer(sc) {
   const pointerRun = runPeer(sc, ['--name', 'robo2', 'pointer', '--duration', '6s', '--expect', '20']);
   const b = await sc.open(await sc.launch(), 'bob', { base: BASE });
   await sc.until(b, 'connected to robo2', () => window.icebreaker.peers().some((p) => p.name === 'robo2' && p.connectionState === 'connected'));
+  await b.evaluate(() => window.icebreaker.showBoard());
   const box = await b.locator('#board-surface').boundingBox();
   const moves = (async () => {
     for (let i = 0; i < 120; i++) {

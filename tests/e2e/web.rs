@@ -2,7 +2,9 @@
 //! tests/browser/web-client.mjs (Playwright): calls between pages, relay-only over UDP
 //! and TCP, a full mesh of three, resume after a dropped or reset socket, resume-grace
 //! expiry, pages without media, simultaneous screen shares, and a page with the headless
-//! `icebreaker-peer` (chat, pointer, and VP8/Opus both ways).
+//! `icebreaker-peer` (chat, pointer, and VP8/Opus both ways); and what a person sees, by
+//! tests/browser/web-ux.mjs: media state on tiles, the full-room screen, plain-language
+//! reconnect and restart states, pre-join, the drawing board and axe-core's verdict.
 
 use std::process::Command;
 use std::time::Duration;
@@ -72,6 +74,67 @@ fn web_client_in_chromium() {
     }
     assert!(status.success(), "{}", p.output());
     for f in ["screenshot-2.png", "screenshot-3.png"] {
+        let meta = std::fs::metadata(shots.join(f)).unwrap_or_else(|_| panic!("{f} saved"));
+        assert!(meta.len() > 10_000, "{f} is a real picture");
+    }
+    std::fs::remove_dir_all(&shots).ok();
+}
+
+#[test]
+fn web_client_as_a_person_sees_it() {
+    let dir = browser_dir();
+    let ib = start_icebreaker(&[]);
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../web")
+        .canonicalize()
+        .expect("web/ next to tests/");
+    // The `full` and `restart` scenarios start servers of their own from this argv.
+    let server_cmd = serde_json::to_string(&[
+        bin("icebreaker").to_str().unwrap(),
+        "--web-dir",
+        web.to_str().unwrap(),
+    ])
+    .unwrap();
+    let shots = std::env::temp_dir().join(format!("ib-ux-shots-{}", std::process::id()));
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["web-ux.mjs", "--base", &format!("http://{}", ib.http)])
+        .args(["--server-cmd", &server_cmd])
+        .args(["--peer", bin("icebreaker-peer").to_str().unwrap()])
+        .args(["--screenshots", shots.to_str().unwrap()]);
+    let mut p = Proc::start("web-ux", cmd);
+    let status = p
+        .wait(Duration::from_secs(900))
+        .expect("web-ux.mjs finished");
+    let results: Vec<serde_json::Value> = p
+        .output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["scenario"].is_string())
+        .collect();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    for want in [
+        "state", "full", "restart", "prejoin", "a11y", "board", "peer", "shots",
+    ] {
+        assert!(
+            names.contains(&want),
+            "scenario {want} did not run: {names:?}\n{}",
+            p.output()
+        );
+    }
+    for r in &results {
+        assert_eq!(r["ok"], true, "{r}\n{}", p.output());
+    }
+    assert!(status.success(), "{}", p.output());
+    for f in [
+        "screenshot-phone.png",
+        "screenshot-phone-landscape.png",
+        "screenshot-prejoin.png",
+    ] {
         let meta = std::fs::metadata(shots.join(f)).unwrap_or_else(|_| panic!("{f} saved"));
         assert!(meta.len() > 10_000, "{f} is a real picture");
     }

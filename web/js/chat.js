@@ -2,6 +2,35 @@
 // reliable) as {"from": name, "text": "...", "ts": ms}; each peer sends to each peer (mesh).
 
 const MAX_TEXT = 4000;
+const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
+
+/**
+ * The text as DOM nodes, with http(s) links clickable. Built from text nodes and <a>
+ * elements only (never innerHTML), so nothing a peer sends can become markup.
+ */
+export function linkify(text) {
+  const out = [];
+  let last = 0;
+  for (const m of text.matchAll(URL_RE)) {
+    let url = m[0];
+    // Punctuation at the end belongs to the sentence, not the link: "see https://x.org."
+    const trail = url.match(/[.,;:!?)\]}]+$/);
+    if (trail && !(trail[0].startsWith(')') && url.includes('('))) url = url.slice(0, -trail[0].length);
+    let href;
+    try { href = new URL(url); } catch { continue; }
+    if (href.protocol !== 'http:' && href.protocol !== 'https:') continue;
+    if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
+    const a = document.createElement('a');
+    a.href = href.href;
+    a.textContent = url;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer nofollow';
+    out.push(a);
+    last = m.index + url.length;
+  }
+  if (last < text.length) out.push(document.createTextNode(text.slice(last)));
+  return out;
+}
 
 export class Chat {
   /**
@@ -76,7 +105,7 @@ export class Chat {
     } else li.classList.add('cont');
     const body = document.createElement('div');
     body.className = 'msg-text';
-    body.textContent = entry.text;
+    body.append(...linkify(entry.text));
     if (entry.self && entry.delivered === 0) body.title = 'Nobody else is connected yet';
     li.append(body);
     this.#append(li);

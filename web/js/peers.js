@@ -5,6 +5,11 @@
 // own tracks on the transceivers the offer created. Either side may renegotiate later
 // (e.g. starting a screen share without a camera); collisions resolve by politeness.
 // ICE is trickled: one `signal` per candidate and {"candidate":null} at the end.
+//
+// Data channels (docs/protocol.md, "Application data channels"): `chat`, `pointer`,
+// `media` (what each side sends: mic/camera/screen, announced on open and on every change)
+// and `board` (drawing strokes). A peer that opens only some of them (an older client, a
+// headless test peer) is fine: what is missing is simply not shown.
 
 const KINDS = ['audio', 'video'];
 
@@ -17,9 +22,10 @@ export class PeerManager {
    * @param {(peer: Peer) => void} o.onPeer     a peer was added or changed (state, tracks, channels)
    * @param {(peer: Peer) => void} o.onGone     a peer was removed
    * @param {(peer: Peer, label: string, msg: object) => void} o.onData  a data channel message
+   * @param {(peer: Peer, label: string) => void} [o.onOpen]  a data channel opened
    */
-  constructor({ signaling, media, relay, onPeer, onGone, onData }) {
-    Object.assign(this, { signaling, media, relay, onPeer, onGone, onData });
+  constructor({ signaling, media, relay, onPeer, onGone, onData, onOpen }) {
+    Object.assign(this, { signaling, media, relay, onPeer, onGone, onData, onOpen });
     this.peers = new Map();
     this.serial = 0;
   }
@@ -87,6 +93,8 @@ export class PeerManager {
       }
       this.#useChannel(peer, pc.createDataChannel('chat'));
       this.#useChannel(peer, pc.createDataChannel('pointer', { ordered: false, maxRetransmits: 0 }));
+      this.#useChannel(peer, pc.createDataChannel('media'));
+      this.#useChannel(peer, pc.createDataChannel('board'));
     }
     this.onPeer(peer);
     return peer;
@@ -151,6 +159,14 @@ export class PeerManager {
     await Promise.all([...this.peers.values()].map((p) => this.#applyTracks(p).catch((e) => console.warn(e))));
   }
 
+  /** Send one JSON message on one peer's channel, if it is open. */
+  sendTo(peer, label, msg) {
+    const ch = peer.channels[label];
+    if (ch?.readyState !== 'open') return false;
+    ch.send(JSON.stringify(msg));
+    return true;
+  }
+
   /** Send one JSON message on a data channel of every peer whose channel is open. */
   broadcast(label, msg) {
     const text = JSON.stringify(msg);
@@ -210,7 +226,9 @@ export class PeerManager {
 
   #useChannel(peer, ch) {
     peer.channels[ch.label] = ch;
-    ch.onopen = ch.onclose = () => { if (!peer.closed) this.onPeer(peer); };
+    ch.onopen = () => { if (!peer.closed) { this.onOpen?.(peer, ch.label); this.onPeer(peer); } };
+    ch.onclose = () => { if (!peer.closed) this.onPeer(peer); };
+    if (ch.readyState === 'open') queueMicrotask(() => ch.onopen?.());
     ch.onmessage = ({ data }) => {
       let msg;
       try { msg = JSON.parse(data); } catch { return; }
@@ -237,5 +255,8 @@ export class Peer {
     this.channels = {}; // label -> RTCDataChannel
     this.stream = new MediaStream(); // what the peer sends us
     this.stats = {}; // filled by stats.js
+    this.mediaState = null; // {audio, video, screen, ts} from its `media` channel (null: never sent)
+    this.level = 0; // its audio level, 0..1 (from RTCRtpReceiver.getSynchronizationSources)
+    this.lastLoud = -Infinity; // performance.now() when it was last louder than the speaking threshold
   }
 }

@@ -16,9 +16,14 @@
 //   resuming     new socket open, `resume` sent
 //   offline      the browser reports no network; retrying as soon as it comes back
 //   left         we left on purpose
-//   failed       the server refused us for good (room-full, unauthorized, bad room name)
+//   failed       the server refused us (room-full, unauthorized, bad room name); after
+//                room-full the app may call retry() to try again (a seat may have freed up)
 // A join or resume answered `unavailable` (a cluster node without Redis) is retried like a
 // lost socket: `reconnecting`, then a new socket.
+//
+// onRejoin({downMs, sawOffline}) says how long signaling was down before the refused resume
+// and whether the browser reported being offline meanwhile, so the app can tell a server
+// restart (short outage, the server forgot us) from a long absence.
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 8000; // several tries fit in the server's 30 s resume grace
@@ -44,9 +49,11 @@ export class Signaling {
     this.counters = { joins: 0, resumes: 0, resumeFailures: 0, drops: 0, peerLeft: 0 }; // peerLeft: counted by the app
     this.lastHeard = 0;
     this.pingTimer = null;
+    this.downSince = null; // performance.now() when the joined socket was lost
+    this.sawOffline = false;
     // Between attempts, say "offline" honestly and retry as soon as the network is back.
     addEventListener('online', () => { if (this.#wantsSocket() && !this.ws) this.#connectNow(); });
-    addEventListener('offline', () => { if (this.#wantsSocket() && !this.ws) this.#setState('offline'); });
+    addEventListener('offline', () => { if (this.#wantsSocket() && !this.ws) { this.sawOffline = true; this.#setState('offline'); } });
   }
 
   /** Open the socket and join the room. */
@@ -62,6 +69,14 @@ export class Signaling {
   }
 
   signal(to, data) { this.send({ type: 'signal', to, data }); }
+
+  /** After `failed` (e.g. room-full): open a new socket and try to join again. */
+  retry() {
+    if (this.state !== 'failed') return;
+    this.attempt = 0;
+    this.#setState('connecting');
+    this.#open();
+  }
 
   /** Leave on purpose: `leave`, then a clean close (a close frame alone would also be a leave). */
   leave() {
@@ -132,6 +147,8 @@ export class Signaling {
   #receive(m) {
     if (m.type === 'resumed') {
       this.attempt = 0;
+      this.downSince = null;
+      this.sawOffline = false;
       this.counters.resumes++;
       this.#setState('joined', { resumed: true });
       this.#flush();
@@ -160,10 +177,13 @@ export class Signaling {
     if (m.type === 'error') {
       if (m.code === 'resume-failed') {
         this.counters.resumeFailures++;
+        const outage = { downMs: this.downSince != null ? performance.now() - this.downSince : 0, sawOffline: this.sawOffline };
+        this.downSince = null;
+        this.sawOffline = false;
         this.id = null;
         this.outbox = []; // addressed to peers of the old session
         // The app closes every peer connection (in order with the messages before this).
-        this.chain = this.chain.then(() => this.onRejoin?.()).catch((e) => console.error(e));
+        this.chain = this.chain.then(() => this.onRejoin?.(outage)).catch((e) => console.error(e));
         this.#join();
         return;
       }
@@ -205,6 +225,7 @@ export class Signaling {
     this.#stopTimers();
     if (!this.#wantsSocket()) return;
     this.counters.drops++;
+    if (this.id && this.downSince == null) this.downSince = performance.now();
     console.info(`signaling socket lost (${why})`);
     this.#scheduleRetry();
   }
@@ -215,7 +236,7 @@ export class Signaling {
     const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
     this.attempt++;
     const retryAt = Date.now() + delay;
-    if (navigator.onLine === false) this.#setState('offline', { attempt: this.attempt });
+    if (navigator.onLine === false) { this.sawOffline = true; this.#setState('offline', { attempt: this.attempt }); }
     else this.#setState('reconnecting', { attempt: this.attempt, retryAt, retryInMs: delay, willResume: !!this.id });
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.#open(), delay);

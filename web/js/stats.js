@@ -1,6 +1,7 @@
 // stats.js — per-peer connection statistics from RTCPeerConnection.getStats(), once a second:
 // the selected candidate pair (host/srflx/prflx/relay, UDP/TCP), round-trip time, incoming and
-// outgoing media bitrates, decoded video frames and received audio packets.
+// outgoing media bitrates, packet loss and jitter since the last summary, decoded video
+// frames, received audio packets and the incoming audio level.
 
 const EVERY_MS = 1000;
 
@@ -15,14 +16,22 @@ export function summarize(report, prev) {
   const remote = pair && report.get(pair.remoteCandidateId);
 
   let bytesIn = 0, bytesOut = 0, framesDecoded = 0, audioPacketsReceived = 0, width = 0, height = 0, fps = 0;
+  let packets = 0, lost = 0, jitter = null, audioLevel = null, audioBytes = 0;
   report.forEach((s) => {
     if (s.type === 'inbound-rtp') {
       bytesIn += s.bytesReceived ?? 0;
+      packets += s.packetsReceived ?? 0;
+      lost += Math.max(0, s.packetsLost ?? 0);
+      if (s.jitter != null) jitter = Math.max(jitter ?? 0, s.jitter);
       if (s.kind === 'video') {
         framesDecoded += s.framesDecoded ?? 0;
         width = s.frameWidth ?? width; height = s.frameHeight ?? height; fps = s.framesPerSecond ?? fps;
       }
-      if (s.kind === 'audio') audioPacketsReceived += s.packetsReceived ?? 0;
+      if (s.kind === 'audio') {
+        audioPacketsReceived += s.packetsReceived ?? 0;
+        audioBytes += s.bytesReceived ?? 0;
+        if (s.audioLevel != null) audioLevel = s.audioLevel;
+      }
     } else if (s.type === 'outbound-rtp') {
       bytesOut += s.bytesSent ?? 0;
     }
@@ -41,7 +50,15 @@ export function summarize(report, prev) {
     inBps: rate(bytesIn, prev?.bytesIn),
     outBps: rate(bytesOut, prev?.bytesOut),
     framesDecoded, audioPacketsReceived,
+    packets, lost, audioBytes,
+    // Loss over the last interval: lost / (lost + received) of the packets since then.
+    lossPct: prev?.packets != null && packets + lost > prev.packets + prev.lost
+      ? (100 * Math.max(0, lost - prev.lost)) / (packets + lost - prev.packets - prev.lost) : null,
+    jitterMs: jitter != null ? Math.round(jitter * 1000) : null,
     video: width ? `${width}×${height}${fps ? ` @ ${Math.round(fps)} fps` : ''}` : null,
+    audio: audioPacketsReceived
+      ? `${formatBps(rate(audioBytes, prev?.audioBytes))}${audioLevel != null ? ` · level ${Math.round(audioLevel * 100)}` : ''}`
+      : null,
   };
 }
 
