@@ -299,13 +299,22 @@ fn relay_refuses_to_start_with_bad_tls_settings() {
 
 /// One TLS port for everything: the web client, /healthz and /metrics over HTTPS, wss
 /// signaling whose `joined` hands out a `turns:` URL for this same port, and TURN over
-/// TLS (coturn's client) on that port too. Garbage, a truncated ClientHello and plain
+/// TLS (coturn's client) on that port too; DTLS on the bundled relay's `relay-tls-listen`
+/// (coturn's client with the credentials `joined` gave). Garbage, a truncated ClientHello and plain
 /// HTTP on the TLS port close only themselves, counted.
 #[test]
 fn one_tls_port_serves_https_wss_and_turn() {
     let dir = temp_dir("one-port");
     let c = make_cert(&dir, "ib");
-    let ib = start_tls(&c, &["--turn-secret", "s3cret"]);
+    let ib = start_tls(
+        &c,
+        &[
+            "--turn-secret",
+            "s3cret",
+            "--relay-tls-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let port = ib.http.port();
     let (status, body) = https_get(ib.http, &c.der, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok rooms=0 peers=0\n"));
@@ -355,6 +364,22 @@ fn one_tls_port_serves_https_wss_and_turn() {
     assert_all_echoed(
         &uclient(port, peer_port, &args),
         "turn on the one port",
+        200,
+    );
+    // The bundled relay's own TLS port also answers DTLS on UDP (RFC 7350), as
+    // icebreaker-relay's --tls-listen does.
+    let own: u16 = urls
+        .iter()
+        .filter_map(|u| u.strip_prefix("turns:localhost:"))
+        .filter_map(|u| u.split('?').next()?.parse().ok())
+        .find(|&p| p != port)
+        .unwrap_or_else(|| panic!("no turns: URL for relay-tls-listen: {urls:?}"));
+    let args = [
+        "-u", user, "-w", pass, "-m", "5", "-n", "40", "-l", "120", "-S",
+    ];
+    assert_all_echoed(
+        &uclient(own, peer_port, &args),
+        "dtls on relay-tls-listen",
         200,
     );
 

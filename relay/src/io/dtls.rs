@@ -37,26 +37,20 @@ const TICK: Duration = Duration::from_millis(100);
 /// DTLS record content type of a handshake: the only record that may start an association.
 const HANDSHAKE_RECORD: u8 = 22;
 
-/// The DTLS server configuration for `certs`. The key must be PKCS#8 (what rcgen, certbot
-/// and `openssl req` write): the DTLS stack imports it into its own crypto provider.
+/// The DTLS server configuration for `certs`. The DTLS stack imports keys as PKCS#8 only,
+/// so SEC1 (`BEGIN EC PRIVATE KEY`: lego, Caddy, `openssl ecparam`) and PKCS#1 (`BEGIN RSA
+/// PRIVATE KEY`) keys are rewrapped first; TLS serves the same files as they are.
 pub(crate) fn handshake_config(certs: &Certificates) -> Result<Arc<HandshakeConfig>, String> {
     let provider = dtls_crypto::default_provider().map_err(|e| e.to_string())?;
     let (chain, key) = certs.chain_and_key();
-    let PrivateKeyDer::Pkcs8(key) = key else {
-        return Err("the key is not PKCS#8 (convert it: openssl pkcs8 -topk8 -nocrypt)".into());
-    };
+    let key = to_pkcs8(&key)?;
     let signing = [
         SignatureScheme::EcdsaP256Sha256,
         SignatureScheme::Ed25519,
         SignatureScheme::RsaPkcs1Sha256,
     ]
     .into_iter()
-    .find_map(|s| {
-        provider
-            .crypto()
-            .import_signing_key(s, key.secret_pkcs8_der())
-            .ok()
-    })
+    .find_map(|s| provider.crypto().import_signing_key(s, &key).ok())
     .ok_or("the key is neither ECDSA P-256, Ed25519 nor RSA")?;
     ConfigBuilder::default()
         .with_crypto_provider(provider)
@@ -65,6 +59,36 @@ pub(crate) fn handshake_config(certs: &Certificates) -> Result<Arc<HandshakeConf
         .build(false, None)
         .map(Arc::new)
         .map_err(|e| e.to_string())
+}
+
+/// `OneAsymmetricKey` (RFC 5958) DER of `key`: PKCS#8 as it is, a SEC1 EC key under
+/// id-ecPublicKey with its named curve (RFC 5915 §3), a PKCS#1 RSA key under rsaEncryption.
+fn to_pkcs8(key: &PrivateKeyDer<'_>) -> Result<Vec<u8>, String> {
+    use pkcs8::der::asn1::AnyRef;
+    use pkcs8::der::{Decode, Encode};
+    use pkcs8::{AlgorithmIdentifierRef, ObjectIdentifier, PrivateKeyInfo};
+    const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    let wrap = |oid, parameters, der: &[u8]| {
+        let info = PrivateKeyInfo::new(AlgorithmIdentifierRef { oid, parameters }, der);
+        info.to_der()
+            .map_err(|e| format!("cannot rewrap the key as PKCS#8: {e}"))
+    };
+    match key {
+        PrivateKeyDer::Pkcs8(k) => Ok(k.secret_pkcs8_der().to_vec()),
+        PrivateKeyDer::Sec1(k) => {
+            let der = k.secret_sec1_der();
+            let ec = sec1::EcPrivateKey::from_der(der)
+                .map_err(|e| format!("the SEC1 key does not parse: {e}"))?;
+            let curve = ec
+                .parameters
+                .and_then(|p| p.named_curve())
+                .ok_or("the SEC1 key does not name its curve")?;
+            wrap(EC_PUBLIC_KEY, Some(AnyRef::from(&curve)), der)
+        }
+        PrivateKeyDer::Pkcs1(k) => wrap(RSA_ENCRYPTION, Some(AnyRef::NULL), k.secret_pkcs1_der()),
+        _ => Err("unknown private key format".into()),
+    }
 }
 
 struct Assoc {
@@ -308,5 +332,45 @@ pub(super) async fn timer(ctx: Rc<Ctx>, d: Rc<DtlsSocket>) {
         tick.tick().await;
         n = n.wrapping_add(1);
         d.tick(&ctx, Instant::now(), n.is_multiple_of(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pkcs8::der::{Decode, Encode};
+    use rustls::pki_types::{PrivatePkcs8KeyDer, PrivateSec1KeyDer};
+
+    fn imports(der: &[u8]) -> bool {
+        dtls_crypto::default_provider()
+            .unwrap()
+            .crypto()
+            .import_signing_key(SignatureScheme::EcdsaP256Sha256, der)
+            .is_ok()
+    }
+
+    /// A SEC1 key as `openssl ecparam -genkey` writes it (curve named inside) becomes a
+    /// PKCS#8 key the DTLS stack signs with; one that names no curve is refused clearly.
+    #[test]
+    fn sec1_keys_are_rewrapped_as_pkcs8() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pkcs8 = key.serialize_der();
+        assert!(imports(
+            &to_pkcs8(&PrivatePkcs8KeyDer::from(pkcs8.clone()).into()).unwrap()
+        ));
+
+        let inner = pkcs8::PrivateKeyInfo::from_der(&pkcs8).unwrap().private_key;
+        let mut ec = sec1::EcPrivateKey::from_der(inner).unwrap();
+        let bare = ec.to_der().unwrap();
+        let p256 = pkcs8::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+        ec.parameters = Some(sec1::EcParameters::NamedCurve(p256));
+        let sec1 = ec.to_der().unwrap();
+
+        let rewrapped = to_pkcs8(&PrivateSec1KeyDer::from(sec1).into()).unwrap();
+        assert!(imports(&rewrapped));
+        let err = to_pkcs8(&PrivateSec1KeyDer::from(bare).into()).unwrap_err();
+        assert!(err.contains("curve"), "{err}");
+        let err = to_pkcs8(&PrivateSec1KeyDer::from(vec![1, 2, 3]).into()).unwrap_err();
+        assert!(err.contains("does not parse"), "{err}");
     }
 }
