@@ -94,6 +94,9 @@ pub struct RelayMetrics {
     pub tcp_peer_connections: Family<EventLabel, Counter>,
     /// Data connections piping bytes between a client and a TCP peer now.
     pub tcp_data_connections: Gauge,
+    /// Times a data connection was held back by its allocation's bandwidth cap (TCP is
+    /// paced, not dropped).
+    pub tcp_bandwidth_waits: Counter,
 }
 
 impl RelayMetrics {
@@ -160,6 +163,11 @@ impl RelayMetrics {
             "tcp_data_connections",
             "Data connections piping a client to a TCP peer now (RFC 6062)",
             self.tcp_data_connections.clone(),
+        );
+        r.register(
+            "tcp_bandwidth_waits",
+            "Times a data connection (RFC 6062) waited for its allocation's bandwidth cap (paced, not dropped)",
+            self.tcp_bandwidth_waits.clone(),
         );
         r.register(
             "ports_free",

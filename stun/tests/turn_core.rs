@@ -1313,6 +1313,45 @@ fn tcp_allocation_connect_and_connection_bind() {
     assert!(w.connect_result(want[0], true).is_none());
 }
 
+/// RFC 6062 data connections are held to the allocation's `max-bps` by pacing: what they
+/// carried is charged to the same bucket as its UDP data, and over the cap the driver is
+/// told how long to wait (nothing is dropped: TCP's flow control slows the sender).
+#[test]
+fn tcp_data_connections_are_paced_by_the_bandwidth_cap() {
+    let mut w = world(|a| a.max_bps = 8_000); // 1000 bytes/s
+    let mut c = tcp_client(40020, "alice");
+    assert!(w.allocate_tcp(&mut c).ok());
+    w.connect(&mut c, peer(7000));
+    let conn = w.sockets.connects[0].2;
+    w.connect_result(conn, true).expect("answered");
+    let mut d = tcp_client(40021, "alice");
+    w.connection_bind(&mut d, conn.0).unwrap();
+    let wait = |w: &mut World, n| w.server.connection_carried(conn, n, w.now);
+    assert_eq!(
+        wait(&mut w, 600),
+        Duration::ZERO,
+        "within one second's burst"
+    );
+    assert_eq!(wait(&mut w, 400), Duration::ZERO, "exactly the burst");
+    assert_eq!(
+        wait(&mut w, 500),
+        Duration::from_millis(500),
+        "500 bytes over: half a second at 1000 bytes/s"
+    );
+    w.now += Duration::from_millis(500);
+    assert_eq!(wait(&mut w, 0), Duration::ZERO, "the debt is paid back");
+    w.now += Duration::from_secs(10);
+    assert_eq!(
+        wait(&mut w, 1000),
+        Duration::ZERO,
+        "refilled to one second, no more"
+    );
+    assert_eq!(wait(&mut w, 100), Duration::from_millis(100));
+    // A closed connection (or one never bound) costs nothing.
+    w.server.connection_closed(conn);
+    assert_eq!(wait(&mut w, 10_000), Duration::ZERO);
+}
+
 #[test]
 fn tcp_allocation_peer_connection_attempt_and_bind_timeout() {
     let mut w = world(|_| {});

@@ -5,9 +5,11 @@
 //!
 //! Bounded like the rest: a peer data connection is not read before it is bound (the
 //! kernel's receive window holds the peer back), a pipe copies through two fixed
-//! buffers charged to the shard's TCP budget, and peer connections count against the
-//! shard's connection limit.
+//! buffers charged to the shard's TCP budget, peer connections count against the
+//! shard's connection limit, and a pipe is paced to its allocation's `max-bps`.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -203,12 +205,21 @@ pub(super) async fn pipe<S: ClientIo>(
         return;
     }
     ctx.metrics.all.tcp_data_connections.inc();
-    let mut peer = Counted {
-        inner: &mut peer,
-        metrics: &ctx.metrics,
+    let pace = Pace::new(&ctx, conn);
+    let mut peer = Paced {
+        inner: Counted {
+            inner: &mut peer,
+            metrics: &ctx.metrics,
+        },
+        pace: &pace,
+    };
+    let mut client = Paced {
+        inner: &mut client,
+        pace: &pace,
     };
     let relayed = async {
         if !rest.is_empty() {
+            pace.charge(rest.len());
             peer.write_all(&rest).await?;
         }
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut peer, PIPE_BUFFER, PIPE_BUFFER)
@@ -227,6 +238,89 @@ pub(super) async fn pipe<S: ClientIo>(
     ctx.tcp_release(2 * PIPE_BUFFER);
     ctx.peer_conns.borrow_mut().remove(&conn);
     ctx.core.borrow_mut().connection_closed(conn);
+}
+
+/// The bandwidth cap of one pipe, both directions together: what either side read is
+/// charged to the allocation (`Server::connection_carried`); while it is over, neither side
+/// is read, so the kernel's windows fill and TCP slows both senders down.
+struct Pace<'a> {
+    ctx: &'a Ctx,
+    conn: ConnectionId,
+    /// Set while over the cap: reading resumes when it fires.
+    until: RefCell<Option<Pin<Box<tokio::time::Sleep>>>>,
+}
+
+impl<'a> Pace<'a> {
+    fn new(ctx: &'a Ctx, conn: ConnectionId) -> Self {
+        Pace {
+            ctx,
+            conn,
+            until: RefCell::new(None),
+        }
+    }
+
+    fn charge(&self, n: usize) {
+        let now = Instant::now();
+        let wait = self
+            .ctx
+            .core
+            .borrow_mut()
+            .connection_carried(self.conn, n, now);
+        if !wait.is_zero() {
+            self.ctx.metrics.all.tcp_bandwidth_waits.inc();
+            *self.until.borrow_mut() =
+                Some(Box::pin(tokio::time::sleep_until((now + wait).into())));
+        }
+    }
+
+    /// Ready once the pipe may read again.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut until = self.until.borrow_mut();
+        if let Some(s) = until.as_mut() {
+            std::task::ready!(s.as_mut().poll(cx));
+            *until = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+/// One side of a pipe under its [`Pace`]: reads wait while the allocation is over its cap.
+struct Paced<'a, T> {
+    inner: T,
+    pace: &'a Pace<'a>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Paced<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.pace.poll_ready(cx));
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.pace.charge(n);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The peer side of a pipe, counting what it carries as it goes (reads: to the client;

@@ -54,40 +54,66 @@ pub enum ChannelBindError {
 }
 
 /// Per-allocation bandwidth cap (`--max-bps`), in bytes, refilled continuously. Bursts of
-/// up to one second's worth are allowed, so media's frame bursts are not cut.
+/// up to one second's worth are allowed, so media's frame bursts are not cut. UDP data
+/// over the cap is dropped ([`TokenBucket::take`]); TCP data (RFC 6062) is paced instead
+/// ([`TokenBucket::charge`]), since TCP's own flow control then holds the sender back.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     bytes_per_sec: u64,
-    tokens: u64,
+    /// Negative after [`TokenBucket::charge`] took more than there was: a debt paid back
+    /// by waiting.
+    tokens: i64,
     last: Instant,
 }
 
 impl TokenBucket {
     /// A full bucket for `bits_per_sec` (at least one byte per second).
     pub fn new(bits_per_sec: u64, now: Instant) -> Self {
-        let bytes_per_sec = (bits_per_sec / 8).max(1);
+        let bytes_per_sec = (bits_per_sec / 8).clamp(1, i64::MAX as u64);
         TokenBucket {
             bytes_per_sec,
-            tokens: bytes_per_sec,
+            tokens: bytes_per_sec as i64,
             last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last);
+        if elapsed >= Duration::from_millis(1) {
+            let add = (elapsed.as_micros() as u64).saturating_mul(self.bytes_per_sec) / 1_000_000;
+            let add = i64::try_from(add).unwrap_or(i64::MAX);
+            self.tokens = self
+                .tokens
+                .saturating_add(add)
+                .min(self.bytes_per_sec as i64);
+            self.last = now;
         }
     }
 
     /// Refills for the time since the last refill, then takes `n` bytes; `false` (taking
     /// nothing) when too few are left.
     pub fn take(&mut self, n: usize, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last);
-        if elapsed >= Duration::from_millis(1) {
-            let add = (elapsed.as_micros() as u64).saturating_mul(self.bytes_per_sec) / 1_000_000;
-            self.tokens = (self.tokens + add).min(self.bytes_per_sec);
-            self.last = now;
-        }
-        if self.tokens >= n as u64 {
-            self.tokens -= n as u64;
+        self.refill(now);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Takes `n` bytes already carried, going into debt if need be, and says how long to
+    /// wait before carrying more (zero while within the cap).
+    pub fn charge(&mut self, n: usize, now: Instant) -> Duration {
+        self.refill(now);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.tokens = self.tokens.saturating_sub(n);
+        if self.tokens >= 0 {
+            return Duration::ZERO;
+        }
+        let micros = self.tokens.unsigned_abs().saturating_mul(1_000_000) / self.bytes_per_sec;
+        Duration::from_micros(micros.max(1_000))
     }
 }
 

@@ -285,6 +285,21 @@ impl<O: Observer> Server<O> {
         }
     }
 
+    /// A bound data connection carried `n` more bytes (either way): charged to its
+    /// allocation's bandwidth cap (`max-bps`, shared with the allocation's UDP traffic and
+    /// its other connections). The driver waits the returned time before reading more from
+    /// either side, so over the cap TCP's flow control slows the sender instead of data
+    /// being dropped. Zero without a cap.
+    pub fn connection_carried(&mut self, conn: ConnectionId, n: usize, now: Instant) -> Duration {
+        let Some(c) = self.connections.get(&conn) else {
+            return Duration::ZERO;
+        };
+        match self.get_mut(c.allocation).and_then(|a| a.bucket.as_mut()) {
+            Some(b) => b.charge(n, now),
+            None => Duration::ZERO,
+        }
+    }
+
     /// Closes peer data connections that waited [`BIND_TIMEOUT`] for a ConnectionBind.
     pub(super) fn expire_connections(&mut self, now: Instant, sockets: &mut dyn RelaySockets) {
         let expired: Vec<ConnectionId> = self
