@@ -142,6 +142,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
                     .get_or_create(&crate::metrics::TypeLabel { r#type: t })
                     .inc();
             };
+            // A handshake in progress is something a client holds: it counts against its
+            // IP's connection limit (as its WebSocket will), so one address cannot take
+            // every handshake slot.
+            let Some(slot) = st
+                .per_ip
+                .acquire(addr.ip(), st.cfg().max_connections_per_ip)
+            else {
+                return handshake("per_ip_limit");
+            };
             let Ok(permit) = tls.handshakes.clone().try_acquire_owned() else {
                 return handshake("busy");
             };
@@ -149,7 +158,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
                 Ok(c) => c,
                 Err(why) => return handshake(why.as_str()),
             };
-            drop(permit);
+            drop((permit, slot));
             handshake("ok");
             // One port for everything: TURN's first byte is never an HTTP method's.
             let Some(first) = conn.peek_first(Duration::from_secs(10)).await else {

@@ -70,7 +70,7 @@ pub struct Metrics {
     pub cross_node_latency: Histogram,
     /// Signals per `deliver` run in Redis (the group commit's batch size).
     pub redis_batch_signals: Histogram,
-    /// TLS handshakes on the listener, by result (ok, failed, timeout, busy).
+    /// TLS handshakes on the listener, by result (ok, failed, timeout, busy, per_ip_limit).
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// TLS connections by what they carried after the handshake (http, turn, dropped).
     pub tls_connections: Family<TypeLabel, Counter>,
@@ -166,7 +166,7 @@ impl Metrics {
         );
         r.register(
             "tls_handshakes",
-            "TLS handshakes on the listener, by result (ok, failed, timeout, busy)",
+            "TLS handshakes on the listener, by result (ok, failed, timeout, busy, per_ip_limit)",
             self.tls_handshakes.clone(),
         );
         r.register(

@@ -56,6 +56,23 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 /// A TLS connection to `addr` as `localhost` that trusts only `trust`; Err when the
 /// handshake fails (for instance because the server shows another certificate).
 fn tls_connect(addr: SocketAddr, trust: &CertificateDer<'static>) -> Result<Tls, String> {
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tls_over(tcp, trust)
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.0/8 is all ours).
+fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    s.into()
+}
+
+/// The client side of a TLS handshake on `tcp` (see [`tls_connect`]).
+fn tls_over(tcp: TcpStream, trust: &CertificateDer<'static>) -> Result<Tls, String> {
     let mut roots = RootCertStore::empty();
     roots.add(trust.clone()).map_err(|e| e.to_string())?;
     let cfg =
@@ -64,8 +81,6 @@ fn tls_connect(addr: SocketAddr, trust: &CertificateDer<'static>) -> Result<Tls,
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-    let tcp =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let name = ServerName::try_from("localhost").unwrap().to_owned();
     let conn = ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
@@ -849,4 +864,63 @@ fn webrtc_rs_turn_client_over_tls() {
         "ChannelData was used: {m}"
     );
     let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// A handshake in progress counts against its IP's `max-connections-per-ip`: an address
+/// holding its limit in stalled handshakes gets no more (closed at once, counted), while
+/// another address is served; once the stalled ones go, the first is served again.
+#[test]
+fn tls_handshakes_count_against_the_per_ip_limit() {
+    let dir = temp_dir("per-ip");
+    let c = make_cert(&dir, "ib");
+    let ib = start_tls(&c, &["--max-connections-per-ip", "2"]);
+    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = tcp_from("127.0.0.1", ib.http);
+            s.write_all(&hello_start).unwrap();
+            s
+        })
+        .collect();
+    wait_for("both handshakes held", Duration::from_secs(5), || {
+        let mut third = tcp_from("127.0.0.1", ib.http);
+        third
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let _ = third.write_all(&hello_start);
+        // Closed at once, not left to the handshake timeout.
+        let closed = match third.read(&mut [0u8; 16]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        closed && tls_over(tcp_from("127.0.0.1", ib.http), &c.der).is_err()
+    });
+    let other = tls_over(tcp_from("127.0.0.2", ib.http), &c.der);
+    assert!(
+        other.is_ok(),
+        "another address is served: {:?}",
+        other.err()
+    );
+    drop(other);
+    stalled.clear();
+    wait_for(
+        "the address is served again",
+        Duration::from_secs(5),
+        || tls_over(tcp_from("127.0.0.1", ib.http), &c.der).is_ok(),
+    );
+    let mut s = tls_over(tcp_from("127.0.0.2", ib.http), &c.der).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let m = String::from_utf8_lossy(&out);
+    assert!(
+        metric(
+            &m,
+            "icebreaker_tls_handshakes_total",
+            &["result=\"per_ip_limit\""]
+        ) >= 2.0,
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
