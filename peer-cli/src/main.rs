@@ -71,6 +71,10 @@ struct Common {
     /// Head start of direct pairs over relay ones (none with --relay-only).
     #[arg(long, global = true, value_parser = parse_duration, default_value = "500ms")]
     ice_relay_wait: Duration,
+    /// During setup, wake webrtc-rs's driver this often so packets that its events queue
+    /// go out at once instead of at its next timer (0s: off; see `nudge_driver`).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "2ms")]
+    setup_nudge: Duration,
     /// Local address for WebRTC sockets (host candidates).
     #[arg(long, global = true, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
             srflx_wait: c.ice_srflx_wait,
             prflx_wait: c.ice_prflx_wait,
             relay_wait: c.ice_relay_wait,
+            nudge: c.setup_nudge,
         },
         media_state: Default::default(),
     };

@@ -4,7 +4,7 @@
 //! ignores the incoming offer. Trickle ICE both ways, `{"candidate":null}` at the end.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -184,6 +184,8 @@ pub struct IceTiming {
     /// the operator bandwidth and adds latency, so direct pairs get this head start).
     /// Relay-only connections never wait: no better pair can come.
     pub relay_wait: Duration,
+    /// How often [`nudge_driver`] wakes webrtc-rs's driver during setup (zero: never).
+    pub nudge: Duration,
 }
 
 impl Default for IceTiming {
@@ -193,6 +195,7 @@ impl Default for IceTiming {
             srflx_wait: Duration::from_millis(100),
             prflx_wait: Duration::from_millis(100),
             relay_wait: Duration::from_millis(500),
+            nudge: NUDGE_EVERY,
         }
     }
 }
@@ -280,6 +283,43 @@ struct Handler {
     candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
     /// Our [`MediaState`] for the peer's `media` channel, as sent.
     media_hello: Arc<str>,
+    /// Set once a data channel of this connection is open (ends [`nudge_driver`]).
+    channel_up: Arc<AtomicBool>,
+    /// [`IceTiming::nudge`].
+    nudge: Duration,
+}
+
+/// How often (by default), and for how long at most, [`nudge_driver`] wakes webrtc-rs's
+/// driver between ICE starting its checks and the first data channel opening: 2 ms is
+/// well under one round trip on any real path, and setup past 5 s has failed anyway.
+const NUDGE_EVERY: Duration = Duration::from_millis(2);
+const NUDGE_FOR: Duration = Duration::from_secs(5);
+
+/// Works around webrtc 0.21.1's driver loop with rtc 0.21.1's SCTP handler: the handler
+/// defers every transmit to its `poll_write`, but the driver calls `poll_writes` only at
+/// the top of its loop, before `poll_events`. Packets that events queue, the client INIT
+/// when DTLS completes and the DCEP opens when the association is up, therefore wait
+/// for the next timer, 200 ms each (measured: channel open 412 ms after join on
+/// loopback, ICE and DTLS done at 10 ms). Any call that sends the driver an event makes
+/// it loop again and flush; `set_configuration` with the configuration it already has
+/// changes nothing (its ICE servers apply at the next gathering, and they are the same).
+/// So until a channel opens we send that every few milliseconds: a few hundred calls at
+/// most, only during setup. Remove once the driver polls writes after events.
+async fn nudge_driver(pc: Weak<dyn PeerConnection>, up: Arc<AtomicBool>, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    while !up.load(Ordering::Acquire) && started.elapsed() < NUDGE_FOR {
+        let Some(pc) = pc.upgrade() else { return };
+        // Err once the connection is closed.
+        let cfg = pc.get_configuration().await;
+        if pc.set_configuration(cfg).await.is_err() {
+            return;
+        }
+        drop(pc);
+        tokio::time::sleep(every).await;
+    }
 }
 
 impl Handler {
@@ -324,6 +364,16 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_connection_state_change(&self, s: RTCIceConnectionState) {
+        // ICE checks, DTLS and SCTP run from here until a channel opens; see nudge_driver.
+        if s == RTCIceConnectionState::Checking {
+            if let Some(r) = self.remote.get().and_then(Weak::upgrade) {
+                tokio::spawn(nudge_driver(
+                    Arc::downgrade(&r.pc),
+                    self.channel_up.clone(),
+                    self.nudge,
+                ));
+            }
+        }
         if s == RTCIceConnectionState::Connected {
             self.phase(Phase::IceConnected);
         }
@@ -360,12 +410,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        self.channel_up.store(true, Ordering::Release);
         tokio::spawn(pump_channel(
             self.peer.clone(),
             dc,
             self.events.clone(),
             true,
             self.media_hello.clone(),
+            self.channel_up.clone(),
         ));
     }
 
@@ -427,6 +479,7 @@ async fn pump_channel(
     events: mpsc::Sender<PeerEvent>,
     mut open: bool,
     hello: Arc<str>,
+    up: Arc<AtomicBool>,
 ) {
     let label = dc.label().await.unwrap_or_default();
     let is_media = label == MEDIA_CHANNEL;
@@ -446,6 +499,7 @@ async fn pump_channel(
         match ev {
             DataChannelEvent::OnOpen if !open => {
                 open = true;
+                up.store(true, Ordering::Release);
                 if is_media {
                     let _ = dc.send_text(&hello).await;
                 }
@@ -518,12 +572,15 @@ impl Remote {
         }
         .to_json()
         .into();
+        let channel_up = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(Handler {
             peer: peer.into(),
             events: events.clone(),
             remote: slot.clone(),
             candidates: cand_tx,
             media_hello: media_hello.clone(),
+            channel_up: channel_up.clone(),
+            nudge: setup.ice.nudge,
         });
         let cfg = RTCConfigurationBuilder::new()
             .with_ice_servers(setup.ice_servers.clone())
@@ -590,6 +647,7 @@ impl Remote {
                 events.clone(),
                 false,
                 media_hello.clone(),
+                channel_up.clone(),
             ));
             let init = RTCDataChannelInit {
                 ordered: false,
@@ -603,6 +661,7 @@ impl Remote {
                 events.clone(),
                 false,
                 media_hello.clone(),
+                channel_up.clone(),
             ));
             let media = r.pc.create_data_channel(MEDIA_CHANNEL, None).await?;
             tokio::spawn(pump_channel(
@@ -611,6 +670,7 @@ impl Remote {
                 events.clone(),
                 false,
                 media_hello.clone(),
+                channel_up.clone(),
             ));
             let r2 = r.clone();
             tokio::spawn(async move { r2.negotiate().await });
