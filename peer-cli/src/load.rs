@@ -35,17 +35,33 @@ pub struct LoadArgs {
     /// Time allowed for each peer's setup (all its channels open).
     #[arg(long, default_value = "20s", value_parser = crate::parse_duration)]
     pub setup_timeout: Duration,
+    /// Joins per second (a ramp: peer i starts at i / rate s). The report breaks setup down
+    /// by the second a peer joined in, so a rising failure rate or setup time shows where a
+    /// deployment stops keeping up. Setup counts from a peer's own join, so at low rates it
+    /// includes waiting for its room mates to arrive.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
 }
 
 #[derive(Debug)]
 enum Report {
-    /// Join → chat open towards one room mate.
-    Setup(Duration),
+    /// Join → chat open towards one room mate; the second its peer joined in.
+    Setup(Duration, usize),
     /// Join → a setup phase reached (per room mate; `joined` once per peer).
     Phase(&'static str, Duration),
     Rtt(Duration),
-    Ready,
-    Failed(&'static str),
+    /// A peer is set up; the second it joined in.
+    Ready(usize),
+    /// A peer failed, and why; the second it joined in.
+    Failed(&'static str, usize),
+}
+
+/// The peers that joined in one second of the ramp.
+#[derive(Clone, Default)]
+struct Window {
+    ok: usize,
+    failed: usize,
+    setups: Vec<f64>,
 }
 
 /// One simulated peer: join, wait for a chat channel to every room mate, then ping them.
@@ -55,12 +71,13 @@ async fn one_peer(
     args: Arc<LoadArgs>,
     tx: mpsc::Sender<Report>,
     go: tokio::sync::watch::Receiver<bool>,
+    second: usize,
 ) {
     let t0 = Instant::now();
     let mut room = match Room::join(&opts, None).await {
         Ok(r) => r,
         Err(_) => {
-            let _ = tx.send(Report::Failed("signaling")).await;
+            let _ = tx.send(Report::Failed("signaling", second)).await;
             return;
         }
     };
@@ -73,7 +90,7 @@ async fn one_peer(
         tokio::select! {
             ev = room.events.recv() => match ev {
                 Some(Event::Peer(PeerEvent::ChannelOpen { peer, label, dc })) if label == "chat" => {
-                    let _ = tx.send(Report::Setup(t0.elapsed())).await;
+                    let _ = tx.send(Report::Setup(t0.elapsed(), second)).await;
                     chans.insert(peer, dc);
                 }
                 Some(Event::Peer(PeerEvent::Phase { peer, phase })) => {
@@ -90,11 +107,11 @@ async fn one_peer(
         }
     }
     if let Some(cause) = failed {
-        let _ = tx.send(Report::Failed(cause)).await;
+        let _ = tx.send(Report::Failed(cause, second)).await;
         room.close().await;
         return;
     }
-    let _ = tx.send(Report::Ready).await;
+    let _ = tx.send(Report::Ready(second)).await;
     // Everyone pings together once all peers are set up (or setup time is over).
     let mut go = go;
     let _ = go.wait_for(|g| *g).await;
@@ -141,6 +158,10 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
         args.peers >= 2 && args.room_size >= 2,
         "need --peers >= 2 and --room-size >= 2"
     );
+    anyhow::ensure!(
+        args.rate.is_finite() && args.rate > 0.0,
+        "--rate must be a positive number of joins per second"
+    );
     let args = Arc::new(args);
     let run_id: u32 = rand::random();
     let (tx, mut rx) = mpsc::channel::<Report>(65536);
@@ -172,34 +193,45 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
             name: format!("load-{i}"),
             ..base.clone()
         };
+        // The ramp: on schedule from the start, whatever the spawning costs.
+        let at = Duration::from_secs_f64(i as f64 / args.rate);
+        tokio::time::sleep_until((started + at).into()).await;
         tokio::spawn(one_peer(
             opts,
             mates,
             args.clone(),
             tx.clone(),
             go_rx.clone(),
+            at.as_secs() as usize,
         ));
-        // A gentle ramp, so setup time measures the stack, not a thundering herd.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(tx);
     let (mut setups, mut rtts) = (Vec::new(), Vec::new());
     let mut phases: HashMap<&'static str, Vec<f64>> = HashMap::new();
     let mut failures: HashMap<&'static str, usize> = HashMap::new();
     let (mut ready, mut finished) = (0usize, 0usize);
+    let seconds = ((args.peers.saturating_sub(1)) as f64 / args.rate) as usize + 1;
+    let mut ramp = vec![Window::default(); seconds];
     let mut released = false;
     while let Some(r) = rx.recv().await {
         match r {
-            Report::Setup(d) => {
+            Report::Setup(d, s) => {
                 setups.push(d.as_secs_f64() * 1000.0);
+                ramp[s.min(seconds - 1)]
+                    .setups
+                    .push(d.as_secs_f64() * 1000.0);
                 bar.inc(1);
             }
             Report::Rtt(d) => rtts.push(d.as_secs_f64() * 1000.0),
             Report::Phase(p, d) => phases.entry(p).or_default().push(d.as_secs_f64() * 1000.0),
-            Report::Ready => ready += 1,
-            Report::Failed(c) => {
+            Report::Ready(s) => {
+                ready += 1;
+                ramp[s.min(seconds - 1)].ok += 1;
+            }
+            Report::Failed(c, s) => {
                 *failures.entry(c).or_default() += 1;
                 finished += 1;
+                ramp[s.min(seconds - 1)].failed += 1;
             }
         }
         if !released && ready + finished == args.peers {
@@ -239,8 +271,23 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
         );
         phase_text.push(format!("{name} {p50:.0}/{p95:.0}/{p99:.0}"));
     }
+    let mut ramp_json = Vec::new();
+    let mut ramp_text = Vec::new();
+    for (second, w) in ramp.iter_mut().enumerate() {
+        w.setups.sort_by(|a, b| a.total_cmp(b));
+        let (p50, p99) = (percentile(&w.setups, 0.5), percentile(&w.setups, 0.99));
+        ramp_json.push(json!({
+            "second": second, "joined": w.ok + w.failed, "ok": w.ok, "failed": w.failed,
+            "setup_ms_p50": round(p50), "setup_ms_p99": round(p99),
+        }));
+        ramp_text.push(format!(
+            "\n  joined in second {second}: {} ok, {} failed, setup p50 {p50:.0} ms p99 {p99:.0} ms",
+            w.ok, w.failed
+        ));
+    }
     let report = json!({
         "event": "load-report",
+        "rate": args.rate, "ramp": ramp_json,
         "ok": ok_peers == args.peers,
         "peers": args.peers, "room_size": args.room_size,
         "success_rate": success,
@@ -258,8 +305,8 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
             ok_peers, args.peers, success * 100.0, setups.len(),
             percentile(&setups, 0.5), percentile(&setups, 0.95), percentile(&setups, 0.99),
             percentile(&rtts, 0.5), percentile(&rtts, 0.99), rtts.len(), failures,
-            phase_text.join(", ")
-        )),
+            phase_text.join(", "),
+        ) + &if seconds > 1 { ramp_text.concat() } else { String::new() }),
     );
     Ok(ok_peers == args.peers && !rtts.is_empty())
 }

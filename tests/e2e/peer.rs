@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use icebreaker_tests::{http_get, json_events, metric, peer_cmd, start_icebreaker, Proc};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn connected(p: &Proc) -> Vec<Value> {
     json_events(p)
@@ -219,6 +219,8 @@ fn load_40_peers_in_pairs_all_succeed() {
         "2",
         "--duration",
         "3s",
+        "--rate",
+        "20",
     ]);
     let mut p = Proc::start("load", cmd);
     let s = p.wait(Duration::from_secs(120)).expect("load finishes");
@@ -252,6 +254,22 @@ fn load_40_peers_in_pairs_all_succeed() {
     assert_eq!(
         phases["channel_open"]["p50"], report["setup_ms_p50"],
         "{report}"
+    );
+    // The ramp: 20 joins a second, so two seconds of 20 peers each, all set up.
+    let ramp = report["ramp"].as_array().unwrap();
+    assert_eq!(ramp.len(), 2, "{report}");
+    for (second, w) in ramp.iter().enumerate() {
+        assert_eq!(w["second"], second, "{report}");
+        assert_eq!(
+            (&w["joined"], &w["ok"], &w["failed"]),
+            (&json!(20), &json!(20), &json!(0)),
+            "{report}"
+        );
+        assert!(w["setup_ms_p99"].as_f64().unwrap() >= w["setup_ms_p50"].as_f64().unwrap());
+    }
+    assert!(
+        report["wall_s"].as_f64().unwrap() >= 1.9,
+        "the ramp took its time: {report}"
     );
 }
 
