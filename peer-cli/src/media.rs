@@ -153,7 +153,7 @@ fn stream_track(kind: RtpCodecKind, ssrc: u32, name: &str) -> MediaStreamTrack {
 }
 
 /// Builds fresh tracks for each new connection.
-fn factory(video: bool, audio: bool, echo: bool, name: String) -> TrackFactory {
+pub(crate) fn factory(video: bool, audio: bool, echo: bool, name: String) -> TrackFactory {
     Arc::new(move || {
         let mut v = Vec::new();
         for (on, kind, k) in [
@@ -171,6 +171,7 @@ fn factory(video: bool, audio: bool, echo: bool, name: String) -> TrackFactory {
                     ssrc,
                     sample: None,
                     rtp: Some(Arc::new(TrackLocalStaticRTP::new(t))),
+                    sent: Default::default(),
                 }
             } else {
                 match TrackLocalStaticSample::new(Instant::now(), t) {
@@ -179,6 +180,7 @@ fn factory(video: bool, audio: bool, echo: bool, name: String) -> TrackFactory {
                         ssrc,
                         sample: Some(Arc::new(s)),
                         rtp: None,
+                        sent: Default::default(),
                     },
                     Err(_) => continue,
                 }
@@ -207,7 +209,7 @@ async fn write(
 }
 
 /// Writes samples to one track until the connection goes away, looping the file.
-async fn play(
+pub(crate) async fn play(
     m: LocalMedia,
     sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
     bytes: Arc<Vec<u8>>,

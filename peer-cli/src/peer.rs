@@ -118,6 +118,8 @@ pub struct LocalMedia {
         Option<Arc<webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample>>,
     /// The track received RTP is forwarded to (`media --echo`).
     pub rtp: Option<Arc<webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP>>,
+    /// What the receiver's RTCP reports say about this track.
+    pub sent: Arc<SendStats>,
 }
 
 impl LocalMedia {
@@ -161,6 +163,196 @@ pub struct TrackStats {
     pub frames: AtomicU64,
     /// RTP payload bytes received.
     pub bytes: AtomicU64,
+    /// Packets lost (RFC 3550 A.3: expected from the sequence numbers less received;
+    /// negative with duplicates).
+    pub lost: std::sync::atomic::AtomicI64,
+    /// Interarrival jitter (RFC 3550 A.8), in microseconds.
+    pub jitter_us: AtomicU64,
+}
+
+/// What RTCP receiver reports say of one track we send.
+#[derive(Debug, Default)]
+pub struct SendStats {
+    /// The latest round trip from a report (RFC 3550 §6.4.1: arrival − LSR − DLSR), µs.
+    pub rtt_us: AtomicU64,
+    /// Reports that carried a round trip.
+    pub rtt_samples: AtomicU64,
+    /// Cumulative packets lost, as the receiver last reported.
+    pub remote_lost: AtomicU64,
+}
+
+/// Loss and jitter of one RTP stream as it arrives (RFC 3550 A.1, A.3, A.8).
+struct Reception {
+    clock_rate: f64,
+    base_seq: u32,
+    max_seq: u16,
+    cycles: u32,
+    received: u64,
+    /// Previous relative transit time, in RTP timestamp units.
+    transit: Option<f64>,
+    jitter: f64,
+}
+
+impl Reception {
+    fn new(clock_rate: u32) -> Self {
+        Reception {
+            clock_rate: clock_rate as f64,
+            base_seq: 0,
+            max_seq: 0,
+            cycles: 0,
+            received: 0,
+            transit: None,
+            jitter: 0.0,
+        }
+    }
+
+    /// One packet: its sequence number and RTP timestamp, arrived `arrival` after a fixed
+    /// origin. Returns (lost, jitter in µs) so far.
+    fn on_packet(&mut self, seq: u16, ts: u32, arrival: Duration) -> (i64, u64) {
+        if self.received == 0 {
+            self.base_seq = seq as u32;
+            self.max_seq = seq;
+        } else {
+            let delta = seq.wrapping_sub(self.max_seq);
+            if delta < 0x8000 {
+                if seq < self.max_seq {
+                    self.cycles += 1 << 16; // wrapped forwards
+                }
+                self.max_seq = seq;
+            } // else: late or duplicate, counted as received only
+        }
+        self.received += 1;
+        let arrival = arrival.as_secs_f64() * self.clock_rate;
+        let transit = arrival - ts as f64;
+        if let Some(prev) = self.transit {
+            let d = (transit - prev).abs();
+            // A timestamp jump (a new talk spurt or a source restart) is not jitter.
+            if d < self.clock_rate {
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+        }
+        self.transit = Some(transit);
+        let expected = (self.cycles + self.max_seq as u32) as i64 - self.base_seq as i64 + 1;
+        (
+            expected - self.received as i64,
+            (self.jitter / self.clock_rate * 1e6) as u64,
+        )
+    }
+}
+
+/// The middle 32 bits of the NTP time now, as RTCP's LSR field carries them.
+fn ntp_middle_now() -> u32 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() + 2_208_988_800; // 1900 → 1970
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    ((secs << 16) | (frac >> 16)) as u32
+}
+
+/// The round trip a reception report says (RFC 3550 §6.4.1), if it has one.
+fn report_rtt(now_mid: u32, lsr: u32, dlsr: u32) -> Option<Duration> {
+    if lsr == 0 {
+        return None; // no sender report seen yet
+    }
+    let rtt = now_mid.wrapping_sub(lsr).wrapping_sub(dlsr);
+    // More than a minute is a report from before a clock step, not a round trip.
+    (rtt < 60 << 16).then(|| Duration::from_micros(rtt as u64 * 1_000_000 / 65_536))
+}
+
+/// Marks inbound RTCP receiver/sender reports for the application: webrtc-rs stops inbound
+/// RTCP inside its interceptor chain by default, and its stats leave the round trip at 0,
+/// so [`watch_reports`] reads the reports on our sending tracks and works it out.
+#[derive(Default)]
+struct DeliverReports {
+    read: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+    write: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<rtc::interceptor::TaggedPacket, rtc::interceptor::TaggedPacket, ()>
+    for DeliverReports
+{
+    type Rout = rtc::interceptor::TaggedPacket;
+    type Wout = rtc::interceptor::TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        if let rtc::interceptor::Packet::Rtcp(packets) = &msg.message.packet {
+            if packets
+                .iter()
+                .any(|p| p.as_any().downcast_ref::<ReceiverReport>().is_some())
+            {
+                msg.message
+                    .add(rtc::interceptor::Attribute::DeliverToApplication);
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl rtc::interceptor::Interceptor for DeliverReports {
+    fn bind_local_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+}
+
+/// Reads the RTCP that reaches one of our sending tracks while its connection lives,
+/// keeping what the receiver reports about it in `m.sent`.
+async fn watch_reports(m: LocalMedia, remote: Weak<Remote>) {
+    use rtc::rtcp::receiver_report::ReceiverReport;
+    use webrtc::media_stream::track_local::TrackLocalEvent;
+    let track = m.as_track();
+    while remote.strong_count() > 0 {
+        // webrtc-rs's poll holds the track's event lock while it waits, and its driver
+        // takes that lock to unbind the track: never wait long, or closing would hang. An
+        // unbound track (before negotiation) answers None at once.
+        let packets = match tokio::time::timeout(Duration::from_millis(200), track.poll()).await {
+            Ok(Some(TrackLocalEvent::OnRtcpPacket(p))) => p,
+            Ok(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = ntp_middle_now();
+        for p in &packets {
+            let Some(rr) = p.as_any().downcast_ref::<ReceiverReport>() else {
+                continue;
+            };
+            for r in rr.reports.iter().filter(|r| r.ssrc == m.ssrc) {
+                m.sent
+                    .remote_lost
+                    .store(r.total_lost as u64, Ordering::Relaxed);
+                if let Some(rtt) = report_rtt(now, r.last_sender_report, r.delay) {
+                    m.sent
+                        .rtt_us
+                        .store(rtt.as_micros() as u64, Ordering::Relaxed);
+                    m.sent.rtt_samples.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// ICE timing of the peer connections (webrtc-rs inherits pion's: checks every 200 ms and
@@ -271,6 +463,9 @@ struct Neg {
     ignore_offer: bool,
     pending: Vec<RTCIceCandidateInit>,
     renegotiate: bool,
+    /// Our DTLS role as `a=setup` names it (`active`: client, `passive`: server), fixed
+    /// by the first offer/answer exchange; later answers must keep it (RFC 8842 §5.5).
+    setup: Option<&'static str>,
 }
 
 struct Handler {
@@ -442,8 +637,21 @@ impl PeerConnectionEventHandler for Handler {
                     .map(|(m, s)| (m.clone(), s.clone()))
             });
             let mut echo_pt = None;
+            let mut reception = Reception::new(if kind.contains("video") {
+                90_000
+            } else {
+                48_000
+            });
+            let origin = Instant::now();
             while let Some(ev) = t.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(mut p) = ev {
+                    let (lost, jitter) = reception.on_packet(
+                        p.header.sequence_number,
+                        p.header.timestamp,
+                        origin.elapsed(),
+                    );
+                    stats.lost.store(lost, Ordering::Relaxed);
+                    stats.jitter_us.store(jitter, Ordering::Relaxed);
                     stats.packets.fetch_add(1, Ordering::Relaxed);
                     stats
                         .bytes
@@ -613,7 +821,15 @@ impl Remote {
             .build();
         let mut me = MediaEngine::default();
         me.register_default_codecs()?;
-        let reg = register_default_interceptors(Registry::new(), &mut me)?;
+        let mut reg = Registry::new();
+        if !tracks.is_empty() {
+            // Above every default interceptor: the reports still feed their stats.
+            reg = reg.with(
+                rtc::interceptor::Slot::from(14_000),
+                DeliverReports::default(),
+            );
+        }
+        let reg = register_default_interceptors(reg, &mut me)?;
         let pc = PeerConnectionBuilder::new()
             .with_configuration(cfg)
             .with_setting_engine(se)
@@ -639,6 +855,9 @@ impl Remote {
             settled: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&r));
+        for (m, _) in &r.media {
+            tokio::spawn(watch_reports(m.clone(), Arc::downgrade(&r)));
+        }
         if !polite {
             let chat = r.pc.create_data_channel("chat", None).await?;
             tokio::spawn(pump_channel(
@@ -771,12 +990,33 @@ impl Remote {
         for c in neg.pending.drain(..) {
             let _ = self.pc.add_ice_candidate(c).await;
         }
+        if !is_offer && neg.setup.is_none() {
+            // They answered our first offer: we take the role their answer leaves us.
+            neg.setup = match sdp_setup(&sdp.sdp) {
+                Some("active") => Some("passive"),
+                Some("passive") => Some("active"),
+                _ => None,
+            };
+        }
         if is_offer {
             let answer = self.pc.create_answer(None).await?;
+            if neg.setup.is_none() {
+                neg.setup = match sdp_setup(&answer.sdp) {
+                    Some("passive") => Some("passive"),
+                    Some(_) => Some("active"),
+                    None => None,
+                };
+            }
+            // webrtc-rs only takes back the answer exactly as it made it ("new sdp does
+            // not match previous answer"), so the role is fixed on the wire, not locally.
             self.pc.set_local_description(answer).await?;
             if let Some(d) = self.pc.local_description().await {
+                let sdp = match neg.setup {
+                    Some(role) => with_setup(&d.sdp, role),
+                    None => d.sdp,
+                };
                 self.sig
-                    .signal(&self.id, &description(SdpType::Answer, d.sdp))
+                    .signal(&self.id, &description(SdpType::Answer, sdp))
                     .await;
             }
         }
@@ -840,6 +1080,95 @@ impl Remote {
     }
 }
 
+/// The `a=setup` value (RFC 4145) of the first media section that has one.
+fn sdp_setup(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=setup:"))
+        .map(str::trim)
+}
+
+/// `sdp` with every `a=setup` line saying `role`. webrtc-rs 0.21 answers every offer with
+/// its configured answering role (`active`), also a re-offer after the first exchange made
+/// us the DTLS server (we offered, the browser answered `active`). RFC 8842 §5.5 has a
+/// later answer keep the role in force, and Chromium refuses one that does not ("Failed to
+/// set remote answer sdp: ... DTLS role"), so a browser could never add a track (a screen
+/// share) towards us. The association itself is not renegotiated, so fixing the line is
+/// all it takes; drop this once webrtc-rs answers with the negotiated role.
+fn with_setup(sdp: &str, role: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.starts_with("a=setup:") {
+            out.push_str("a=setup:");
+            out.push_str(role);
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 fn description(kind: SdpType, sdp: String) -> SignalData {
     SignalData::Description(SessionDescription { kind, sdp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=setup:active\r\na=mid:0\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=setup:active\r\na=mid:1\r\n";
+
+    #[test]
+    fn reception_counts_loss_across_a_wrap_and_jitter() {
+        let mut r = Reception::new(90_000);
+        let frame = Duration::from_millis(40);
+        let mut last = (0, 0);
+        // 65530 … 65535, 0 … 9 with 2 and 5 missing; 3600 ticks (40 ms) apart, on time.
+        for (i, seq) in (65530u16..=65535).chain(0..10).enumerate() {
+            if seq == 2 || seq == 5 {
+                continue;
+            }
+            last = r.on_packet(seq, i as u32 * 3600, frame * i as u32);
+        }
+        assert_eq!(last, (2, 0));
+        // A duplicate counts as received (RFC 3550 A.3: loss may even go negative), and a
+        // late packet does not move the highest sequence number.
+        let (lost, _) = r.on_packet(3, 3600 * 9, frame * 9);
+        assert_eq!(lost, 1);
+        // Arriving 10 ms late: jitter moves 1/16 of the way to 900 ticks (10 ms).
+        let (_, jitter) = r.on_packet(10, 3600 * 16, frame * 16 + Duration::from_millis(10));
+        assert!((620..=630).contains(&jitter), "{jitter} µs");
+    }
+
+    #[test]
+    fn round_trip_from_a_reception_report() {
+        // LSR 1.0 s, held 0.25 s (DLSR), arrives at 1.5 s: 250 ms.
+        let rtt = report_rtt(3 << 15, 1 << 16, 1 << 14).unwrap();
+        assert_eq!(rtt, Duration::from_millis(250));
+        assert_eq!(report_rtt(3 << 15, 0, 0), None, "no SR seen yet");
+        // Across the wrap of the 32-bit field.
+        let rtt = report_rtt(10, u32::MAX - 100, 0).unwrap();
+        assert_eq!(rtt, Duration::from_micros(111 * 1_000_000 / 65_536));
+        assert_eq!(report_rtt(0, 5 << 16, 0), None, "from before a clock step");
+    }
+
+    #[test]
+    fn the_answer_keeps_the_dtls_role_in_force() {
+        assert_eq!(sdp_setup(ANSWER), Some("active"));
+        let fixed = with_setup(ANSWER, "passive");
+        assert_eq!(fixed.matches("a=setup:passive\r\n").count(), 2, "{fixed}");
+        assert!(!fixed.contains("a=setup:active"));
+        // Nothing else changes, CRLF included.
+        assert_eq!(fixed.replace("passive", "active"), ANSWER);
+        assert_eq!(with_setup(ANSWER, "active"), ANSWER);
+        // LF-only SDP and one without the attribute.
+        assert_eq!(
+            with_setup("a=setup:active\nx\n", "passive"),
+            "a=setup:passive\nx\n"
+        );
+        assert_eq!(sdp_setup("v=0\r\n"), None);
+    }
 }

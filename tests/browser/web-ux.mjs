@@ -33,11 +33,15 @@
 //             a page joining later gets it too; Clear clears every page
 //   peer      (with --peer PATH/icebreaker-peer, if its `media` has --no-audio) the headless
 //             peer sends video without audio: its tile shows the mic-off icon and its video
+//   share     (with --peer) a page that joined without media starts a screen share towards an
+//             icebreaker-peer that joined after it without video (so the peer offered, and
+//             the page's share adds an m-section: a re-offer the peer must answer keeping
+//             its DTLS role); the peer receives the new video track and its frames
 //   shots     (with --screenshots DIR) DIR/screenshot-2.png, screenshot-3.png (1280×720),
 //             screenshot-phone.png (390×844), screenshot-phone-landscape.png (844×390) and
 //             screenshot-prejoin.png (1280×720)
 // `all` (the default) runs every scenario that its options allow (restart needs --server-cmd,
-// peer --peer, shots --screenshots).
+// peer and share --peer, shots --screenshots).
 //
 // --server-cmd is a JSON array: the icebreaker binary and flags (absolute paths; no --listen:
 // this script picks a free port on 127.0.0.1, and adds --relay-listen 127.0.0.1:0 and
@@ -67,9 +71,9 @@ const { values: opt } = parseArgs({
     verbose: { type: 'boolean', default: false },
   },
 });
-const SCENARIOS = ['state', 'full', 'restart', 'prejoin', 'a11y', 'board', 'peer', 'shots'];
+const SCENARIOS = ['state', 'full', 'restart', 'prejoin', 'a11y', 'board', 'peer', 'share', 'shots'];
 const wanted = opt.scenario === 'all'
-  ? SCENARIOS.filter((s) => (s !== 'restart' || opt['server-cmd']) && (s !== 'peer' || opt.peer) && (s !== 'shots' || opt.screenshots))
+  ? SCENARIOS.filter((s) => (s !== 'restart' || opt['server-cmd']) && (!['peer', 'share'].includes(s) || opt.peer) && (s !== 'shots' || opt.screenshots))
   : opt.scenario.split(',');
 const timeoutMs = Number(opt['timeout-ms']);
 let SERVER_CMD = null;
@@ -800,6 +804,57 @@ async function peerScenario(sc) {
   if (sc.result.peer_saw && (sc.result.peer_saw.from !== 'alice' || !sc.result.peer_saw.audio || !sc.result.peer_saw.video)) fail(`the headless peer saw alice's state as ${JSON.stringify(sc.result.peer_saw)}`);
 }
 
+/** Spawn `icebreaker-peer ARGS…` with --json; its parsed stdout lines land in `events`. */
+function spawnPeer(sc, args) {
+  const ws = `${BASE.replace(/^http/, 'ws')}/ws`;
+  const child = spawn(opt.peer, ['--server', ws, '--room', sc.room, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  sc.children.push(child);
+  const events = [];
+  let buf = '';
+  child.stdout.on('data', (d) => {
+    buf += d;
+    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) { try { events.push(JSON.parse(buf.slice(0, i))); } catch { /* not JSON */ } }
+  });
+  child.stderr.on('data', (d) => { if (opt.verbose) process.stderr.write(`[peer] ${d}`); });
+  const done = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  return { events, done };
+}
+
+async function shareScenario(sc) {
+  if (!opt.peer) fail('the share scenario needs --peer PATH');
+  const r = sc.result;
+  // No camera or microphone: the only video this page will ever send is the screen.
+  const a = await sc.open(await sc.launch(), 'alice', { query: '&media=0' });
+  await sc.until(a, 'joined', () => window.icebreaker.state === 'joined');
+  // The peer joins second, so it is the newcomer and offers (audio and data, no video):
+  // it becomes the DTLS server when the page answers `a=setup:active`.
+  const robo = spawnPeer(sc, ['--timeout', '60s', '--name', 'robo', 'media', '--no-video', '--duration', '25s', '--expect-frames', '15']);
+  await connected(sc, a, 1);
+  await sleep(1000);
+  r.video_before_share = robo.events.filter((e) => e.event === 'track' && /video/.test(e.kind)).length;
+  if (r.video_before_share) fail('the headless peer got video before the share started');
+  sc.stage = 'alice: share the screen';
+  await a.click('#btn-screen');
+  r.sharing = await sc.until(a, 'sharing', () => window.icebreaker.localTracks().find((t) => t.kind === 'video' && t.readyState === 'live')?.label ?? null);
+  const t0 = Date.now();
+  sc.stage = 'robo: a video track arrives';
+  while (!robo.events.some((e) => e.event === 'track' && /video/.test(e.kind))) {
+    if (Date.now() - t0 > 15000) fail(`no video track at the headless peer 15 s after the share began (page log: ${JSON.stringify(await a.evaluate(() => window.icebreaker.peers()))})`);
+    await sleep(100);
+  }
+  r.track_after_ms = Date.now() - t0;
+  // The page applied the peer's answer to its re-offer (a refused one rolls back to stable
+  // with the share unsent): the connection stays up and its signaling state is stable.
+  r.page_peer = await a.evaluate(() => window.icebreaker.peers()[0]);
+  if (r.page_peer?.connectionState !== 'connected') fail(`the call dropped: ${JSON.stringify(r.page_peer)}`);
+  sc.stage = 'robo: media report';
+  r.peer_exit = await robo.done;
+  const report = robo.events.find((e) => e.event === 'media-report');
+  r.peer_video = report?.tracks?.find((t) => /video/.test(t.kind)) ?? null;
+  if (r.peer_exit !== 0) fail(`icebreaker-peer exited with ${r.peer_exit}: ${JSON.stringify(report)}`);
+  if (!(r.peer_video?.frames >= 15)) fail(`the headless peer's video: ${JSON.stringify(r.peer_video)}`);
+}
+
 async function shotsScenario(sc) {
   if (!opt.screenshots) fail('the shots scenario needs --screenshots DIR');
   const r = sc.result;
@@ -854,6 +909,7 @@ const runs = {
   a11y: a11yScenario,
   board: boardScenario,
   peer: peerScenario,
+  share: shareScenario,
   shots: shotsScenario,
 };
 

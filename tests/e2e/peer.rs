@@ -517,3 +517,52 @@ fn media_state_is_announced_on_the_media_channel() {
     assert_eq!(seen_by_alice["audio"], true, "{seen_by_alice}");
     assert_eq!(seen_by_alice["video"], true, "{seen_by_alice}");
 }
+
+/// `load --media` relay-only through the bundled relay: every peer sends VP8 and Opus,
+/// receives both from its room mate, and the report gives bitrate, loss, jitter and the
+/// RTCP round trip per peer and in all.
+#[test]
+fn load_media_relay_only_every_peer_receives_video_and_audio() {
+    let ib = start_icebreaker(&[]);
+    let before = relayed_packets(&ib);
+    let mut cmd = std::process::Command::new(icebreaker_tests::bin("icebreaker-peer"));
+    cmd.args(["--server", &ib.ws_url(), "--bind", "127.0.0.1", "--json"])
+        .args(["--relay-only", "--timeout", "90s"])
+        .args(["load", "--peers", "6", "--room-size", "2", "--media"])
+        .args(["--duration", "5s"]);
+    let mut p = Proc::start("load-media", cmd);
+    let s = p.wait(Duration::from_secs(120)).expect("load finishes");
+    let report = json_events(&p)
+        .into_iter()
+        .find(|e| e["event"] == "load-report")
+        .unwrap_or_else(|| panic!("{}", p.output()));
+    assert!(s.success(), "{report}");
+    let media = &report["media"];
+    assert_eq!(media["ok"], true, "{report}");
+    assert_eq!(media["tracks_expected"], 12, "{report}");
+    assert_eq!(media["tracks_received"], 12, "{report}");
+    let peers = media["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 6, "{report}");
+    for m in peers {
+        // The embedded samples: 320×240 VP8 at 15 fps and Opus, both well above nothing.
+        assert!(m["video_kbps"].as_f64().unwrap() > 20.0, "{m}");
+        assert!(m["audio_kbps"].as_f64().unwrap() > 5.0, "{m}");
+        assert!(m["video_frames"].as_u64().unwrap() > 15, "{m}");
+        assert!(m["loss_pct"].as_f64().unwrap() >= 0.0, "{m}");
+        assert!(m["jitter_ms"].as_f64().unwrap() >= 0.0, "{m}");
+    }
+    // Receiver reports came back with a round trip (RTCP every second, 5 s of media).
+    assert!(media["rtt_peers"].as_u64().unwrap() >= 1, "{report}");
+    assert!(media["rtt_ms_p50"].as_f64().unwrap() > 0.0, "{report}");
+    let sum: f64 = peers
+        .iter()
+        .map(|m| m["video_kbps"].as_f64().unwrap() + m["audio_kbps"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (sum - media["total_kbps"].as_f64().unwrap()).abs() < 1.0,
+        "{report}"
+    );
+    // All of it crossed the relay: a peer sends ~100 packets a second.
+    let relayed = relayed_packets(&ib) - before;
+    assert!(relayed > 6.0 * 5.0 * 60.0, "relayed {relayed}: {report}");
+}

@@ -118,7 +118,7 @@ fn web_client_as_a_person_sees_it() {
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
     for want in [
-        "state", "full", "restart", "prejoin", "a11y", "board", "peer", "shots",
+        "state", "full", "restart", "prejoin", "a11y", "board", "peer", "share", "shots",
     ] {
         assert!(
             names.contains(&want),

@@ -216,9 +216,14 @@ export class PeerManager {
     for (const kind of KINDS) {
       const track = tracks[kind];
       const tx = peer.tx[kind];
-      // No transceiver of this kind: the newcomer offered none (a data-only peer such as
-      // `icebreaker-peer chat`). The newcomer decides the shape of the call; we add nothing.
-      if (!tx) continue;
+      if (!tx) {
+        // The newcomer offered no m-section of this kind (a data-only peer such as
+        // `icebreaker-peer chat`): it asked for no camera or microphone, but a screen share
+        // is shown to everyone, so add one for it, which renegotiates (onnegotiationneeded).
+        // An icebreaker-peer answers that re-offer keeping the DTLS role in force.
+        if (track && kind === 'video' && this.media.sharing) peer.tx[kind] = peer.pc.addTransceiver(track, { direction: 'sendrecv' });
+        continue;
+      }
       if (tx.sender.track !== track) await tx.sender.replaceTrack(track);
       if (track && (tx.direction === 'recvonly' || tx.direction === 'inactive')) tx.direction = 'sendrecv';
     }
