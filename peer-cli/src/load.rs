@@ -86,23 +86,33 @@ enum Report {
 /// Received tracks of every peer, for the live bitrate on the progress bar.
 type Live = Arc<std::sync::Mutex<Vec<Arc<TrackStats>>>>;
 
-/// Starts sending our media to a peer that just connected.
-async fn play_to(room: &Room, peer: &str) {
-    let remote = room.remotes.lock().await.get(peer).cloned();
-    let Some(r) = remote else { return };
-    for (m, sender) in &r.media {
-        let bytes = if m.kind == "video" {
-            crate::media::MediaArgs::default_video()
-        } else {
-            crate::media::MediaArgs::default_audio()
-        };
-        if m.sample.is_some() {
-            tokio::spawn(crate::media::play(
-                m.clone(),
-                sender.clone(),
-                Arc::new(bytes),
-            ));
-        }
+/// What `--media` peers share: the embedded samples they loop (read once for all), and
+/// every peer's received tracks, for the live bitrate on the progress bar.
+#[derive(Clone)]
+struct MediaLoad {
+    video: Option<Arc<Vec<u8>>>,
+    audio: Option<Arc<Vec<u8>>>,
+    live: Live,
+}
+
+impl MediaLoad {
+    async fn play_to(&self, room: &Room, peer: &str) {
+        crate::media::play_to(room, peer, &self.video, &self.audio).await;
+    }
+
+    /// Keeps a remote track's counters: for this peer's report and the live bitrate.
+    fn keep_track(
+        &self,
+        received: &mut HashMap<(String, String), Arc<TrackStats>>,
+        peer: String,
+        kind: String,
+        stats: Arc<TrackStats>,
+    ) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stats.clone());
+        received.insert((peer, kind), stats);
     }
 }
 
@@ -122,7 +132,7 @@ async fn one_peer(
     tx: mpsc::Sender<Report>,
     go: tokio::sync::watch::Receiver<bool>,
     second: usize,
-    live: Live,
+    media: MediaLoad,
 ) {
     let t0 = Instant::now();
     let tracks = args
@@ -156,10 +166,7 @@ async fn one_peer(
                     }
                 }
                 Some(Event::Peer(PeerEvent::Connected { peer, .. })) if args.media => connected.push(peer),
-                Some(Event::Peer(PeerEvent::Track { peer, kind, stats })) => {
-                    live.lock().unwrap_or_else(|e| e.into_inner()).push(stats.clone());
-                    received.insert((peer, kind), stats);
-                }
+                Some(Event::Peer(PeerEvent::Track { peer, kind, stats })) => media.keep_track(&mut received, peer, kind, stats),
                 Some(Event::Peer(PeerEvent::Failed { .. })) => { failed = Some("ice-failed"); break; }
                 Some(Event::ServerError { .. }) => { failed = Some("server-error"); break; }
                 Some(Event::SignalingFailed(_)) | None => { failed = Some("signaling"); break; }
@@ -174,10 +181,10 @@ async fn one_peer(
         return;
     }
     let _ = tx.send(Report::Ready(second)).await;
-    // Media starts once this peer is set up: sent during setup, it held up the setup of
-    // relay-only peers behind it (see BENCHMARKS.md), and setup is what the report times.
+    // Media starts once this peer is set up, so the setup the report times is measured
+    // without our own media in flight.
     for peer in connected.drain(..) {
-        play_to(&room, &peer).await;
+        media.play_to(&room, &peer).await;
     }
     // Everyone pings together once all peers are set up (or setup time is over).
     let mut go = go;
@@ -213,11 +220,8 @@ async fn one_peer(
                         }
                     }
                 }
-                Some(Event::Peer(PeerEvent::Connected { peer, .. })) if args.media => play_to(&room, &peer).await,
-                Some(Event::Peer(PeerEvent::Track { peer, kind, stats })) => {
-                    live.lock().unwrap_or_else(|e| e.into_inner()).push(stats.clone());
-                    received.insert((peer, kind), stats);
-                }
+                Some(Event::Peer(PeerEvent::Connected { peer, .. })) if args.media => media.play_to(&room, &peer).await,
+                Some(Event::Peer(PeerEvent::Track { peer, kind, stats })) => media.keep_track(&mut received, peer, kind, stats),
                 None => break,
                 _ => {}
             },
@@ -302,6 +306,11 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let live: Live = Arc::default();
+    let media = MediaLoad {
+        video: Some(Arc::new(crate::media::MediaArgs::default_video())),
+        audio: Some(Arc::new(crate::media::MediaArgs::default_audio())),
+        live: live.clone(),
+    };
     let started = Instant::now();
     for i in 0..args.peers {
         let room_index = i / args.room_size;
@@ -322,7 +331,7 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
             tx.clone(),
             go_rx.clone(),
             at.as_secs() as usize,
-            live.clone(),
+            media.clone(),
         ));
     }
     drop(tx);
@@ -405,7 +414,7 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
     if let Some(b) = phase_bar {
         b.finish_and_clear();
     }
-    let media = args.media.then(|| media_summary(&mut media_rows, ready));
+    let media_report = args.media.then(|| media_summary(&mut media_rows, ready));
     setups.sort_by(|a, b| a.total_cmp(b));
     rtts.sort_by(|a, b| a.total_cmp(b));
     let ok_peers = ready;
@@ -466,7 +475,7 @@ pub async fn run(base: Options, args: LoadArgs, out: Out) -> anyhow::Result<bool
     let mut report = report;
     let mut media_ok = true;
     let mut media_text = String::new();
-    if let Some((summary, ok, text)) = media {
+    if let Some((summary, ok, text)) = media_report {
         report["media"] = summary;
         report["ok"] = json!(ok_peers == args.peers && ok);
         media_ok = ok;

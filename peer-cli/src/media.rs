@@ -209,7 +209,7 @@ async fn write(
 }
 
 /// Writes samples to one track until the connection goes away, looping the file.
-pub(crate) async fn play(
+async fn play(
     m: LocalMedia,
     sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
     bytes: Arc<Vec<u8>>,
@@ -281,6 +281,24 @@ pub(crate) async fn play(
     }
 }
 
+/// Starts sending our sample tracks to a peer that just connected: `video` and `audio`
+/// are the files to loop (`None`: that kind is not sent).
+pub(crate) async fn play_to(
+    room: &Room,
+    peer: &str,
+    video: &Option<Arc<Vec<u8>>>,
+    audio: &Option<Arc<Vec<u8>>>,
+) {
+    let remote = room.remotes.lock().await.get(peer).cloned();
+    let Some(r) = remote else { return };
+    for (m, sender) in &r.media {
+        let bytes = if m.kind == "video" { video } else { audio };
+        if let (Some(b), Some(_)) = (bytes, &m.sample) {
+            tokio::spawn(play(m.clone(), sender.clone(), b.clone()));
+        }
+    }
+}
+
 /// Sends media to every peer and reports the received tracks each second and at the
 /// end; true when some track arrived (and each video track had `expect_frames` frames).
 pub async fn run(opts: Options, args: MediaArgs, out: Out) -> anyhow::Result<bool> {
@@ -317,15 +335,7 @@ pub async fn run(opts: Options, args: MediaArgs, out: Out) -> anyhow::Result<boo
                 match &ev {
                     Event::Peer(PeerEvent::Connected { peer, .. }) => {
                         started.get_or_insert_with(Instant::now);
-                        let remote = room.remotes.lock().await.get(peer).cloned();
-                        if let Some(r) = remote {
-                            for (m, sender) in &r.media {
-                                let bytes = if m.kind == "video" { video.clone() } else { audio.clone() };
-                                if let (Some(b), Some(_)) = (bytes, &m.sample) {
-                                    tokio::spawn(play(m.clone(), sender.clone(), b));
-                                }
-                            }
-                        }
+                        play_to(&room, peer, &video, &audio).await;
                     }
                     Event::Peer(PeerEvent::Track { peer, kind, stats }) => {
                         received.insert((peer.clone(), kind.clone()), stats.clone());

@@ -784,17 +784,7 @@ async function peerScenario(sc) {
   if (!/--no-audio\b/.test(help)) { sc.result.skipped = 'this icebreaker-peer has no `media --no-audio`'; return; }
   const a = await sc.open(await sc.launch(), 'alice');
   await sc.until(a, 'joined', () => window.icebreaker.state === 'joined');
-  const ws = `${BASE.replace(/^http/, 'ws')}/ws`;
-  const child = spawn(opt.peer, ['--server', ws, '--room', sc.room, '--json', '--timeout', '40s', '--name', 'robo', 'media', '--no-audio', '--duration', '10s', '--expect-frames', '10'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  sc.children.push(child);
-  const events = [];
-  let buf = '';
-  child.stdout.on('data', (d) => {
-    buf += d;
-    for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) { try { events.push(JSON.parse(buf.slice(0, i))); } catch { /* not JSON */ } }
-  });
-  child.stderr.on('data', (d) => { if (opt.verbose) process.stderr.write(`[peer] ${d}`); });
-  const done = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  const { events, done } = spawnPeer(sc, ['--timeout', '40s', '--name', 'robo', 'media', '--no-audio', '--duration', '10s', '--expect-frames', '10']);
   await connected(sc, a, 1);
   sc.result.state = await sc.until(a, 'robo\'s media state', () => window.icebreaker.peers()[0]?.mediaState);
   sc.result.tile = await tileIs(sc, a, 'robo', { micOff: true, hasVideo: true, speaking: false }, 15000);

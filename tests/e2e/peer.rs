@@ -26,6 +26,25 @@ fn chat_texts(p: &Proc) -> Vec<String> {
         .collect()
 }
 
+/// Runs `icebreaker-peer [GLOBAL…] load [LOAD…]` against `ib`; asserts it succeeded and
+/// returns its `load-report`.
+fn load_report(ib: &icebreaker_tests::Icebreaker, global: &[&str], load: &[&str]) -> Value {
+    let mut cmd = std::process::Command::new(icebreaker_tests::bin("icebreaker-peer"));
+    cmd.args(["--server", &ib.ws_url(), "--bind", "127.0.0.1", "--json"])
+        .args(["--timeout", "90s"])
+        .args(global)
+        .arg("load")
+        .args(load);
+    let mut p = Proc::start("load", cmd);
+    let s = p.wait(Duration::from_secs(120)).expect("load finishes");
+    let report = json_events(&p)
+        .into_iter()
+        .find(|e| e["event"] == "load-report")
+        .unwrap_or_else(|| panic!("{}", p.output()));
+    assert!(s.success(), "{report}");
+    report
+}
+
 fn relayed_packets(ib: &icebreaker_tests::Icebreaker) -> f64 {
     metric(
         &http_get(ib.http, "/metrics").1,
@@ -201,34 +220,20 @@ fn dropped_signaling_resumes_and_keeps_channels() {
 #[test]
 fn load_40_peers_in_pairs_all_succeed() {
     let ib = start_icebreaker(&[]);
-    let mut cmd = std::process::Command::new(icebreaker_tests::bin("icebreaker-peer"));
-    cmd.args([
-        "--server",
-        &ib.ws_url(),
-        "--bind",
-        "127.0.0.1",
-        "--json",
-        "--timeout",
-        "90s",
-    ])
-    .args([
-        "load",
-        "--peers",
-        "40",
-        "--room-size",
-        "2",
-        "--duration",
-        "3s",
-        "--rate",
-        "20",
-    ]);
-    let mut p = Proc::start("load", cmd);
-    let s = p.wait(Duration::from_secs(120)).expect("load finishes");
-    let report = json_events(&p)
-        .into_iter()
-        .find(|e| e["event"] == "load-report")
-        .unwrap_or_else(|| panic!("{}", p.output()));
-    assert!(s.success(), "{report}");
+    let report = load_report(
+        &ib,
+        &[],
+        &[
+            "--peers",
+            "40",
+            "--room-size",
+            "2",
+            "--duration",
+            "3s",
+            "--rate",
+            "20",
+        ],
+    );
     assert_eq!(report["success_rate"], 1.0, "{report}");
     assert_eq!(report["channels_open"], 40, "{report}");
     assert!(report["round_trips"].as_u64().unwrap() > 100, "{report}");
@@ -526,18 +531,19 @@ fn media_state_is_announced_on_the_media_channel() {
 fn load_media_relay_only_every_peer_receives_video_and_audio() {
     let ib = start_icebreaker(&[]);
     let before = relayed_packets(&ib);
-    let mut cmd = std::process::Command::new(icebreaker_tests::bin("icebreaker-peer"));
-    cmd.args(["--server", &ib.ws_url(), "--bind", "127.0.0.1", "--json"])
-        .args(["--relay-only", "--timeout", "90s"])
-        .args(["load", "--peers", "2", "--room-size", "2", "--media"])
-        .args(["--duration", "5s"]);
-    let mut p = Proc::start("load-media", cmd);
-    let s = p.wait(Duration::from_secs(120)).expect("load finishes");
-    let report = json_events(&p)
-        .into_iter()
-        .find(|e| e["event"] == "load-report")
-        .unwrap_or_else(|| panic!("{}", p.output()));
-    assert!(s.success(), "{report}");
+    let report = load_report(
+        &ib,
+        &["--relay-only"],
+        &[
+            "--peers",
+            "2",
+            "--room-size",
+            "2",
+            "--media",
+            "--duration",
+            "5s",
+        ],
+    );
     let media = &report["media"];
     assert_eq!(media["ok"], true, "{report}");
     assert_eq!(media["tracks_expected"], 4, "{report}");
