@@ -72,6 +72,9 @@ pub struct RelayMetrics {
     pub packets: Family<DirLabel, Counter>,
     /// Application bytes relayed, per shard and direction.
     pub bytes: Family<DirLabel, Counter>,
+    /// Datagrams from one allocation to another's relayed address on the same shard,
+    /// handed over without the kernel, per shard.
+    pub internal: Family<ShardLabel, Counter>,
     /// Packets dropped, by reason (the core's and the drivers').
     pub dropped: Family<ReasonLabel, Counter>,
     /// Permissions and channels refused for the peer they name, by reason.
@@ -133,6 +136,11 @@ impl RelayMetrics {
             "packets",
             "Packets relayed, by direction",
             self.packets.clone(),
+        );
+        r.register(
+            "internal_packets",
+            "Datagrams from an allocation to another allocation's relayed address on the same shard, handed over in-process (also counted in packets, both directions)",
+            self.internal.clone(),
         );
         r.register(
             "bytes",
@@ -221,6 +229,7 @@ impl RelayMetrics {
             .allocations_created
             .get_or_create(&ShardLabel { shard })
             .clone();
+        let internal = self.internal.get_or_create(&ShardLabel { shard }).clone();
         let to_peer_packets = self.packets.get_or_create(&dir("to_peer")).clone();
         let to_peer_bytes = self.bytes.get_or_create(&dir("to_peer")).clone();
         let to_client_packets = self.packets.get_or_create(&dir("to_client")).clone();
@@ -229,6 +238,7 @@ impl RelayMetrics {
             all: self.clone(),
             allocations,
             created,
+            internal,
             to_peer_packets,
             to_peer_bytes,
             to_client_packets,
@@ -246,6 +256,8 @@ pub struct ShardMetrics {
     pub allocations: Gauge,
     /// This shard's allocations created.
     pub created: Counter,
+    /// Datagrams handed from one of this shard's allocations to another in-process.
+    pub internal: Counter,
     /// Packets this shard relayed from clients to peers.
     pub to_peer_packets: Counter,
     /// Application bytes this shard relayed from clients to peers.

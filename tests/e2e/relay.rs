@@ -759,3 +759,109 @@ fn ipv6_allocations_dual_allocation_and_the_default_policy() {
     assert_eq!(at.xor_peer_addresses.as_slice(), &[peer_addr]);
     assert_eq!(client.release(), None);
 }
+
+/// Reads Data indications at `probe` until `n` arrived: (XOR-PEER-ADDRESS, DATA) each.
+fn data_indications(
+    probe: &mut icebreaker_tests::turn_probe::TurnProbe,
+    n: usize,
+) -> Vec<(SocketAddr, Vec<u8>)> {
+    use icebreaker_relay::codec::{attr, Message};
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Some(raw) = probe.recv(Duration::from_secs(2)) else {
+            break;
+        };
+        let m = Message::parse(&raw).expect("a Data indication");
+        let from = m
+            .xor_address(attr::XOR_PEER_ADDRESS)
+            .expect("XOR-PEER-ADDRESS")
+            .expect("valid");
+        out.push((from, m.get(attr::DATA).expect("DATA").to_vec()));
+    }
+    out
+}
+
+/// Two relay-only peers on one server: a datagram from one allocation to another's relayed
+/// address on the same shard is handed over in-process, not through the kernel. What the
+/// receiver sees and which rules apply must be exactly those of the kernel path: the
+/// receiving allocation's permissions, the sender's relayed address as the source, order
+/// kept; and the metrics count it.
+#[test]
+fn allocations_on_one_shard_relay_to_each_other_in_process_under_the_same_rules() {
+    use icebreaker_tests::turn_probe::TurnProbe;
+    // One shard: every allocation is on it, so the in-process path is taken.
+    let relay = start_relay(&["--allow-peer", "127.0.0.0/8", "--threads", "1"]);
+    let mut a = TurnProbe::udp(relay.addr);
+    let mut b = TurnProbe::udp(relay.addr);
+    let ra = a.allocate(None);
+    let rb = b.allocate(None);
+    assert_eq!(a.permit(rb), None);
+    // B has no permission for A: dropped as a stranger's datagram would be.
+    a.send_indication(rb, b"unwanted");
+    assert!(
+        b.recv(Duration::from_millis(300)).is_none(),
+        "delivered without a permission"
+    );
+    assert_eq!(b.permit(ra), None);
+    // A sends ChannelData on a channel to B; B gets Data indications from A's address.
+    assert_eq!(a.channel_bind(0x4000, rb), None);
+    let sent: Vec<Vec<u8>> = (0..50).map(|i| format!("ping {i}").into_bytes()).collect();
+    for p in &sent {
+        let mut frame = vec![0x40, 0x00, 0, p.len() as u8];
+        frame.extend_from_slice(p);
+        frame.resize(frame.len().next_multiple_of(4), 0);
+        a.send(&frame);
+    }
+    let got = data_indications(&mut b, sent.len());
+    assert_eq!(
+        got,
+        sent.iter().map(|p| (ra, p.clone())).collect::<Vec<_>>(),
+        "every datagram, in order, from A's relayed address"
+    );
+    // B answers with Send indications; A has a channel to B, so they arrive as ChannelData.
+    for i in 0..5 {
+        b.send_indication(ra, format!("pong {i}").as_bytes());
+    }
+    for i in 0..5 {
+        let d = a.recv(Duration::from_secs(2)).expect("pong as ChannelData");
+        let want = format!("pong {i}");
+        assert_eq!(&d[..2], &[0x40, 0x00], "on A's channel");
+        assert_eq!(&d[4..4 + want.len()], want.as_bytes());
+    }
+    // Once A's allocation is gone, what B sends to A's old address goes nowhere.
+    assert_eq!(a.release(), None);
+    b.send_indication(ra, b"after release");
+    assert!(a.recv(Duration::from_millis(300)).is_none());
+
+    let (_, text) = http_get(relay.metrics.expect("metrics"), "/metrics");
+    let internal = metric(&text, "icebreaker_relay_internal_packets_total", &[]);
+    assert!(
+        internal >= 55.0,
+        "in-process hand-overs counted: {internal}\n{text}"
+    );
+    assert!(metric(&text, "icebreaker_relay_packets_total", &["to_client"]) >= 55.0);
+    assert!(metric(&text, "icebreaker_relay_dropped_total", &["no_permission"]) >= 1.0);
+}
+
+/// coturn's client in its client-to-client mode (`-y`: allocations send to each other's
+/// relayed addresses, as two relay-only WebRTC peers do), on one shard (all in-process) and
+/// on two (some pairs across shards, through the kernel): nothing lost either way.
+#[test]
+fn turnutils_uclient_client_to_client_loses_nothing_in_process_or_across_shards() {
+    for threads in ["1", "2"] {
+        let relay = start_relay(&["--allow-peer", "127.0.0.0/8", "--threads", threads]);
+        let u = icebreaker_tests::uclient(
+            relay.addr.port(),
+            0,
+            &[
+                "-u", "test", "-w", "test", "-y", "-m", "10", "-n", "100", "-l", "120",
+            ],
+        );
+        assert_all_echoed(&u, &format!("c2c, {threads} shard(s)"), 1000);
+        let (_, text) = http_get(relay.metrics.expect("metrics"), "/metrics");
+        let internal = metric(&text, "icebreaker_relay_internal_packets_total", &[]);
+        if threads == "1" {
+            assert!(internal >= 1000.0, "one shard: in-process ({internal})");
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! the packet path. Relayed sockets have no buffer of their own; they read into the
 //! shard's one receive buffer, so an idle allocation costs only its bookkeeping.
 
+mod batch;
 mod dtls;
 mod shard;
 mod tcp;

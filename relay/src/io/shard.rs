@@ -3,15 +3,19 @@
 use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, LocalSet};
 use tracing::{debug, error, warn};
 
+use super::batch::{ReadySet, RecvBatch, SendBatch};
 use super::tcp::{ConnKey, TcpClient};
 use super::tcp_relay::PeerConn;
 use super::Handoff;
@@ -19,9 +23,11 @@ use crate::metrics::ShardMetrics;
 use crate::server::{AllocationId, ConnectionId, RelaySockets, Server, Shared, Transmit};
 use crate::{FiveTuple, Transport};
 
-struct RelaySocket {
-    sock: Rc<tokio::net::UdpSocket>,
-    reader: JoinHandle<()>,
+/// A client-facing UDP socket and the replies gathered for it while a batch is handled.
+pub(super) struct ClientSocket {
+    addr: SocketAddr,
+    sock: tokio::net::UdpSocket,
+    out: RefCell<SendBatch<socket2::SockAddr>>,
 }
 
 pub(super) struct Ctx {
@@ -29,8 +35,23 @@ pub(super) struct Ctx {
     pub metrics: ShardMetrics,
     pub max_tcp: usize,
     pub max_tcp_frame: usize,
-    udp: Vec<(SocketAddr, Rc<tokio::net::UdpSocket>)>,
-    relays: RefCell<FxHashMap<SocketAddr, RelaySocket>>,
+    udp: Vec<ClientSocket>,
+    /// Relayed UDP sockets by bind address (to send from), and their allocation by
+    /// descriptor (what the ready set reports). They are not registered with tokio: the
+    /// shard watches them all through `ready`, one descriptor in its runtime.
+    relays: RefCell<FxHashMap<SocketAddr, (UdpSocket, AllocationId)>>,
+    relay_ids: RefCell<FxHashMap<RawFd, AllocationId>>,
+    ready: AsyncFd<ReadySet>,
+    /// The shard's `recvmmsg` batch, for its client-facing and relayed UDP sockets.
+    recv: RefCell<RecvBatch>,
+    /// Set while a batch of UDP input is handled: replies to UDP clients gather in their
+    /// socket's `out` and leave in one `sendmmsg` at the end (`flush`).
+    batching: Cell<bool>,
+    /// When the batch being handled arrived (one clock read per batch).
+    batch_time: Cell<Instant>,
+    /// Datagrams of this batch from one of the shard's allocations to another's relayed
+    /// address, handed to the receiving allocation at the end of the batch.
+    internal: RefCell<SendBatch<AllocationId>>,
     pub tcp: RefCell<FxHashMap<ConnKey, TcpClient>>,
     /// TLS handshakes in progress (they count against `max_tcp`).
     pub handshaking: Cell<usize>,
@@ -50,7 +71,7 @@ pub(super) struct Ctx {
     pub dtls: Vec<Rc<super::dtls::DtlsSocket>>,
 }
 
-/// Implements [`RelaySockets`] with real UDP sockets and a reader task per socket.
+/// Implements [`RelaySockets`] with real UDP sockets in the shard's ready set.
 pub(super) struct Binder<'a>(pub &'a Rc<Ctx>);
 
 impl RelaySockets for Binder<'_> {
@@ -70,18 +91,18 @@ impl RelaySockets for Binder<'_> {
         if dont_fragment {
             set_dont_fragment(&std_sock, addr.is_ipv6())?;
         }
-        let sock = Rc::new(tokio::net::UdpSocket::from_std(std_sock)?);
-        let reader = tokio::task::spawn_local(relay_reader(self.0.clone(), sock.clone(), id));
-        self.0
-            .relays
-            .borrow_mut()
-            .insert(addr, RelaySocket { sock, reader });
+        let fd = std_sock.as_raw_fd();
+        self.0.ready.get_ref().add(fd)?;
+        self.0.relay_ids.borrow_mut().insert(fd, id);
+        self.0.relays.borrow_mut().insert(addr, (std_sock, id));
         Ok(())
     }
 
     fn close(&mut self, addr: SocketAddr) {
-        if let Some(r) = self.0.relays.borrow_mut().remove(&addr) {
-            r.reader.abort();
+        if let Some((sock, _)) = self.0.relays.borrow_mut().remove(&addr) {
+            let fd = sock.as_raw_fd();
+            self.0.ready.get_ref().remove(fd);
+            self.0.relay_ids.borrow_mut().remove(&fd);
         }
         if let Some(l) = self.0.tcp_listeners.borrow_mut().remove(&addr) {
             l.abort();
@@ -166,11 +187,7 @@ fn set_dont_fragment(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
 /// relayed socket bound in this same burst of packets has not been yet, so the first
 /// datagrams of a new allocation were dropped. We never wait for writability (a full
 /// socket drops the packet, counted), so the readiness tracking buys nothing here.
-pub(super) fn send_now(
-    sock: &tokio::net::UdpSocket,
-    data: &[u8],
-    to: SocketAddr,
-) -> std::io::Result<usize> {
+pub(super) fn send_now(sock: &impl AsFd, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
     socket2::SockRef::from(sock).send_to(data, &to.into())
 }
 
@@ -181,10 +198,16 @@ impl Ctx {
         match t {
             Transmit::Client { to, data } => match to.transport {
                 Transport::Udp => {
-                    let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
+                    let Some(c) = self.udp.iter().find(|c| c.addr == to.server) else {
                         return;
                     };
-                    if let Err(e) = send_now(s, data, to.client) {
+                    if self.batching.get() {
+                        let mut out = c.out.borrow_mut();
+                        if out.is_full_for(data.len()) {
+                            out.flush(c.sock.as_raw_fd(), |e| self.send_failed(e));
+                        }
+                        out.push(to.client, data);
+                    } else if let Err(e) = send_now(&c.sock, data, to.client) {
                         self.send_failed(e);
                     }
                 }
@@ -202,8 +225,22 @@ impl Ctx {
                 }
             },
             Transmit::Peer { relay, to, data } => {
-                if let Some(r) = self.relays.borrow().get(&relay) {
-                    if let Err(e) = send_now(&r.sock, data, to) {
+                let relays = self.relays.borrow();
+                // To another allocation of this shard (two relay-only peers on one
+                // server): no need to go through the kernel and back. Its permissions
+                // and caps are checked when it is handed over, as if it had arrived.
+                if self.batching.get() {
+                    if let Some((_, id)) = relays.get(&to) {
+                        let mut internal = self.internal.borrow_mut();
+                        if !internal.is_full_for(data.len()) {
+                            internal.push_from(*id, relay, data);
+                            self.metrics.internal.inc();
+                            return;
+                        }
+                    }
+                }
+                if let Some((sock, _)) = relays.get(&relay) {
+                    if let Err(e) = send_now(sock, data, to) {
                         self.send_failed(e);
                     }
                 }
@@ -236,9 +273,41 @@ impl Ctx {
 
     /// Feeds one client packet to the core and sends the answer.
     pub(super) fn client_packet(self: &Rc<Self>, ft: FiveTuple, data: &[u8]) {
+        self.client_packet_at(Instant::now(), ft, data);
+    }
+
+    /// [`Ctx::client_packet`] with the time of its batch (one clock read per batch).
+    fn client_packet_at(self: &Rc<Self>, now: Instant, ft: FiveTuple, data: &[u8]) {
         let mut core = self.core.borrow_mut();
-        if let Some(t) = core.handle_client(Instant::now(), ft, data, &mut Binder(self)) {
+        if let Some(t) = core.handle_client(now, ft, data, &mut Binder(self)) {
             self.transmit(t);
+        }
+    }
+
+    /// Hands over the datagrams between this shard's allocations, then sends every reply
+    /// gathered during the batch, and ends the batch.
+    fn flush(&self) {
+        let mut internal = self.internal.borrow_mut();
+        if !internal.is_empty() {
+            let now = self.batch_time.get();
+            let mut core = self.core.borrow_mut();
+            // What `handle_peer` answers goes to a client, never to a peer again, so
+            // nothing joins `internal` while it is read.
+            for (id, from, data) in internal.iter() {
+                if let Some(t) = core.handle_peer(now, *id, from, data) {
+                    self.transmit(t);
+                }
+            }
+            drop(core);
+            internal.clear();
+        }
+        drop(internal);
+        self.batching.set(false);
+        for c in &self.udp {
+            let mut out = c.out.borrow_mut();
+            if !out.is_empty() {
+                out.flush(c.sock.as_raw_fd(), |e| self.send_failed(e));
+            }
         }
     }
 }
@@ -297,11 +366,23 @@ pub(super) fn run_shard(
         let mut udp = Vec::new();
         for u in udps {
             let addr = u.local_addr().expect("bound");
-            udp.push((
+            udp.push(ClientSocket {
                 addr,
-                Rc::new(tokio::net::UdpSocket::from_std(u).expect("tokio socket")),
-            ));
+                sock: tokio::net::UdpSocket::from_std(u).expect("tokio socket"),
+                out: RefCell::new(SendBatch::new()),
+            });
         }
+        // SAFETY: the ready set owns its epoll descriptor, open until the set is dropped.
+        let ready = match ReadySet::new().and_then(|r| unsafe {
+            AsyncFd::register_with_interest(r, Interest::READABLE).map_err(|e| e.into_parts().1)
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot start the relayed sockets' ready set");
+                return;
+            }
+        };
+        let n_udp = udp.len();
         let mut dtls_ports = Vec::new();
         if let Some((cfg, certs)) = &dtls_config {
             for u in dtls {
@@ -316,8 +397,14 @@ pub(super) fn run_shard(
             metrics,
             max_tcp,
             max_tcp_frame,
-            udp: udp.clone(),
+            udp,
             relays: RefCell::default(),
+            relay_ids: RefCell::default(),
+            ready,
+            recv: RefCell::new(RecvBatch::new()),
+            batching: Cell::new(false),
+            batch_time: Cell::new(Instant::now()),
+            internal: RefCell::new(SendBatch::new()),
             tcp: RefCell::default(),
             handshaking: Cell::new(0),
             tcp_budget,
@@ -332,9 +419,10 @@ pub(super) fn run_shard(
             tokio::task::spawn_local(super::dtls::reader(ctx.clone(), d.clone()));
             tokio::task::spawn_local(super::dtls::timer(ctx.clone(), d.clone()));
         }
-        for (addr, sock) in udp {
-            tokio::task::spawn_local(udp_listener(ctx.clone(), addr, sock));
+        for i in 0..n_udp {
+            tokio::task::spawn_local(udp_listener(ctx.clone(), i));
         }
+        tokio::task::spawn_local(relay_loop(ctx.clone()));
         for t in tcps {
             match tokio::net::TcpListener::from_std(t) {
                 Ok(l) => {
@@ -372,49 +460,90 @@ pub(super) fn run_shard(
     });
 }
 
-async fn udp_listener(ctx: Rc<Ctx>, local: SocketAddr, sock: Rc<tokio::net::UdpSocket>) {
+/// A client-facing UDP socket: a `recvmmsg` batch per wake-up, each packet through the
+/// core, the replies out in one `sendmmsg`.
+async fn udp_listener(ctx: Rc<Ctx>, index: usize) {
+    let c = &ctx.udp[index];
+    let (local, fd) = (c.addr, c.sock.as_raw_fd());
     loop {
-        if let Err(e) = sock.readable().await {
+        // Each batch goes back through the runtime's readiness check, which also yields
+        // to the shard's other tasks when this socket never runs dry (tokio's budget).
+        if let Err(e) = c.sock.readable().await {
             error!(error = %e, "UDP listener failed");
             return;
         }
-        loop {
-            let mut buf = ctx.buf.borrow_mut();
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let ft = FiveTuple {
-                        client: from,
-                        server: local,
-                        transport: Transport::Udp,
-                    };
-                    ctx.client_packet(ft, &buf[..n]);
+        let mut recv = ctx.recv.borrow_mut();
+        match c.sock.try_io(Interest::READABLE, || recv.recv(fd)) {
+            Ok(n) => {
+                let now = Instant::now();
+                ctx.batch_time.set(now);
+                ctx.batching.set(true);
+                for i in 0..n {
+                    if let Some((from, data)) = recv.get(i) {
+                        let ft = FiveTuple {
+                            client: from,
+                            server: local,
+                            transport: Transport::Udp,
+                        };
+                        ctx.client_packet_at(now, ft, data);
+                    }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // ICMP errors from earlier sends surface here; they concern one client.
-                Err(e) => debug!(error = %e, "UDP receive error"),
+                ctx.flush();
             }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            // ICMP errors from earlier sends surface here; they concern one client.
+            Err(e) => debug!(error = %e, "UDP receive error"),
         }
     }
 }
 
-async fn relay_reader(ctx: Rc<Ctx>, sock: Rc<tokio::net::UdpSocket>, id: AllocationId) {
+/// Every relayed socket of the shard: the ready set says which have input, each is read
+/// with one `recvmmsg`, and the replies to clients leave in one `sendmmsg` per batch.
+async fn relay_loop(ctx: Rc<Ctx>) {
+    let mut fds: Vec<RawFd> = Vec::new();
     loop {
-        if sock.readable().await.is_err() {
-            return;
+        let mut guard = match ctx.ready.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "relayed sockets' ready set failed");
+                return;
+            }
+        };
+        match guard.try_io(|r| r.get_ref().ready(&mut fds)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "ready set wait failed");
+                continue;
+            }
+            Err(_would_block) => continue,
         }
-        loop {
-            let mut buf = ctx.buf.borrow_mut();
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let mut core = ctx.core.borrow_mut();
-                    if let Some(t) = core.handle_peer(Instant::now(), id, from, &buf[..n]) {
-                        ctx.transmit(t);
+        drop(guard);
+        let now = Instant::now();
+        let mut recv = ctx.recv.borrow_mut();
+        ctx.batch_time.set(now);
+        ctx.batching.set(true);
+        for &fd in &fds {
+            // Closed since the wait: nothing in this loop closes sockets, but be sure.
+            let Some(&id) = ctx.relay_ids.borrow().get(&fd) else {
+                continue;
+            };
+            match recv.recv(fd) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let Some((from, data)) = recv.get(i) else {
+                            continue;
+                        };
+                        let mut core = ctx.core.borrow_mut();
+                        if let Some(t) = core.handle_peer(now, id, from, data) {
+                            ctx.transmit(t);
+                        }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => debug!(error = %e, "relayed socket receive error"),
             }
         }
+        ctx.flush();
     }
 }
 
