@@ -121,6 +121,15 @@ impl<K> SendBatch<K> {
         }
     }
 
+    /// An empty batch that allocates only as datagrams join it (one handed between
+    /// shards is a new one each time).
+    pub(super) fn empty() -> Self {
+        Self {
+            data: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
     /// Whether `len` more bytes need a flush first.
     pub(super) fn is_full_for(&self, len: usize) -> bool {
         self.items.len() == BATCH || (!self.items.is_empty() && self.data.len() + len > SEND_BYTES)

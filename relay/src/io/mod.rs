@@ -85,6 +85,66 @@ impl Handoff {
 /// Connections waiting for a shard to adopt them.
 const HANDOFF_QUEUE: usize = 128;
 
+/// Batches of datagrams one shard hands another (each at most 128 KiB: 8 MiB a shard).
+const CROSSING_QUEUE: usize = 64;
+
+/// Where each relayed port lives, so that a datagram from one allocation to another's
+/// relayed address (two relay-only peers on one server) is handed to the shard holding
+/// it instead of going out through the kernel and back in.
+struct Crossings {
+    /// Relay IPs whose relayed addresses are advertised as bound: there the address a
+    /// client names is the socket's own. Behind a NAT (advertised ≠ bound) the kernel path
+    /// stays, so the receiver sees the sender's advertised address as before.
+    ips: Vec<std::net::IpAddr>,
+    /// The shard (+1; 0 for none) holding each relayed port.
+    owners: Box<[std::sync::atomic::AtomicU16]>,
+    /// Each shard's queue of datagrams handed over by the others.
+    queues: Vec<tokio::sync::mpsc::Sender<batch::SendBatch<SocketAddr>>>,
+}
+
+impl Crossings {
+    /// The shard whose allocation has the relayed address `to`, if one of ours does.
+    fn owner(&self, to: SocketAddr) -> Option<usize> {
+        if !self.ips.contains(&to.ip()) {
+            return None;
+        }
+        match self.owners[to.port() as usize].load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            s => Some(s as usize - 1),
+        }
+    }
+
+    fn opened(&self, addr: SocketAddr, shard: usize) {
+        if self.ips.contains(&addr.ip()) {
+            self.owners[addr.port() as usize]
+                .store(shard as u16 + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn closed(&self, addr: SocketAddr, shard: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Only if still ours: the port may already serve another shard's allocation.
+        let _ = self.owners[addr.port() as usize].compare_exchange(
+            shard as u16 + 1,
+            0,
+            Relaxed,
+            Relaxed,
+        );
+    }
+
+    /// Gives shard `to` a batch; the batch back when its queue is full or it stopped.
+    fn send(
+        &self,
+        to: usize,
+        b: batch::SendBatch<SocketAddr>,
+    ) -> Result<(), batch::SendBatch<SocketAddr>> {
+        self.queues[to].try_send(b).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(b)
+            | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
+        })
+    }
+}
+
 /// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
 pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
@@ -280,6 +340,24 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| tokio::sync::mpsc::channel(HANDOFF_QUEUE))
         .unzip();
+    let (queues, mut crossed): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| tokio::sync::mpsc::channel(CROSSING_QUEUE))
+        .unzip();
+    // Relay addresses are restart-only (SIGHUP does not move them), so read once.
+    let live = shared.live();
+    let crossings = Arc::new(Crossings {
+        ips: [live.config.relay_v4, live.config.relay_v6]
+            .into_iter()
+            .flatten()
+            .filter(|(bind, advertised)| bind == advertised && !bind.is_unspecified())
+            .map(|(bind, _)| bind.to_canonical())
+            .collect(),
+        owners: (0..=u16::MAX)
+            .map(|_| std::sync::atomic::AtomicU16::new(0))
+            .collect(),
+        queues,
+    });
+    drop(live);
     let handoff = Handoff {
         shards: senders.into(),
     };
@@ -300,6 +378,8 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
             tls,
             handed: hrx,
             handoff: handoff.clone(),
+            crossings: crossings.clone(),
+            crossed: crossed.remove(0),
             dtls,
             dtls_config: dtls_config.clone(),
         };

@@ -69,6 +69,11 @@ pub(super) struct Ctx {
     pub handoff: Handoff,
     /// TURN over DTLS ports (one per `tls_listen` address).
     pub dtls: Vec<Rc<super::dtls::DtlsSocket>>,
+    /// This shard's index, and where every shard's relayed ports are.
+    index: usize,
+    crossings: Arc<super::Crossings>,
+    /// Datagrams of this batch for other shards' allocations, one batch per shard.
+    crossing: RefCell<Vec<SendBatch<SocketAddr>>>,
 }
 
 /// Implements [`RelaySockets`] with real UDP sockets in the shard's ready set.
@@ -95,6 +100,7 @@ impl RelaySockets for Binder<'_> {
         self.0.ready.get_ref().add(fd)?;
         self.0.relay_ids.borrow_mut().insert(fd, id);
         self.0.relays.borrow_mut().insert(addr, (std_sock, id));
+        self.0.crossings.opened(addr, self.0.index);
         Ok(())
     }
 
@@ -103,6 +109,7 @@ impl RelaySockets for Binder<'_> {
             let fd = sock.as_raw_fd();
             self.0.ready.get_ref().remove(fd);
             self.0.relay_ids.borrow_mut().remove(&fd);
+            self.0.crossings.closed(addr, self.0.index);
         }
         if let Some(l) = self.0.tcp_listeners.borrow_mut().remove(&addr) {
             l.abort();
@@ -226,17 +233,33 @@ impl Ctx {
             },
             Transmit::Peer { relay, to, data } => {
                 let relays = self.relays.borrow();
-                // To another allocation of this shard (two relay-only peers on one
-                // server): no need to go through the kernel and back. Its permissions
-                // and caps are checked when it is handed over, as if it had arrived.
+                // To another allocation of this relay (two relay-only peers on one
+                // server): no need to go through the kernel and back. It is handed to the
+                // allocation (on this shard at the end of the batch, on another through
+                // its queue), whose permissions and caps apply as if it had arrived.
                 if self.batching.get() {
-                    if let Some((_, id)) = relays.get(&to) {
-                        let mut internal = self.internal.borrow_mut();
-                        if !internal.is_full_for(data.len()) {
-                            internal.push_from(*id, relay, data);
+                    match self.crossings.owner(to) {
+                        Some(s) if s == self.index => {
+                            if let Some((_, id)) = relays.get(&to) {
+                                let mut internal = self.internal.borrow_mut();
+                                if !internal.is_full_for(data.len()) {
+                                    internal.push_from(*id, relay, data);
+                                    self.metrics.internal.inc();
+                                    return;
+                                }
+                            }
+                        }
+                        Some(s) => {
+                            let mut crossing = self.crossing.borrow_mut();
+                            if crossing[s].is_full_for(data.len()) {
+                                let b = std::mem::replace(&mut crossing[s], SendBatch::empty());
+                                self.cross(s, b, &relays);
+                            }
+                            crossing[s].push_from(to, relay, data);
                             self.metrics.internal.inc();
                             return;
                         }
+                        None => {}
                     }
                 }
                 if let Some((sock, _)) = relays.get(&relay) {
@@ -284,9 +307,38 @@ impl Ctx {
         }
     }
 
-    /// Hands over the datagrams between this shard's allocations, then sends every reply
+    /// Gives shard `to` the datagrams in `b` for its allocations; when its queue is full
+    /// (or it stopped) they go through the kernel instead, as they would have anyway.
+    fn cross(
+        &self,
+        to: usize,
+        b: SendBatch<SocketAddr>,
+        relays: &FxHashMap<SocketAddr, (UdpSocket, AllocationId)>,
+    ) {
+        if let Err(b) = self.crossings.send(to, b) {
+            for (peer, relay, data) in b.iter() {
+                if let Some((sock, _)) = relays.get(&relay) {
+                    if let Err(e) = send_now(sock, data, *peer) {
+                        self.send_failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands over the datagrams between this relay's allocations, then sends every reply
     /// gathered during the batch, and ends the batch.
     fn flush(&self) {
+        {
+            let mut crossing = self.crossing.borrow_mut();
+            let relays = self.relays.borrow();
+            for (s, slot) in crossing.iter_mut().enumerate() {
+                if !slot.is_empty() {
+                    let b = std::mem::replace(slot, SendBatch::empty());
+                    self.cross(s, b, &relays);
+                }
+            }
+        }
         let mut internal = self.internal.borrow_mut();
         if !internal.is_empty() {
             let now = self.batch_time.get();
@@ -327,6 +379,10 @@ pub(super) struct ShardSockets {
         Arc<rtc_dtls::config::HandshakeConfig>,
         Arc<icebreaker_service::tls::Certificates>,
     )>,
+    /// Where every shard's relayed ports are, and this shard's queue of datagrams that
+    /// other shards' allocations send to its allocations.
+    pub crossings: Arc<super::Crossings>,
+    pub crossed: tokio::sync::mpsc::Receiver<SendBatch<SocketAddr>>,
 }
 
 pub(super) fn run_shard(
@@ -346,6 +402,8 @@ pub(super) fn run_shard(
         handoff,
         dtls,
         dtls_config,
+        crossings,
+        crossed,
     } = sockets;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -405,6 +463,9 @@ pub(super) fn run_shard(
             batching: Cell::new(false),
             batch_time: Cell::new(Instant::now()),
             internal: RefCell::new(SendBatch::new()),
+            index,
+            crossing: RefCell::new((0..shards).map(|_| SendBatch::empty()).collect()),
+            crossings,
             tcp: RefCell::default(),
             handshaking: Cell::new(0),
             tcp_budget,
@@ -423,6 +484,7 @@ pub(super) fn run_shard(
             tokio::task::spawn_local(udp_listener(ctx.clone(), i));
         }
         tokio::task::spawn_local(relay_loop(ctx.clone()));
+        tokio::task::spawn_local(crossed_loop(ctx.clone(), crossed));
         for t in tcps {
             match tokio::net::TcpListener::from_std(t) {
                 Ok(l) => {
@@ -541,6 +603,39 @@ async fn relay_loop(ctx: Rc<Ctx>) {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => debug!(error = %e, "relayed socket receive error"),
+            }
+        }
+        ctx.flush();
+    }
+}
+
+/// Datagrams other shards' allocations sent to this shard's: each handed to its
+/// allocation as if it had arrived on the relayed socket, the replies out in one batch.
+async fn crossed_loop(ctx: Rc<Ctx>, mut queue: tokio::sync::mpsc::Receiver<SendBatch<SocketAddr>>) {
+    while let Some(mut b) = queue.recv().await {
+        let now = Instant::now();
+        ctx.batch_time.set(now);
+        ctx.batching.set(true);
+        // Whatever else has queued up meanwhile joins this batch (bounded by the queue).
+        loop {
+            {
+                let relays = ctx.relays.borrow();
+                let mut core = ctx.core.borrow_mut();
+                for (to, from, data) in b.iter() {
+                    match relays.get(to) {
+                        Some((_, id)) => {
+                            if let Some(t) = core.handle_peer(now, *id, from, data) {
+                                ctx.transmit(t);
+                            }
+                        }
+                        // Released meanwhile: as a datagram to a closed port.
+                        None => ctx.metrics.drop("internal_no_allocation"),
+                    }
+                }
+            }
+            match queue.try_recv() {
+                Ok(next) => b = next,
+                Err(_) => break,
             }
         }
         ctx.flush();
