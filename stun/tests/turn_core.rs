@@ -1422,3 +1422,46 @@ fn connection_ids_name_their_shard_and_binds_find_it() {
     assert!(here.is_none());
     assert_eq!(w.sockets.handed, vec![(d.ft, 2)]);
 }
+
+#[test]
+fn shrink_gives_back_free_slots_and_old_ids_stay_stale() {
+    let mut w = world(|_| {});
+    let mut clients: Vec<Client> = (0..8).map(|i| client(41000 + i, "alice", "pw")).collect();
+    let mut old = Vec::new();
+    for c in clients.iter_mut() {
+        let r = w.allocate(c, None);
+        assert!(r.ok(), "{r:?}");
+        let relay = w.relayed(&r);
+        assert!(w.permit(c, &[peer(7000)]).ok());
+        old.push((relay, w.id_of(relay)));
+    }
+    // All but the first go; shrinking keeps the first (and its id) working.
+    for c in clients.iter_mut().skip(1) {
+        assert!(w.refresh(c, 0).ok());
+    }
+    w.server.shrink();
+    let (first_relay, first_id) = old[0];
+    assert!(w
+        .server
+        .handle_peer(w.now, first_id, peer(7000), b"kept")
+        .is_some());
+    assert_eq!(w.server.allocation_count(), 1);
+    // A new allocation takes a slot an old one had: the old id never reaches it.
+    let mut n = client(42000, "alice", "pw");
+    let r = w.allocate(&mut n, None);
+    assert!(r.ok(), "{r:?}");
+    let relay = w.relayed(&r);
+    assert!(w.permit(&mut n, &[peer(7000)]).ok());
+    let new_id = w.id_of(relay);
+    for (_, id) in &old[1..] {
+        assert_ne!(*id, new_id);
+        assert!(
+            w.server
+                .handle_peer(w.now, *id, peer(7000), b"stale")
+                .is_none(),
+            "a released allocation's id reached a new one"
+        );
+    }
+    assert!(w.peer_sends(relay, peer(7000), b"new").is_some());
+    assert!(w.peer_sends(first_relay, peer(7000), b"first").is_some());
+}

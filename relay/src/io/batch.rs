@@ -267,6 +267,11 @@ impl ReadySet {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
     }
 
+    /// How many descriptors one `ready` reports at most.
+    pub(super) fn capacity(&self) -> usize {
+        self.events.borrow().len()
+    }
+
     /// Puts the descriptors with input now into `out`, without waiting (WouldBlock when
     /// none has any).
     pub(super) fn ready(&self, out: &mut Vec<RawFd>) -> io::Result<usize> {

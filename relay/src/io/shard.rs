@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, LocalSet};
 use tracing::{debug, error, warn};
 
-use super::batch::{ReadySet, RecvBatch, SendBatch};
+use super::batch::{ReadySet, RecvBatch, SendBatch, BATCH};
 use super::tcp::{ConnKey, TcpClient};
 use super::tcp_relay::PeerConn;
 use super::Handoff;
@@ -534,28 +534,42 @@ async fn udp_listener(ctx: Rc<Ctx>, index: usize) {
             error!(error = %e, "UDP listener failed");
             return;
         }
-        let mut recv = ctx.recv.borrow_mut();
-        match c.sock.try_io(Interest::READABLE, || recv.recv(fd)) {
-            Ok(n) => {
-                let now = Instant::now();
-                ctx.batch_time.set(now);
-                ctx.batching.set(true);
-                for i in 0..n {
-                    if let Some((from, data)) = recv.get(i) {
-                        let ft = FiveTuple {
-                            client: from,
-                            server: local,
-                            transport: Transport::Udp,
-                        };
-                        ctx.client_packet_at(now, ft, data);
-                    }
+        let r = c.sock.try_io(Interest::READABLE, || {
+            let mut recv = ctx.recv.borrow_mut();
+            let n = recv.recv(fd)?;
+            let now = Instant::now();
+            ctx.batch_time.set(now);
+            ctx.batching.set(true);
+            for i in 0..n {
+                if let Some((from, data)) = recv.get(i) {
+                    let ft = FiveTuple {
+                        client: from,
+                        server: local,
+                        transport: Transport::Udp,
+                    };
+                    ctx.client_packet_at(now, ft, data);
                 }
-                ctx.flush();
             }
+            ctx.flush();
+            spent(n < BATCH)
+        });
+        match r {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             // ICMP errors from earlier sends surface here; they concern one client.
             Err(e) => debug!(error = %e, "UDP receive error"),
         }
+    }
+}
+
+/// What a batch's `try_io` answers: WouldBlock when the socket was read empty, which saves
+/// the read that would only say so (tokio clears the readiness only if no new event came
+/// since the one the batch started from, so nothing that arrives meanwhile is missed).
+fn spent(empty: bool) -> std::io::Result<()> {
+    if empty {
+        Err(ErrorKind::WouldBlock.into())
+    } else {
+        Ok(())
     }
 }
 
@@ -571,41 +585,44 @@ async fn relay_loop(ctx: Rc<Ctx>) {
                 return;
             }
         };
-        match guard.try_io(|r| r.get_ref().ready(&mut fds)) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                debug!(error = %e, "ready set wait failed");
-                continue;
-            }
-            Err(_would_block) => continue,
-        }
-        drop(guard);
-        let now = Instant::now();
-        let mut recv = ctx.recv.borrow_mut();
-        ctx.batch_time.set(now);
-        ctx.batching.set(true);
-        for &fd in &fds {
-            // Closed since the wait: nothing in this loop closes sockets, but be sure.
-            let Some(&id) = ctx.relay_ids.borrow().get(&fd) else {
-                continue;
-            };
-            match recv.recv(fd) {
-                Ok(n) => {
-                    for i in 0..n {
-                        let Some((from, data)) = recv.get(i) else {
-                            continue;
-                        };
-                        let mut core = ctx.core.borrow_mut();
-                        if let Some(t) = core.handle_peer(now, id, from, data) {
-                            ctx.transmit(t);
+        let r = guard.try_io(|r| {
+            let ready = r.get_ref();
+            let k = ready.ready(&mut fds)?;
+            // Every ready socket reported and each read empty: the set is spent.
+            let mut empty = k < ready.capacity();
+            let now = Instant::now();
+            let mut recv = ctx.recv.borrow_mut();
+            ctx.batch_time.set(now);
+            ctx.batching.set(true);
+            for &fd in &fds {
+                // Closed since the wait: nothing here closes sockets, but be sure.
+                let Some(&id) = ctx.relay_ids.borrow().get(&fd) else {
+                    continue;
+                };
+                match recv.recv(fd) {
+                    Ok(n) => {
+                        empty &= n < BATCH;
+                        for i in 0..n {
+                            let Some((from, data)) = recv.get(i) else {
+                                continue;
+                            };
+                            let mut core = ctx.core.borrow_mut();
+                            if let Some(t) = core.handle_peer(now, id, from, data) {
+                                ctx.transmit(t);
+                            }
                         }
                     }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => debug!(error = %e, "relayed socket receive error"),
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => debug!(error = %e, "relayed socket receive error"),
             }
+            ctx.flush();
+            spent(empty)
+        });
+        match r {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(e)) => debug!(error = %e, "ready set wait failed"),
         }
-        ctx.flush();
     }
 }
 
@@ -666,6 +683,13 @@ async fn timer(ctx: Rc<Ctx>) {
         let now_held = ctx.core.borrow().allocation_count();
         high = high.max(now_held);
         if high - now_held >= TRIM_AFTER || (now_held == 0 && high >= 64) {
+            // Tables keep their capacity when entries go: shrink them first.
+            ctx.core.borrow_mut().shrink();
+            ctx.relays.borrow_mut().shrink_to_fit();
+            ctx.relay_ids.borrow_mut().shrink_to_fit();
+            ctx.tcp.borrow_mut().shrink_to_fit();
+            ctx.peer_conns.borrow_mut().shrink_to_fit();
+            ctx.tcp_listeners.borrow_mut().shrink_to_fit();
             icebreaker_service::trim_heap();
             debug!(
                 from = high,

@@ -444,6 +444,9 @@ pub struct Server<O: Observer = ()> {
     metrics: O,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
+    /// The generation new slots start at: past every generation of the slots `shrink`
+    /// dropped, so an id from before never names a new allocation.
+    generation_floor: u32,
     by_five_tuple: FxHashMap<FiveTuple, AllocationId>,
     reservations: FxHashMap<u64, Reservation>,
     /// Ports of deleted allocations, back in the pool after one to two sweeps: the driver
@@ -478,6 +481,7 @@ impl<O: Observer> Server<O> {
             metrics,
             slots: Vec::new(),
             free_slots: Vec::new(),
+            generation_floor: 0,
             by_five_tuple: FxHashMap::default(),
             reservations: FxHashMap::default(),
             cooling: Default::default(),
@@ -509,6 +513,26 @@ impl<O: Observer> Server<O> {
             return None;
         }
         s.allocation.as_mut()
+    }
+
+    /// Gives back the room released allocations leave behind: the free slots at the end
+    /// and the spare capacity of every table (they never shrink on their own). The driver
+    /// calls it when many allocations have gone, before it trims the heap.
+    pub fn shrink(&mut self) {
+        while let Some(last) = self.slots.last() {
+            if last.allocation.is_some() {
+                break;
+            }
+            self.generation_floor = self.generation_floor.max(last.generation);
+            self.slots.pop();
+        }
+        let len = self.slots.len() as u32;
+        self.free_slots.retain(|&i| i < len);
+        self.slots.shrink_to_fit();
+        self.free_slots.shrink_to_fit();
+        self.by_five_tuple.shrink_to_fit();
+        self.reservations.shrink_to_fit();
+        self.connections.shrink_to_fit();
     }
 
     /// When `handle_timeout` wants to run next.
@@ -1179,7 +1203,7 @@ impl<O: Observer> Server<O> {
             Some(&i) => i,
             None => {
                 self.slots.push(Slot {
-                    generation: 0,
+                    generation: self.generation_floor,
                     allocation: None,
                 });
                 self.free_slots.push((self.slots.len() - 1) as u32);
