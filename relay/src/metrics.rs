@@ -75,6 +75,9 @@ pub struct RelayMetrics {
     /// Datagrams from one allocation to another's relayed address on the same shard,
     /// handed over without the kernel, per shard.
     pub internal: Family<ShardLabel, Counter>,
+    /// Datagrams for another shard's allocation that went through the kernel instead
+    /// because that shard's queue was full, per shard.
+    pub internal_overflow: Family<ShardLabel, Counter>,
     /// Packets dropped, by reason (the core's and the drivers').
     pub dropped: Family<ReasonLabel, Counter>,
     /// Permissions and channels refused for the peer they name, by reason.
@@ -141,6 +144,11 @@ impl RelayMetrics {
             "internal_packets",
             "Datagrams from an allocation to another allocation's relayed address on the same shard, handed over in-process (also counted in packets, both directions)",
             self.internal.clone(),
+        );
+        r.register(
+            "internal_overflow_packets",
+            "Datagrams for another shard's allocation sent through the kernel because that shard's hand-over queue was full",
+            self.internal_overflow.clone(),
         );
         r.register(
             "bytes",
@@ -230,6 +238,10 @@ impl RelayMetrics {
             .get_or_create(&ShardLabel { shard })
             .clone();
         let internal = self.internal.get_or_create(&ShardLabel { shard }).clone();
+        let internal_overflow = self
+            .internal_overflow
+            .get_or_create(&ShardLabel { shard })
+            .clone();
         let to_peer_packets = self.packets.get_or_create(&dir("to_peer")).clone();
         let to_peer_bytes = self.bytes.get_or_create(&dir("to_peer")).clone();
         let to_client_packets = self.packets.get_or_create(&dir("to_client")).clone();
@@ -239,6 +251,7 @@ impl RelayMetrics {
             allocations,
             created,
             internal,
+            internal_overflow,
             to_peer_packets,
             to_peer_bytes,
             to_client_packets,
@@ -258,6 +271,8 @@ pub struct ShardMetrics {
     pub created: Counter,
     /// Datagrams handed from one of this shard's allocations to another in-process.
     pub internal: Counter,
+    /// Datagrams for another shard that its full queue sent back to the kernel path.
+    pub internal_overflow: Counter,
     /// Packets this shard relayed from clients to peers.
     pub to_peer_packets: Counter,
     /// Application bytes this shard relayed from clients to peers.

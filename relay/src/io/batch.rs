@@ -139,6 +139,11 @@ impl<K> SendBatch<K> {
         self.items.is_empty()
     }
 
+    /// Datagrams queued.
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// Queues `data` for `to`, sent by `from` (check `is_full_for` first).
     pub(super) fn push_from(&mut self, to: K, from: SocketAddr, data: &[u8]) {
         let start = self.data.len();

@@ -4,8 +4,9 @@
 //! client-facing UDP and TCP ports with SO_REUSEPORT, so the kernel spreads clients over
 //! shards by 4-tuple hash and a client's packets always reach the shard that holds its
 //! allocation. Within a shard everything is single-threaded (`Rc`/`RefCell`): no locks on
-//! the packet path. Relayed sockets have no buffer of their own; they read into the
-//! shard's one receive buffer, so an idle allocation costs only its bookkeeping.
+//! the packet path. Relayed sockets have no buffer or task of their own: a shard watches
+//! them all through one epoll set and reads them into its one `recvmmsg` batch
+//! (`batch.rs`), so an idle allocation costs only its bookkeeping and its socket.
 
 mod batch;
 mod dtls;

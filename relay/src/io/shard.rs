@@ -256,7 +256,6 @@ impl Ctx {
                                 self.cross(s, b, &relays);
                             }
                             crossing[s].push_from(to, relay, data);
-                            self.metrics.internal.inc();
                             return;
                         }
                         None => {}
@@ -315,11 +314,18 @@ impl Ctx {
         b: SendBatch<SocketAddr>,
         relays: &FxHashMap<SocketAddr, (UdpSocket, AllocationId)>,
     ) {
-        if let Err(b) = self.crossings.send(to, b) {
-            for (peer, relay, data) in b.iter() {
-                if let Some((sock, _)) = relays.get(&relay) {
-                    if let Err(e) = send_now(sock, data, *peer) {
-                        self.send_failed(e);
+        let n = b.len() as u64;
+        match self.crossings.send(to, b) {
+            Ok(()) => {
+                self.metrics.internal.inc_by(n);
+            }
+            Err(b) => {
+                self.metrics.internal_overflow.inc_by(n);
+                for (peer, relay, data) in b.iter() {
+                    if let Some((sock, _)) = relays.get(&relay) {
+                        if let Err(e) = send_now(sock, data, *peer) {
+                            self.send_failed(e);
+                        }
                     }
                 }
             }
