@@ -8,12 +8,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use icebreaker_tests::{echo_peer, http_get, metric, require, rss_kib, start_relay, Proc};
-
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
+use icebreaker_tests::{
+    assert_all_echoed, assert_rss_flat, echo_peer, http_get, metric, require, rss_kib, start_relay,
+    Proc, Uclient,
+};
 
 #[test]
 fn relay_under_steady_load_keeps_its_memory_flat_and_releases_everything() {
@@ -60,43 +58,15 @@ fn relay_under_steady_load_keeps_its_memory_flat_and_releases_everything() {
         std::thread::sleep(Duration::from_secs(1));
         samples.push(rss_kib(pid));
     }
-    let out = u.output();
-    let totals = out
-        .lines()
-        .rev()
-        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .unwrap_or_else(|| panic!("uclient totals:\n{out}"));
-    let num = |key: &str| -> u64 {
-        totals
-            .split(key)
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let (sent, recv) = (num("tot_send_msgs="), num("tot_recv_msgs="));
+    let status = u.wait(Duration::from_secs(5)).expect("uclient ended");
+    let run = Uclient::read(status.success(), u.output());
     println!(
-        "relay soak {secs} s: {clients} clients every {interval_ms} ms, {sent} sent, {recv} echoed"
+        "relay soak {secs} s: {clients} clients every {interval_ms} ms, {} sent, {} echoed",
+        run.sent, run.recv
     );
-    assert_eq!(sent, clients * count, "every message sent\n{out}");
-    assert_eq!(
-        recv, sent,
-        "every message echoed back through the relay\n{out}"
-    );
-
-    // After warm-up (the first third), the median of the last fifth may exceed the median
-    // of the fifth right after warm-up by at most 5 %.
-    let len = samples.len();
-    assert!(len >= 10, "too few samples: {samples:?}");
-    let (from, to) = (len / 3, len / 3 + len / 5);
-    let early = median(&mut samples[from..to.max(from + 1)].to_vec());
-    let late = median(&mut samples[len - len / 5..].to_vec());
-    let peak = *samples.iter().max().unwrap();
-    println!("relay RSS after warm-up {early} KiB, at the end {late} KiB, peak {peak} KiB");
-    assert!(
-        late as f64 <= early as f64 * 1.05,
-        "the relay grew from {early} to {late} KiB: {samples:?}"
-    );
+    assert_all_echoed(&run, "relay soak", clients * count);
+    assert_rss_flat("relay", &samples);
+    let recv = run.recv;
 
     // What uclient released and what it left to expire are gone; their ports come back
     // after cooling.

@@ -14,7 +14,9 @@ use serde_json::json;
 use icebreaker_relay::codec::{attr, Message};
 use icebreaker_tests::raw_ws::{In, Raw};
 use icebreaker_tests::turn_probe::TurnProbe;
-use icebreaker_tests::{http_get, metric, rss_kib, start_icebreaker, start_relay, Icebreaker};
+use icebreaker_tests::{
+    assert_rss_flat, http_get, metric, rss_kib, start_icebreaker, start_relay, Icebreaker,
+};
 
 #[derive(Default)]
 struct Counts {
@@ -139,11 +141,6 @@ fn relay_worker(relay: SocketAddr, echo: SocketAddr, seed: u64, stop: &AtomicBoo
     }
 }
 
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
 #[test]
 fn mixed_load_keeps_memory_flat_and_releases_everything() {
     let secs: u64 = std::env::var("SOAK_SECS")
@@ -214,23 +211,12 @@ fn mixed_load_keeps_memory_flat_and_releases_everything() {
         n.allocations.load(Ordering::Relaxed) > secs * 5,
         "the load ran"
     );
-    // After warm-up (the first third), the last fifth's median may exceed the median of
-    // the fifth right after warm-up by at most 5 %.
-    let len = samples.len();
-    let (from, to) = (len / 3, len / 3 + len / 5);
     for (name, pick) in [("icebreaker", 0usize), ("icebreaker-relay", 1)] {
         let col: Vec<u64> = samples
             .iter()
             .map(|s| if pick == 0 { s.0 } else { s.1 })
             .collect();
-        let early = median(&mut col[from..to.max(from + 1)].to_vec());
-        let late = median(&mut col[len - len / 5..].to_vec());
-        let peak = *col.iter().max().unwrap();
-        println!("{name}: RSS after warm-up {early} KiB, at the end {late} KiB, peak {peak} KiB");
-        assert!(
-            late as f64 <= early as f64 * 1.05,
-            "{name} grew from {early} to {late} KiB: {col:?}"
-        );
+        assert_rss_flat(name, &col);
     }
     // Everything is released: peers dropped without a resume leave after the 2 s grace,
     // UDP allocations left behind expire after their 3 s lifetime.

@@ -548,27 +548,54 @@ pub fn uclient(port: u16, peer_port: u16, extra: &[&str]) -> Uclient {
         .arg("127.0.0.1");
     let mut p = Proc::start("uclient", cmd);
     let status = p.wait(Duration::from_secs(70)).expect("uclient finished");
-    let output = p.output();
-    let totals = output
-        .lines()
-        .rev()
-        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .unwrap_or("");
-    let num = |key: &str| -> u64 {
-        totals
-            .split(key)
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    Uclient {
-        ok: status.success(),
-        sent: num("tot_send_msgs="),
-        recv: num("tot_recv_msgs="),
-        lost_zero: output.contains("Total lost packets 0 (0.000000%)"),
-        output,
+    Uclient::read(status.success(), p.output())
+}
+
+impl Uclient {
+    /// What a finished uclient run reports: its closing totals and whether it saw loss.
+    pub fn read(ok: bool, output: String) -> Uclient {
+        let totals = output
+            .lines()
+            .rev()
+            .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+            .unwrap_or("");
+        let num = |key: &str| -> u64 {
+            totals
+                .split(key)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        Uclient {
+            ok,
+            sent: num("tot_send_msgs="),
+            recv: num("tot_recv_msgs="),
+            lost_zero: output.contains("Total lost packets 0 (0.000000%)"),
+            output,
+        }
     }
+}
+
+/// A soak's memory check on RSS samples taken every second: after warm-up (the first
+/// third), the median of the last fifth may exceed the median of the fifth right after
+/// warm-up by at most 5 %.
+pub fn assert_rss_flat(name: &str, samples: &[u64]) {
+    fn median(mut v: Vec<u64>) -> u64 {
+        v.sort_unstable();
+        v[v.len() / 2]
+    }
+    let len = samples.len();
+    assert!(len >= 10, "{name}: too few RSS samples: {samples:?}");
+    let (from, to) = (len / 3, len / 3 + len / 5);
+    let early = median(samples[from..to.max(from + 1)].to_vec());
+    let late = median(samples[len - len / 5..].to_vec());
+    let peak = *samples.iter().max().unwrap();
+    println!("{name}: RSS after warm-up {early} KiB, at the end {late} KiB, peak {peak} KiB");
+    assert!(
+        late as f64 <= early as f64 * 1.05,
+        "{name} grew from {early} to {late} KiB: {samples:?}"
+    );
 }
 
 /// Every message `uclient` sent came back, none lost.

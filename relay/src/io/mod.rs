@@ -229,6 +229,21 @@ fn host_ips() -> Vec<std::net::IpAddr> {
     }
 }
 
+/// A port of `want`'s address that no socket holds, UDP or TCP. The kernel's choice for a
+/// port-0 bind with SO_REUSEPORT may be a UDP port another program of the same user holds
+/// with SO_REUSEPORT: the two would silently share its datagrams, each getting the other's
+/// clients. Sockets bound without SO_REUSEPORT conflict with every holder, so the ports they
+/// get are free; they are closed again before the shards bind.
+fn free_port(want: SocketAddr) -> std::io::Result<SocketAddr> {
+    let udp = UdpSocket::bind(want)?;
+    let addr = udp.local_addr()?;
+    // std's TcpListener sets SO_REUSEADDR but not SO_REUSEPORT: it fails on a port that
+    // anyone listens on.
+    let tcp = TcpListener::bind(addr)?;
+    drop((udp, tcp));
+    Ok(addr)
+}
+
 /// One UDP socket and one TCP listener per shard on `want` (SO_REUSEPORT group).
 fn bind_shards(
     want: SocketAddr,
@@ -260,11 +275,16 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     let mut local_addrs = Vec::new();
     for &want in &config.listen {
-        // Port 0: the first UDP bind picks a port, which the TCP listener and the other
-        // shards then share; if TCP has that port taken already, try another.
+        // Port 0: a free port for UDP and TCP, which the shards then share; if it is
+        // taken by the time they bind, try another.
         let mut attempt = 0;
         let (addr, sockets) = loop {
-            match bind_shards(want, shards) {
+            let bound = if want.port() == 0 {
+                free_port(want).and_then(|at| bind_shards(at, shards))
+            } else {
+                bind_shards(want, shards)
+            };
+            match bound {
                 Ok(r) => break r,
                 Err(e)
                     if want.port() == 0
@@ -305,6 +325,12 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     };
     if certificates.is_some() {
         for &want in &config.tls_listen {
+            // Port 0: one free for UDP too, since DTLS binds the same port number.
+            let want = if want.port() == 0 && dtls_config.is_some() {
+                free_port(want)?
+            } else {
+                want
+            };
             let ls = icebreaker_service::reuse_tcp_listeners(want, shards)?;
             let addr = ls[0].local_addr()?;
             tls_addrs.push(addr);
@@ -400,4 +426,32 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         certificates,
         handoff,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel hands a port-0 SO_REUSEPORT bind ports that other SO_REUSEPORT sockets of
+    /// the same user hold (seen: a test relay sharing its client port with another test's
+    /// relay, clients answered by the wrong one). The relay's port-0 choice never does.
+    #[test]
+    fn a_port_0_listen_never_takes_a_port_another_reuseport_socket_holds() {
+        let want: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let held: Vec<socket2::Socket> = (0..2000)
+            .map(|_| {
+                let s = reuse_socket(want, Type::DGRAM, Protocol::UDP).unwrap();
+                s.bind(&want.into()).unwrap();
+                s
+            })
+            .collect();
+        let ports: std::collections::HashSet<u16> = held
+            .iter()
+            .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
+            .collect();
+        for _ in 0..2000 {
+            let a = free_port(want).unwrap();
+            assert!(!ports.contains(&a.port()), "{a} is held by another socket");
+        }
+    }
 }
