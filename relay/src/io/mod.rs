@@ -235,13 +235,18 @@ fn host_ips() -> Vec<std::net::IpAddr> {
 /// clients. Sockets bound without SO_REUSEPORT conflict with every holder, so the ports they
 /// get are free; they are closed again before the shards bind.
 fn free_port(want: SocketAddr) -> std::io::Result<SocketAddr> {
-    let udp = UdpSocket::bind(want)?;
-    let addr = udp.local_addr()?;
-    // std's TcpListener sets SO_REUSEADDR but not SO_REUSEPORT: it fails on a port that
-    // anyone listens on.
-    let tcp = TcpListener::bind(addr)?;
-    drop((udp, tcp));
-    Ok(addr)
+    let mut attempt = 0;
+    loop {
+        let udp = UdpSocket::bind(want)?;
+        let addr = udp.local_addr()?;
+        // std's TcpListener sets SO_REUSEADDR but not SO_REUSEPORT: it fails on a port
+        // that anyone listens on. Then another UDP port is tried.
+        match TcpListener::bind(addr) {
+            Ok(_) => return Ok(addr),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 50 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One UDP socket and one TCP listener per shard on `want` (SO_REUSEPORT group).
