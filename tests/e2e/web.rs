@@ -47,7 +47,11 @@ fn web_client_in_chromium() {
         );
     }
     for r in &results {
-        assert_eq!(r["ok"], true, "{r}");
+        // The record first, then a one-line verdict last: CI keeps only the tail.
+        if r["ok"] != true {
+            eprintln!("{r}");
+            panic!("scenario {} failed: {}", r["scenario"], r["error"]);
+        }
     }
     // The page decoded the headless peer's VP8 and the peer counted the page's frames, in
     // both offer directions (not skipped).
@@ -127,7 +131,10 @@ fn web_client_as_a_person_sees_it() {
         );
     }
     for r in &results {
-        assert_eq!(r["ok"], true, "{r}\n{}", p.output());
+        if r["ok"] != true {
+            eprintln!("{r}\n{}", p.output());
+            panic!("scenario {} failed: {}", r["scenario"], r["error"]);
+        }
     }
     assert!(status.success(), "{}", p.output());
     for f in [
