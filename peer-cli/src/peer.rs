@@ -480,6 +480,9 @@ struct Handler {
     media_hello: Arc<str>,
     /// Set once a data channel of this connection is open (ends [`nudge_driver`]).
     channel_up: Arc<AtomicBool>,
+    /// True while our ICE gathering is complete, false while it runs (gates
+    /// [`nudge_driver`]).
+    gathered: Arc<AtomicBool>,
     /// [`IceTiming::nudge`].
     nudge: Duration,
 }
@@ -500,12 +503,30 @@ const NUDGE_FOR: Duration = Duration::from_secs(5);
 /// changes nothing (its ICE servers apply at the next gathering, and they are the same).
 /// So until a channel opens we send that every few milliseconds: a few hundred calls at
 /// most, only during setup. Remove once the driver polls writes after events.
-async fn nudge_driver(pc: Weak<dyn PeerConnection>, up: Arc<AtomicBool>, every: Duration) {
+///
+/// Only while our gathering is complete (`gathered`): the driver keeps the configuration
+/// as pending and applies it when the next gathering starts (a renegotiation), and
+/// webrtc 0.21.1's TURN relayer treats it as a new configuration, tearing its clients
+/// down and allocating again on the same 5-tuple, unless every allocation is already
+/// established (then it only re-signs them). A teardown while an Allocate is in flight
+/// gets 437 (Allocation Mismatch, RFC 8656 §7.2) from the server, which already made the
+/// allocation, and the connection is left without a relay candidate: relay-only, that
+/// was 2–6 of 20 `load --media` peers timing out in setup.
+async fn nudge_driver(
+    pc: Weak<dyn PeerConnection>,
+    up: Arc<AtomicBool>,
+    gathered: Arc<AtomicBool>,
+    every: Duration,
+) {
     if every.is_zero() {
         return;
     }
     let started = tokio::time::Instant::now();
     while !up.load(Ordering::Acquire) && started.elapsed() < NUDGE_FOR {
+        if !gathered.load(Ordering::Acquire) {
+            tokio::time::sleep(every).await;
+            continue;
+        }
         let Some(pc) = pc.upgrade() else { return };
         // Err once the connection is closed.
         let cfg = pc.get_configuration().await;
@@ -552,6 +573,8 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        self.gathered
+            .store(s == RTCIceGatheringState::Complete, Ordering::Release);
         if s == RTCIceGatheringState::Complete {
             let _ = self.candidates.send(None);
             self.phase(Phase::Gathered);
@@ -565,6 +588,7 @@ impl PeerConnectionEventHandler for Handler {
                 tokio::spawn(nudge_driver(
                     Arc::downgrade(&r.pc),
                     self.channel_up.clone(),
+                    self.gathered.clone(),
                     self.nudge,
                 ));
             }
@@ -788,6 +812,7 @@ impl Remote {
             candidates: cand_tx,
             media_hello: media_hello.clone(),
             channel_up: channel_up.clone(),
+            gathered: Arc::new(AtomicBool::new(false)),
             nudge: setup.ice.nudge,
         });
         let cfg = RTCConfigurationBuilder::new()
