@@ -265,3 +265,58 @@ fn tcp_data_connection_is_paced_to_max_bps() {
         "{text}"
     );
 }
+
+/// A relayed TCP port another program listens on with SO_REUSEPORT (a second relay of the
+/// same user, say) is busy: the allocation gets the other port of its two-port range, a
+/// second allocation gets none, and peers' connections reach this relay, not the other
+/// program's listener.
+#[test]
+fn a_relayed_tcp_port_held_with_so_reuseport_elsewhere_is_not_shared() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // Two free neighbouring ports; the first held by a SO_REUSEPORT listener of ours.
+    let (held, port) = (20_000..60_000u16)
+        .step_by(7)
+        .find_map(|p| {
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !(free(p) && free(p + 1)) {
+                return None;
+            }
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).ok()?;
+            s.set_reuse_address(true).ok()?;
+            s.set_reuse_port(true).ok()?;
+            let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+            s.bind(&addr.into()).ok()?;
+            s.listen(8).ok()?;
+            Some((s, p))
+        })
+        .expect("two free ports");
+    let range = format!("{port}-{}", port + 1);
+    let relay = start_relay(&["--allow-peer", "127.0.0.0/8", "--relay-ports", &range]);
+    let mut control = TurnProbe::tcp(relay.addr);
+    let relayed = allocate_tcp(&mut control);
+    assert_eq!(relayed.port(), port + 1, "the held port is skipped");
+    // And the held port is never handed out: a second allocation finds no port.
+    let mut second = TurnProbe::tcp(relay.addr);
+    let refused = second.request(Method::ALLOCATE, &|w| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    });
+    assert_eq!(refused.code, Some(508), "no other port is free");
+    // Every peer connection reaches the relay's listener (it closes unpermitted ones);
+    // none is queued at ours.
+    held.set_nonblocking(true).unwrap();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(relayed).unwrap();
+        assert!(closes(&mut s), "unpermitted peer closed by the relay");
+    }
+    assert!(held.accept().is_err(), "a peer reached the other listener");
+    let text = http_get(relay.metrics.unwrap(), "/metrics").1;
+    assert_eq!(
+        metric(
+            &text,
+            "icebreaker_relay_tcp_peer_connections_total",
+            &["refused"]
+        ),
+        20.0,
+        "{text}"
+    );
+}

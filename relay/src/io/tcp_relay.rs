@@ -57,11 +57,22 @@ impl PeerConn {
 
 /// Binds and listens on a TCP allocation's relayed address. SO_REUSEADDR/SO_REUSEPORT:
 /// the outgoing connections of Connect leave from this same address while it listens.
+///
+/// SO_REUSEPORT would also let this listener join another process's listener on the
+/// same port (any program of the same user: a second relay, a test's relay), and the
+/// kernel would then split the peers' connections between them. So the port is first
+/// bound without SO_REUSEPORT: if anything holds it, it is busy (the pool tries another).
 pub(crate) fn open_listener(
     ctx: &Rc<Ctx>,
     addr: SocketAddr,
     id: AllocationId,
 ) -> std::io::Result<()> {
+    {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // TIME_WAIT leftovers of our own earlier allocations are no owner.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
