@@ -760,3 +760,88 @@ fn redis_refusing_writes_with_oom_is_named_and_recovered_from() {
         ) >= 1.0
     );
 }
+
+/// `redis-cli -p PORT ARGS…`'s output, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A peer's outbox in Redis holds what it has not acknowledged, nothing more: a ping's
+/// `last_seq` trims it to the entries after it (what a resume still needs), and a resume
+/// on another node after such a partial ack replays exactly the rest, in order.
+#[test]
+fn acknowledged_messages_leave_redis_and_a_resume_elsewhere_replays_the_rest() {
+    icebreaker_tests::require("redis-cli", "redis-tools");
+    let port = free_tcp_port();
+    let redis = Redis::start(port);
+    let n1 = node(&redis, "q1", &[]);
+    let n2 = node(&redis, "q2", &[]);
+    let len = |id: &str| -> u64 {
+        redis_cli(port, &["LLEN", &format!("ib:peer:{id}:q")])
+            .parse()
+            .unwrap()
+    };
+    let bytes = |id: &str| -> u64 {
+        redis_cli(port, &["HGET", &format!("ib:peer:{id}"), "bytes"])
+            .parse()
+            .unwrap()
+    };
+    rt().block_on(async {
+        let mut a = Client::connect(&n1.ws_url()).await;
+        a.join("acks").await;
+        let mut b = Client::connect(&n2.ws_url()).await;
+        b.join("acks").await;
+        a.expect("peer-joined").await;
+        // From the first ping with `last_seq` on, only such pings acknowledge.
+        b.send(json!({"type":"ping","last_seq": b.last_seq})).await;
+        let base = b.expect("pong").await["seq"].as_u64().unwrap();
+        let bid = b.id.clone();
+        for i in 0..40 {
+            a.signal(&bid, i).await;
+        }
+        b.expect_signals(&a.id, 0, 40).await;
+        // The pong and 40 signals, each a (seq, message) pair.
+        assert_eq!(len(&bid), 2 * 41);
+        assert!(bytes(&bid) > 40 * 30, "outbox bytes: {}", bytes(&bid));
+
+        b.send(json!({"type":"ping","last_seq": base + 20})).await;
+        let last = b.expect("pong").await["seq"].as_u64().unwrap();
+        assert_eq!(last, base + 41);
+        wait_for(
+            "acknowledged entries trimmed",
+            Duration::from_secs(5),
+            || len(&bid) == 2 * (last - base - 20),
+        );
+
+        // Gone from its node without a word; back on the other one with last_seq in the
+        // middle of what Redis still holds.
+        let token = b.token.clone();
+        drop(b);
+        let mut b2 = Client::connect(&n1.ws_url()).await;
+        b2.last_seq = base + 30;
+        b2.send(json!({"type":"resume","id": bid,"token": token,"last_seq": base + 30}))
+            .await;
+        b2.expect("resumed").await;
+        b2.expect_signals(&a.id, 30, 10).await;
+        assert_eq!(b2.expect("pong").await["seq"], last);
+        b2.send(json!({"type":"ping","last_seq": last})).await;
+        let pong = b2.expect("pong").await;
+        // Only the newest pong is left unacknowledged.
+        wait_for(
+            "all but the newest pong trimmed",
+            Duration::from_secs(5),
+            || len(&bid) == 2,
+        );
+        assert_eq!(bytes(&bid), pong.to_string().len() as u64, "{pong}");
+        assert!(
+            b2.try_recv(Duration::from_millis(300)).await.is_none(),
+            "nothing replayed twice"
+        );
+    });
+}

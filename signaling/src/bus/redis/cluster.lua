@@ -3,7 +3,11 @@
 -- the operation; docs/scaling.md describes the keys.
 --
 -- ib:peer:{P}       hash  room, node, token, seq (last seq handed out), bytes (of its outbox)
--- ib:peer:{P}:out   stream of P's messages not yet acknowledged, entry id = seq-0, field m
+-- ib:peer:{P}:q     list of P's messages not yet acknowledged, oldest first, two elements
+--                   each: seq, message JSON. A list, not a stream: Redis 7 gives every new
+--                   stream a 4 KiB node up front (4.7 KB for one message, against 192 B
+--                   for a list), and a list that acks empty is deleted, where an empty
+--                   stream stays (~400 B per idle peer).
 -- ib:room:{R}       hash  peer id -> meta JSON ('' for none)
 -- ib:node:{N}:peers set   peers node N holds
 -- ib:node:{N}:alive string with a TTL, refreshed by node N
@@ -20,6 +24,21 @@ local BYTES = tonumber(ARGV[4])  -- outbox bytes per peer
 local TTL = tonumber(ARGV[5])    -- outbox expiry, ms
 
 local function pk(p) return 'ib:peer:' .. p end
+
+-- The list index of the message with seq s in outbox q, or nil. Seqs are consecutive
+-- (one RPUSH per seq), so one LINDEX finds it; a node that wrote its own outbox back
+-- after a Redis restart may leave a hole, so a miss looks through the whole list.
+local function index_of(q, s)
+  local first = tonumber(redis.call('LINDEX', q, 0))
+  if not first or s < first then return nil end
+  local i = 2 * (s - first)
+  if tonumber(redis.call('LINDEX', q, i)) == s then return i end
+  local all = redis.call('LRANGE', q, 0, -1)
+  for j = 1, #all, 2 do
+    if tonumber(all[j]) == s then return j - 1 end
+  end
+  return nil
+end
 
 -- Records to publish, per node, sent together when the run ends (see `flush`): a batch
 -- of signals for one node is one PUBLISH and one wake-up there, not one per signal.
@@ -42,7 +61,7 @@ local function flush()
 end
 
 -- Hands `body` (a message without its seq and closing brace) to peer p, if p is in
--- `room` (nil: anywhere): the next seq, kept in p's outbox stream, published to p's node.
+-- `room` (nil: anywhere): the next seq, kept in p's outbox list, published to p's node.
 -- Returns the seq, or -1: no such peer (in that room).
 local function deliver(p, body, room)
   local k = pk(p)
@@ -51,27 +70,24 @@ local function deliver(p, body, room)
   if not node or (room and f[2] ~= room) then return -1 end
   local seq = redis.call('HINCRBY', k, 'seq', 1)
   local full = body .. ',"seq":' .. seq .. '}'
-  local sk = k .. ':out'
-  local id = seq .. '-0'
-  redis.call('XADD', sk, id, 'm', full)
-  local n = redis.call('XLEN', sk)
+  local q = k .. ':q'
+  local n = redis.call('RPUSH', q, seq, full) / 2
   local bytes
   if n == 1 then
-    -- A new stream (or one emptied by acks): an expired one took its bytes with it.
+    -- A new list (or one emptied by acks): an expired one took its bytes with it.
     redis.call('HSET', k, 'bytes', #full)
     bytes = #full
   else
     bytes = redis.call('HINCRBY', k, 'bytes', #full)
   end
-  -- Bounded in entries and bytes: the oldest go first (a resume that needs them fails).
-  while n > LIMIT or bytes > BYTES do
-    local old = redis.call('XRANGE', sk, '-', '+', 'COUNT', 1)[1]
-    if not old or old[1] == id then break end
-    redis.call('XDEL', sk, old[1])
+  -- Bounded in entries and bytes: the oldest go first (a resume that needs them fails);
+  -- the newest always stays.
+  while n > 1 and (n > LIMIT or bytes > BYTES) do
+    local old = redis.call('LPOP', q, 2)
     n = n - 1
-    bytes = redis.call('HINCRBY', k, 'bytes', -#old[2][2])
+    bytes = redis.call('HINCRBY', k, 'bytes', -#old[2])
   end
-  redis.call('PEXPIRE', sk, TTL)
+  redis.call('PEXPIRE', q, TTL)
   publish(node, p, seq, full)
   return seq
 end
@@ -84,7 +100,7 @@ local function remove(p, reason, only_node, skip_node)
   local room, node = f[1], f[2]
   if not room then return 0 end
   if only_node and only_node ~= '' and node ~= only_node then return 0 end
-  redis.call('DEL', k, k .. ':out')
+  redis.call('DEL', k, k .. ':q')
   redis.call('SREM', 'ib:node:' .. node .. ':peers', p)
   local rk = 'ib:room:' .. room
   redis.call('HDEL', rk, p)
@@ -157,8 +173,7 @@ elseif op == 'resume' then
   if last > seq then
     why = 'last_seq is ahead of what the server sent'
   elseif last < seq then
-    local first = redis.call('XRANGE', k .. ':out', (last + 1) .. '-0', '+', 'COUNT', 1)[1]
-    if not first or first[1] ~= (last + 1) .. '-0' then
+    if not index_of(k .. ':q', last + 1) then
       why = 'messages after last_seq are no longer buffered'
     end
   end
@@ -186,15 +201,33 @@ elseif op == 'ack' then
   -- ARGV: 6 id, 7 node, 8 seq: entries up to seq are trimmed (if the node still holds it).
   local k = pk(ARGV[6])
   if redis.call('HGET', k, 'node') ~= ARGV[7] then return 0 end
-  local sk = k .. ':out'
-  local gone = redis.call('XRANGE', sk, '-', ARGV[8] .. '-0')
-  local n = 0
-  for _, e in ipairs(gone) do n = n + #e[2][2] end
-  if #gone > 0 then
-    redis.call('XTRIM', sk, 'MINID', (tonumber(ARGV[8]) + 1) .. '-0')
-    redis.call('HINCRBY', k, 'bytes', -n)
+  local q = k .. ':q'
+  local upto = tonumber(ARGV[8])
+  local first = tonumber(redis.call('LINDEX', q, 0))
+  if not first or first > upto then return 0 end
+  -- Seqs are ascending, so what is acknowledged is a prefix: everything, or up to the
+  -- entry of its last seq (or, past a hole, counted).
+  local cnt
+  if tonumber(redis.call('LINDEX', q, -2)) <= upto then
+    cnt = redis.call('LLEN', q)
+  else
+    cnt = index_of(q, upto)
+    if cnt then
+      cnt = cnt + 2
+    else
+      cnt = 0
+      local all = redis.call('LRANGE', q, 0, -1)
+      for j = 1, #all, 2 do
+        if tonumber(all[j]) > upto then break end
+        cnt = j + 1
+      end
+    end
   end
-  return #gone
+  local gone = redis.call('LPOP', q, cnt)
+  local n = 0
+  for j = 2, #gone, 2 do n = n + #gone[j] end
+  if #gone > 0 then redis.call('HINCRBY', k, 'bytes', -n) end
+  return #gone / 2
 
 elseif op == 'register' then
   -- A node (re)writes a peer it holds, after Redis came back: ARGV 6 id, 7 room, 8 node,
@@ -214,14 +247,14 @@ elseif op == 'register' then
   if not redis.call('HGET', k, 'bytes') then redis.call('HSET', k, 'bytes', 0) end
   redis.call('HSET', 'ib:room:' .. room, id, ARGV[10])
   redis.call('SADD', 'ib:node:' .. node .. ':peers', id)
-  local sk = k .. ':out'
+  local q = k .. ':q'
   for i = 12, #ARGV, 2 do
     if tonumber(ARGV[i]) > had then
-      redis.call('XADD', sk, ARGV[i] .. '-0', 'm', ARGV[i + 1])
+      redis.call('RPUSH', q, ARGV[i], ARGV[i + 1])
       redis.call('HINCRBY', k, 'bytes', #ARGV[i + 1])
     end
   end
-  redis.call('PEXPIRE', sk, TTL)
+  redis.call('PEXPIRE', q, TTL)
   return had
 
 elseif op == 'reap' then

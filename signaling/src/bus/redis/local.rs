@@ -1,7 +1,7 @@
 //! The I/O-free half of the Redis bus: the peers this node carries. In a cluster Redis
 //! hands out every peer's seqs (so a peer can resume on any node), and its messages arrive
 //! over pub/sub, which may lose some (at most once) and, after a reconnect or a resume,
-//! overlaps with what is fetched from the peer's outbox stream. This core turns that into
+//! overlaps with what is fetched from the peer's outbox list. This core turns that into
 //! what a client must see: every seq once, in order. It keeps what a [`crate::room::Hub`]
 //! keeps per peer (replay buffer, acknowledgements, the connection) so that a peer that
 //! reconnects to the same node resumes without Redis, and rooms keep working on this node
@@ -36,7 +36,7 @@ pub enum Received {
     Duplicate,
     /// Not a peer of this node (left, or taken over by another node).
     Unknown,
-    /// Held back behind a gap: fetch seqs `from..=to` from the peer's outbox stream and
+    /// Held back behind a gap: fetch seqs `from..=to` from the peer's outbox list and
     /// hand them to [`Local::fetched`]. Asked once per gap.
     Fetch {
         /// First missing seq.
@@ -461,7 +461,7 @@ impl Local {
     }
 
     /// Acknowledged up to `seq` (see [`AckBy`]); returns the seq the buffer was trimmed
-    /// to, for the driver to trim the outbox stream in Redis too.
+    /// to, for the driver to trim the outbox list in Redis too.
     pub fn ack(&mut self, id: &str, conn: u64, seq: u64, by: AckBy) -> Option<u64> {
         let p = self.peers.get_mut(id)?;
         match by {

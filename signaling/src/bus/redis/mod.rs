@@ -1,9 +1,9 @@
 //! The Redis bus: several `icebreaker` nodes behind a load balancer share rooms. Redis
 //! holds room membership, each peer's node, its seq counter and its recent outbox (a
-//! stream), so a peer can resume on any node; one Lua script (`cluster.lua`) does every
+//! list), so a peer can resume on any node; one Lua script (`cluster.lua`) does every
 //! step that must be atomic across nodes (room capacity, seq + outbox + publish, resume,
 //! exactly-once `peer-left`). Each node subscribes to its own channel; what pub/sub loses
-//! (it is at most once) the node fetches from the outbox stream ([`local`] decides when).
+//! (it is at most once) the node fetches from the outbox list ([`local`] decides when).
 //! docs/scaling.md has the data model and the failure cases.
 //!
 //! Why redis-rs (`redis`): it is released every few weeks, its `ConnectionManager`
@@ -535,16 +535,20 @@ impl Inner {
         tokio::spawn(async move {
             let (mut from, mut to) = (from, to);
             loop {
-                let end = to.map_or_else(|| "+".to_string(), |t| format!("{t}-0"));
                 let mut c = self.conn.clone();
-                let r: redis::RedisResult<Value> = redis::cmd("XRANGE")
-                    .arg(format!("ib:peer:{id}:out"))
-                    .arg(format!("{from}-0"))
-                    .arg(end)
+                // The whole list: it is bounded (the replay limit) and a fetch is rare
+                // (a gap in pub/sub, a resubscribe, a takeover).
+                let r: redis::RedisResult<Value> = redis::cmd("LRANGE")
+                    .arg(format!("ib:peer:{id}:q"))
+                    .arg(0)
+                    .arg(-1)
                     .query_async(&mut c)
                     .await;
                 let items = match r {
-                    Ok(v) => stream_entries(v),
+                    Ok(v) => outbox_entries(v)
+                        .into_iter()
+                        .filter(|(s, _)| *s >= from && to.is_none_or(|t| *s <= t))
+                        .collect(),
                     Err(e) => {
                         self.went_down(&e);
                         Vec::new()
@@ -651,36 +655,24 @@ impl Inner {
     }
 }
 
-/// `(seq, json)` of each entry of an XRANGE reply (ids `SEQ-0`, field `m`).
-fn stream_entries(v: Value) -> Vec<Frame> {
-    let Value::Array(entries) = v else {
+/// `(seq, json)` of each entry of an outbox list (`cluster.lua`: seq, json, seq, json, …).
+fn outbox_entries(v: Value) -> Vec<Frame> {
+    let Value::Array(items) = v else {
         return Vec::new();
     };
-    entries
-        .into_iter()
-        .filter_map(|e| {
-            let Value::Array(mut e) = e else { return None };
-            let fields = e.pop()?;
-            let id = e.pop()?;
-            let seq = match id {
-                Value::BulkString(b) => std::str::from_utf8(&b)
-                    .ok()?
-                    .split('-')
-                    .next()?
-                    .parse()
-                    .ok()?,
-                Value::SimpleString(s) => s.split('-').next()?.parse().ok()?,
-                _ => return None,
-            };
-            let Value::Array(mut f) = fields else {
-                return None;
-            };
-            match f.pop()? {
-                Value::BulkString(b) => Some((seq, Bytes::from(b))),
-                _ => None,
-            }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(seq), Some(json)) = (it.next(), it.next()) {
+        let seq = match seq {
+            Value::BulkString(b) => std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()),
+            Value::Int(n) => u64::try_from(n).ok(),
+            _ => None,
+        };
+        if let (Some(seq), Value::BulkString(json)) = (seq, json) {
+            out.push((seq, Bytes::from(json)));
+        }
+    }
+    out
 }
 
 /// Peer infos of `pairs` (id, meta) without `me`, borrowing their metas.

@@ -57,7 +57,7 @@ fn boxed(limit: usize) -> Arc<TestBox> {
     })
 }
 
-/// A signal as pub/sub or the outbox stream carries it; `data.i` repeats the seq so a
+/// A signal as pub/sub or the outbox list carries it; `data.i` repeats the seq so a
 /// frame pushed under the wrong seq shows.
 fn signal(seq: u64) -> Bytes {
     Bytes::from(format!(
@@ -202,7 +202,7 @@ fn gap_is_fetched_once_and_filled_in_order() {
     assert!(detached(&out).is_empty());
 }
 
-/// A gap the outbox stream cannot fill is lost: the client is cut off, delivery goes
+/// A gap the outbox list cannot fill is lost: the client is cut off, delivery goes
 /// on after the gap, and a resume from before the gap fails instead of skipping it.
 #[test]
 fn unfillable_gap_cuts_off_and_resume_before_it_fails() {
