@@ -230,13 +230,19 @@ impl TlsConn {
     /// Waits until a read may succeed (decrypted bytes are already there, or the socket
     /// has some).
     pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    }
+
+    /// [`Self::readable`] as a poll: only one task may poll it at a time (the TCP
+    /// stream keeps one read waker).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
             let st = self.lock();
             if !st.unread.is_empty() || st.plain > 0 || st.eof {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
         }
-        self.tcp.readable().await
+        self.tcp.poll_read_ready(cx)
     }
 
     /// Does nothing: a short read of plaintext does not mean the socket is drained (rustls
@@ -247,6 +253,11 @@ impl TlsConn {
     /// Writes the backlog, waiting for the socket; then a write may succeed.
     pub async fn writable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush_tls(cx)).await
+    }
+
+    /// [`Self::writable`] as a poll (one task at a time, as for reads).
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_tls(cx)
     }
 
     /// close_notify, then FIN.

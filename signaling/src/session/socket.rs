@@ -8,14 +8,15 @@
 //! write on the recipient's, with no hand-over between tasks, and an idle connection holds
 //! no buffer at all.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use icebreaker_service::tls::TlsConn;
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Notify;
 
 use crate::room::{Delivery, Detach, Hold, Outbox, Pushed};
 use crate::ws::frame::{self, Opcode};
@@ -53,10 +54,11 @@ pub trait Stream: Send + Sync + 'static {
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Forgets the read readiness seen so far (the last read drained the kernel's queue).
     fn clear_readable(&self);
-    /// Waits until a read may succeed.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Waits until a write may succeed.
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when a read may succeed. Polled by the connection's own task only (the
+    /// stream keeps one waker per direction): no waiter node lives in that task's future.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Ready when a write may succeed; the same one-task rule.
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Sends FIN.
     fn shutdown_write(&self);
     /// Output was taken but is not on the wire yet (TLS records rustls holds): the
@@ -83,11 +85,11 @@ macro_rules! tokio_stream {
                     Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
                 });
             }
-            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-                <$t>::readable(self)
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_read_ready(self, cx)
             }
-            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-                <$t>::writable(self)
+            fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_write_ready(self, cx)
             }
             fn shutdown_write(&self) {
                 let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
@@ -112,11 +114,11 @@ impl Stream for TlsConn {
     fn clear_readable(&self) {
         TlsConn::clear_readable(self)
     }
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TlsConn::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TlsConn::poll_read_ready(self, cx)
     }
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TlsConn::writable(self)
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TlsConn::poll_write_ready(self, cx)
     }
     fn shutdown_write(&self) {
         TlsConn::shutdown_write(self)
@@ -131,8 +133,11 @@ impl Stream for TlsConn {
 pub struct WsSocket<S = TcpStream> {
     io: S,
     out: Mutex<Out>,
-    /// Wakes the owner: output is blocked, or the connection should close.
-    wake: Notify,
+    /// Wakes the owner: output is blocked, or the connection should close. A flag and a
+    /// waker rather than a `Notify`, whose `notified()` future would sit in every idle
+    /// connection's task.
+    woken: AtomicBool,
+    owner: AtomicWaker,
     max_pending_msgs: usize,
     max_pending_bytes: usize,
     /// The client's per-IP slot, handed to the peer it joins (see [`Outbox::hold`]).
@@ -164,7 +169,8 @@ impl<S: Stream> WsSocket<S> {
                 close_sent: false,
                 broken: false,
             }),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            owner: AtomicWaker::new(),
             max_pending_msgs,
             max_pending_bytes,
             hold,
@@ -189,7 +195,7 @@ impl<S: Stream> WsSocket<S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !out.blocked {
                         out.blocked = true;
-                        self.wake.notify_one();
+                        self.wake_owner();
                     }
                     return Pushed::Ok;
                 }
@@ -205,7 +211,7 @@ impl<S: Stream> WsSocket<S> {
     fn blocked_if_backlogged(&self, out: &mut Out) {
         if !out.blocked && self.io.backlogged() {
             out.blocked = true;
-            self.wake.notify_one();
+            self.wake_owner();
         }
     }
 
@@ -220,7 +226,7 @@ impl<S: Stream> WsSocket<S> {
     fn broke(&self, out: &mut Out) -> Pushed {
         out.broken = true;
         out.pending = Vec::new();
-        self.wake.notify_one();
+        self.wake_owner();
         Pushed::Gone
     }
 
@@ -263,7 +269,7 @@ impl<S: Stream> WsSocket<S> {
             }
             out.pending_msgs = 1;
             out.blocked = true;
-            self.wake.notify_one();
+            self.wake_owner();
             return Pushed::Ok;
         }
         if bounded
@@ -272,7 +278,7 @@ impl<S: Stream> WsSocket<S> {
                 || out.pending.len() + total > self.max_pending_bytes)
         {
             out.closing = Some(Detach::TooSlow);
-            self.wake.notify_one();
+            self.wake_owner();
             return Pushed::TooSlow;
         }
         out.pending.extend_from_slice(&h[..hl]);
@@ -335,14 +341,33 @@ impl<S: Stream> WsSocket<S> {
         (o.blocked, o.closing, o.broken)
     }
 
-    /// Waits until the owner is woken: output is blocked, or the connection should close.
-    pub async fn woken(&self) {
-        self.wake.notified().await
+    /// Tells the owner (the connection's task): output is blocked, or the connection
+    /// should close. Not lost when the owner is busy: it sees the flag on its next poll.
+    fn wake_owner(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.owner.wake();
+    }
+
+    /// Ready once [`Self::wake_owner`] was called since the last time it was.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.owner.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Ready when the stream may be read (the connection's own task only).
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx)
     }
 
     /// Waits until the stream may be read.
     pub async fn readable(&self) -> io::Result<()> {
-        self.io.readable().await
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
     }
 
     /// Reads what is there into `buf`; `Ok(None)`: nothing after all (wait again).
@@ -369,14 +394,19 @@ impl<S: Stream> WsSocket<S> {
 
     /// Writes everything pending, waiting for the socket to drain as needed.
     pub async fn flush(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// [`Self::flush`] as a poll (the connection's own task only).
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            self.io.writable().await?;
+            ready!(self.io.poll_write_ready(cx))?;
             let mut out = self.out();
             if self.write_out(&mut out) == Pushed::Gone {
-                return Err(io::ErrorKind::BrokenPipe.into());
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
             if out.pending.is_empty() && !out.blocked {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -414,7 +444,7 @@ impl<S: Stream> Outbox for WsSocket<S> {
 
     fn detach(&self, why: Detach) {
         self.out().closing.get_or_insert(why);
-        self.wake.notify_one();
+        self.wake_owner();
     }
 
     fn hold(&self) -> Option<Hold> {

@@ -218,6 +218,15 @@ impl Local {
             p.seq = 0;
         }
         self.push(now, id, 1, joined, Delivery::Live, "joined");
+        // Never replayed (a resume needs its token, so `last_seq` is at least 1): not
+        // kept until the first ack.
+        if let Some(p) = self.peers.get_mut(id) {
+            if let Some((1, j)) = p.buffer.front() {
+                p.buffer_bytes = p.buffer_bytes.saturating_sub(j.len());
+                p.buffer.pop_front();
+                p.lost_up_to = p.lost_up_to.max(1);
+            }
+        }
         Some(self.drain(now, id))
     }
 
