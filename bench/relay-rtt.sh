@@ -6,18 +6,12 @@
 #
 #   bench/relay-rtt.sh                 # REPS=5 COUNT=5000
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-shared=${SHARED_DIR:-$repo/../shared}
+. "$(dirname "$0")/lib.sh"
 REPS=${REPS:-5}
 COUNT=${COUNT:-5000}
 COTURN_PORT=${COTURN_PORT:-3579}
 OURS_PORT=${OURS_PORT:-3679}
 BASE_PORT=${BASE_PORT:-3779}
-export BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/icebreaker-bench}
-mkdir -p "$BENCH_DIR"
-relay_bin=$repo/target/release/icebreaker-relay
-[[ -x $relay_bin ]] || (cd "$repo" && cargo build --release -p icebreaker-relay)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done

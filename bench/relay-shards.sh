@@ -7,17 +7,11 @@
 #
 #   bench/relay-shards.sh                  # THREADS=2 COUNTS="2 4 8 50" REPS=3
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-shared=${SHARED_DIR:-$repo/../shared}
+. "$(dirname "$0")/lib.sh"
 THREADS=${THREADS:-2}
 COUNTS=${COUNTS:-"2 4 8 50"}
 REPS=${REPS:-3}
 PORT=${PORT:-3689}
-export BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/icebreaker-bench}
-mkdir -p "$BENCH_DIR"
-relay_bin=$repo/target/release/icebreaker-relay
-[[ -x $relay_bin ]] || (cd "$repo" && cargo build --release -p icebreaker-relay)
 pid=""
 trap '[[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || true' EXIT
 echo "| clients | run | packets per shard (share) | busiest shard / even share |"

@@ -10,13 +10,11 @@
 # LOADS: CLIENTS:INTERVAL_MS. Everything binds 127.0.0.1; only processes started here are
 # stopped. Needs coturn (turnserver, turnutils_*) and openssl.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 REPS=${REPS:-3}
 LOADS=${LOADS:-"20:5 50:5"}
 SEND_SECONDS=${SEND_SECONDS:-8}
 work=$(mktemp -d "${TMPDIR:-/tmp}/icebreaker-tls-bench.XXXXXX")
-relay_bin=$repo/target/release/icebreaker-relay
-[[ -x $relay_bin ]] || (cd "$repo" && cargo build --release -p icebreaker-relay)
 for t in turnserver turnutils_uclient turnutils_peer openssl; do
   command -v $t >/dev/null || { echo "need $t (apt-get install -y coturn openssl)" >&2; exit 1; }
 done

@@ -12,19 +12,13 @@
 # path is measured against the build before it in the same run (`base` rows).
 # MODE=c2c: allocations relay to each other (turn-load.sh's client-to-client load).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-shared=${SHARED_DIR:-$repo/../shared}
+. "$(dirname "$0")/lib.sh"
 [[ -x $shared/bench/turn-load.sh || -f $shared/bench/turn-load.sh ]] || { echo "need $shared/bench (team files)" >&2; exit 1; }
 REPS=${REPS:-3}
 LOADS=${LOADS:-"50:5 50:1 100:1"}
 PROTO=${PROTO:-udp}
 COTURN_PORT=${COTURN_PORT:-3578}
 OURS_PORT=${OURS_PORT:-3678}
-export BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}/icebreaker-bench}
-mkdir -p "$BENCH_DIR"
-relay_bin=$repo/target/release/icebreaker-relay
-[[ -x $relay_bin ]] || (cd "$repo" && cargo build --release -p icebreaker-relay)
 
 ours_pid=""
 base_pid=""

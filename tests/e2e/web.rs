@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use icebreaker_tests::{bin, browser_dir, start_icebreaker, Proc};
+use icebreaker_tests::{bin, browser_dir, scenario_results, start_icebreaker, Proc};
 
 /// The two suites run one after the other: each drives up to three Chromiums at once, and
 /// both together on 2 cores saved under a minute (277–288 s against 336 s one after the
@@ -36,32 +36,12 @@ fn web_client_in_chromium() {
     let status = p
         .wait(Duration::from_secs(600))
         .expect("web-client.mjs finished");
-    let results: Vec<serde_json::Value> = p
-        .output()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["scenario"].is_string())
-        .collect();
-    let names: Vec<&str> = results
-        .iter()
-        .map(|r| r["scenario"].as_str().unwrap())
-        .collect();
-    for want in [
-        "two", "relay", "three", "resume", "cut", "expire", "nomedia", "share", "peer",
-    ] {
-        assert!(
-            names.contains(&want),
-            "scenario {want} did not run: {names:?}\n{}",
-            p.output()
-        );
-    }
-    for r in &results {
-        // The record first, then a one-line verdict last: CI keeps only the tail.
-        if r["ok"] != true {
-            eprintln!("{r}");
-            panic!("scenario {} failed: {}", r["scenario"], r["error"]);
-        }
-    }
+    let results = scenario_results(
+        &p,
+        &[
+            "two", "relay", "three", "resume", "cut", "expire", "nomedia", "share", "peer",
+        ],
+    );
     // The page decoded the headless peer's VP8 and the peer counted the page's frames, in
     // both offer directions (not skipped).
     let peer = results
@@ -123,31 +103,12 @@ fn web_client_as_a_person_sees_it() {
     let status = p
         .wait(Duration::from_secs(900))
         .expect("web-ux.mjs finished");
-    let results: Vec<serde_json::Value> = p
-        .output()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["scenario"].is_string())
-        .collect();
-    let names: Vec<&str> = results
-        .iter()
-        .map(|r| r["scenario"].as_str().unwrap())
-        .collect();
-    for want in [
-        "state", "full", "restart", "prejoin", "a11y", "board", "peer", "share", "shots",
-    ] {
-        assert!(
-            names.contains(&want),
-            "scenario {want} did not run: {names:?}\n{}",
-            p.output()
-        );
-    }
-    for r in &results {
-        if r["ok"] != true {
-            eprintln!("{r}\n{}", p.output());
-            panic!("scenario {} failed: {}", r["scenario"], r["error"]);
-        }
-    }
+    scenario_results(
+        &p,
+        &[
+            "state", "full", "restart", "prejoin", "a11y", "board", "peer", "share", "shots",
+        ],
+    );
     assert!(status.success(), "{}", p.output());
     for f in [
         "screenshot-phone.png",

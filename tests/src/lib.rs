@@ -358,6 +358,35 @@ pub fn repo_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The records a browser suite (tests/browser/*.mjs) printed, one JSON line per scenario
+/// (`{"scenario", "ok", …, "error"}`). Panics unless each of `want` ran and every one passed;
+/// a failure ends with a one-line verdict after its record, since CI keeps only the tail.
+pub fn scenario_results(p: &Proc, want: &[&str]) -> Vec<serde_json::Value> {
+    let output = p.output();
+    let results: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["scenario"].is_string())
+        .collect();
+    let names: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r["scenario"].as_str())
+        .collect();
+    for w in want {
+        assert!(
+            names.contains(w),
+            "scenario {w} did not run: {names:?}\n{output}"
+        );
+    }
+    for r in &results {
+        if r["ok"] != true {
+            eprintln!("{output}\n{r}");
+            panic!("scenario {} failed: {}", r["scenario"], r["error"]);
+        }
+    }
+    results
+}
+
 /// `redis-server` on `port`, in memory only (a restart loses everything, the worst case).
 pub struct Redis {
     pub proc: Proc,
