@@ -808,6 +808,14 @@ fn acknowledged_messages_leave_redis_and_a_resume_elsewhere_replays_the_rest() {
         b.expect_signals(&a.id, 0, 40).await;
         // The pong and 40 signals, each a (seq, message) pair.
         assert_eq!(len(&bid), 2 * 41);
+        // It expires if nobody acks it any more (set when the list was made, pushed back
+        // by acks).
+        let pttl = |id: &str| -> i64 {
+            redis_cli(port, &["PTTL", &format!("ib:peer:{id}:q")])
+                .parse()
+                .unwrap()
+        };
+        assert!(pttl(&bid) > 60_000, "outbox TTL: {}", pttl(&bid));
         assert!(bytes(&bid) > 40 * 30, "outbox bytes: {}", bytes(&bid));
 
         b.send(json!({"type":"ping","last_seq": base + 20})).await;
@@ -817,6 +825,11 @@ fn acknowledged_messages_leave_redis_and_a_resume_elsewhere_replays_the_rest() {
             "acknowledged entries trimmed",
             Duration::from_secs(5),
             || len(&bid) == 2 * (last - base - 20),
+        );
+        assert!(
+            pttl(&bid) > 60_000,
+            "outbox TTL after an ack: {}",
+            pttl(&bid)
         );
 
         // Gone from its node without a word; back on the other one with last_seq in the

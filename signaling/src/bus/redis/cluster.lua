@@ -74,8 +74,12 @@ local function deliver(p, body, room)
   local n = redis.call('RPUSH', q, seq, full) / 2
   local bytes
   if n == 1 then
-    -- A new list (or one emptied by acks): an expired one took its bytes with it.
+    -- A new list (or one emptied by acks): an expired one took its bytes with it. Its
+    -- expiry is set here and pushed back by each ack, not by each message (a call per
+    -- signal saved): a peer that stops acking stops mattering within the TTL, which is
+    -- over twice the resume grace.
     redis.call('HSET', k, 'bytes', #full)
+    redis.call('PEXPIRE', q, TTL)
     bytes = #full
   else
     bytes = redis.call('HINCRBY', k, 'bytes', #full)
@@ -87,7 +91,6 @@ local function deliver(p, body, room)
     n = n - 1
     bytes = redis.call('HINCRBY', k, 'bytes', -#old[2])
   end
-  redis.call('PEXPIRE', q, TTL)
   publish(node, p, seq, full)
   return seq
 end
@@ -202,6 +205,8 @@ elseif op == 'ack' then
   local k = pk(ARGV[6])
   if redis.call('HGET', k, 'node') ~= ARGV[7] then return 0 end
   local q = k .. ':q'
+  -- A peer that acks is alive: what it has not acknowledged yet lives another TTL.
+  redis.call('PEXPIRE', q, TTL)
   local upto = tonumber(ARGV[8])
   local first = tonumber(redis.call('LINDEX', q, 0))
   if not first or first > upto then return 0 end
