@@ -475,6 +475,10 @@ pub struct Reload {
     pub changed: Vec<&'static str>,
     /// Keys whose new value waits for a restart.
     pub need_restart: Vec<&'static str>,
+    /// The bundled relay's TURN settings as resolved again (peer policy, quotas,
+    /// lifetimes, bandwidth), for the driver to hand to the running relay; `None`: no
+    /// bundled relay.
+    pub relay_turn: Option<icebreaker_relay::turn::Config>,
 }
 
 impl SignalingConfig {
@@ -529,12 +533,46 @@ impl SignalingConfig {
                resume_grace => "resume-grace", join_rate => "join-rate",
                join_burst => "join-burst", threads => "threads", redis => "redis",
                node_id => "node-id", tls => "tls-cert/tls-key");
-        // The bundled relay was started with its settings and with the TURN secret.
-        if format!("{:?}", started.relay) != format!("{:?}", new.relay) {
-            need_restart.push("relay-*");
+        // The bundled relay: what its sockets and threads were built with waits for a
+        // restart; its TURN settings (peer policy, lifetimes, quotas) go to it live, as a
+        // standalone relay takes them on SIGHUP.
+        let mut relay_turn = None;
+        let new_relay = new.relay.take();
+        match (&self.relay, started.relay.as_ref(), new_relay) {
+            (Some(running), Some(first), Some(mut n)) => {
+                let mut built = first.clone();
+                built.turn = n.turn.clone();
+                if format!("{built:?}") != format!("{n:?}") {
+                    need_restart.push("relay-*");
+                }
+                // Bound sockets and the TURN secret (shared with the credentials this
+                // server hands out, see below) stay as they are.
+                let (old, t) = (&running.turn, &mut n.turn);
+                if (t.relay_v4, t.relay_v6) != (old.relay_v4, old.relay_v6) {
+                    need_restart.push("relay-external-ip");
+                }
+                if t.relay_ports != old.relay_ports {
+                    need_restart.push("relay-ports");
+                }
+                (t.relay_v4, t.relay_v6, t.relay_ports) =
+                    (old.relay_v4, old.relay_v6, old.relay_ports);
+                t.auth_secrets = old.auth_secrets.clone();
+                if format!("{:?}", running.turn) != format!("{:?}", n.turn) {
+                    changed.push("relay-allow-peer");
+                }
+                relay_turn = Some(n.turn.clone());
+                // The running relay's otherwise: it holds the addresses actually bound.
+                let mut kept = running.clone();
+                kept.turn = n.turn;
+                new.relay = Some(kept);
+            }
+            (running, _, n) => {
+                if running.is_some() != n.is_some() {
+                    need_restart.push("relay-*");
+                }
+                new.relay = self.relay.clone();
+            }
         }
-        // Always the running relay's: it holds the addresses actually bound (port 0).
-        new.relay = self.relay.clone();
         if self.turn_secret != new.turn_secret {
             if self.relay.is_some() {
                 need_restart.push("turn-secret");
@@ -547,6 +585,7 @@ impl SignalingConfig {
             config: new,
             changed,
             need_restart,
+            relay_turn,
         }
     }
 
@@ -587,6 +626,28 @@ mod tests {
         );
         assert_eq!(c.room_capacity, 16);
         assert_eq!(c.resume_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn reload_hands_the_relay_its_policy_and_keeps_its_sockets() {
+        let args = |allow: &str, ports: &str| SignalingArgs {
+            turn_secret: Some("a-very-secret-turn-key".into()),
+            relay_allow_peer: vec![allow.parse().unwrap()],
+            relay_ports: Some(ports.into()),
+            ..Default::default()
+        };
+        let started = args("10.0.0.0/8", "50000-50999").resolve().unwrap();
+        let given = args("192.168.0.0/16", "51000-51999");
+        let r = started.reload(&started, given.clone().resolve().unwrap(), &given);
+        assert_eq!(r.changed, ["relay-allow-peer"]);
+        assert_eq!(r.need_restart, ["relay-ports"]);
+        let turn = r.relay_turn.expect("the relay's new settings");
+        assert_eq!(
+            turn.allow_peer,
+            ["192.168.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(turn.relay_ports, (50000, 50999), "bound ports stay");
+        assert_eq!(r.config.relay.unwrap().turn.relay_ports, (50000, 50999));
     }
 
     #[test]

@@ -163,7 +163,11 @@ fn reload(
             return;
         }
     };
-    let r = state.cfg().reload(started, new.1, &new.0);
+    let mut r = state.cfg().reload(started, new.1, &new.0);
+    if let (Some(turn), Some((shared, m))) = (r.relay_turn.take(), &state.relay) {
+        r.need_restart.extend(shared.reload(turn));
+        m.config_reloads.inc();
+    }
     state.cfg.store(Arc::new(r.config));
     state.metrics.config_reloads.inc();
     info!(changed = ?r.changed, "SIGHUP: configuration reloaded");

@@ -802,3 +802,53 @@ fn sigterm_drains_the_bundled_relay() {
         .expect("exits once drained");
     assert!(st.success(), "{st:?}");
 }
+
+/// SIGHUP hands the bundled relay its new peer policy, as a standalone relay takes it on
+/// SIGHUP: a loopback peer refused under `relay-allow-peer = ["10.0.0.0/8"]` is permitted
+/// once the file allows 127.0.0.0/8, and the relay counts the reload.
+#[test]
+fn sighup_hands_the_bundled_relay_its_new_peer_policy() {
+    use icebreaker_tests::turn_probe::TurnProbe;
+    let dir = std::env::temp_dir().join(format!("ib-relay-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("icebreaker.toml");
+    std::fs::write(&f, "relay-allow-peer = [\"10.0.0.0/8\"]\n").unwrap();
+    let ib = start_icebreaker(&["--config", f.to_str().unwrap()]);
+    let relay = ib.relay.expect("bundled relay");
+    // Credentials as a client gets them: from `joined`'s ICE servers.
+    let joined = rt().block_on(async {
+        let mut c = Client::connect(&ib).await;
+        c.send(json!({"type":"join","room":"policy"})).await;
+        c.recv().await
+    });
+    let turn = joined["ice_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["username"].is_string())
+        .unwrap_or_else(|| panic!("TURN credentials in {joined}"));
+    let (user, pass) = (
+        turn["username"].as_str().unwrap(),
+        turn["credential"].as_str().unwrap(),
+    );
+    let peer: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut p = TurnProbe::udp(relay).with_credentials(user, "icebreaker", pass);
+    p.allocate(None);
+    assert_eq!(p.permit(peer), Some(403), "loopback is not in 10.0.0.0/8");
+
+    std::fs::write(&f, "relay-allow-peer = [\"127.0.0.0/8\"]\n").unwrap();
+    ib.proc.signal(libc::SIGHUP);
+    let line = ib
+        .proc
+        .wait_line("configuration reloaded", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no reload:\n{}", ib.proc.output()));
+    assert!(line.contains("relay-allow-peer"), "{line}");
+    assert_eq!(p.permit(peer), None, "the new policy is in force");
+    let m = http_get(ib.http, "/metrics").1;
+    assert_eq!(
+        metric(&m, "icebreaker_relay_config_reloads_total", &[]),
+        1.0
+    );
+    assert_eq!(metric(&m, "icebreaker_config_reloads_total", &[]), 1.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
