@@ -162,17 +162,15 @@ struct Peer {
     detached_at: Option<Instant>,
 }
 
-impl Peer {
-    /// Drops `joined` (seq 1) from the replay buffer once it is written: it is never
-    /// replayed, since a resume needs its token and so comes with `last_seq` ≥ 1. Kept
-    /// until the first ack it cost each new connection its size (a few hundred bytes,
-    /// with the ICE servers) through a join burst.
-    fn forget_joined(&mut self) {
-        if let Some((1, j)) = self.buffer.front() {
-            self.buffer_bytes = self.buffer_bytes.saturating_sub(j.len());
-            self.buffer.pop_front();
-            self.lost_up_to = self.lost_up_to.max(1);
-        }
+/// Drops `joined` (seq 1) from a replay buffer once it is written: it is never replayed,
+/// since a resume needs its token and so comes with `last_seq` ≥ 1. Kept until the first
+/// ack it cost each new connection its size (a few hundred bytes, with the ICE servers)
+/// through a join burst. Shared by the hub and the Redis bus's local peers.
+pub(crate) fn forget_joined(buffer: &mut VecDeque<Frame>, bytes: &mut usize, lost_up_to: &mut u64) {
+    if let Some((1, j)) = buffer.front() {
+        *bytes = bytes.saturating_sub(j.len());
+        buffer.pop_front();
+        *lost_up_to = (*lost_up_to).max(1);
     }
 }
 
@@ -394,7 +392,7 @@ impl Hub {
         .to_json();
         self.enqueue(now, &id, "joined", Bytes::from(joined));
         if let Some(p) = self.peers.get_mut(&id) {
-            p.forget_joined();
+            forget_joined(&mut p.buffer, &mut p.buffer_bytes, &mut p.lost_up_to);
         }
         // Borrow the newcomer's meta outside the map while the others are told.
         let meta = self.peers.get_mut(&id).and_then(|p| p.meta.take());

@@ -724,12 +724,7 @@ fn redis_refusing_writes_with_oom_is_named_and_recovered_from() {
     let redis = Redis::start(port);
     let n = node(&redis, "oom", &[]);
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "redis-cli {args:?}");
+        redis_cli(port, args);
     };
     assert_eq!(http_get(n.http, "/healthz").0, 200);
     cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);

@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::room::{
-    token_matches, AckBy, Attached, Delivery, Detach, Frame, Hold, HubConfig, OutboxRef, PeerId,
-    Pushed,
+    forget_joined, token_matches, AckBy, Attached, Delivery, Detach, Frame, Hold, HubConfig,
+    OutboxRef, PeerId, Pushed,
 };
 
 /// Messages between requests for an acknowledgement (as in the hub).
@@ -218,14 +218,8 @@ impl Local {
             p.seq = 0;
         }
         self.push(now, id, 1, joined, Delivery::Live, "joined");
-        // Never replayed (a resume needs its token, so `last_seq` is at least 1): not
-        // kept until the first ack.
         if let Some(p) = self.peers.get_mut(id) {
-            if let Some((1, j)) = p.buffer.front() {
-                p.buffer_bytes = p.buffer_bytes.saturating_sub(j.len());
-                p.buffer.pop_front();
-                p.lost_up_to = p.lost_up_to.max(1);
-            }
+            forget_joined(&mut p.buffer, &mut p.buffer_bytes, &mut p.lost_up_to);
         }
         Some(self.drain(now, id))
     }
