@@ -25,19 +25,23 @@ local TTL = tonumber(ARGV[5])    -- outbox expiry, ms
 
 local function pk(p) return 'ib:peer:' .. p end
 
--- The list index of the message with seq s in outbox q, or nil. Seqs are consecutive
--- (one RPUSH per seq), so one LINDEX finds it; a node that wrote its own outbox back
--- after a Redis restart may leave a hole, so a miss looks through the whole list.
-local function index_of(q, s)
+-- How many elements of outbox q (two per message) hold seqs up to s: seqs ascend, so that
+-- is a prefix. They are consecutive too (one RPUSH per seq), so one LINDEX finds its end;
+-- a node that wrote its own outbox back after a Redis restart may leave a hole, and then
+-- the prefix is counted.
+local function prefix_upto(q, s)
   local first = tonumber(redis.call('LINDEX', q, 0))
-  if not first or s < first then return nil end
+  if not first or s < first then return 0 end
   local i = 2 * (s - first)
-  if tonumber(redis.call('LINDEX', q, i)) == s then return i end
+  if tonumber(redis.call('LINDEX', q, i)) == s then return i + 2 end
+  if tonumber(redis.call('LINDEX', q, -2)) <= s then return redis.call('LLEN', q) end
   local all = redis.call('LRANGE', q, 0, -1)
+  local n = 0
   for j = 1, #all, 2 do
-    if tonumber(all[j]) == s then return j - 1 end
+    if tonumber(all[j]) > s then break end
+    n = j + 1
   end
-  return nil
+  return n
 end
 
 -- Records to publish, per node, sent together when the run ends (see `flush`): a batch
@@ -176,7 +180,8 @@ elseif op == 'resume' then
   if last > seq then
     why = 'last_seq is ahead of what the server sent'
   elseif last < seq then
-    if not index_of(k .. ':q', last + 1) then
+    local q = k .. ':q'
+    if tonumber(redis.call('LINDEX', q, prefix_upto(q, last))) ~= last + 1 then
       why = 'messages after last_seq are no longer buffered'
     end
   end
@@ -207,27 +212,8 @@ elseif op == 'ack' then
   local q = k .. ':q'
   -- A peer that acks is alive: what it has not acknowledged yet lives another TTL.
   redis.call('PEXPIRE', q, TTL)
-  local upto = tonumber(ARGV[8])
-  local first = tonumber(redis.call('LINDEX', q, 0))
-  if not first or first > upto then return 0 end
-  -- Seqs are ascending, so what is acknowledged is a prefix: everything, or up to the
-  -- entry of its last seq (or, past a hole, counted).
-  local cnt
-  if tonumber(redis.call('LINDEX', q, -2)) <= upto then
-    cnt = redis.call('LLEN', q)
-  else
-    cnt = index_of(q, upto)
-    if cnt then
-      cnt = cnt + 2
-    else
-      cnt = 0
-      local all = redis.call('LRANGE', q, 0, -1)
-      for j = 1, #all, 2 do
-        if tonumber(all[j]) > upto then break end
-        cnt = j + 1
-      end
-    end
-  end
+  local cnt = prefix_upto(q, tonumber(ARGV[8]))
+  if cnt == 0 then return 0 end
   local gone = redis.call('LPOP', q, cnt)
   local n = 0
   for j = 2, #gone, 2 do n = n + #gone[j] end
