@@ -67,6 +67,9 @@ pub struct SignalingConfig {
     pub node_id: String,
     /// Reverse proxies whose `X-Forwarded-For` names the client (per-IP limits, logs).
     pub trusted_proxies: Vec<IpNet>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2)
+    /// naming the client: an L4 load balancer such as HAProxy with `send-proxy-v2`.
+    pub proxy_protocol: bool,
     /// How long SIGTERM lets the bundled relay's allocations keep relaying (new ones are
     /// refused) before the process exits; it exits as soon as none is left.
     pub drain_timeout: Duration,
@@ -159,6 +162,12 @@ pub struct SignalingArgs {
     #[arg(long, env = "ICEBREAKER_TRUSTED_PROXY", value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxy: Vec<IpNet>,
+    /// Connections from a --trusted-proxy address start with a PROXY protocol header (v1
+    /// or v2, HAProxy's send-proxy / send-proxy-v2) naming the client; without one they
+    /// are refused. For L4 load balancers, which cannot add X-Forwarded-For.
+    #[arg(long, env = "ICEBREAKER_PROXY_PROTOCOL")]
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// On SIGTERM, let calls through the bundled relay go on this long while new
     /// allocations are refused (default 30s; 0s = stop at once)
     #[arg(long, env = "ICEBREAKER_DRAIN_TIMEOUT")]
@@ -213,6 +222,7 @@ impl SignalingArgs {
         );
         vec![relay_allow_peer, turn_url, allowed_origin, trusted_proxy];
         self.no_relay |= file.no_relay;
+        self.proxy_protocol |= file.proxy_protocol;
         self
     }
 
@@ -258,6 +268,13 @@ impl SignalingArgs {
             (Some(_), None) => return Err(err("tls-cert", "needs --tls-key")),
             (None, Some(_)) => return Err(err("tls-key", "needs --tls-cert")),
         };
+        if self.proxy_protocol && self.trusted_proxy.is_empty() {
+            return Err(err(
+                "proxy-protocol",
+                "needs --trusted-proxy: the load balancers' addresses, the only ones whose \
+                 PROXY header is believed",
+            ));
+        }
         if self.relay_tls_listen.is_some() && (tls.is_none() || self.no_relay) {
             return Err(err(
                 "relay-tls-listen",
@@ -386,6 +403,7 @@ impl SignalingArgs {
             redis: self.redis.clone(),
             node_id,
             trusted_proxies: self.trusted_proxy.clone(),
+            proxy_protocol: self.proxy_protocol,
             drain_timeout: match &self.drain_timeout {
                 None => Duration::from_secs(30),
                 Some(s) => parse_duration(s).ok_or_else(|| {
@@ -433,6 +451,7 @@ impl SignalingArgs {
             redis: c.redis.as_deref().map(mask_url_password),
             node_id: self.node_id.clone(),
             trusted_proxy: c.trusted_proxies.clone(),
+            proxy_protocol: c.proxy_protocol,
             drain_timeout: Some(fmt_duration(c.drain_timeout)),
             tls_cert: c.tls.as_ref().map(|t| t.0.clone()),
             tls_key: c.tls.as_ref().map(|t| t.1.clone()),
@@ -528,6 +547,7 @@ impl SignalingConfig {
               heartbeat_interval => "heartbeat-interval", rate_limit => "rate-limit",
               rate_burst => "rate-burst", max_connections_per_ip => "max-connections-per-ip",
               web_dir => "web-dir", trusted_proxies => "trusted-proxy",
+              proxy_protocol => "proxy-protocol",
               drain_timeout => "drain-timeout");
         fixed!(listen => "listen", room_capacity => "room-capacity",
                resume_grace => "resume-grace", join_rate => "join-rate",
@@ -658,6 +678,7 @@ mod tests {
             redis: Some("redis://app:hunter22@10.0.0.5:6379/".into()),
             resume_grace: Some("1500ms".into()),
             trusted_proxy: vec!["10.0.0.0/8".parse().unwrap()],
+            proxy_protocol: true,
             ..Default::default()
         };
         let c = args.clone().resolve().unwrap();
@@ -686,6 +707,7 @@ mod tests {
         assert_eq!(c2.listen, c.listen);
         assert_eq!(c2.room_capacity, c.room_capacity);
         assert_eq!(c2.trusted_proxies, c.trusted_proxies);
+        assert!(c2.proxy_protocol);
         assert_eq!(
             c2.relay.unwrap().turn.allow_peer,
             c.relay.unwrap().turn.allow_peer
@@ -730,5 +752,13 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(e.key, "relay-ports");
+        // A PROXY header believed from anyone would let every client pick its address.
+        let e = SignalingArgs {
+            proxy_protocol: true,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "proxy-protocol");
     }
 }

@@ -123,58 +123,123 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let stop = state.shutdown.clone();
-        if state.tls.is_none() {
-            state.tasks.spawn(serve_http(stream, addr, app, stop));
-            continue;
-        }
-        let st = state.clone();
-        state.tasks.spawn(async move {
-            let Some(tls) = &st.tls else { return };
-            let handshake = |r: &'static str| {
-                st.metrics
-                    .tls_handshakes
-                    .get_or_create(&crate::metrics::ResultLabel { result: r })
-                    .inc();
-            };
-            let carried = |t: &'static str| {
-                st.metrics
-                    .tls_connections
-                    .get_or_create(&crate::metrics::TypeLabel { r#type: t })
-                    .inc();
-            };
-            // A handshake in progress is something a client holds: it counts against its
-            // IP's connection limit (as its WebSocket will), so one address cannot take
-            // every handshake slot.
-            let Some(slot) = st
-                .per_ip
-                .acquire(addr.ip(), st.cfg().max_connections_per_ip)
-            else {
-                return handshake("per_ip_limit");
-            };
-            let Ok(permit) = tls.handshakes.clone().try_acquire_owned() else {
-                return handshake("busy");
-            };
-            let conn = match tlsio::accept(tls.config.clone(), stream).await {
-                Ok(c) => c,
-                Err(why) => return handshake(why.as_str()),
-            };
-            drop((permit, slot));
-            handshake("ok");
-            // One port for everything: TURN's first byte is never an HTTP method's.
-            let Some(first) = conn.peek_first(Duration::from_secs(10)).await else {
-                return carried("dropped");
-            };
-            if tlsio::looks_like_stun(first) {
-                match &tls.turn {
-                    Some(relay) if relay.give(conn) => carried("turn"),
-                    _ => carried("dropped"),
+        let cfg = state.cfg();
+        if cfg.proxy_protocol && is_trusted(&cfg.trusted_proxies, addr.ip()) {
+            let st = state.clone();
+            state.tasks.spawn(async move {
+                let mut stream = stream;
+                let Some(addr) = proxied(&st, &mut stream, addr).await else {
+                    return;
+                };
+                if st.tls.is_none() {
+                    serve_http(stream, addr, app, stop).await
+                } else {
+                    serve_tls(st, stream, addr, app, stop).await
                 }
-                return;
-            }
-            carried("http");
-            serve_http(conn, addr, app, stop).await
-        });
+            });
+        } else if state.tls.is_none() {
+            state.tasks.spawn(serve_http(stream, addr, app, stop));
+        } else {
+            state
+                .tasks
+                .spawn(serve_tls(state.clone(), stream, addr, app, stop));
+        }
     }
+}
+
+/// `ip` is one of `trusted` (IPv4-mapped IPv6 counts as its IPv4 address).
+fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// A connection from a trusted load balancer with `--proxy-protocol`: the client's
+/// address from its PROXY header (the balancer's own for a health check), or `None`
+/// when the header is missing or bad (the connection is closed: without it the balancer
+/// would be counted as every client).
+async fn proxied(st: &AppState, stream: &mut TcpStream, addr: SocketAddr) -> Option<SocketAddr> {
+    let count = |r: &'static str| {
+        st.metrics
+            .proxy_headers
+            .get_or_create(&crate::metrics::ResultLabel { result: r })
+            .inc();
+    };
+    match crate::proxy::read(stream, HEADER_TIMEOUT).await {
+        Ok(crate::proxy::Source::Client(client)) => {
+            count("client");
+            Some(client)
+        }
+        Ok(crate::proxy::Source::Local) => {
+            count("local");
+            Some(addr)
+        }
+        Err(e) => {
+            count(e.as_str());
+            debug!(error = %e, %addr, "PROXY header refused");
+            None
+        }
+    }
+}
+
+/// How long a client may take to send its request head (and a balancer its PROXY header).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS connection: the handshake (counted against the client's per-IP limit), then
+/// HTTP or, when its first bytes are STUN, TURN over TLS through the bundled relay.
+async fn serve_tls(
+    st: Arc<AppState>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) {
+    let Some(tls) = &st.tls else { return };
+    let handshake = |r: &'static str| {
+        st.metrics
+            .tls_handshakes
+            .get_or_create(&crate::metrics::ResultLabel { result: r })
+            .inc();
+    };
+    let carried = |t: &'static str| {
+        st.metrics
+            .tls_connections
+            .get_or_create(&crate::metrics::TypeLabel { r#type: t })
+            .inc();
+    };
+    // A handshake in progress is something a client holds: it counts against its IP's
+    // connection limit (as its WebSocket will), so one address cannot take every
+    // handshake slot.
+    let Some(slot) = st
+        .per_ip
+        .acquire(addr.ip(), st.cfg().max_connections_per_ip)
+    else {
+        return handshake("per_ip_limit");
+    };
+    let Ok(permit) = tls.handshakes.clone().try_acquire_owned() else {
+        return handshake("busy");
+    };
+    let conn = match tlsio::accept(tls.config.clone(), stream).await {
+        Ok(c) => c,
+        Err(why) => return handshake(why.as_str()),
+    };
+    drop((permit, slot));
+    handshake("ok");
+    // One port for everything: TURN's first byte is never an HTTP method's.
+    let Some(first) = conn.peek_first(Duration::from_secs(10)).await else {
+        return carried("dropped");
+    };
+    if tlsio::looks_like_stun(first) {
+        match &tls.turn {
+            Some(relay) if relay.give(conn) => carried("turn"),
+            _ => carried("dropped"),
+        }
+        return;
+    }
+    carried("http");
+    serve_http(conn, addr, app, stop).await
 }
 
 /// Serves one connection's HTTP/1.1 requests (and its upgrade to a WebSocket).
@@ -188,7 +253,7 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -229,7 +294,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip));
+    let is_trusted = |ip: IpAddr| is_trusted(trusted, ip);
     let mut ip = canon(peer);
     if !is_trusted(ip) {
         return ip;

@@ -10,6 +10,7 @@ pub mod http;
 pub mod ice;
 pub mod limits;
 pub mod metrics;
+pub mod proxy;
 /// Protocol v1 lives in its own crate (one definition for server, peer and load client).
 pub use icebreaker_protocol as protocol;
 pub mod room;

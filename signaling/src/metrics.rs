@@ -72,6 +72,9 @@ pub struct Metrics {
     pub redis_batch_signals: Histogram,
     /// TLS handshakes on the listener, by result (ok, failed, timeout, busy, per_ip_limit).
     pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// PROXY protocol headers read from trusted load balancers, by result (client, local,
+    /// invalid, closed, timeout).
+    pub proxy_headers: Family<ResultLabel, Counter>,
     /// TLS connections by what they carried after the handshake (http, turn, dropped).
     pub tls_connections: Family<TypeLabel, Counter>,
     /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
@@ -125,6 +128,7 @@ impl Default for Metrics {
             resident_memory: Gauge::default(),
             tls_handshakes: Family::default(),
             tls_connections: Family::default(),
+            proxy_headers: Family::default(),
             tls_cert_reloads: Family::default(),
         }
     }
@@ -168,6 +172,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes on the listener, by result (ok, failed, timeout, busy, per_ip_limit)",
             self.tls_handshakes.clone(),
+        );
+        r.register(
+            "proxy_headers",
+            "PROXY protocol headers from trusted load balancers, by result (client, local, invalid, closed, timeout)",
+            self.proxy_headers.clone(),
         );
         r.register(
             "tls_connections",

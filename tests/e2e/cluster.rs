@@ -4,9 +4,8 @@
 //! SIGKILL (its peers resume on a survivor, exactly once `peer-left` for the rest), Redis
 //! killed and restarted, and room capacity under concurrent joins on every node.
 
-use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -14,9 +13,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use icebreaker_tests::haproxy::Haproxy;
 use icebreaker_tests::{
-    bin, browser_dir, free_tcp_port, http_get, metric, require, start_icebreaker, wait_for,
-    Icebreaker, Proc, Redis,
+    bin, browser_dir, free_tcp_port, http_get, metric, start_icebreaker, wait_for, Icebreaker,
+    Proc, Redis,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -36,103 +36,6 @@ fn node(redis: &Redis, id: &str, extra: &[&str]) -> Icebreaker {
     ];
     args.extend_from_slice(extra);
     start_icebreaker(&args)
-}
-
-/// HAProxy in TCP mode, round robin over `nodes`, health-checked on `/healthz` (a node
-/// that lost Redis answers 503 and gets no new clients).
-struct Haproxy {
-    _proc: Proc,
-    addr: SocketAddr,
-    cfg: std::path::PathBuf,
-    stats: std::path::PathBuf,
-}
-
-/// Health checks: a server needs `FALL` failed checks in a row to go down once it is
-/// fully up (health `RISE + FALL - 1`).
-const RISE: u32 = 1;
-const FALL: u32 = 3;
-
-impl Haproxy {
-    fn start(nodes: &[&Icebreaker]) -> Haproxy {
-        require("haproxy", "haproxy");
-        let port = free_tcp_port();
-        let tmp = std::env::temp_dir();
-        let stats = tmp.join(format!("ib-haproxy-{}-{port}.sock", std::process::id()));
-        // Health changes are logged (notice) so a failing test shows them.
-        let mut cfg = format!(
-            "global\n  maxconn 4096\n  log stderr format raw local0 notice\n  stats socket {}\n\
-             defaults\n  mode tcp\n  log global\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n  timeout check 2s\n  option redispatch\n  retries 3\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\
-             backend nodes\n  balance roundrobin\n  option httpchk GET /healthz\n  http-check expect status 200\n",
-            stats.display()
-        );
-        for (i, n) in nodes.iter().enumerate() {
-            cfg += &format!(
-                "  server n{i} {} check inter 300ms fall {FALL} rise {RISE}\n",
-                n.http
-            );
-        }
-        let path = tmp.join(format!("ib-haproxy-{}-{port}.cfg", std::process::id()));
-        std::fs::write(&path, cfg).unwrap();
-        let mut cmd = Command::new("haproxy");
-        cmd.args(["-db", "-f", path.to_str().unwrap()]);
-        let proc = Proc::start("haproxy", cmd);
-        let lb = Haproxy {
-            _proc: proc,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            cfg: path,
-            stats,
-        };
-        // HAProxy starts a checked server one failed check away from down; the tests
-        // count on round robin, so wait until every server has passed enough checks to
-        // stay up through a slow one. (No probe connection: it would take a turn.)
-        let t0 = Instant::now();
-        loop {
-            let health = lb.health();
-            if health.len() == nodes.len() && health.iter().all(|&h| h == RISE + FALL - 1) {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(15),
-                "haproxy servers not fully up: {health:?}\n{}",
-                lb._proc.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        lb
-    }
-
-    /// Each server's check health (`show servers state`), empty while HAProxy starts.
-    fn health(&self) -> Vec<u32> {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.stats) else {
-            return Vec::new();
-        };
-        let mut out = String::new();
-        if s.write_all(b"show servers state nodes\n").is_err()
-            || s.read_to_string(&mut out).is_err()
-        {
-            return Vec::new();
-        }
-        // Columns: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
-        // srv_uweight srv_iweight srv_time_since_last_change srv_check_status
-        // srv_check_result srv_check_health …
-        out.lines()
-            .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 12)
-            .filter_map(|l| l.split_whitespace().nth(12)?.parse().ok())
-            .collect()
-    }
-
-    fn ws(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.cfg);
-        let _ = std::fs::remove_file(&self.stats);
-    }
 }
 
 struct Client {

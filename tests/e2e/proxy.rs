@@ -1,7 +1,8 @@
 //! `icebreaker` behind Debian's nginx, running the site we ship (deploy/nginx/icebreaker.conf)
 //! on a free port: the web client and `/ws` through it, resume through it, and the per-IP
 //! limits counting clients (from `X-Forwarded-For`, trusted only from nginx's address) and
-//! not nginx, while a client cannot forge its address.
+//! not nginx, while a client cannot forge its address. And the same limits behind Debian's
+//! HAProxy in TCP mode, which names each client in a PROXY protocol header instead.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -14,6 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use icebreaker_tests::haproxy::Haproxy;
 use icebreaker_tests::{
     free_tcp_port, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
 };
@@ -91,14 +93,11 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// Opens `/ws` through nginx from source address `from`, optionally claiming to be
 /// someone else with our own `X-Forwarded-For`.
-async fn ws_from(nginx: SocketAddr, from: &str, forged: Option<&str>) -> Result<Ws, WsError> {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
-        .unwrap();
-    let tcp = sock.connect(nginx).await.unwrap();
-    let mut req = format!("ws://{nginx}/ws").into_client_request().unwrap();
+async fn ws_from(via: SocketAddr, from: &str, forged: Option<&str>) -> Result<Ws, WsError> {
+    let tcp = tcp_from(via, from).await;
+    let mut req = format!("ws://{via}/ws").into_client_request().unwrap();
     req.headers_mut()
-        .insert("origin", format!("http://{nginx}").parse().unwrap());
+        .insert("origin", format!("http://{via}").parse().unwrap());
     if let Some(f) = forged {
         req.headers_mut()
             .insert("x-forwarded-for", f.parse().unwrap());
@@ -106,6 +105,14 @@ async fn ws_from(nginx: SocketAddr, from: &str, forged: Option<&str>) -> Result<
     tokio_tungstenite::client_async(req, tcp)
         .await
         .map(|(ws, _)| ws)
+}
+
+/// A TCP connection to `to` from source address `from`.
+async fn tcp_from(to: SocketAddr, from: &str) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
+        .unwrap();
+    sock.connect(to).await.unwrap()
 }
 
 async fn send(ws: &mut Ws, v: Value) {
@@ -238,5 +245,100 @@ fn behind_nginx_the_client_resumes_and_limits_count_clients_not_the_proxy() {
             &["code=\"per-ip-limit\""]
         ) >= 2.0,
         "refusals counted"
+    );
+}
+
+/// HAProxy connects to icebreaker from here (`source`) and only this is trusted.
+const LB_SIDE: &str = "127.0.0.5";
+
+/// Writes `bytes` on a fresh connection to `to` from `from` and returns what comes back
+/// before the server closes (or 5 s pass).
+async fn raw_exchange(to: SocketAddr, from: &str, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tcp_from(to, from).await;
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn behind_haproxy_the_proxy_protocol_names_each_client_for_the_per_ip_limits() {
+    let ib = start_icebreaker(&[
+        "--no-relay",
+        "--max-connections-per-ip",
+        "2",
+        "--proxy-protocol",
+        "--trusted-proxy",
+        &format!("{LB_SIDE}/32"),
+    ]);
+    // Health checks carry the header too (`check-send-proxy`): the node is only up in
+    // HAProxy's eyes, and `start_with` only returns, if they are understood.
+    let lb = Haproxy::start_with(
+        &[&ib],
+        &format!("send-proxy-v2 check-send-proxy source {LB_SIDE}"),
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            // Two clients from 127.0.0.3 fill its quota; a third from there is refused.
+            let mut a = ws_from(lb.addr, "127.0.0.3", None).await.unwrap();
+            let _b = ws_from(lb.addr, "127.0.0.3", None).await.unwrap();
+            assert!(
+                refused_429(ws_from(lb.addr, "127.0.0.3", None).await),
+                "a third connection from one client address is refused"
+            );
+            // Another client behind the same balancer has its own quota (were the
+            // balancer's address counted, this would be refused too).
+            let mut c = ws_from(lb.addr, "127.0.0.4", None).await.unwrap();
+            send(&mut a, json!({"type":"join","room":"l4"})).await;
+            expect(&mut a, "joined").await;
+            send(&mut c, json!({"type":"join","room":"l4"})).await;
+            let cid = expect(&mut c, "joined").await["id"].as_str().unwrap().to_string();
+            expect(&mut a, "peer-joined").await;
+            send(&mut a, json!({"type":"signal","to": cid,"data":{"via":"haproxy"}})).await;
+            assert_eq!(expect(&mut c, "signal").await["data"]["via"], "haproxy");
+
+            // A client that writes its own PROXY header straight to the node is not
+            // believed: from an untrusted address the header is just a bad request.
+            let forged = raw_exchange(
+                ib.http,
+                "127.0.0.6",
+                b"PROXY TCP4 198.51.100.1 127.0.0.1 1000 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .await;
+            assert!(
+                forged.starts_with("HTTP/1.1 400"),
+                "a forged PROXY header is a bad request: {forged:?}"
+            );
+            // From the balancer's address, a connection without the header is cut off
+            // (it would otherwise count as every client at once).
+            let bare = raw_exchange(
+                ib.http,
+                LB_SIDE,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .await;
+            assert_eq!(bare, "", "no answer without a PROXY header");
+        });
+    let m = http_get(ib.http, "/metrics").1;
+    let headers = |r: &str| {
+        metric(
+            &m,
+            "icebreaker_proxy_headers_total",
+            &[&format!("result=\"{r}\"")],
+        )
+    };
+    assert!(headers("client") >= 4.0, "clients named: {m}");
+    assert!(headers("invalid") >= 1.0, "the bare connection counted");
+    assert!(
+        metric(
+            &m,
+            "icebreaker_refused_connections_total",
+            &["code=\"per-ip-limit\""]
+        ) >= 1.0,
+        "the third connection from 127.0.0.3 refused"
     );
 }

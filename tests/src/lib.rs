@@ -2,6 +2,7 @@
 //! target directory, others from PATH) on free loopback ports, read their logs, and stop
 //! exactly what was started, even when a test fails.
 
+pub mod haproxy;
 pub mod raw_ws;
 pub mod turn_probe;
 
