@@ -63,15 +63,26 @@ impl ProxyError {
 /// Parses the start of a connection: `Ok(Some((source, length)))` for a complete header of
 /// `length` bytes, `Ok(None)` when more bytes could complete it, an error when none can.
 pub fn parse(buf: &[u8]) -> Result<Option<(Source, usize)>, ProxyError> {
-    // A v1 line is judged once its CRLF is there: `ppp` calls some cut lines invalid
-    // (a port cut short), which would refuse a header split across two segments.
+    // A v1 line is judged once its CRLF is there, and only up to it: `ppp` calls some cut
+    // lines invalid (a port cut short), which would refuse a header split across two
+    // segments, and it ends a line at a bare CR.
     let v1_prefix = &b"PROXY "[..buf.len().min(6)];
-    if buf.starts_with(v1_prefix) && buf.len() < V1_MAX && !buf.windows(2).any(|w| w == b"\r\n") {
-        return Ok(None);
-    }
-    let r = HeaderResult::parse(buf);
+    let v1_line = buf.starts_with(v1_prefix);
+    let input = if v1_line {
+        match buf.windows(2).position(|w| w == b"\r\n") {
+            Some(cr) => &buf[..cr + 2],
+            None if buf.len() < V1_MAX => return Ok(None),
+            None => return Err(ProxyError::TooLong),
+        }
+    } else {
+        buf
+    };
+    let r = HeaderResult::parse(input);
     if r.is_incomplete() {
-        return if buf.len() >= MAX_HEADER {
+        // A whole v1 line cannot become valid with more bytes.
+        return if v1_line {
+            Err(ProxyError::Invalid("a malformed v1 line".into()))
+        } else if buf.len() >= MAX_HEADER {
             Err(ProxyError::TooLong)
         } else {
             Ok(None)
@@ -107,6 +118,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Source, usize)>, ProxyError> {
     };
     if len > MAX_HEADER {
         return Err(ProxyError::TooLong);
+    }
+    if v1_line && len != input.len() {
+        return Err(ProxyError::Invalid("a CR inside the v1 line".into()));
     }
     Ok(Some((source, len)))
 }
@@ -232,6 +246,20 @@ mod tests {
         assert_eq!(parse(&big), Err(ProxyError::TooLong));
         // v1 without its CRLF within 107 bytes.
         assert!(parse(&[b'P'; MAX_HEADER]).is_err());
+        let mut long = b"PROXY TCP4 ".to_vec();
+        long.resize(V1_MAX, b'1');
+        assert_eq!(parse(&long), Err(ProxyError::TooLong));
+        // A bare CR does not end a v1 line (found by the fuzz target).
+        for bare_cr in [
+            &b"PROXY UNKNOWN  1P0 \n\rRT1\r\nE"[..],
+            b"PROXY UNKNOWN \rx\r\n",
+        ] {
+            assert!(
+                matches!(parse(bare_cr), Err(ProxyError::Invalid(_))),
+                "{:?}",
+                parse(bare_cr)
+            );
+        }
     }
 
     #[test]
