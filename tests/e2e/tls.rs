@@ -924,3 +924,65 @@ fn tls_handshakes_count_against_the_per_ip_limit() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With `--proxy-protocol`, the PROXY header comes before the TLS handshake (HAProxy in
+/// TCP mode in front of port 443): the handshake slot and the per-IP limit belong to the
+/// client the header names, and HTTPS works on after it.
+#[test]
+fn a_proxy_protocol_header_before_tls_names_the_client() {
+    let dir = temp_dir("proxied");
+    let c = make_cert(&dir, "ib");
+    let lb = "127.0.0.5";
+    let ib = start_tls(
+        &c,
+        &[
+            "--max-connections-per-ip",
+            "1",
+            "--proxy-protocol",
+            "--trusted-proxy",
+            &format!("{lb}/32"),
+        ],
+    );
+    let via_lb = |client: &str| {
+        let mut s = tcp_from(lb, ib.http);
+        write!(s, "PROXY TCP4 {client} 127.0.0.1 40000 443\r\n").unwrap();
+        s
+    };
+    // 203.0.113.1 holds its one slot with a handshake that never finishes.
+    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    let mut stalled = via_lb("203.0.113.1");
+    stalled.write_all(&hello_start).unwrap();
+    wait_for(
+        "203.0.113.1's slot is taken",
+        Duration::from_secs(5),
+        || tls_over(via_lb("203.0.113.1"), &c.der).is_err(),
+    );
+    // Another client through the same balancer is served, over TLS after the header.
+    let mut s = tls_over(via_lb("203.0.113.2"), &c.der).expect("another client's handshake");
+    write!(s, "GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert_eq!(parse_http_response(&String::from_utf8_lossy(&out)).0, 200);
+    // From the balancer's address, a handshake without the header is not served.
+    assert!(tls_over(tcp_from(lb, ib.http), &c.der).is_err());
+    drop(stalled);
+    let mut s = tls_over(tcp_from("127.0.0.1", ib.http), &c.der).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let m = String::from_utf8_lossy(&out);
+    let count = |name: &str, label: &str| metric(&m, name, &[label]);
+    assert!(
+        count("icebreaker_tls_handshakes_total", "result=\"per_ip_limit\"") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        count("icebreaker_proxy_headers_total", "result=\"client\"") >= 3.0,
+        "{m}"
+    );
+    assert!(
+        count("icebreaker_proxy_headers_total", "result=\"invalid\"") >= 1.0,
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
