@@ -145,32 +145,203 @@ struct Peer {
     room: Arc<str>,
     meta: Option<Box<RawValue>>,
     resume_token: Box<str>,
-    seq: u64,
+    mb: Mailbox,
+}
+
+/// A peer's server side of resume, the same in the hub and in the Redis bus's local
+/// peers: its seq, what it has not acknowledged (bounded in count and bytes), how it
+/// acknowledges, and the connection that carries it.
+pub(crate) struct Mailbox {
+    /// The last seq handed to the connection (or, before that, the one it starts after).
+    pub(crate) seq: u64,
     buffer: VecDeque<Frame>,
     buffer_bytes: usize,
     /// The seq after which the connection was last asked to acknowledge.
     ack_asked: u64,
-    /// Highest seq dropped from the buffer without acknowledgement (overflow).
-    lost_up_to: u64,
-    outbox: Option<OutboxRef>,
-    /// Released when the peer goes (see [`Outbox::hold`]).
-    _hold: Option<Hold>,
+    /// Highest seq that will never be replayed (dropped unacknowledged, or lost).
+    pub(crate) lost_up_to: u64,
     /// The client acknowledges by itself (`last_seq` in `ping`): pongs no longer trim.
     client_acks: bool,
-    /// Which connection holds the peer; a stale connection's detach is ignored.
-    conn: u64,
-    detached_at: Option<Instant>,
+    pub(crate) outbox: Option<OutboxRef>,
+    /// Released when the peer goes (see [`Outbox::hold`]).
+    _hold: Option<Hold>,
+    /// Which connection holds the peer; a stale connection's detach or ack is ignored.
+    pub(crate) conn: u64,
+    pub(crate) detached_at: Option<Instant>,
 }
 
-/// Drops `joined` (seq 1) from a replay buffer once it is written: it is never replayed,
-/// since a resume needs its token and so comes with `last_seq` ≥ 1. Kept until the first
-/// ack it cost each new connection its size (a few hundred bytes, with the ICE servers)
-/// through a join burst. Shared by the hub and the Redis bus's local peers.
-pub(crate) fn forget_joined(buffer: &mut VecDeque<Frame>, bytes: &mut usize, lost_up_to: &mut u64) {
-    if let Some((1, j)) = buffer.front() {
-        *bytes = bytes.saturating_sub(j.len());
-        buffer.pop_front();
-        *lost_up_to = (*lost_up_to).max(1);
+/// Notes that `o` has queued output (each connection once per round).
+pub(crate) fn touch(touched: &mut Vec<OutboxRef>, o: &OutboxRef) {
+    if !touched.iter().any(|t| Arc::ptr_eq(t, o)) {
+        touched.push(o.clone());
+    }
+}
+
+impl Mailbox {
+    /// Carried by `outbox` as connection `conn`, starting after `seq`.
+    pub(crate) fn new(seq: u64, outbox: OutboxRef, conn: u64) -> Self {
+        Mailbox {
+            seq,
+            buffer: VecDeque::new(),
+            buffer_bytes: 0,
+            ack_asked: seq,
+            lost_up_to: 0,
+            client_acks: false,
+            _hold: outbox.hold(),
+            outbox: Some(outbox),
+            conn,
+            detached_at: None,
+        }
+    }
+
+    /// Keeps `json` (serialized with `seq`, the next one) in the replay buffer, the oldest
+    /// going first past the limits, and hands it to the connection. A connection that
+    /// cannot keep up is cut off (it counts it) and the peer waits for its resume.
+    pub(crate) fn push(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        json: Bytes,
+        delivery: Delivery,
+        cfg: &HubConfig,
+        touched: &mut Vec<OutboxRef>,
+    ) {
+        self.seq = seq;
+        self.buffer_bytes += json.len();
+        // Kept once, in the replay buffer; the socket writes from it (no clone: cloning
+        // a `Bytes` made from a `String` allocates its shared header).
+        self.buffer.push_back((seq, json));
+        while self.buffer.len() > 1
+            && (self.buffer.len() > cfg.replay_limit || self.buffer_bytes > cfg.replay_bytes)
+        {
+            let Some((s, m)) = self.buffer.pop_front() else {
+                break;
+            };
+            self.lost_up_to = self.lost_up_to.max(s);
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(m.len());
+        }
+        let Some((_, json)) = self.buffer.back() else {
+            return;
+        };
+        // Ask for an acknowledgement every so many messages, not only at the heartbeat:
+        // a busy peer's replay buffer then stays short (and its memory hot).
+        let ask = seq.saturating_sub(self.ack_asked) >= ACK_EVERY;
+        if ask {
+            self.ack_asked = seq;
+        }
+        let Some(o) = &self.outbox else {
+            return;
+        };
+        touch(touched, o);
+        let r = o.push(seq, json, delivery);
+        if ask && r == Pushed::Ok && !self.client_acks {
+            o.request_ack();
+        }
+        if r != Pushed::Ok {
+            if let Some(o) = self.outbox.take() {
+                o.detach(Detach::TooSlow);
+            }
+            self.detached_at.get_or_insert(now);
+        }
+    }
+
+    /// Drops `joined` (seq 1) once it is written: it is never replayed, since a resume
+    /// needs its token and so comes with `last_seq` ≥ 1. Kept until the first ack it cost
+    /// each new connection its size (a few hundred bytes, with the ICE servers) through a
+    /// join burst.
+    pub(crate) fn forget_joined(&mut self) {
+        if let Some((1, j)) = self.buffer.front() {
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(j.len());
+            self.buffer.pop_front();
+            self.lost_up_to = self.lost_up_to.max(1);
+        }
+    }
+
+    /// Connection `conn` is gone: the peer waits for its resume grace.
+    pub(crate) fn detach(&mut self, now: Instant, conn: u64) {
+        if self.conn == conn {
+            self.outbox = None;
+            self.detached_at.get_or_insert(now);
+        }
+    }
+
+    /// Everything up to `seq` is acknowledged through connection `conn`: by the client
+    /// itself, or by a pong (which counts only for clients that never acknowledge by
+    /// themselves). Returns the seq the buffer was trimmed to, if anything went.
+    pub(crate) fn ack(&mut self, conn: u64, seq: u64, by: AckBy) -> Option<u64> {
+        match by {
+            AckBy::Client => self.client_acks = true,
+            AckBy::Transport if self.client_acks => return None,
+            AckBy::Transport => {}
+        }
+        // Nobody can have processed what was never sent.
+        let seq = seq.min(self.seq);
+        if self.conn != conn || self.buffer.front().is_none_or(|(s, _)| *s > seq) {
+            return None;
+        }
+        while self.buffer.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, m)) = self.buffer.pop_front() {
+                self.buffer_bytes = self.buffer_bytes.saturating_sub(m.len());
+            }
+        }
+        if self.buffer.is_empty() {
+            self.buffer = VecDeque::new();
+        }
+        Some(seq)
+    }
+
+    /// Why a resume after `last_seq` cannot be served from here, if it cannot.
+    pub(crate) fn unservable(&self, last_seq: u64) -> Option<&'static str> {
+        if last_seq > self.seq {
+            Some("last_seq is ahead of what the server sent")
+        } else if last_seq < self.lost_up_to
+            || self.buffer.front().is_some_and(|(s, _)| *s > last_seq + 1)
+        {
+            Some("messages after last_seq are no longer buffered")
+        } else {
+            None
+        }
+    }
+
+    /// A new connection `conn` takes over (checked with [`Mailbox::unservable`]):
+    /// `resumed`, then every buffered message after `last_seq`. A connection that still
+    /// held the peer learns it is replaced.
+    pub(crate) fn attach(
+        &mut self,
+        conn: u64,
+        outbox: OutboxRef,
+        last_seq: u64,
+        resumed: &Bytes,
+        touched: &mut Vec<OutboxRef>,
+    ) {
+        if let Some(old) = self.outbox.replace(outbox.clone()) {
+            old.detach(Detach::Replaced);
+        }
+        self.conn = conn;
+        self.detached_at = None;
+        // The new connection's slot replaces the old one.
+        self._hold = outbox.hold();
+        outbox.push(last_seq, resumed, Delivery::Replay);
+        for (seq, m) in self.buffer.iter().filter(|(s, _)| *s > last_seq) {
+            outbox.push(*seq, m, Delivery::Replay);
+        }
+        touch(touched, &outbox);
+    }
+
+    /// The unacknowledged messages after `seq`, oldest first.
+    pub(crate) fn after(&self, seq: u64) -> impl Iterator<Item = &Frame> {
+        self.buffer.iter().filter(move |(s, _)| *s > seq)
+    }
+
+    /// Messages up to `to` will never come: skip them, and cut the connection off so that
+    /// the client resumes (and learns with `resume-failed` that it must start over).
+    pub(crate) fn lose(&mut self, now: Instant, to: u64) {
+        self.seq = to;
+        self.lost_up_to = to;
+        if let Some(o) = self.outbox.take() {
+            o.detach(Detach::TooSlow);
+        }
+        self.detached_at.get_or_insert(now);
     }
 }
 
@@ -231,12 +402,6 @@ impl Hub {
         out.append(&mut self.touched);
     }
 
-    fn touch(&mut self, o: &OutboxRef) {
-        if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
-            self.touched.push(o.clone());
-        }
-    }
-
     /// A peer id whose first character names this hub's shard (see [`shard_of`]).
     fn new_peer_id(&self) -> String {
         let mut b: [u8; 9] = rand::random();
@@ -254,7 +419,7 @@ impl Hub {
         let Some(p) = self.peers.get(id) else {
             return false;
         };
-        let msg = build(p.seq + 1);
+        let msg = build(p.mb.seq + 1);
         self.enqueue(now, id, msg.kind(), Bytes::from(msg.to_json()))
     }
 
@@ -264,53 +429,9 @@ impl Hub {
         let Some(p) = self.peers.get_mut(id) else {
             return false;
         };
-        p.seq += 1;
-        let seq = p.seq;
-        p.buffer_bytes += json.len();
-        // Kept once, in the replay buffer; the socket writes from it (no clone: cloning
-        // a `Bytes` made from a `String` allocates its shared header).
-        p.buffer.push_back((seq, json));
-        while p.buffer.len() > 1
-            && (p.buffer.len() > self.cfg.replay_limit || p.buffer_bytes > self.cfg.replay_bytes)
-        {
-            let Some((s, m)) = p.buffer.pop_front() else {
-                break;
-            };
-            p.lost_up_to = s;
-            p.buffer_bytes = p.buffer_bytes.saturating_sub(m.len());
-        }
-        let json = match p.buffer.back() {
-            Some((_, j)) => j,
-            None => return true,
-        };
+        let seq = p.mb.seq + 1;
+        p.mb.push(now, seq, json, Delivery::Live, &self.cfg, &mut self.touched);
         self.metrics.message_out(kind);
-        // Ask for an acknowledgement every so many messages, not only at the heartbeat:
-        // a busy peer's replay buffer then stays short (and its memory hot).
-        let ask = seq - p.ack_asked >= ACK_EVERY;
-        if ask {
-            p.ack_asked = seq;
-        }
-        let pushed = match &p.outbox {
-            Some(o) => {
-                if !self.touched.iter().any(|t| Arc::ptr_eq(t, o)) {
-                    self.touched.push(o.clone());
-                }
-                let r = o.push(seq, json, Delivery::Live);
-                if ask && r == Pushed::Ok && !p.client_acks {
-                    o.request_ack();
-                }
-                r
-            }
-            None => Pushed::Ok,
-        };
-        if pushed != Pushed::Ok {
-            // A consumer that cannot keep up is cut off (its connection counts it); it may
-            // resume and gets the buffered messages then.
-            if let Some(o) = p.outbox.take() {
-                o.detach(Detach::TooSlow);
-            }
-            p.detached_at.get_or_insert(now);
-        }
         true
     }
 
@@ -364,16 +485,7 @@ impl Hub {
                 room: room_name.clone(),
                 meta,
                 resume_token: token.clone(),
-                seq: 0,
-                buffer: VecDeque::new(),
-                buffer_bytes: 0,
-                ack_asked: 0,
-                lost_up_to: 0,
-                client_acks: false,
-                _hold: outbox.hold(),
-                outbox: Some(outbox),
-                conn,
-                detached_at: None,
+                mb: Mailbox::new(0, outbox, conn),
             }),
         );
         let others: Vec<PeerId> = self
@@ -392,7 +504,7 @@ impl Hub {
         .to_json();
         self.enqueue(now, &id, "joined", Bytes::from(joined));
         if let Some(p) = self.peers.get_mut(&id) {
-            forget_joined(&mut p.buffer, &mut p.buffer_bytes, &mut p.lost_up_to);
+            p.mb.forget_joined();
         }
         // Borrow the newcomer's meta outside the map while the others are told.
         let meta = self.peers.get_mut(&id).and_then(|p| p.meta.take());
@@ -499,10 +611,7 @@ impl Hub {
     /// resume grace.
     pub fn detach(&mut self, now: Instant, id: &str, conn: u64) {
         if let Some(p) = self.peers.get_mut(id) {
-            if p.conn == conn {
-                p.outbox = None;
-                p.detached_at.get_or_insert(now);
-            }
+            p.mb.detach(now, conn);
         }
     }
 
@@ -510,23 +619,7 @@ impl Hub {
     /// counts only for clients that never acknowledge by themselves).
     pub fn ack(&mut self, id: &str, conn: u64, seq: u64, by: AckBy) {
         if let Some(p) = self.peers.get_mut(id) {
-            match by {
-                AckBy::Client => p.client_acks = true,
-                AckBy::Transport if p.client_acks => return,
-                AckBy::Transport => {}
-            }
-            // Nobody can have processed what was never sent.
-            let seq = seq.min(p.seq);
-            if p.conn == conn {
-                while p.buffer.front().is_some_and(|(s, _)| *s <= seq) {
-                    if let Some((_, m)) = p.buffer.pop_front() {
-                        p.buffer_bytes = p.buffer_bytes.saturating_sub(m.len());
-                    }
-                }
-                if p.buffer.is_empty() {
-                    p.buffer = VecDeque::new();
-                }
-            }
+            p.mb.ack(conn, seq, by);
         }
     }
 
@@ -550,17 +643,9 @@ impl Hub {
         if !token_matches(&p.resume_token, token) {
             return fail(UNKNOWN);
         }
-        let unservable = if last_seq > p.seq {
-            Some("last_seq is ahead of what the server sent")
-        } else if last_seq < p.lost_up_to
-            || p.buffer.front().is_some_and(|(s, _)| *s > last_seq + 1)
-        {
-            Some("messages after last_seq are no longer buffered")
-        } else {
-            None
-        };
+        let unservable = p.mb.unservable(last_seq);
         if let Some(why) = unservable {
-            if p.outbox.is_none() {
+            if p.mb.outbox.is_none() {
                 self.remove(now, id, LeaveReason::Timeout);
             }
             return fail(why);
@@ -583,19 +668,7 @@ impl Hub {
         let conn = self.next_conn;
         self.next_conn += 1;
         let p = self.peers.get_mut(id).expect("checked");
-        // A connection that still holds the peer learns it is replaced.
-        if let Some(old) = p.outbox.replace(outbox.clone()) {
-            old.detach(Detach::Replaced);
-        }
-        p.conn = conn;
-        p.detached_at = None;
-        // The new connection's slot replaces the old one.
-        p._hold = outbox.hold();
-        outbox.push(last_seq, &json, Delivery::Replay);
-        for (seq, m) in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
-            outbox.push(*seq, m, Delivery::Replay);
-        }
-        self.touch(&outbox);
+        p.mb.attach(conn, outbox, last_seq, &json, &mut self.touched);
         self.metrics.message_out("resumed");
         Ok(Attached {
             id: id.into(),
@@ -610,7 +683,7 @@ impl Hub {
             .peers
             .iter()
             .filter(|(_, p)| {
-                p.detached_at
+                p.mb.detached_at
                     .is_some_and(|t| now.saturating_duration_since(t) >= grace)
             })
             .map(|(id, _)| id.clone())
@@ -889,17 +962,17 @@ mod tests {
             seen.last().unwrap()["seq"].as_u64().unwrap(),
             AckBy::Transport,
         );
-        assert_eq!(h.peers[&a.id].buffer_bytes, 0);
+        assert_eq!(h.peers[&a.id].mb.buffer_bytes, 0);
         let d = RawValue::from_string("{\"x\":1}".into()).unwrap();
         for _ in 0..3 {
             h.signal(t0, &b.id, &a.id, &d).unwrap();
         }
         assert_eq!(drain(&mut h, &a).len(), 3);
         let p = &h.peers[&a.id];
-        assert_eq!(p.buffer.len(), 3);
+        assert_eq!(p.mb.buffer.len(), 3);
         assert_eq!(
-            p.buffer_bytes,
-            p.buffer.iter().map(|(_, m)| m.len()).sum::<usize>()
+            p.mb.buffer_bytes,
+            p.mb.buffer.iter().map(|(_, m)| m.len()).sum::<usize>()
         );
     }
 
@@ -925,11 +998,11 @@ mod tests {
         assert_eq!(drain(&mut h, &a).len(), 2 + 50, "all delivered");
         let p = &h.peers[&a.id];
         assert!(
-            p.buffer_bytes <= 10_000 && p.buffer.len() < 11,
+            p.mb.buffer_bytes <= 10_000 && p.mb.buffer.len() < 11,
             "{}",
-            p.buffer_bytes
+            p.mb.buffer_bytes
         );
-        assert!(p.lost_up_to > 0);
+        assert!(p.mb.lost_up_to > 0);
     }
 
     #[test]
@@ -942,10 +1015,10 @@ mod tests {
             .unwrap()
             .to_string();
         let p = &h.peers[&a.id];
-        assert_eq!((p.buffer.len(), p.buffer_bytes), (0, 0));
+        assert_eq!((p.mb.buffer.len(), p.mb.buffer_bytes), (0, 0));
         let b = join(&mut h, t0, "r");
         drain(&mut h, &b);
-        assert_eq!(h.peers[&a.id].buffer.len(), 1, "peer-joined is kept");
+        assert_eq!(h.peers[&a.id].mb.buffer.len(), 1, "peer-joined is kept");
         // Nobody holds the token without having processed `joined`: last_seq 0 is refused
         // (and, the token being right, the peer goes), where 1 replays `peer-joined`.
         h.detach(t0, &a.id, a.conn);

@@ -10,7 +10,7 @@
 //! No sockets, no clock of its own: the driver (`super::RedisBus`) passes `now`, does the
 //! Redis calls the results ask for ([`Received::Fetch`]) and flushes touched outboxes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,12 +20,9 @@ use serde_json::value::RawValue;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::room::{
-    forget_joined, token_matches, AckBy, Attached, Delivery, Detach, Frame, Hold, HubConfig,
-    OutboxRef, PeerId, Pushed,
+    token_matches, touch, AckBy, Attached, Delivery, Detach, Frame, HubConfig, Mailbox, OutboxRef,
+    PeerId,
 };
-
-/// Messages between requests for an acknowledgement (as in the hub).
-const ACK_EVERY: u64 = 32;
 
 /// What became of a message that arrived for a local peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,24 +49,14 @@ struct LocalPeer {
     room: Arc<str>,
     token: Box<str>,
     meta: Option<Box<RawValue>>,
-    /// Highest seq handed to the client (or, before that, the one it starts after).
-    seq: u64,
     /// False between reserving the peer and its `joined`/`resumed`: arrivals wait.
     ready: bool,
     /// Arrived ahead of a gap, by seq.
     pending: BTreeMap<u64, Bytes>,
     /// A fetch of a gap is under way.
     fetching: bool,
-    buffer: VecDeque<Frame>,
-    buffer_bytes: usize,
-    /// Highest seq that will never be replayed (dropped unacknowledged, or lost).
-    lost_up_to: u64,
-    ack_asked: u64,
-    client_acks: bool,
-    outbox: Option<OutboxRef>,
-    _hold: Option<Hold>,
-    conn: u64,
-    detached_at: Option<Instant>,
+    /// Its seq (the highest handed to the client), replay buffer and connection.
+    mb: Mailbox,
 }
 
 /// What a node re-writes into Redis for one of its peers after Redis came back.
@@ -123,12 +110,6 @@ impl Local {
         out.append(&mut self.touched);
     }
 
-    fn touch(touched: &mut Vec<OutboxRef>, o: &OutboxRef) {
-        if !touched.iter().any(|t| Arc::ptr_eq(t, o)) {
-            touched.push(o.clone());
-        }
-    }
-
     /// Whether this node carries `id` (ready or not).
     pub fn knows(&self, id: &str) -> bool {
         self.peers.contains_key(id)
@@ -162,19 +143,10 @@ impl Local {
             room: "".into(),
             token: "".into(),
             meta: None,
-            seq,
             ready: false,
             pending: BTreeMap::new(),
             fetching: false,
-            buffer: VecDeque::new(),
-            buffer_bytes: 0,
-            lost_up_to: 0,
-            ack_asked: seq,
-            client_acks: false,
-            _hold: outbox.hold(),
-            outbox: Some(outbox),
-            conn,
-            detached_at: None,
+            mb: Mailbox::new(seq, outbox, conn),
         };
         if let Some(old) = self.peers.insert(id.clone(), Box::new(peer)) {
             // Cannot happen with random ids; if it did, the old one is gone.
@@ -215,11 +187,11 @@ impl Local {
     ) -> Option<Received> {
         self.activate(id, room, token, meta)?;
         if let Some(p) = self.peers.get_mut(id) {
-            p.seq = 0;
+            p.mb.seq = 0;
         }
         self.push(now, id, 1, joined, Delivery::Live, "joined");
         if let Some(p) = self.peers.get_mut(id) {
-            forget_joined(&mut p.buffer, &mut p.buffer_bytes, &mut p.lost_up_to);
+            p.mb.forget_joined();
         }
         Some(self.drain(now, id))
     }
@@ -241,9 +213,9 @@ impl Local {
             return;
         };
         p.fetching = true;
-        if let Some(o) = &p.outbox {
-            o.push(p.seq, &resumed, Delivery::Replay);
-            Self::touch(&mut self.touched, o);
+        if let Some(o) = &p.mb.outbox {
+            o.push(p.mb.seq, &resumed, Delivery::Replay);
+            touch(&mut self.touched, o);
         }
         self.metrics.message_out("resumed");
     }
@@ -273,10 +245,10 @@ impl Local {
         let Some(p) = self.peers.get_mut(id) else {
             return Received::Unknown;
         };
-        if seq <= p.seq || p.pending.contains_key(&seq) {
+        if seq <= p.mb.seq || p.pending.contains_key(&seq) {
             return Received::Duplicate;
         }
-        if !p.ready || p.fetching || seq != p.seq + 1 {
+        if !p.ready || p.fetching || seq != p.mb.seq + 1 {
             p.pending.insert(seq, json);
             if p.pending.len() > self.cfg.replay_limit {
                 // Nobody fills the gap in time: the peer has lost messages.
@@ -310,17 +282,17 @@ impl Local {
         };
         p.fetching = false;
         for (seq, json) in items {
-            if seq > p.seq {
+            if seq > p.mb.seq {
                 p.pending.insert(seq, json);
             }
         }
         // The resume case (no `want_to`): what was fetched must follow on directly.
         let hole = match p.pending.keys().next() {
-            Some(&first) if first > p.seq + 1 => Some(first - 1),
+            Some(&first) if first > p.mb.seq + 1 => Some(first - 1),
             _ => None,
         };
         let lost = match (want_to, hole) {
-            (Some(to), _) if to > p.seq && !p.pending.contains_key(&(p.seq + 1)) => Some(to),
+            (Some(to), _) if to > p.mb.seq && !p.pending.contains_key(&(p.mb.seq + 1)) => Some(to),
             (None, Some(h)) => Some(h),
             _ => None,
         };
@@ -336,20 +308,15 @@ impl Local {
         let Some(p) = self.peers.get_mut(id) else {
             return;
         };
-        if to <= p.seq {
+        if to <= p.mb.seq {
             return;
         }
-        p.seq = to;
-        p.lost_up_to = to;
         // A fetch still under way for the given-up gap brings only what is now old.
         p.fetching = false;
         while p.pending.first_key_value().is_some_and(|(s, _)| *s <= to) {
             p.pending.pop_first();
         }
-        if let Some(o) = p.outbox.take() {
-            o.detach(Detach::TooSlow);
-        }
-        p.detached_at.get_or_insert(now);
+        p.mb.lose(now, to);
     }
 
     /// Hands over what waited and now follows on; reports a gap still in the way.
@@ -364,10 +331,10 @@ impl Local {
             let Some((&seq, _)) = p.pending.first_key_value() else {
                 return Received::Delivered;
             };
-            if seq != p.seq + 1 {
+            if seq != p.mb.seq + 1 {
                 p.fetching = true;
                 return Received::Fetch {
-                    from: p.seq + 1,
+                    from: p.mb.seq + 1,
                     to: seq - 1,
                 };
             }
@@ -388,7 +355,7 @@ impl Local {
         let Some(p) = self.peers.get(id).filter(|p| p.ready) else {
             return false;
         };
-        let msg = build(p.seq + 1);
+        let msg = build(p.mb.seq + 1);
         let seq = msg.seq();
         self.push(
             now,
@@ -414,77 +381,21 @@ impl Local {
         let Some(p) = self.peers.get_mut(id) else {
             return;
         };
-        p.seq = seq;
-        p.buffer_bytes += json.len();
-        p.buffer.push_back((seq, json));
-        while p.buffer.len() > 1
-            && (p.buffer.len() > self.cfg.replay_limit || p.buffer_bytes > self.cfg.replay_bytes)
-        {
-            let Some((s, m)) = p.buffer.pop_front() else {
-                break;
-            };
-            p.lost_up_to = p.lost_up_to.max(s);
-            p.buffer_bytes = p.buffer_bytes.saturating_sub(m.len());
-        }
-        let Some((_, json)) = p.buffer.back() else {
-            return;
-        };
+        p.mb.push(now, seq, json, delivery, &self.cfg, &mut self.touched);
         self.metrics.message_out(kind);
-        let ask = seq.saturating_sub(p.ack_asked) >= ACK_EVERY;
-        if ask {
-            p.ack_asked = seq;
-        }
-        let pushed = match &p.outbox {
-            Some(o) => {
-                Self::touch(&mut self.touched, o);
-                let r = o.push(seq, json, delivery);
-                if ask && r == Pushed::Ok && !p.client_acks {
-                    o.request_ack();
-                }
-                r
-            }
-            None => Pushed::Ok,
-        };
-        if pushed != Pushed::Ok {
-            if let Some(o) = p.outbox.take() {
-                o.detach(Detach::TooSlow);
-            }
-            p.detached_at.get_or_insert(now);
-        }
     }
 
     /// Connection `conn` of `id` is gone: the peer waits for its resume grace.
     pub fn detach(&mut self, now: Instant, id: &str, conn: u64) {
         if let Some(p) = self.peers.get_mut(id) {
-            if p.conn == conn {
-                p.outbox = None;
-                p.detached_at.get_or_insert(now);
-            }
+            p.mb.detach(now, conn);
         }
     }
 
     /// Acknowledged up to `seq` (see [`AckBy`]); returns the seq the buffer was trimmed
     /// to, for the driver to trim the outbox list in Redis too.
     pub fn ack(&mut self, id: &str, conn: u64, seq: u64, by: AckBy) -> Option<u64> {
-        let p = self.peers.get_mut(id)?;
-        match by {
-            AckBy::Client => p.client_acks = true,
-            AckBy::Transport if p.client_acks => return None,
-            AckBy::Transport => {}
-        }
-        let seq = seq.min(p.seq);
-        if p.conn != conn || p.buffer.front().is_none_or(|(s, _)| *s > seq) {
-            return None;
-        }
-        while p.buffer.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, m)) = p.buffer.pop_front() {
-                p.buffer_bytes = p.buffer_bytes.saturating_sub(m.len());
-            }
-        }
-        if p.buffer.is_empty() {
-            p.buffer = VecDeque::new();
-        }
-        Some(seq)
+        self.peers.get_mut(id)?.mb.ack(conn, seq, by)
     }
 
     /// Checks a resume of a peer this node carries: `Ok(room)` if `token` is its token and
@@ -503,11 +414,8 @@ impl Local {
         if !token_matches(&p.token, token) {
             return fail(UNKNOWN);
         }
-        if last_seq > p.seq {
-            return fail("last_seq is ahead of what the server sent");
-        }
-        if last_seq < p.lost_up_to || p.buffer.front().is_some_and(|(s, _)| *s > last_seq + 1) {
-            return fail("messages after last_seq are no longer buffered");
+        if let Some(why) = p.mb.unservable(last_seq) {
+            return fail(why);
         }
         Ok(p.room.clone())
     }
@@ -524,17 +432,7 @@ impl Local {
         let conn = self.next_conn;
         self.next_conn += 1;
         let p = self.peers.get_mut(id)?;
-        if let Some(old) = p.outbox.replace(outbox.clone()) {
-            old.detach(Detach::Replaced);
-        }
-        p.conn = conn;
-        p.detached_at = None;
-        p._hold = outbox.hold();
-        outbox.push(last_seq, &resumed, Delivery::Replay);
-        for (seq, m) in p.buffer.iter().filter(|(s, _)| *s > last_seq) {
-            outbox.push(*seq, m, Delivery::Replay);
-        }
-        Self::touch(&mut self.touched, &outbox);
+        p.mb.attach(conn, outbox, last_seq, &resumed, &mut self.touched);
         self.metrics.message_out("resumed");
         Some(Attached {
             id: id.into(),
@@ -547,7 +445,7 @@ impl Local {
         let Some(p) = self.peers.remove(id) else {
             return false;
         };
-        if let Some(o) = &p.outbox {
+        if let Some(o) = &p.mb.outbox {
             o.detach(Detach::Replaced);
         }
         self.metrics.peers.dec();
@@ -571,7 +469,7 @@ impl Local {
         self.peers
             .iter()
             .filter(|(_, p)| {
-                p.detached_at
+                p.mb.detached_at
                     .is_some_and(|t| now.saturating_duration_since(t) >= grace)
             })
             .map(|(id, _)| id.clone())
@@ -586,7 +484,7 @@ impl Local {
             .filter(|(_, p)| p.ready && !p.fetching)
             .map(|(id, p)| {
                 p.fetching = true;
-                (id.clone(), p.seq + 1)
+                (id.clone(), p.mb.seq + 1)
             })
             .collect()
     }
@@ -605,8 +503,8 @@ impl Local {
                     .as_ref()
                     .map(|m| m.get().to_string())
                     .unwrap_or_default(),
-                seq: p.seq,
-                frames: p.buffer.iter().filter(|(s, _)| *s > 1).cloned().collect(),
+                seq: p.mb.seq,
+                frames: p.mb.after(1).cloned().collect(),
             })
             .collect()
     }

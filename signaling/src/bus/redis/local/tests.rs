@@ -7,7 +7,7 @@ use super::*;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::room::Outbox;
+use crate::room::{Outbox, Pushed};
 
 const GRACE: Duration = Duration::from_secs(30);
 const TOKEN: &str = "tok";
