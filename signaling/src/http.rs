@@ -233,7 +233,7 @@ async fn serve_tls(
     };
     if tlsio::looks_like_stun(first) {
         match &tls.turn {
-            Some(relay) if relay.give(conn) => carried("turn"),
+            Some(relay) if relay.give(conn, addr) => carried("turn"),
             _ => carried("dropped"),
         }
         return;

@@ -927,7 +927,8 @@ fn tls_handshakes_count_against_the_per_ip_limit() {
 
 /// With `--proxy-protocol`, the PROXY header comes before the TLS handshake (HAProxy in
 /// TCP mode in front of port 443): the handshake slot and the per-IP limit belong to the
-/// client the header names, and HTTPS works on after it.
+/// client the header names, HTTPS works on after it, and so does TURN, whose bundled relay
+/// sees that client too.
 #[test]
 fn a_proxy_protocol_header_before_tls_names_the_client() {
     let dir = temp_dir("proxied");
@@ -963,6 +964,29 @@ fn a_proxy_protocol_header_before_tls_names_the_client() {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     assert_eq!(parse_http_response(&String::from_utf8_lossy(&out)).0, 200);
+    // TURN on the same port: the bundled relay sees the client the header names (a STUN
+    // Binding answers with it as XOR-MAPPED-ADDRESS), not the balancer.
+    {
+        use icebreaker_relay::codec::{attr, Class, Message, MessageWriter, Method};
+        let mut t = tls_over(via_lb("203.0.113.3"), &c.der).expect("handshake for TURN");
+        let tid = [7u8; 12];
+        let mut req = Vec::new();
+        let w = MessageWriter::new(&mut req, Method::BINDING, Class::Request, tid);
+        let req = w.finish_with_fingerprint().to_vec();
+        t.write_all(&req).unwrap();
+        let mut head = [0u8; 20];
+        t.read_exact(&mut head).unwrap();
+        let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+        let mut resp = head.to_vec();
+        resp.resize(20 + len, 0);
+        t.read_exact(&mut resp[20..]).unwrap();
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!((m.class, m.transaction_id), (Class::Success, tid));
+        assert_eq!(
+            m.xor_address(attr::XOR_MAPPED_ADDRESS).unwrap().unwrap(),
+            "203.0.113.3:40000".parse::<SocketAddr>().unwrap()
+        );
+    }
     // From the balancer's address, a handshake without the header is not served.
     assert!(tls_over(tcp_from(lb, ib.http), &c.der).is_err());
     drop(stalled);

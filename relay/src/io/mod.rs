@@ -47,6 +47,9 @@ pub(crate) enum Moved {
 pub(crate) struct Adopt {
     conn: Moved,
     prefix: Vec<u8>,
+    /// The client's address when it is not the socket's peer: named by a load balancer's
+    /// PROXY header, read by whoever accepted the connection.
+    client: Option<SocketAddr>,
 }
 
 /// Hands client connections to the relay's shards: TURN-over-TLS connections accepted
@@ -58,28 +61,37 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Gives `conn` (handshake done, its first bytes STUN) to the shard its client port
-    /// picks. False when that shard's queue is full or the relay has stopped: the
-    /// connection is closed.
-    pub fn give(&self, conn: TlsConn) -> bool {
-        let Ok(client) = conn.peer_addr() else {
-            return false;
-        };
+    /// Gives `conn` (handshake done, its first bytes STUN) from `client` to the shard its
+    /// client port picks. `client` is the socket's peer, or the client a trusted load
+    /// balancer named in a PROXY header: the TURN core sees it as the 5-tuple's client
+    /// (XOR-MAPPED-ADDRESS, per-client limits). False when that shard's queue is full or
+    /// the relay has stopped: the connection is closed.
+    pub fn give(&self, conn: TlsConn, client: SocketAddr) -> bool {
         let Ok(parts) = conn.into_parts() else {
             return false;
         };
-        self.to_shard(
-            client.port() as usize % self.shards.len(),
-            Moved::Tls(Box::new(parts)),
-            Vec::new(),
-        )
+        self.shards
+            .get(client.port() as usize % self.shards.len())
+            .is_some_and(|s| {
+                s.try_send(Adopt {
+                    conn: Moved::Tls(Box::new(parts)),
+                    prefix: Vec::new(),
+                    client: Some(client),
+                })
+                .is_ok()
+            })
     }
 
     /// Gives `conn` to shard `shard`, which handles `prefix` before reading more.
     pub(crate) fn to_shard(&self, shard: usize, conn: Moved, prefix: Vec<u8>) -> bool {
-        self.shards
-            .get(shard)
-            .is_some_and(|s| s.try_send(Adopt { conn, prefix }).is_ok())
+        self.shards.get(shard).is_some_and(|s| {
+            s.try_send(Adopt {
+                conn,
+                prefix,
+                client: None,
+            })
+            .is_ok()
+        })
     }
 }
 

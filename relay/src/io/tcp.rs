@@ -210,7 +210,12 @@ pub(super) async fn accept_loop(
 /// port, which tells STUN from HTTP after the handshake), and RFC 6062 data connections
 /// from another shard, their ConnectionBind in `prefix`.
 pub(super) async fn handed_over(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<Adopt>) {
-    while let Some(Adopt { conn, prefix }) = rx.recv().await {
+    while let Some(Adopt {
+        conn,
+        prefix,
+        client: named,
+    }) = rx.recv().await
+    {
         if !room_for_one(&ctx) {
             continue;
         }
@@ -231,7 +236,7 @@ pub(super) async fn handed_over(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<Adopt>) {
                 let (Ok(client), Ok(server)) = (conn.peer_addr(), conn.local_addr()) else {
                     continue;
                 };
-                let ft = ft(client, server);
+                let ft = ft(named.unwrap_or(client), server);
                 tokio::task::spawn_local(connection(ctx.clone(), Rc::new(conn), ft, prefix));
             }
             Moved::Tcp(s) => {
@@ -248,7 +253,7 @@ pub(super) async fn handed_over(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<Adopt>) {
                 let (Ok(client), Ok(server)) = (conn.peer_addr(), conn.local_addr()) else {
                     continue;
                 };
-                let ft = ft(client, server);
+                let ft = ft(named.unwrap_or(client), server);
                 tokio::task::spawn_local(connection(ctx.clone(), Rc::new(conn), ft, prefix));
             }
         }
