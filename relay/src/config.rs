@@ -48,6 +48,9 @@ pub struct RelayConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key for TLS.
     pub key: Option<PathBuf>,
+    /// Load balancers whose TCP and TLS connections begin with a PROXY protocol header
+    /// naming the client (`--proxy-protocol --trusted-proxy`); empty: none.
+    pub proxy_from: Vec<IpNet>,
 }
 
 impl Default for RelayConfig {
@@ -65,6 +68,7 @@ impl Default for RelayConfig {
             tls_listen: Vec::new(),
             cert: None,
             key: None,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -167,6 +171,17 @@ pub struct RelayArgs {
     /// PEM private key of --cert (PKCS#8, PKCS#1 or SEC1; DTLS needs PKCS#8).
     #[arg(long, env = "ICEBREAKER_RELAY_KEY")]
     pub key: Option<PathBuf>,
+    /// TCP and TLS connections from a --trusted-proxy address begin with a PROXY protocol
+    /// header (v1 or v2, HAProxy's send-proxy / send-proxy-v2) naming the client; without
+    /// one they are closed. For TURN over TCP/TLS behind an L4 load balancer.
+    #[arg(long, env = "ICEBREAKER_RELAY_PROXY_PROTOCOL")]
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// A load balancer (CIDR, repeatable) whose PROXY header is believed (with
+    /// --proxy-protocol). Never list addresses clients control.
+    #[arg(long, env = "ICEBREAKER_RELAY_TRUSTED_PROXY", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxy: Vec<IpNet>,
 }
 
 macro_rules! layer_opt {
@@ -189,8 +204,10 @@ impl RelayArgs {
             auth_secrets,
             allow_peer,
             deny_peer,
-            tls_listen
+            tls_listen,
+            trusted_proxy
         );
+        self.proxy_protocol |= file.proxy_protocol;
         layer_opt!(
             self,
             file,
@@ -357,6 +374,22 @@ impl RelayArgs {
         if !self.tls_listen.is_empty() && (self.cert.is_none() || self.key.is_none()) {
             return Err(err("tls-listen", "needs --cert and --key"));
         }
+        let proxy_from =
+            match (self.proxy_protocol, self.trusted_proxy.is_empty()) {
+                (true, true) => return Err(err(
+                    "proxy-protocol",
+                    "needs --trusted-proxy: the load balancers' addresses, the only ones whose \
+                     PROXY header is believed",
+                )),
+                (false, false) => {
+                    return Err(err(
+                        "trusted-proxy",
+                        "means nothing without --proxy-protocol (the relay reads no other header)",
+                    ))
+                }
+                (true, false) => self.trusted_proxy,
+                (false, true) => Vec::new(),
+            };
         match (&self.cert, &self.key) {
             (Some(_), None) => return Err(err("cert", "needs --key")),
             (None, Some(_)) => return Err(err("key", "needs --cert")),
@@ -403,6 +436,7 @@ impl RelayArgs {
             tls_listen: self.tls_listen,
             cert: self.cert,
             key: self.key,
+            proxy_from,
         })
     }
 }
@@ -466,6 +500,8 @@ impl RelayConfig {
             tls_listen: self.tls_listen.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            proxy_protocol: !self.proxy_from.is_empty(),
+            trusted_proxy: self.proxy_from.clone(),
         };
         toml::to_string(&args).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
@@ -549,6 +585,30 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(e.key, "relay-ip");
+        // A PROXY header believed from anyone would let every client pick its address;
+        // trusted proxies without it would silently do nothing.
+        let e = RelayArgs {
+            proxy_protocol: true,
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "proxy-protocol");
+        let e = RelayArgs {
+            trusted_proxy: vec!["10.0.0.0/8".parse().unwrap()],
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "trusted-proxy");
+        let c = RelayArgs {
+            proxy_protocol: true,
+            trusted_proxy: vec!["10.0.0.0/8".parse().unwrap()],
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.proxy_from, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
     }
 
     #[test]

@@ -148,7 +148,8 @@ fn reload(
     fixed!(listen => "listen", tls_listen => "tls-listen", cert => "cert", key => "key",
            max_tcp_connections => "max-tcp-connections",
            max_tcp_frame => "max-tcp-frame", tcp_buffer_limit => "tcp-buffer-limit",
-           threads => "threads", metrics_listen => "metrics-listen");
+           threads => "threads", metrics_listen => "metrics-listen",
+           proxy_from => "proxy-protocol/trusted-proxy");
     metrics.config_reloads.inc();
     info!(
         "SIGHUP: configuration reloaded (credentials, peer policy, quotas, lifetimes, bandwidth)"

@@ -88,6 +88,9 @@ pub struct RelayMetrics {
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// DTLS handshakes (TURN over DTLS), by result (ok, failed, timeout).
     pub dtls_handshakes: Family<ResultLabel, Counter>,
+    /// PROXY protocol headers read from trusted load balancers, by result (client, local,
+    /// invalid, closed, timeout).
+    pub proxy_headers: Family<ResultLabel, Counter>,
     /// Certificate reloads (SIGHUP or the files changed), by result (ok, error).
     pub tls_cert_reloads: Family<ResultLabel, Counter>,
     /// Relayed ports free (not bound, reserved or cooling), set when scraped.
@@ -196,6 +199,11 @@ impl RelayMetrics {
             self.tls_handshakes.clone(),
         );
         r.register(
+            "proxy_headers",
+            "PROXY protocol headers from trusted load balancers, by result (client, local, invalid, closed, timeout)",
+            self.proxy_headers.clone(),
+        );
+        r.register(
             "dtls_handshakes",
             "DTLS handshakes of TURN over DTLS, by result (ok, failed, timeout)",
             self.dtls_handshakes.clone(),
@@ -210,6 +218,13 @@ impl RelayMetrics {
     /// Counts a TLS handshake's end.
     pub fn tls_handshake(&self, result: &'static str) {
         self.tls_handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts a PROXY protocol header read (or refused).
+    pub fn proxy_header(&self, result: &'static str) {
+        self.proxy_headers
             .get_or_create(&ResultLabel { result })
             .inc();
     }

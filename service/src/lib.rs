@@ -1,11 +1,13 @@
 //! What every Icebreaker server binary (`icebreaker`, `icebreaker-relay`) does at start, in
 //! one place: configuration layered from flags, environment and a TOML file ([`config`]),
-//! logging ([`init_logging`]), the stop signal ([`Stop`]) and the SO_REUSEPORT sockets the
-//! serving threads share ([`reuse_socket`]).
+//! logging ([`init_logging`]), the stop signal ([`Stop`]), the SO_REUSEPORT sockets the
+//! serving threads share ([`reuse_socket`]) and the PROXY protocol header that L4 load
+//! balancers put in front of a connection ([`proxy`]).
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod proxy;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -124,7 +124,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
         let app = app.clone();
         let stop = state.shutdown.clone();
         let cfg = state.cfg();
-        if cfg.proxy_protocol && is_trusted(&cfg.trusted_proxies, addr.ip()) {
+        if cfg.proxy_protocol && crate::proxy::is_trusted(&cfg.trusted_proxies, addr.ip()) {
             let st = state.clone();
             state.tasks.spawn(async move {
                 let mut stream = stream;
@@ -145,15 +145,6 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
                 .spawn(serve_tls(state.clone(), stream, addr, app, stop));
         }
     }
-}
-
-/// `ip` is one of `trusted` (IPv4-mapped IPv6 counts as its IPv4 address).
-fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    trusted.iter().any(|n| n.contains(&ip))
 }
 
 /// A connection from a trusted load balancer with `--proxy-protocol`: the client's
@@ -294,7 +285,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    let is_trusted = |ip: IpAddr| is_trusted(trusted, ip);
+    let is_trusted = |ip: IpAddr| crate::proxy::is_trusted(trusted, ip);
     let mut ip = canon(peer);
     if !is_trusted(ip) {
         return ip;

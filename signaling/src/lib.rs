@@ -10,9 +10,10 @@ pub mod http;
 pub mod ice;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
 /// Protocol v1 lives in its own crate (one definition for server, peer and load client).
 pub use icebreaker_protocol as protocol;
+/// The PROXY protocol reader is shared with the relay.
+pub use icebreaker_service::proxy;
 pub mod room;
 pub mod session;
 pub mod ws;

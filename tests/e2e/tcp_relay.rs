@@ -320,3 +320,86 @@ fn a_relayed_tcp_port_held_with_so_reuseport_elsewhere_is_not_shared() {
         "{text}"
     );
 }
+
+/// TURN over TCP behind Debian's HAProxy in TCP mode with the PROXY protocol
+/// (`send-proxy-v2` from 127.0.0.5, the relay started with `--proxy-protocol
+/// --trusted-proxy 127.0.0.5/32`): the relay answers a Binding with the client's own
+/// address (not the balancer's), coturn's client relays through the balancer without
+/// loss, and a connection from the balancer's address without a header is closed.
+#[test]
+fn behind_haproxy_the_relay_sees_each_client_through_the_proxy_protocol() {
+    use icebreaker_tests::haproxy::Haproxy;
+    use icebreaker_tests::{echo_peer, require};
+    require("haproxy", "haproxy");
+    let lb_side = "127.0.0.5";
+    let relay = start_relay(&[
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--proxy-protocol",
+        "--trusted-proxy",
+        &format!("{lb_side}/32"),
+    ]);
+    let m = relay.metrics.expect("metrics address");
+    // Health checks go to the metrics port's /healthz (no PROXY header there).
+    let lb = Haproxy::start_servers(
+        &[format!("{} port {}", relay.addr, m.port())],
+        &format!("send-proxy-v2 source {lb_side}"),
+    );
+
+    let mut probe = TurnProbe::tcp(lb.addr);
+    let mine = match &probe.conn {
+        Conn::Tcp { s, .. } => s.local_addr().unwrap(),
+        Conn::Udp(_) => unreachable!(),
+    };
+    let a = probe.request(Method::BINDING, &|_| {});
+    assert_eq!(a.code, None);
+    let seen = a
+        .msg()
+        .xor_address(attr::XOR_MAPPED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen, mine,
+        "the relay sees the client, not HAProxy's {lb_side}"
+    );
+
+    let (_peer, peer_port) = echo_peer();
+    let u = uclient(
+        lb.addr.port(),
+        peer_port,
+        &[
+            "-t", "-u", "test", "-w", "test", "-m", "5", "-n", "100", "-l", "120",
+        ],
+    );
+    assert_all_echoed(&u, "TURN over TCP through HAProxy", 500);
+
+    // From the balancer's address without a header: closed, nothing answered.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&format!("{lb_side}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.connect(&relay.addr.into()).unwrap();
+    let mut bare: TcpStream = sock.into();
+    bare.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bare.write_all(&[
+        0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ])
+    .unwrap();
+    let mut out = [0u8; 64];
+    let r = bare.read(&mut out);
+    assert!(
+        matches!(&r, Ok(0))
+            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a Binding without a PROXY header is closed unanswered: {r:?}"
+    );
+
+    let text = http_get(m, "/metrics").1;
+    let headers = |r: &str| {
+        metric(
+            &text,
+            "icebreaker_relay_proxy_headers_total",
+            &[&format!("result=\"{r}\"")],
+        )
+    };
+    assert!(headers("client") >= 6.0, "{text}");
+    assert!(headers("invalid") >= 1.0, "{text}");
+}

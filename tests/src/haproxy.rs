@@ -31,6 +31,13 @@ impl Haproxy {
     /// Round robin over `nodes`, with `server_opts` added to every `server` line (e.g.
     /// `send-proxy-v2 check-send-proxy source 127.0.0.5`).
     pub fn start_with(nodes: &[&Icebreaker], server_opts: &str) -> Haproxy {
+        let servers: Vec<String> = nodes.iter().map(|n| n.http.to_string()).collect();
+        Haproxy::start_servers(&servers, server_opts)
+    }
+
+    /// Round robin over `servers` (`ADDR` or `ADDR check port P` for a server whose
+    /// `/healthz` is on another port), `server_opts` added to every `server` line.
+    pub fn start_servers(servers: &[String], server_opts: &str) -> Haproxy {
         require("haproxy", "haproxy");
         let port = free_tcp_port();
         let tmp = std::env::temp_dir();
@@ -43,10 +50,10 @@ impl Haproxy {
              backend nodes\n  balance roundrobin\n  option httpchk GET /healthz\n  http-check expect status 200\n",
             stats.display()
         );
-        for (i, n) in nodes.iter().enumerate() {
+        for (i, server) in servers.iter().enumerate() {
+            let (addr, check) = server.split_once(' ').unwrap_or((server, ""));
             cfg += &format!(
-                "  server n{i} {} check inter 300ms fall {FALL} rise {RISE} {server_opts}\n",
-                n.http
+                "  server n{i} {addr} check {check} inter 300ms fall {FALL} rise {RISE} {server_opts}\n"
             );
         }
         let path = tmp.join(format!("ib-haproxy-{}-{port}.cfg", std::process::id()));
@@ -66,7 +73,7 @@ impl Haproxy {
         let t0 = Instant::now();
         loop {
             let health = lb.health();
-            if health.len() == nodes.len() && health.iter().all(|&h| h == RISE + FALL - 1) {
+            if health.len() == servers.len() && health.iter().all(|&h| h == RISE + FALL - 1) {
                 break;
             }
             assert!(

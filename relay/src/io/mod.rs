@@ -27,11 +27,13 @@ use crate::metrics::RelayMetrics;
 use crate::server::Shared;
 
 /// The client TCP limits of `RelayConfig`, split over the shards.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct TcpLimits {
     connections: usize,
     frame: usize,
     buffer: usize,
+    /// Load balancers whose connections begin with a PROXY header (`proxy_from`).
+    proxy_from: Arc<[ipnet::IpNet]>,
 }
 
 /// A client connection on its way to another shard's runtime.
@@ -372,6 +374,7 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         connections: config.max_tcp_connections,
         frame: config.max_tcp_frame,
         buffer: config.tcp_buffer_limit,
+        proxy_from: config.proxy_from.clone().into(),
     };
     let shared = Shared::with_own(
         config.turn,
@@ -427,6 +430,7 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
             dtls,
             dtls_config: dtls_config.clone(),
         };
+        let tcp_limits = tcp_limits.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("relay-shard-{i}"))

@@ -55,6 +55,8 @@ pub(super) struct Ctx {
     pub tcp: RefCell<FxHashMap<ConnKey, TcpClient>>,
     /// TLS handshakes in progress (they count against `max_tcp`).
     pub handshaking: Cell<usize>,
+    /// Load balancers whose connections begin with a PROXY protocol header.
+    pub proxy_from: Arc<[ipnet::IpNet]>,
     /// This shard's part of `tcp-buffer-limit`, and what its TCP connections hold now.
     tcp_budget: usize,
     tcp_used: Cell<usize>,
@@ -474,6 +476,7 @@ pub(super) fn run_shard(
             crossings,
             tcp: RefCell::default(),
             handshaking: Cell::new(0),
+            proxy_from: tcp_limits.proxy_from.clone(),
             tcp_budget,
             tcp_used: Cell::new(0),
             buf: RefCell::new(vec![0u8; 2 * 65536]),

@@ -13,10 +13,12 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use icebreaker_service::proxy;
 use icebreaker_service::tls::{self, TlsConn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -171,36 +173,70 @@ pub(super) async fn accept_loop(
                     Err(_) => continue,
                 };
                 let _ = stream.set_nodelay(true);
-                let ft = FiveTuple {
-                    client: peer,
-                    server: local,
-                    transport: Transport::Tcp,
-                };
                 let ctx = ctx.clone();
-                match &tls {
-                    None => {
-                        tokio::task::spawn_local(connection(ctx, Rc::new(stream), ft, Vec::new()));
-                    }
-                    Some(cfg) => {
-                        let cfg = cfg.clone();
-                        tokio::task::spawn_local(async move {
-                            ctx.handshaking.set(ctx.handshaking.get() + 1);
-                            let r = tls::accept(cfg, stream).await;
-                            ctx.handshaking.set(ctx.handshaking.get() - 1);
-                            match r {
-                                Ok(c) => {
-                                    ctx.metrics.all.tls_handshake("ok");
-                                    connection(ctx, Rc::new(c), ft, Vec::new()).await
-                                }
-                                Err(why) => ctx.metrics.all.tls_handshake(why.as_str()),
+                let tls = tls.clone();
+                if icebreaker_service::proxy::is_trusted(&ctx.proxy_from, peer.ip()) {
+                    // A load balancer's connection: the client is in its PROXY header. The
+                    // read counts as a handshake (against the connection limit, bounded).
+                    tokio::task::spawn_local(async move {
+                        let mut stream = stream;
+                        ctx.handshaking.set(ctx.handshaking.get() + 1);
+                        let r = proxy::read(&mut stream, tls::HANDSHAKE_TIMEOUT).await;
+                        ctx.handshaking.set(ctx.handshaking.get() - 1);
+                        let client = match r {
+                            Ok(proxy::Source::Client(c)) => {
+                                ctx.metrics.all.proxy_header("client");
+                                c
                             }
-                        });
-                    }
+                            Ok(proxy::Source::Local) => {
+                                ctx.metrics.all.proxy_header("local");
+                                peer
+                            }
+                            Err(e) => {
+                                debug!(error = %e, %peer, "PROXY header refused");
+                                return ctx.metrics.all.proxy_header(e.as_str());
+                            }
+                        };
+                        serve_accepted(ctx, stream, client, local, tls).await
+                    });
+                } else {
+                    tokio::task::spawn_local(serve_accepted(ctx, stream, peer, local, tls));
                 }
             }
             Err(e) => {
                 warn!(error = %e, "TCP accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// An accepted connection from `client` (the socket's peer, or the client a trusted load
+/// balancer named): plain TURN, or TURN over TLS after the handshake (bounded and counted).
+async fn serve_accepted(
+    ctx: Rc<Ctx>,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let ft = FiveTuple {
+        client,
+        server: local,
+        transport: Transport::Tcp,
+    };
+    match tls {
+        None => connection(ctx, Rc::new(stream), ft, Vec::new()).await,
+        Some(cfg) => {
+            ctx.handshaking.set(ctx.handshaking.get() + 1);
+            let r = tls::accept(cfg, stream).await;
+            ctx.handshaking.set(ctx.handshaking.get() - 1);
+            match r {
+                Ok(c) => {
+                    ctx.metrics.all.tls_handshake("ok");
+                    connection(ctx, Rc::new(c), ft, Vec::new()).await
+                }
+                Err(why) => ctx.metrics.all.tls_handshake(why.as_str()),
             }
         }
     }

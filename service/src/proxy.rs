@@ -1,14 +1,15 @@
 //! The PROXY protocol (HAProxy's `send-proxy` and `send-proxy-v2`): an L4 load balancer
 //! writes the client's address ahead of the connection's own bytes, so that per-IP limits
-//! and logs see the client and not the balancer. Read only from `--trusted-proxy`
-//! addresses and only with `--proxy-protocol`: from anyone else such a header would be
-//! a forged address.
+//! and logs see the client and not the balancer. Both servers read it only with
+//! `--proxy-protocol` and only from `--trusted-proxy` addresses: from anyone else such a
+//! header would be a forged address.
 //!
 //! Parsing is the `ppp` crate's; what is ours is reading exactly the header's bytes off
 //! the socket (peek, then consume its length), so that the connection stays the plain
-//! `TcpStream` the HTTP upgrade hands to the WebSocket code.
+//! `TcpStream` that the HTTP upgrade hands to the WebSocket code and the relay frames
+//! TURN on.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ppp::{v1, v2, HeaderResult, PartialResult};
@@ -58,6 +59,15 @@ impl ProxyError {
             ProxyError::Timeout => "timeout",
         }
     }
+}
+
+/// `ip` is one of `trusted` (an IPv4-mapped IPv6 address counts as its IPv4 address).
+pub fn is_trusted(trusted: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|n| n.contains(&ip))
 }
 
 /// Parses the start of a connection: `Ok(Some((source, length)))` for a complete header of
