@@ -218,15 +218,14 @@ pub(super) async fn pipe<S: ClientIo>(
     ctx.metrics.all.tcp_data_connections.inc();
     let pace = Pace::new(&ctx, conn);
     let mut peer = Paced {
-        inner: Counted {
-            inner: &mut peer,
-            metrics: &ctx.metrics,
-        },
+        inner: &mut peer,
         pace: &pace,
+        counted: Some(&ctx.metrics),
     };
     let mut client = Paced {
         inner: &mut client,
         pace: &pace,
+        counted: None,
     };
     let relayed = async {
         if !rest.is_empty() {
@@ -296,9 +295,12 @@ impl<'a> Pace<'a> {
 }
 
 /// One side of a pipe under its [`Pace`]: reads wait while the allocation is over its cap.
+/// The peer side also counts what it carries as it goes (reads: to the client; writes: to
+/// the peer), so a pipe cut short is counted too.
 struct Paced<'a, T> {
     inner: T,
     pace: &'a Pace<'a>,
+    counted: Option<&'a crate::metrics::ShardMetrics>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Paced<'_, T> {
@@ -313,6 +315,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Paced<'_, T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.pace.charge(n);
+            if let Some(m) = self.counted {
+                m.relayed(Direction::ToClient, n);
+            }
         }
         r
     }
@@ -324,55 +329,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<'_, T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(m)) = (&r, self.counted) {
+            m.relayed(Direction::ToPeer, *n);
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The peer side of a pipe, counting what it carries as it goes (reads: to the client;
-/// writes: to the peer), so a pipe cut short is counted too.
-struct Counted<'a> {
-    inner: &'a mut TcpStream,
-    metrics: &'a crate::metrics::ShardMetrics,
-}
-
-impl AsyncRead for Counted<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.metrics.relayed(Direction::ToClient, n);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Counted<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.metrics.relayed(Direction::ToPeer, *n);
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
