@@ -7,19 +7,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use icebreaker_tests::haproxy::Haproxy;
+use icebreaker_tests::ws_client::WsClient;
 use icebreaker_tests::{
     bin, browser_dir, free_tcp_port, http_get, metric, start_icebreaker, wait_for, Icebreaker,
     Proc, Redis,
 };
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A cluster node: `icebreaker --redis … --node-id …` without a bundled relay (peers use
 /// host candidates on loopback).
@@ -38,98 +33,13 @@ fn node(redis: &Redis, id: &str, extra: &[&str]) -> Icebreaker {
     start_icebreaker(&args)
 }
 
-struct Client {
-    ws: Ws,
-    last_seq: u64,
-    id: String,
-    token: String,
-}
+/// The shared client, checking seqs strictly: across nodes and resumes no seq may be lost
+/// or repeated.
+struct Client;
 
 impl Client {
-    async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        Client {
-            ws,
-            last_seq: 0,
-            id: String::new(),
-            token: String::new(),
-        }
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    /// Next message; every seq (but `resumed`'s echo) must follow the last by one.
-    async fn try_recv(&mut self, t: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + t;
-        loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
-            match m {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    let s = v["seq"].as_u64().unwrap_or(0);
-                    if v["type"] == "resumed" {
-                        assert_eq!(s, self.last_seq, "resumed echoes last_seq: {v}");
-                    } else if s > 0 {
-                        assert_eq!(
-                            s,
-                            self.last_seq + 1,
-                            "no seq lost or repeated: {s} after {}: {v}",
-                            self.last_seq
-                        );
-                        self.last_seq = s;
-                    }
-                    return Some(v);
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => continue,
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> Value {
-        self.try_recv(Duration::from_secs(10))
-            .await
-            .expect("a message within 10 s")
-    }
-
-    async fn expect(&mut self, t: &str) -> Value {
-        let v = self.recv().await;
-        assert_eq!(v["type"], t, "expected {t}, got {v}");
-        v
-    }
-
-    async fn join(&mut self, room: &str) -> Value {
-        self.send(json!({"type": "join", "room": room})).await;
-        let v = self.expect("joined").await;
-        self.id = v["id"].as_str().unwrap().to_string();
-        self.token = v["resume_token"].as_str().unwrap().to_string();
-        v
-    }
-
-    async fn signal(&mut self, to: &str, i: usize) {
-        self.send(json!({"type":"signal","to": to,"data":{"i": i}}))
-            .await;
-    }
-
-    /// The next `n` signals must come from `from`, numbered `first..first+n`.
-    async fn expect_signals(&mut self, from: &str, first: usize, n: usize) {
-        for i in first..first + n {
-            let v = self.expect("signal").await;
-            assert_eq!(
-                (v["from"].as_str(), v["data"]["i"].as_u64()),
-                (Some(from), Some(i as u64)),
-                "{v}"
-            );
-        }
+    async fn connect(url: &str) -> WsClient {
+        WsClient::connect(url).await.strict()
     }
 }
 

@@ -8,14 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 use icebreaker_tests::haproxy::Haproxy;
+use icebreaker_tests::ws_client::WsClient;
 use icebreaker_tests::{
     free_tcp_port, http_get, metric, repo_dir, require, start_icebreaker, Icebreaker, Proc,
 };
@@ -89,11 +88,9 @@ impl Drop for Nginx {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
 /// Opens `/ws` through nginx from source address `from`, optionally claiming to be
 /// someone else with our own `X-Forwarded-For`.
-async fn ws_from(via: SocketAddr, from: &str, forged: Option<&str>) -> Result<Ws, WsError> {
+async fn ws_from(via: SocketAddr, from: &str, forged: Option<&str>) -> Result<WsClient, WsError> {
     let tcp = tcp_from(via, from).await;
     let mut req = format!("ws://{via}/ws").into_client_request().unwrap();
     req.headers_mut()
@@ -102,9 +99,7 @@ async fn ws_from(via: SocketAddr, from: &str, forged: Option<&str>) -> Result<Ws
         req.headers_mut()
             .insert("x-forwarded-for", f.parse().unwrap());
     }
-    tokio_tungstenite::client_async(req, tcp)
-        .await
-        .map(|(ws, _)| ws)
+    WsClient::over(tcp, req).await
 }
 
 /// A TCP connection to `to` from source address `from`.
@@ -115,30 +110,7 @@ async fn tcp_from(to: SocketAddr, from: &str) -> TcpStream {
     sock.connect(to).await.unwrap()
 }
 
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
-async fn expect(ws: &mut Ws, ty: &str) -> Value {
-    let v = recv(ws).await;
-    assert_eq!(v["type"], ty, "expected {ty}, got {v}");
-    v
-}
-
-fn refused_429(r: Result<Ws, WsError>) -> bool {
+fn refused_429(r: Result<WsClient, WsError>) -> bool {
     matches!(r, Err(WsError::Http(resp)) if resp.status() == 429)
 }
 
@@ -193,49 +165,41 @@ fn behind_nginx_the_client_resumes_and_limits_count_clients_not_the_proxy() {
             );
 
             // Signaling through the proxy, then a drop and a resume through it.
-            send(&mut a, json!({"type":"join","room":"proxied"})).await;
-            let ja = expect(&mut a, "joined").await;
+            a.send(json!({"type":"join","room":"proxied"})).await;
+            let ja = a.expect("joined").await;
             let (aid, token) = (
                 ja["id"].as_str().unwrap().to_string(),
                 ja["resume_token"].as_str().unwrap().to_string(),
             );
-            send(&mut c, json!({"type":"join","room":"proxied"})).await;
-            let cid = expect(&mut c, "joined").await["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let pj = expect(&mut a, "peer-joined").await;
+            c.send(json!({"type":"join","room":"proxied"})).await;
+            let cid = c.expect("joined").await["id"].as_str().unwrap().to_string();
+            let pj = a.expect("peer-joined").await;
             let last_seq = pj["seq"].as_u64().unwrap();
             // The network drops a: no close frame, the TCP connection just goes.
             drop(a);
             for i in 0..3 {
-                send(&mut c, json!({"type":"signal","to": aid,"data":{"i": i}})).await;
+                c.send(json!({"type":"signal","to": aid,"data":{"i": i}}))
+                    .await;
             }
             // b makes room in 127.0.0.3's quota (a's detached peer still counts).
-            b.close(None).await.unwrap();
+            b.ws.close(None).await.unwrap();
             drop(b);
             tokio::time::sleep(Duration::from_millis(300)).await;
             let mut a2 = ws_from(nginx.addr, "127.0.0.3", None).await.unwrap();
-            send(
-                &mut a2,
-                json!({"type":"resume","id": aid,"token": token,"last_seq": last_seq}),
-            )
-            .await;
-            expect(&mut a2, "resumed").await;
+            a2.send(json!({"type":"resume","id": aid,"token": token,"last_seq": last_seq}))
+                .await;
+            a2.expect("resumed").await;
             for i in 0..3 {
-                let s = expect(&mut a2, "signal").await;
+                let s = a2.expect("signal").await;
                 assert_eq!(
                     (s["from"].as_str(), s["data"]["i"].as_u64()),
                     (Some(&*cid), Some(i))
                 );
             }
             // And live again both ways.
-            send(
-                &mut a2,
-                json!({"type":"signal","to": cid,"data":{"back": true}}),
-            )
-            .await;
-            assert_eq!(expect(&mut c, "signal").await["data"]["back"], true);
+            a2.send(json!({"type":"signal","to": cid,"data":{"back": true}}))
+                .await;
+            assert_eq!(c.expect("signal").await["data"]["back"], true);
         });
     let m = http_get(ib.http, "/metrics").1;
     assert!(
@@ -293,13 +257,13 @@ fn behind_haproxy_the_proxy_protocol_names_each_client_for_the_per_ip_limits() {
             // Another client behind the same balancer has its own quota (were the
             // balancer's address counted, this would be refused too).
             let mut c = ws_from(lb.addr, "127.0.0.4", None).await.unwrap();
-            send(&mut a, json!({"type":"join","room":"l4"})).await;
-            expect(&mut a, "joined").await;
-            send(&mut c, json!({"type":"join","room":"l4"})).await;
-            let cid = expect(&mut c, "joined").await["id"].as_str().unwrap().to_string();
-            expect(&mut a, "peer-joined").await;
-            send(&mut a, json!({"type":"signal","to": cid,"data":{"via":"haproxy"}})).await;
-            assert_eq!(expect(&mut c, "signal").await["data"]["via"], "haproxy");
+            a.send(json!({"type":"join","room":"l4"})).await;
+            a.expect("joined").await;
+            c.send(json!({"type":"join","room":"l4"})).await;
+            let cid = c.expect("joined").await["id"].as_str().unwrap().to_string();
+            a.expect("peer-joined").await;
+            a.send(json!({"type":"signal","to": cid,"data":{"via":"haproxy"}})).await;
+            assert_eq!(c.expect("signal").await["data"]["via"], "haproxy");
 
             // A client that writes its own PROXY header straight to the node is not
             // believed: from an untrusted address the header is just a bad request.

@@ -6,96 +6,24 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use icebreaker_tests::ws_client::WsClient;
 use icebreaker_tests::{
     free_udp_port, http_get, metric, require, start_icebreaker, Icebreaker, Proc,
 };
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Client {
-    ws: Ws,
-    /// Highest seq seen (what a client reports in `resume`).
-    last_seq: u64,
-}
+/// The shared client, with this suite's connect-to-a-server shorthands.
+struct Client;
 
 impl Client {
-    async fn connect(ib: &Icebreaker) -> Client {
-        Self::connect_with(ib, None).await.expect("connect")
+    async fn connect(ib: &Icebreaker) -> WsClient {
+        WsClient::connect(&ib.ws_url()).await
     }
 
-    async fn connect_with(ib: &Icebreaker, origin: Option<&str>) -> Result<Client, String> {
-        let mut req = ib.ws_url().into_client_request().unwrap();
-        if let Some(o) = origin {
-            req.headers_mut().insert("origin", o.parse().unwrap());
-        }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Client { ws, last_seq: 0 })
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    /// Next server message (pings are answered by tungstenite underneath).
-    async fn recv(&mut self) -> Value {
-        self.try_recv(Duration::from_secs(5))
-            .await
-            .expect("a message within 5 s")
-    }
-
-    async fn try_recv(&mut self, t: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + t;
-        loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
-            match m {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if let Some(s) = v["seq"].as_u64() {
-                        if s > 0 && v["type"] != "resumed" {
-                            assert!(
-                                s > self.last_seq,
-                                "seq must increase: {s} after {}: {v}",
-                                self.last_seq
-                            );
-                            self.last_seq = s;
-                        }
-                    }
-                    return Some(v);
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => continue,
-            }
-        }
-    }
-
-    async fn expect_type(&mut self, t: &str) -> Value {
-        let v = self.recv().await;
-        assert_eq!(v["type"], t, "expected {t}, got {v}");
-        v
-    }
-
-    async fn join(&mut self, room: &str) -> Value {
-        self.send(json!({"type": "join", "room": room})).await;
-        self.expect_type("joined").await
-    }
-
-    async fn error_code(&mut self) -> String {
-        let v = self.expect_type("error").await;
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        v["code"].as_str().unwrap().to_string()
+    async fn connect_with(ib: &Icebreaker, origin: Option<&str>) -> Result<WsClient, String> {
+        WsClient::connect_with(&ib.ws_url(), origin).await
     }
 }
 
@@ -140,11 +68,11 @@ fn join_peers_polite_signal_routing_and_leave() {
 
         let mut b = Client::connect(&ib).await;
         b.send(json!({"type":"join","room":"room-1","meta":{"name":"Bob"}})).await;
-        let jb = b.expect_type("joined").await;
+        let jb = b.expect("joined").await;
         let b_id = jb["id"].as_str().unwrap().to_string();
         // B is the newcomer: A is listed, and B is not the polite side towards A.
         assert_eq!(jb["peers"], json!([{"id": a_id, "polite": false}]));
-        let pj = a.expect_type("peer-joined").await;
+        let pj = a.expect("peer-joined").await;
         assert_eq!(pj["id"], b_id.as_str());
         assert_eq!(pj["meta"], json!({"name":"Bob"}));
         assert_eq!(pj["polite"], true, "the peer already in the room is polite");
@@ -153,35 +81,35 @@ fn join_peers_polite_signal_routing_and_leave() {
         let jc = c.join("room-1").await;
         let c_id = jc["id"].as_str().unwrap().to_string();
         assert_eq!(jc["peers"].as_array().unwrap().len(), 2);
-        a.expect_type("peer-joined").await;
-        b.expect_type("peer-joined").await;
+        a.expect("peer-joined").await;
+        b.expect("peer-joined").await;
 
         // Signals go exactly to the addressee, with the sender named and data untouched.
         let offer = json!({"sdp": {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}});
         c.send(json!({"type":"signal","to": a_id,"data": offer})).await;
-        let s = a.expect_type("signal").await;
+        let s = a.expect("signal").await;
         assert_eq!((s["from"].as_str(), &s["data"]), (Some(c_id.as_str()), &offer));
         let cand = json!({"candidate": {"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"u"}});
         a.send(json!({"type":"signal","to": b_id,"data": cand})).await;
-        let s = b.expect_type("signal").await;
+        let s = b.expect("signal").await;
         assert_eq!((s["from"].as_str(), &s["data"]), (Some(a_id.as_str()), &cand));
         b.send(json!({"type":"signal","to": c_id,"data": {"candidate": null}})).await;
-        let s = c.expect_type("signal").await;
+        let s = c.expect("signal").await;
         assert_eq!(s["data"], json!({"candidate": null}));
         assert!(a.try_recv(Duration::from_millis(200)).await.is_none(), "A got nothing else");
 
         // leave → peer-left reason left; socket close (with close frame) → left too.
         b.send(json!({"type":"leave"})).await;
         for x in [&mut a, &mut c] {
-            let m = x.expect_type("peer-left").await;
+            let m = x.expect("peer-left").await;
             assert_eq!((m["id"].as_str(), m["reason"].as_str()), (Some(b_id.as_str()), Some("left")));
         }
         c.ws.close(None).await.unwrap();
-        let m = a.expect_type("peer-left").await;
+        let m = a.expect("peer-left").await;
         assert_eq!((m["id"].as_str(), m["reason"].as_str()), (Some(c_id.as_str()), Some("left")));
         // Pings are answered in sequence.
         a.send(json!({"type":"ping"})).await;
-        a.expect_type("pong").await;
+        a.expect("pong").await;
     });
     let (_, m) = http_get(ib.http, "/metrics");
     assert!(
@@ -208,13 +136,13 @@ fn a_thousand_signals_arrive_in_order() {
         let mut b = Client::connect(&ib).await;
         let jb = b.join("order").await;
         let a_id = jb["peers"][0]["id"].as_str().unwrap().to_string();
-        a.expect_type("peer-joined").await;
+        a.expect("peer-joined").await;
         for n in 0..1000 {
             b.send(json!({"type":"signal","to": a_id,"data":{"n": n}}))
                 .await;
         }
         for n in 0..1000 {
-            let s = a.expect_type("signal").await;
+            let s = a.expect("signal").await;
             assert_eq!(s["data"]["n"], n);
         }
     });
@@ -229,7 +157,7 @@ fn heartbeat_timeout_then_peer_left_after_grace() {
         let mut silent = Client::connect(&ib).await;
         let js = silent.join("hb").await;
         let sid = js["id"].as_str().unwrap().to_string();
-        a.expect_type("peer-joined").await;
+        a.expect("peer-joined").await;
         // `silent` is never polled again: it answers no ping. A keeps reading (and so
         // answering pings), so A stays connected.
         let t0 = std::time::Instant::now();
@@ -265,10 +193,10 @@ fn resume_replays_exactly_what_was_missed() {
         );
         let mut b = Client::connect(&ib).await;
         b.join("res").await;
-        a.expect_type("peer-joined").await;
+        a.expect("peer-joined").await;
         b.send(json!({"type":"signal","to": a_id,"data":{"n": 0}}))
             .await;
-        assert_eq!(a.expect_type("signal").await["data"]["n"], 0);
+        assert_eq!(a.expect("signal").await["data"]["n"], 0);
         let seen = a.last_seq;
         // Kill A's TCP connection without a close frame (a network drop).
         drop(a);
@@ -287,11 +215,11 @@ fn resume_replays_exactly_what_was_missed() {
         a2.last_seq = seen;
         a2.send(json!({"type":"resume","id": a_id,"token": token,"last_seq": seen}))
             .await;
-        let r = a2.expect_type("resumed").await;
+        let r = a2.expect("resumed").await;
         assert_eq!(r["id"], a_id.as_str());
         assert_eq!(r["peers"].as_array().unwrap().len(), 1);
         for n in 1..=5 {
-            let s = a2.expect_type("signal").await;
+            let s = a2.expect("signal").await;
             assert_eq!(s["data"]["n"], n, "{s}");
         }
         assert_eq!(
@@ -307,7 +235,7 @@ fn resume_replays_exactly_what_was_missed() {
         assert!(b.try_recv(Duration::from_millis(100)).await.is_none());
         b.send(json!({"type":"signal","to": a_id,"data":{"n": 6}}))
             .await;
-        assert_eq!(a2.expect_type("signal").await["data"]["n"], 6);
+        assert_eq!(a2.expect("signal").await["data"]["n"], 6);
     });
     let (_, m) = http_get(ib.http, "/metrics");
     assert_eq!(
@@ -361,7 +289,7 @@ fn every_error_code_and_the_connection_stays_usable() {
         // room-full (capacity 2)
         let mut b = Client::connect(&ib).await;
         b.join("cap").await;
-        a.expect_type("peer-joined").await;
+        a.expect("peer-joined").await;
         let mut c = Client::connect(&ib).await;
         c.send(json!({"type":"join","room":"cap"})).await;
         assert_eq!(c.error_code().await, "room-full");
@@ -401,7 +329,7 @@ fn every_error_code_and_the_connection_stays_usable() {
         }
         // The others are unaffected.
         a.send(json!({"type":"ping"})).await;
-        a.expect_type("pong").await;
+        a.expect("pong").await;
     });
     let (_, m) = http_get(ib.http, "/metrics");
     for code in [
@@ -463,7 +391,7 @@ fn jwt_valid_expired_and_wrong_room() {
         assert_eq!(a.error_code().await, "unauthorized", "garbage");
         a.send(json!({"type":"join","room":"vip","token": tok("vip", now + 600)}))
             .await;
-        let j = a.expect_type("joined").await;
+        let j = a.expect("joined").await;
         // The TURN username carries the token's subject.
         let user = j["ice_servers"][1]["username"].as_str().unwrap();
         assert!(user.ends_with(":alice"), "{user}");
@@ -747,7 +675,7 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
         let (ok, _second, joined) = joins_with(new).await;
         assert!(ok, "the new secret works");
         // The peer that joined before the reload is still in the room and hears of it.
-        let pj = first.expect_type("peer-joined").await;
+        let pj = first.expect("peer-joined").await;
         assert_eq!(pj["id"], joined["id"]);
 
         // A broken file: one clear line, the running configuration stays.

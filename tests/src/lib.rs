@@ -5,6 +5,7 @@
 pub mod haproxy;
 pub mod raw_ws;
 pub mod turn_probe;
+pub mod ws_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
