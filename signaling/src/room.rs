@@ -2,7 +2,7 @@
 //! It never touches a socket or a clock of its own; callers pass `now`. A message to a peer
 //! is appended, framed, to the queue of the connection that carries it ([`Outbox::push`]),
 //! and the hub notes whom it touched; the caller writes those queues
-//! ([`Hub::take_touched`], [`Outbox::flush`]) after releasing whatever lock guards the hub,
+//! ([`crate::bus::locked`], [`Outbox::flush`]) after releasing whatever lock guards the hub,
 //! so no socket write ever happens under it.
 //!
 //! Resume works like this: every message to a peer gets the next `seq` and is kept in
@@ -359,7 +359,7 @@ pub struct Hub {
     /// matters with tens of thousands of idle peers and a table that grows by doubling.
     peers: HashMap<PeerId, Box<Peer>>,
     next_conn: u64,
-    /// Connections with queued output since the last [`Hub::take_touched`].
+    /// Connections with queued output since they were last taken (see `bus::locked`).
     touched: Vec<OutboxRef>,
 }
 
@@ -395,13 +395,16 @@ impl Hub {
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
+}
 
-    /// Moves the connections that have queued output into `out` (each once), for the
-    /// caller to [`Outbox::flush`] once it has released the hub.
-    pub fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
+/// The caller [`Outbox::flush`]es what the hub touched once it has released it.
+impl crate::bus::Touches for Hub {
+    fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
         out.append(&mut self.touched);
     }
+}
 
+impl Hub {
     /// A peer id whose first character names this hub's shard (see [`shard_of`]).
     fn new_peer_id(&self) -> String {
         let mut b: [u8; 9] = rand::random();

@@ -5,7 +5,6 @@
 //! Under a lock an operation only updates maps and appends framed messages to the
 //! recipients' queues; the queues it touched are written after the lock is released.
 
-use std::cell::RefCell;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -20,11 +19,6 @@ use crate::room::{shard_of, AckBy, Attached, Hub, HubConfig, OutboxRef, Signal};
 /// The in-process [`Bus`]: rooms spread over up to 64 hubs, each behind its own mutex.
 pub struct MemoryBus {
     hubs: Vec<Mutex<Hub>>,
-}
-
-thread_local! {
-    /// The queues one operation touched (kept allocated per thread).
-    static TOUCHED: RefCell<Vec<OutboxRef>> = const { RefCell::new(Vec::new()) };
 }
 
 impl MemoryBus {
@@ -58,20 +52,7 @@ impl MemoryBus {
 
     /// Runs `f` on hub `shard`, then flushes what it queued, outside the lock.
     fn with_hub<R>(&self, shard: usize, f: impl FnOnce(&mut Hub) -> R) -> R {
-        let mut touched = TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        let r = {
-            // A panic while holding the lock cannot leave the hub half-updated in a way
-            // that matters more than stopping service would, so keep serving.
-            let mut hub = self.hubs[shard].lock().unwrap_or_else(|e| e.into_inner());
-            let r = f(&mut hub);
-            hub.take_touched(&mut touched);
-            r
-        };
-        for o in touched.drain(..) {
-            o.flush();
-        }
-        TOUCHED.with(|t| *t.borrow_mut() = touched);
-        r
+        super::locked(&self.hubs[shard], f)
     }
 }
 

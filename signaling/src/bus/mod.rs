@@ -5,6 +5,8 @@
 pub mod memory;
 pub mod redis;
 
+use std::cell::RefCell;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,6 +14,37 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{LeaveReason, ProtocolError};
 use crate::room::{AckBy, Attached, OutboxRef, Signal};
+
+/// Room state that queues output on connections while it is locked (the hub, the Redis
+/// bus's local peers) and hands over which ones, to be flushed once it is released.
+pub(crate) trait Touches {
+    /// Moves the connections with queued output into `out`, each once.
+    fn take_touched(&mut self, out: &mut Vec<OutboxRef>);
+}
+
+thread_local! {
+    /// The queues one operation touched (kept allocated per thread).
+    static TOUCHED: RefCell<Vec<OutboxRef>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the state behind `lock`, then flushes the connections it queued output on,
+/// with the lock released: no socket write ever happens under it.
+pub(crate) fn locked<T: Touches, R>(lock: &Mutex<T>, f: impl FnOnce(&mut T) -> R) -> R {
+    let mut touched = TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    let r = {
+        // A panic while holding the lock cannot leave the state half-updated in a way
+        // that matters more than stopping service would, so keep serving.
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut state);
+        state.take_touched(&mut touched);
+        r
+    };
+    for o in touched.drain(..) {
+        o.flush();
+    }
+    TOUCHED.with(|t| *t.borrow_mut() = touched);
+    r
+}
 
 /// What connections ask of room state: join, signal, acknowledge, resume and leave.
 #[async_trait]

@@ -17,6 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::bus::Touches;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::room::{
@@ -104,12 +105,16 @@ impl Local {
     pub fn counts(&self) -> (usize, usize) {
         (self.rooms.len(), self.peers.len())
     }
+}
 
-    /// Moves the connections with queued output into `out`, to flush with no lock held.
-    pub fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
+/// The driver flushes what the core touched with no lock held.
+impl Touches for Local {
+    fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
         out.append(&mut self.touched);
     }
+}
 
+impl Local {
     /// Whether this node carries `id` (ready or not).
     pub fn knows(&self, id: &str) -> bool {
         self.peers.contains_key(id)

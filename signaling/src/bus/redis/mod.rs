@@ -234,17 +234,7 @@ impl RedisBus {
 impl Inner {
     /// Runs `f` on the local core, then flushes the connections it queued output on.
     fn with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> R {
-        let mut touched = Vec::new();
-        let r = {
-            let mut l = self.local.lock().unwrap_or_else(|e| e.into_inner());
-            let r = f(&mut l);
-            l.take_touched(&mut touched);
-            r
-        };
-        for o in touched {
-            o.flush();
-        }
-        r
+        super::locked(&self.local, f)
     }
 
     fn is_up(&self) -> bool {
