@@ -698,32 +698,22 @@ impl Hub {
     }
 }
 
+/// What the room tests and the Redis bus's core tests share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use std::sync::{Arc, Mutex};
 
-    use std::sync::Mutex;
+    use bytes::Bytes;
 
-    fn hub(capacity: usize) -> Hub {
-        Hub::new(
-            HubConfig {
-                room_capacity: capacity,
-                resume_grace: Duration::from_secs(30),
-                replay_limit: 64,
-                replay_bytes: 1 << 20,
-                shard: 5,
-            },
-            Metrics::default(),
-        )
-    }
+    use super::{Delivery, Detach, Frame, Outbox, Pushed};
 
-    /// A connection that keeps what it is sent until the test drains it; it holds at
-    /// most `limit` undrained messages, like a socket whose client stopped reading.
+    /// A connection that keeps what it is sent until the test takes it; with a `limit` it
+    /// refuses live messages beyond that many, like a socket whose client stopped reading.
     #[derive(Default)]
-    struct TestBox {
-        frames: Mutex<Vec<Frame>>,
-        detached: Mutex<Option<Detach>>,
-        limit: usize,
+    pub(crate) struct TestBox {
+        pub(crate) frames: Mutex<Vec<Frame>>,
+        pub(crate) detached: Mutex<Vec<Detach>>,
+        pub(crate) limit: usize,
     }
 
     impl Outbox for TestBox {
@@ -738,8 +728,35 @@ mod tests {
         fn flush(&self) {}
         fn request_ack(&self) {}
         fn detach(&self, why: Detach) {
-            *self.detached.lock().unwrap() = Some(why);
+            self.detached.lock().unwrap().push(why);
         }
+    }
+
+    /// A [`TestBox`] holding at most `limit` undrained live messages (0: any number).
+    pub(crate) fn boxed(limit: usize) -> Arc<TestBox> {
+        Arc::new(TestBox {
+            limit,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{boxed, TestBox};
+    use super::*;
+
+    fn hub(capacity: usize) -> Hub {
+        Hub::new(
+            HubConfig {
+                room_capacity: capacity,
+                resume_grace: Duration::from_secs(30),
+                replay_limit: 64,
+                replay_bytes: 1 << 20,
+                shard: 5,
+            },
+            Metrics::default(),
+        )
     }
 
     /// A joined or resumed peer as a test sees it: its id and connection.
@@ -747,13 +764,6 @@ mod tests {
         id: PeerId,
         conn: u64,
         out: Arc<TestBox>,
-    }
-
-    fn boxed(limit: usize) -> Arc<TestBox> {
-        Arc::new(TestBox {
-            limit,
-            ..Default::default()
-        })
     }
 
     fn ice() -> Box<RawValue> {
@@ -772,7 +782,7 @@ mod tests {
     }
 
     fn detached(a: &Conn) -> Option<Detach> {
-        *a.out.detached.lock().unwrap()
+        a.out.detached.lock().unwrap().last().copied()
     }
 
     fn join(h: &mut Hub, now: Instant, room: &str) -> Conn {

@@ -4,10 +4,9 @@
 
 use super::*;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::room::{Outbox, Pushed};
+use crate::room::test_support::{boxed, TestBox};
 
 const GRACE: Duration = Duration::from_secs(30);
 const TOKEN: &str = "tok";
@@ -23,38 +22,6 @@ fn local(replay_limit: usize) -> Local {
         },
         Metrics::default(),
     )
-}
-
-/// A connection that keeps what it is sent; with a `limit` it refuses live messages
-/// beyond that many, like a socket whose client stopped reading.
-#[derive(Default)]
-struct TestBox {
-    frames: Mutex<Vec<Frame>>,
-    detached: Mutex<Vec<Detach>>,
-    limit: usize,
-}
-
-impl Outbox for TestBox {
-    fn push(&self, seq: u64, json: &Bytes, d: Delivery) -> Pushed {
-        let mut f = self.frames.lock().unwrap();
-        if d == Delivery::Live && self.limit > 0 && f.len() >= self.limit {
-            return Pushed::TooSlow;
-        }
-        f.push((seq, json.clone()));
-        Pushed::Ok
-    }
-    fn flush(&self) {}
-    fn request_ack(&self) {}
-    fn detach(&self, why: Detach) {
-        self.detached.lock().unwrap().push(why);
-    }
-}
-
-fn boxed(limit: usize) -> Arc<TestBox> {
-    Arc::new(TestBox {
-        limit,
-        ..Default::default()
-    })
 }
 
 /// A signal as pub/sub or the outbox list carries it; `data.i` repeats the seq so a
