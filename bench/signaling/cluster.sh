@@ -55,28 +55,8 @@ fi
 want_fds=$(( (IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS) + 256 ))
 if (( $(ulimit -n) < want_fds )); then ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"; fi
 
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$here/lib.sh"  # pids, cleanup, free_port, wait_listening
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # name port pid
-  local i
-  for i in $(seq 150); do
-    kill -0 "$3" 2>/dev/null || { log "$1 exited early:"; tail -n 20 "$BENCH_DIR/$1.log" >&2; exit 1; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  log "$1 did not listen on $2 within 15 s"; exit 1
-}
 # pid of the process listening on a port (the server, not its `timeout` parent)
 listener_pid() {
   local port=$1 ino
@@ -96,26 +76,26 @@ start() { # setup
       p1=$(free_port)
       read -ra f <<<"$NODE_FLAGS"
       timeout -k 5 3600 "$OURS_BIN" --listen "127.0.0.1:$p1" "${f[@]}" >>"$BENCH_DIR/single.log" 2>&1 &
-      pids+=($!); wait_port single "$p1" "$!"
+      pids+=($!); wait_listening single "$p1" "$!"
       url[single]="ws://127.0.0.1:$p1/ws"; url2[single]=""; also[single]=""
       ;;
     local|cross)
       rport=$(free_port)
       timeout -k 5 3600 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
         >>"$BENCH_DIR/redis-$s.log" 2>&1 &
-      pids+=($!); wait_port "redis-$s" "$rport" "$!"
+      pids+=($!); wait_listening "redis-$s" "$rport" "$!"
       local rpid; rpid=$(listener_pid "$rport")
       read -ra f <<<"$NODE_FLAGS"
       p1=$(free_port)
       timeout -k 5 3600 "$OURS_BIN" --listen "127.0.0.1:$p1" "${f[@]}" --redis "redis://127.0.0.1:$rport/" \
         --node-id "$s-1" >>"$BENCH_DIR/$s-1.log" 2>&1 &
-      pids+=($!); wait_port "$s-1" "$p1" "$!"
+      pids+=($!); wait_listening "$s-1" "$p1" "$!"
       url[$s]="ws://127.0.0.1:$p1/ws"; url2[$s]=""; also[$s]="--also-pid $rpid"
       if [[ $s == cross ]]; then
         p2=$(free_port)
         timeout -k 5 3600 "$OURS_BIN" --listen "127.0.0.1:$p2" "${f[@]}" --redis "redis://127.0.0.1:$rport/" \
           --node-id "$s-2" >>"$BENCH_DIR/$s-2.log" 2>&1 &
-        pids+=($!); wait_port "$s-2" "$p2" "$!"
+        pids+=($!); wait_listening "$s-2" "$p2" "$!"
         url2[$s]="--url2 ws://127.0.0.1:$p2/ws"
         also[$s]="--also-pid $rpid --also-pid $(listener_pid "$p2")"
       fi
@@ -124,8 +104,8 @@ start() { # setup
       : >"$BENCH_DIR/peerjs.out"
       timeout -k 5 3600 node "$here/peerjs-server.mjs" --port 0 >"$BENCH_DIR/peerjs.out" 2>>"$BENCH_DIR/peerjs.log" &
       pids+=($!)
-      for _ in $(seq 150); do grep -q '^listening ' "$BENCH_DIR/peerjs.out" && break; sleep 0.1; done
-      url[peerjs]="ws://127.0.0.1:$(awk '/^listening /{print $2; exit}' "$BENCH_DIR/peerjs.out")"
+      wait_listening peerjs "$BENCH_DIR/peerjs.out" "$!"
+      url[peerjs]="ws://127.0.0.1:$(listening_port "$BENCH_DIR/peerjs.out")"
       url2[peerjs]=""; also[peerjs]=""
       ;;
   esac

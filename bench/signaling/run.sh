@@ -94,35 +94,10 @@ if (( $(ulimit -n) < want_fds )); then
   exit 2
 fi
 
-# --- Servers. Only the `timeout` processes started here are ever signalled; timeout passes
-# TERM on to its server.
-pids=()
+# --- Servers (bench/signaling/lib.sh: pids, cleanup, free_port, wait_listening).
+. "$here/lib.sh"
 status=0
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 declare -A url
-free_port() {
-  node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
-}
-wait_listening() { # name port-file-or-port tpid
-  local i
-  for i in $(seq 150); do
-    kill -0 "$3" 2>/dev/null || { log "$1 exited early:"; tail -n 20 "$BENCH_DIR/$1.log" >&2; exit 1; }
-    if [[ $2 =~ ^[0-9]+$ ]]; then
-      (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    elif grep -q '^listening ' "$2" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  log "$1 did not start listening within 15 s"; exit 1
-}
 
 # Servers are (re)started for every repetition: a process that already served a load keeps
 # its grown heap, and the next idle run would then read far less memory per connection.
@@ -132,7 +107,7 @@ start_servers() {
     >"$BENCH_DIR/peerjs.out" 2>>"$BENCH_DIR/peerjs.log" &
   pids+=($!)
   wait_listening peerjs "$BENCH_DIR/peerjs.out" "$!"
-  url[peerjs]="ws://127.0.0.1:$(awk '/^listening /{print $2; exit}' "$BENCH_DIR/peerjs.out")"
+  url[peerjs]="ws://127.0.0.1:$(listening_port "$BENCH_DIR/peerjs.out")"
   if [[ -n $OURS_BIN ]]; then
     local port flags
     port=$(free_port)
@@ -151,7 +126,6 @@ stop_servers() {
     kill -0 "$p" 2>/dev/null || { log "a server exited during the run (see $BENCH_DIR/*.log)"; status=1; }
   done
   cleanup
-  pids=()
 }
 
 servers=(peerjs)
