@@ -805,6 +805,14 @@ mod tests {
         })
     }
 
+    /// The resume token a `joined` carries.
+    fn token_of(joined: &serde_json::Value) -> String {
+        joined["resume_token"]
+            .as_str()
+            .expect("joined carries a resume token")
+            .to_string()
+    }
+
     #[test]
     fn join_signal_leave() {
         let now = Instant::now();
@@ -871,7 +879,7 @@ mod tests {
         let a = join(&mut h, t0, "r");
         let b = join(&mut h, t0, "r");
         let seen = drain(&mut h, &a);
-        let token = seen[0]["resume_token"].as_str().unwrap().to_string();
+        let token = token_of(&seen[0]);
         let processed = seen.last().unwrap()["seq"].as_u64().unwrap();
         h.ack(&a.id, a.conn, processed, AckBy::Client);
         for i in 0..5 {
@@ -911,7 +919,7 @@ mod tests {
             resume(&mut h, &a.id, "bad", last).err().unwrap().code,
             ErrorCode::ResumeFailed
         );
-        let token = seen[0]["resume_token"].as_str().unwrap().to_string();
+        let token = token_of(&seen[0]);
         let att = resume(&mut h, &a.id, &token, last).unwrap();
         let mut got = drain(&mut h, &att);
         let r = got.remove(0);
@@ -1023,10 +1031,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = hub(16);
         let a = join(&mut h, t0, "r");
-        let token = drain(&mut h, &a)[0]["resume_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let token = token_of(&drain(&mut h, &a)[0]);
         let p = &h.peers[&a.id];
         assert_eq!((p.mb.buffer.len(), p.mb.buffer_bytes), (0, 0));
         let b = join(&mut h, t0, "r");
@@ -1053,10 +1058,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = hub(16);
         let a = join(&mut h, t0, "r");
-        let token = drain(&mut h, &a)[0]["resume_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let token = token_of(&drain(&mut h, &a)[0]);
         let a2 = resume(&mut h, &a.id, &token, 1).unwrap();
         assert_eq!(detached(&a), Some(Detach::Replaced));
         assert_eq!(detached(&a2), None);
@@ -1074,9 +1076,8 @@ mod tests {
             out,
         };
         let b = join(&mut h, t0, "r");
-        let token = a.out.frames.lock().unwrap()[0].1.clone();
-        let token: serde_json::Value = serde_json::from_slice(&token).unwrap();
-        let token = token["resume_token"].as_str().unwrap().to_string();
+        let joined = a.out.frames.lock().unwrap()[0].1.clone();
+        let token = token_of(&serde_json::from_slice(&joined).unwrap());
         let d = RawValue::from_string("{}".into()).unwrap();
         // A never reads: its connection holds 32 messages, then it is cut off.
         for _ in 0..40 {
