@@ -61,13 +61,45 @@ impl ProxyError {
     }
 }
 
-/// `ip` is one of `trusted` (an IPv4-mapped IPv6 address counts as its IPv4 address).
-pub fn is_trusted(trusted: &[ipnet::IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
+/// `ip` as the limits count it: an IPv4-mapped IPv6 address is its IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    };
+    }
+}
+
+/// `ip` is one of `trusted` (compared as [`canonical`]).
+pub fn is_trusted(trusted: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
     trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The client of a connection from the trusted load balancer `peer`: the address its
+/// PROXY header names, or `peer` itself for a header that names none (a health check).
+/// `None` when the header is refused: the connection must be closed. `count` gets the
+/// outcome's metric label (`client`, `local`, or the refusal's [`ProxyError::as_str`]).
+pub async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    limit: Duration,
+    count: impl FnOnce(&'static str),
+) -> Option<SocketAddr> {
+    match read(stream, limit).await {
+        Ok(Source::Client(client)) => {
+            count("client");
+            Some(client)
+        }
+        Ok(Source::Local) => {
+            count("local");
+            Some(peer)
+        }
+        Err(e) => {
+            count(e.as_str());
+            tracing::debug!(error = %e, %peer, "PROXY header refused");
+            None
+        }
+    }
 }
 
 /// Parses the start of a connection: `Ok(Some((source, length)))` for a complete header of

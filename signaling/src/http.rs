@@ -147,32 +147,17 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
     }
 }
 
-/// A connection from a trusted load balancer with `--proxy-protocol`: the client's
-/// address from its PROXY header (the balancer's own for a health check), or `None`
-/// when the header is missing or bad (the connection is closed: without it the balancer
-/// would be counted as every client).
+/// A connection from a trusted load balancer with `--proxy-protocol`: the client its
+/// PROXY header names (see [`crate::proxy::client_of`]), or `None`: closed, since without
+/// the header the balancer would be counted as every client.
 async fn proxied(st: &AppState, stream: &mut TcpStream, addr: SocketAddr) -> Option<SocketAddr> {
-    let count = |r: &'static str| {
+    crate::proxy::client_of(stream, addr, HEADER_TIMEOUT, |r| {
         st.metrics
             .proxy_headers
             .get_or_create(&crate::metrics::ResultLabel { result: r })
             .inc();
-    };
-    match crate::proxy::read(stream, HEADER_TIMEOUT).await {
-        Ok(crate::proxy::Source::Client(client)) => {
-            count("client");
-            Some(client)
-        }
-        Ok(crate::proxy::Source::Local) => {
-            count("local");
-            Some(addr)
-        }
-        Err(e) => {
-            count(e.as_str());
-            debug!(error = %e, %addr, "PROXY header refused");
-            None
-        }
-    }
+    })
+    .await
 }
 
 /// How long a client may take to send its request head (and a balancer its PROXY header).
@@ -281,10 +266,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// trusted proxy (proxies append, so entries further left were written by the client and
 /// prove nothing). IPv4-mapped IPv6 addresses count as the IPv4 address they are.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let canon = crate::proxy::canonical;
     let is_trusted = |ip: IpAddr| crate::proxy::is_trusted(trusted, ip);
     let mut ip = canon(peer);
     if !is_trusted(ip) {

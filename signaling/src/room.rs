@@ -395,16 +395,7 @@ impl Hub {
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
-}
 
-/// The caller [`Outbox::flush`]es what the hub touched once it has released it.
-impl crate::bus::Touches for Hub {
-    fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
-        out.append(&mut self.touched);
-    }
-}
-
-impl Hub {
     /// A peer id whose first character names this hub's shard (see [`shard_of`]).
     fn new_peer_id(&self) -> String {
         let mut b: [u8; 9] = rand::random();
@@ -695,6 +686,13 @@ impl Hub {
             self.metrics.resume_grace_expired.inc();
             self.remove(now, &id, LeaveReason::Timeout);
         }
+    }
+}
+
+/// The caller [`Outbox::flush`]es what the hub touched once it has released it.
+impl crate::bus::Touches for Hub {
+    fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
+        out.append(&mut self.touched);
     }
 }
 

@@ -72,28 +72,32 @@ impl Handoff {
         let Ok(parts) = conn.into_parts() else {
             return false;
         };
-        self.shards
-            .get(client.port() as usize % self.shards.len())
-            .is_some_and(|s| {
-                s.try_send(Adopt {
-                    conn: Moved::Tls(Box::new(parts)),
-                    prefix: Vec::new(),
-                    client: Some(client),
-                })
-                .is_ok()
-            })
+        self.adopt(
+            client.port() as usize % self.shards.len(),
+            Adopt {
+                conn: Moved::Tls(Box::new(parts)),
+                prefix: Vec::new(),
+                client: Some(client),
+            },
+        )
     }
 
     /// Gives `conn` to shard `shard`, which handles `prefix` before reading more.
     pub(crate) fn to_shard(&self, shard: usize, conn: Moved, prefix: Vec<u8>) -> bool {
-        self.shards.get(shard).is_some_and(|s| {
-            s.try_send(Adopt {
+        self.adopt(
+            shard,
+            Adopt {
                 conn,
                 prefix,
                 client: None,
-            })
-            .is_ok()
-        })
+            },
+        )
+    }
+
+    fn adopt(&self, shard: usize, a: Adopt) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|s| s.try_send(a).is_ok())
     }
 }
 

@@ -175,28 +175,19 @@ pub(super) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let tls = tls.clone();
-                if icebreaker_service::proxy::is_trusted(&ctx.proxy_from, peer.ip()) {
+                if proxy::is_trusted(&ctx.proxy_from, peer.ip()) {
                     // A load balancer's connection: the client is in its PROXY header. The
                     // read counts as a handshake (against the connection limit, bounded).
                     tokio::task::spawn_local(async move {
                         let mut stream = stream;
                         ctx.handshaking.set(ctx.handshaking.get() + 1);
-                        let r = proxy::read(&mut stream, tls::HANDSHAKE_TIMEOUT).await;
+                        let client =
+                            proxy::client_of(&mut stream, peer, tls::HANDSHAKE_TIMEOUT, |r| {
+                                ctx.metrics.all.proxy_header(r)
+                            })
+                            .await;
                         ctx.handshaking.set(ctx.handshaking.get() - 1);
-                        let client = match r {
-                            Ok(proxy::Source::Client(c)) => {
-                                ctx.metrics.all.proxy_header("client");
-                                c
-                            }
-                            Ok(proxy::Source::Local) => {
-                                ctx.metrics.all.proxy_header("local");
-                                peer
-                            }
-                            Err(e) => {
-                                debug!(error = %e, %peer, "PROXY header refused");
-                                return ctx.metrics.all.proxy_header(e.as_str());
-                            }
-                        };
+                        let Some(client) = client else { return };
                         serve_accepted(ctx, stream, client, local, tls).await
                     });
                 } else {

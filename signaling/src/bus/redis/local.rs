@@ -105,16 +105,7 @@ impl Local {
     pub fn counts(&self) -> (usize, usize) {
         (self.rooms.len(), self.peers.len())
     }
-}
 
-/// The driver flushes what the core touched with no lock held.
-impl Touches for Local {
-    fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
-        out.append(&mut self.touched);
-    }
-}
-
-impl Local {
     /// Whether this node carries `id` (ready or not).
     pub fn knows(&self, id: &str) -> bool {
         self.peers.contains_key(id)
@@ -512,6 +503,13 @@ impl Local {
                 frames: p.mb.after(1).cloned().collect(),
             })
             .collect()
+    }
+}
+
+/// The driver flushes what the core touched with no lock held.
+impl Touches for Local {
+    fn take_touched(&mut self, out: &mut Vec<OutboxRef>) {
+        out.append(&mut self.touched);
     }
 }
 
