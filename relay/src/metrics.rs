@@ -205,7 +205,7 @@ impl RelayMetrics {
         );
         r.register(
             "dtls_handshakes",
-            "DTLS handshakes of TURN over DTLS, by result (ok, failed, timeout)",
+            "DTLS handshakes of TURN over DTLS, by result (ok, failed, timeout; replaced: a new handshake from an address that held an association, which it replaced)",
             self.dtls_handshakes.clone(),
         );
         r.register(

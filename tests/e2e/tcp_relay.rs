@@ -96,7 +96,7 @@ fn bind(server: SocketAddr, conn: u32) -> (TcpStream, Vec<u8>) {
     assert_eq!(a.code, None, "ConnectionBind");
     match d.conn {
         Conn::Tcp { s, buf } => (s, buf),
-        Conn::Udp(_) => unreachable!(),
+        Conn::Udp(_) | Conn::Dtls(_) => unreachable!(),
     }
 }
 
@@ -349,7 +349,7 @@ fn behind_haproxy_the_relay_sees_each_client_through_the_proxy_protocol() {
     let mut probe = TurnProbe::tcp(lb.addr);
     let mine = match &probe.conn {
         Conn::Tcp { s, .. } => s.local_addr().unwrap(),
-        Conn::Udp(_) => unreachable!(),
+        Conn::Udp(_) | Conn::Dtls(_) => unreachable!(),
     };
     let a = probe.request(Method::BINDING, &|_| {});
     assert_eq!(a.code, None);

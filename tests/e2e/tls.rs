@@ -281,6 +281,78 @@ fn relay_turn_over_tls_rotates_certificates_without_dropping_calls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// RFC 6347 §4.2.8 on the relay's DTLS port: a client that restarts from the same address
+/// and port (a NAT handing out the same mapping again; here webrtc-rs's DTLS client on a
+/// socket the test keeps) gets a new association, which replaces the old one and its
+/// allocation, so its Allocate is not refused as a mismatch. A ClientHello that never
+/// completes (what a spoofer, who cannot see the answers, can send) changes nothing: the
+/// old association keeps serving. Before the fix the new handshake went into the old,
+/// established association and was never answered (coturn's uclient stalled on it when
+/// the kernel reused a port).
+#[test]
+fn relay_dtls_client_restarting_from_its_port_replaces_its_association() {
+    use icebreaker_relay::codec::{attr, Method};
+    use icebreaker_tests::turn_probe::{Conn, DtlsClient, TurnProbe};
+    let dir = temp_dir("dtls-restart");
+    let c = make_cert(&dir, "relay");
+    let relay = start_relay(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--cert",
+        c.cert.to_str().unwrap(),
+        "--key",
+        c.key.to_str().unwrap(),
+    ]);
+    let line = relay
+        .proc
+        .wait_line("TURN over TLS", Duration::from_secs(5))
+        .expect("TLS listener logged");
+    let tls = addr_after(&line, "addrs=[").expect("the TLS address");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = sock.local_addr().unwrap();
+    let mut first = TurnProbe::dtls(tls, sock).expect("the first handshake");
+    let relayed = first.allocate(Some(600));
+
+    // A ClientHello from the same address that goes no further: the old association and
+    // its allocation keep serving.
+    let hello = DtlsClient::client_hello(local, tls);
+    match &first.conn {
+        Conn::Dtls(d) => d.sock.send_to(&hello, tls).unwrap(),
+        _ => unreachable!(),
+    };
+    let refresh = first.request(Method::REFRESH, &|w| {
+        w.u32(attr::LIFETIME, 600);
+    });
+    assert_eq!(refresh.code, None, "the old association still serves");
+
+    // The client restarts from the same port without closing (a crash, a NAT reusing the
+    // mapping): its handshake completes and it can allocate on the same 5-tuple.
+    let sock = match first.conn {
+        Conn::Dtls(d) => d.sock,
+        _ => unreachable!(),
+    };
+    let mut second = TurnProbe::dtls(tls, sock).expect("a new handshake from the same port");
+    let again = second.allocate(Some(600));
+    assert_ne!(relayed, again, "a new allocation, the old one released");
+
+    let (_, text) = http_get(relay.metrics.unwrap(), "/metrics");
+    let count = |result: &str| {
+        metric(
+            &text,
+            "icebreaker_relay_dtls_handshakes_total",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!(count("ok"), 1.0, "{text}");
+    assert_eq!(count("replaced"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "icebreaker_relay_allocations", &[]),
+        1.0,
+        "only the new allocation is live\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A relay given --tls-listen without a certificate, or a certificate that is not one,
 /// does not start, and says why.
 #[test]

@@ -12,7 +12,114 @@ use icebreaker_relay::codec::{attr, tcp_frame_len, Class, Message, MessageWriter
 
 pub enum Conn {
     Udp(UdpSocket),
-    Tcp { s: TcpStream, buf: Vec<u8> },
+    Tcp {
+        s: TcpStream,
+        buf: Vec<u8>,
+    },
+    /// TURN over DTLS (RFC 7350) with webrtc-rs's DTLS client.
+    Dtls(Box<DtlsClient>),
+}
+
+/// A DTLS 1.2 client on a UDP socket the test chose (so that a test can restart a client
+/// from the same port): webrtc-rs's sans-IO endpoint, driven here.
+pub struct DtlsClient {
+    pub sock: UdpSocket,
+    endpoint: rtc_dtls::endpoint::Endpoint,
+    server: SocketAddr,
+}
+
+impl DtlsClient {
+    /// The ClientHello a DTLS client sends first, to `server` (for tests that send one
+    /// without finishing the handshake).
+    pub fn client_hello(local: SocketAddr, server: SocketAddr) -> Vec<u8> {
+        let mut e =
+            rtc_dtls::endpoint::Endpoint::new(local, rtc_shared::TransportProtocol::UDP, None);
+        e.connect(Instant::now(), server, Self::config(server), None)
+            .unwrap();
+        e.poll_transmit().expect("a ClientHello").message.to_vec()
+    }
+
+    fn config(server: SocketAddr) -> std::sync::Arc<rtc_dtls::config::HandshakeConfig> {
+        let provider = rtc_dtls::crypto_provider::default_provider().unwrap();
+        std::sync::Arc::new(
+            rtc_dtls::config::ConfigBuilder::default()
+                .with_crypto_provider(provider)
+                .with_insecure_skip_verify(true)
+                .build(true, Some(server))
+                .unwrap(),
+        )
+    }
+
+    /// Handshakes with `server` from `sock` within `t`; Err says why not.
+    pub fn connect(sock: UdpSocket, server: SocketAddr, t: Duration) -> Result<DtlsClient, String> {
+        let local = sock.local_addr().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut c = DtlsClient {
+            endpoint: rtc_dtls::endpoint::Endpoint::new(
+                local,
+                rtc_shared::TransportProtocol::UDP,
+                None,
+            ),
+            sock,
+            server,
+        };
+        c.endpoint
+            .connect(Instant::now(), server, Self::config(server), None)
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + t;
+        while Instant::now() < deadline {
+            c.flush();
+            for ev in c.read_once()? {
+                if matches!(ev, rtc_dtls::endpoint::EndpointEvent::HandshakeComplete) {
+                    c.flush();
+                    return Ok(c);
+                }
+            }
+        }
+        Err(format!("no DTLS handshake with {server} within {t:?}"))
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.sock.send_to(&t.message, self.server).unwrap();
+        }
+    }
+
+    /// One datagram from the server (or a retransmission timer) fed to the endpoint.
+    fn read_once(&mut self) -> Result<Vec<rtc_dtls::endpoint::EndpointEvent>, String> {
+        let mut b = [0u8; 65536];
+        let events = match self.sock.recv_from(&mut b) {
+            Ok((n, from)) if from == self.server => self
+                .endpoint
+                .read(Instant::now(), from, None, bytes::BytesMut::from(&b[..n]))
+                .map_err(|e| format!("DTLS: {e}"))?,
+            _ => Vec::new(),
+        };
+        let _ = self.endpoint.handle_timeout(self.server, Instant::now());
+        self.flush();
+        Ok(events)
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.endpoint
+            .write(Instant::now(), self.server, data)
+            .unwrap();
+        self.flush();
+    }
+
+    /// The next decrypted datagram within `t`.
+    pub fn recv(&mut self, t: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + t;
+        while Instant::now() < deadline {
+            for ev in self.read_once().ok()? {
+                if let rtc_dtls::endpoint::EndpointEvent::ApplicationData(d) = ev {
+                    return Some(d.to_vec());
+                }
+            }
+        }
+        None
+    }
 }
 
 pub struct TurnProbe {
@@ -59,6 +166,12 @@ impl TurnProbe {
         Self::new(Conn::Tcp { s, buf: Vec::new() }, server)
     }
 
+    /// Over DTLS from `sock` (handshake within 5 s), with the harness's user.
+    pub fn dtls(server: SocketAddr, sock: UdpSocket) -> Result<TurnProbe, String> {
+        let c = DtlsClient::connect(sock, server, Duration::from_secs(5))?;
+        Ok(Self::new(Conn::Dtls(Box::new(c)), server))
+    }
+
     fn new(conn: Conn, server: SocketAddr) -> TurnProbe {
         TurnProbe {
             conn,
@@ -85,6 +198,7 @@ impl TurnProbe {
                 s.send_to(b, self.server).unwrap();
             }
             Conn::Tcp { s, .. } => s.write_all(b).unwrap(),
+            Conn::Dtls(c) => c.send(b),
         }
     }
 
@@ -120,6 +234,7 @@ impl TurnProbe {
                     Err(_) => return None,
                 }
             },
+            Conn::Dtls(c) => c.recv(t),
         }
     }
 

@@ -7,6 +7,16 @@
 //! them too), only a handshake record starts one, a handshake must finish within
 //! [`HANDSHAKE_TIMEOUT`], and an association without an allocation that has been silent
 //! for [`IDLE_WITHOUT_ALLOCATION`] is closed.
+//!
+//! A client that restarts from the same address and port (a NAT that hands out the same
+//! mapping again, a client that binds a fixed port) sends a new epoch-0 ClientHello into an
+//! association that is still established. RFC 6347 §4.2.8: the server should run that
+//! handshake, but must not destroy the old association until the client has shown it can
+//! receive at that address. So the new handshake runs in a second endpoint (the DTLS stack
+//! keys associations by address, one per endpoint), behind its own cookie exchange, and
+//! replaces the old association (and closes its allocation) only when it completes; one
+//! that fails or times out leaves the old association as it was, so a spoofed ClientHello
+//! changes nothing.
 
 use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
@@ -36,6 +46,8 @@ const IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(100);
 /// DTLS record content type of a handshake: the only record that may start an association.
 const HANDSHAKE_RECORD: u8 = 22;
+/// DTLS record content type of ChangeCipherSpec (part of a handshake's flights).
+const CHANGE_CIPHER_SPEC: u8 = 20;
 
 /// The DTLS server configuration for `certs`. The DTLS stack imports keys as PKCS#8 only,
 /// so SEC1 (`BEGIN EC PRIVATE KEY`: lego, Caddy, `openssl ecparam`) and PKCS#1 (`BEGIN RSA
@@ -95,6 +107,41 @@ struct Assoc {
     started: Instant,
     last: Instant,
     established: bool,
+    /// The endpoint (index into [`DtlsSocket::endpoints`]) that holds the association.
+    slot: usize,
+    /// When a new handshake from the same address began while this association was
+    /// established; it runs in the other endpoint until it completes, fails or times out.
+    restart: Option<Instant>,
+}
+
+impl Assoc {
+    /// The endpoint that gets `data`: while a restart runs, handshake and
+    /// ChangeCipherSpec records and anything at epoch 0 belong to the new handshake
+    /// (routed by a datagram's first record; a flight's records travel together).
+    fn slot_for(&self, data: &[u8]) -> usize {
+        let new_handshake = matches!(data.first(), Some(&HANDSHAKE_RECORD | &CHANGE_CIPHER_SPEC))
+            || data.get(3..5) == Some(&[0, 0]);
+        if self.restart.is_some() && new_handshake {
+            1 - self.slot
+        } else {
+            self.slot
+        }
+    }
+}
+
+/// The cookie of the epoch-0 ClientHello that `data` begins with (empty in a client's
+/// first ClientHello, the server's in the one after a HelloVerifyRequest); None when
+/// `data` is something else. Layout: the record header (type, version, epoch, sequence,
+/// length: 13 bytes), the handshake header (12), client_version (2), random (32), then the
+/// session id and the cookie, each after its one-byte length (RFC 6347 §4.2.1, §4.3.2).
+fn client_hello_cookie(data: &[u8]) -> Option<&[u8]> {
+    if data.len() <= 13 || data[0] != HANDSHAKE_RECORD || data[3..5] != [0, 0] || data[13] != 1 {
+        return None;
+    }
+    let session_id = usize::from(*data.get(59)?);
+    let at = 60 + session_id;
+    let len = usize::from(*data.get(at)?);
+    data.get(at + 1..at + 1 + len)
 }
 
 /// One DTLS port of a shard: its socket, the endpoint holding every association on it.
@@ -102,7 +149,9 @@ pub(crate) struct DtlsSocket {
     /// The address it is bound to (the `server` of its 5-tuples).
     pub local: SocketAddr,
     sock: Rc<tokio::net::UdpSocket>,
-    endpoint: RefCell<Endpoint>,
+    /// Two endpoints so that a restarted handshake can run beside the association it may
+    /// replace (see the module's doc); every other association lives in either.
+    endpoints: [RefCell<Endpoint>; 2],
     assocs: RefCell<FxHashMap<SocketAddr, Assoc>>,
     /// The certificates and the reload generation the endpoint's configuration was built from.
     certs: Arc<Certificates>,
@@ -117,14 +166,17 @@ impl DtlsSocket {
     ) -> std::io::Result<DtlsSocket> {
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
+        let endpoint = || {
+            RefCell::new(Endpoint::new(
+                local,
+                rtc_shared::TransportProtocol::UDP,
+                Some(config.clone()),
+            ))
+        };
         Ok(DtlsSocket {
             local,
             sock: Rc::new(tokio::net::UdpSocket::from_std(sock)?),
-            endpoint: RefCell::new(Endpoint::new(
-                local,
-                rtc_shared::TransportProtocol::UDP,
-                Some(config),
-            )),
+            endpoints: [endpoint(), endpoint()],
             assocs: RefCell::default(),
             generation: Cell::new(certs.generation()),
             certs,
@@ -144,20 +196,26 @@ impl DtlsSocket {
         }
     }
 
-    /// Sends what the endpoint queued.
+    /// Sends what the endpoints queued.
     fn flush(&self, ctx: &Ctx) {
-        let mut e = self.endpoint.borrow_mut();
-        while let Some(t) = e.poll_transmit() {
-            if let Err(err) = send_now(&self.sock, &t.message, t.transport.peer_addr) {
-                ctx.send_failed(err);
+        for endpoint in &self.endpoints {
+            let mut e = endpoint.borrow_mut();
+            while let Some(t) = e.poll_transmit() {
+                if let Err(err) = send_now(&self.sock, &t.message, t.transport.peer_addr) {
+                    ctx.send_failed(err);
+                }
             }
         }
     }
 
+    /// The endpoint holding `client`'s established association (or its handshake).
+    fn slot(&self, client: &SocketAddr) -> usize {
+        self.assocs.borrow().get(client).map_or(0, |a| a.slot)
+    }
+
     /// Encrypts `data` (an answer or relayed data) for `client`.
     pub(crate) fn send(&self, ctx: &Ctx, client: SocketAddr, data: &[u8]) {
-        let r = self
-            .endpoint
+        let r = self.endpoints[self.slot(&client)]
             .borrow_mut()
             .write(Instant::now(), client, data);
         match r {
@@ -170,21 +228,93 @@ impl DtlsSocket {
     }
 
     fn forget(&self, ctx: &Rc<Ctx>, client: SocketAddr, now: Instant) {
-        self.assocs.borrow_mut().remove(&client);
-        let _ = self.endpoint.borrow_mut().stop(now, client);
+        let a = self.assocs.borrow_mut().remove(&client);
+        let slot = a.as_ref().map_or(0, |a| a.slot);
+        let _ = self.endpoints[slot].borrow_mut().stop(now, client);
+        if a.is_some_and(|a| a.restart.is_some()) {
+            let _ = self.endpoints[1 - slot].borrow_mut().stop(now, client);
+        }
         self.flush(ctx);
         ctx.core
             .borrow_mut()
             .close_client(&self.five_tuple(client), &mut Binder(ctx));
     }
 
+    /// Ends `client`'s restarted handshake (failed or late); the association stays.
+    fn abandon_restart(&self, ctx: &Ctx, client: SocketAddr, now: Instant, result: &'static str) {
+        let slot = {
+            let mut assocs = self.assocs.borrow_mut();
+            let Some(a) = assocs.get_mut(&client).filter(|a| a.restart.is_some()) else {
+                return;
+            };
+            a.restart = None;
+            1 - a.slot
+        };
+        self.discard(slot, client, now);
+        ctx.metrics.all.dtls_handshake(result);
+    }
+
+    /// Drops `client`'s connection in endpoint `slot` without a word to the client: what
+    /// `stop` queues (a close_notify) would reach the client's other handshake or
+    /// association, which cannot use it. Every call flushes, so the queue holds only that.
+    fn discard(&self, slot: usize, client: SocketAddr, now: Instant) {
+        let mut e = self.endpoints[slot].borrow_mut();
+        let _ = e.stop(now, client);
+        while e.poll_transmit().is_some() {}
+    }
+
+    /// `client`'s restarted handshake completed: it has shown it receives at this address,
+    /// so the old association and its allocation go (RFC 6347 §4.2.8), and the new one
+    /// takes its place.
+    fn replace(&self, ctx: &Rc<Ctx>, client: SocketAddr, now: Instant) {
+        let old = {
+            let mut assocs = self.assocs.borrow_mut();
+            let Some(a) = assocs.get_mut(&client) else {
+                return;
+            };
+            let old = a.slot;
+            *a = Assoc {
+                started: now,
+                last: now,
+                established: true,
+                slot: 1 - old,
+                restart: None,
+            };
+            old
+        };
+        self.discard(old, client, now);
+        ctx.core
+            .borrow_mut()
+            .close_client(&self.five_tuple(client), &mut Binder(ctx));
+        ctx.metrics.all.dtls_handshake("replaced");
+        debug!(%client, "a new DTLS handshake from the same address replaced its association");
+    }
+
     fn datagram(&self, ctx: &Rc<Ctx>, from: SocketAddr, data: &[u8]) {
         let now = Instant::now();
         let held: usize = ctx.dtls.iter().map(|d| d.associations()).sum();
-        {
+        let mut restart_again = None;
+        let (slot, restarting) = {
             let mut assocs = self.assocs.borrow_mut();
             match assocs.get_mut(&from) {
-                Some(a) => a.last = now,
+                Some(a) => {
+                    a.last = now;
+                    let cookie = client_hello_cookie(data);
+                    if a.established && cookie.is_some() {
+                        // A first ClientHello (no cookie) while a restart runs is a new
+                        // attempt (the client's retransmission, another restart, or a
+                        // spoofer's): that handshake begins again rather than mixing
+                        // two clients' hellos in one.
+                        if a.restart.is_some() && cookie == Some(&[]) {
+                            restart_again = Some(1 - a.slot);
+                        }
+                        if a.restart.is_none() || restart_again.is_some() {
+                            a.restart = Some(now);
+                        }
+                    }
+                    let slot = a.slot_for(data);
+                    (slot, slot != a.slot)
+                }
                 None => {
                     if data.first() != Some(&HANDSHAKE_RECORD) {
                         ctx.metrics.drop("dtls_not_handshake");
@@ -200,16 +330,44 @@ impl DtlsSocket {
                             started: now,
                             last: now,
                             established: false,
+                            slot: 0,
+                            restart: None,
                         },
                     );
+                    (0, false)
                 }
             }
+        };
+        if let Some(slot) = restart_again {
+            self.discard(slot, from, now);
         }
-        let r = self
-            .endpoint
+        let r = self.endpoints[slot]
             .borrow_mut()
             .read(now, from, None, BytesMut::from(data));
         self.flush(ctx);
+        if restarting {
+            match r {
+                Err(e) => {
+                    debug!(client = %from, error = %e, "restarted DTLS handshake refused");
+                    self.abandon_restart(ctx, from, now, "failed");
+                }
+                Ok(events) => {
+                    for ev in events {
+                        match ev {
+                            EndpointEvent::HandshakeComplete => self.replace(ctx, from, now),
+                            EndpointEvent::ApplicationData(b) => {
+                                ctx.client_packet(self.five_tuple(from), &b)
+                            }
+                            EndpointEvent::PeerClosed => {
+                                self.abandon_restart(ctx, from, now, "failed")
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            return;
+        }
         let events = match r {
             Ok(ev) => ev,
             Err(e) => {
@@ -250,7 +408,11 @@ impl DtlsSocket {
         if g != self.generation.get() {
             self.generation.set(g);
             match handshake_config(&self.certs) {
-                Ok(c) => self.endpoint.borrow_mut().set_server_config(Some(c)),
+                Ok(c) => {
+                    for e in &self.endpoints {
+                        e.borrow_mut().set_server_config(Some(c.clone()));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "reloaded certificate not usable for DTLS; keeping the old one")
                 }
@@ -258,12 +420,20 @@ impl DtlsSocket {
         }
         let mut late = Vec::new();
         let mut retransmit = Vec::new();
+        let mut late_restarts = Vec::new();
         for (addr, a) in self.assocs.borrow().iter() {
+            if let Some(began) = a.restart {
+                if now.duration_since(began) >= HANDSHAKE_TIMEOUT {
+                    late_restarts.push(*addr);
+                } else {
+                    retransmit.push((*addr, 1 - a.slot));
+                }
+            }
             if !a.established {
                 if now.duration_since(a.started) >= HANDSHAKE_TIMEOUT {
                     late.push(*addr);
                 } else {
-                    retransmit.push(*addr);
+                    retransmit.push((*addr, a.slot));
                 }
             } else if sweep_idle
                 && now.duration_since(a.last) >= IDLE_WITHOUT_ALLOCATION
@@ -276,23 +446,24 @@ impl DtlsSocket {
                 late.push(*addr);
             }
         }
-        for addr in retransmit {
-            let due = self
-                .endpoint
+        for (addr, slot) in retransmit {
+            let endpoint = &self.endpoints[slot];
+            let due = endpoint
                 .borrow()
                 .poll_timeout(&addr)
                 .is_some_and(|t| t <= now);
-            if due
-                && self
-                    .endpoint
-                    .borrow_mut()
-                    .handle_timeout(addr, now)
-                    .is_err()
-            {
-                late.push(addr);
+            if due && endpoint.borrow_mut().handle_timeout(addr, now).is_err() {
+                if slot == self.slot(&addr) {
+                    late.push(addr);
+                } else {
+                    late_restarts.push(addr);
+                }
             }
         }
         self.flush(ctx);
+        for addr in late_restarts {
+            self.abandon_restart(ctx, addr, now, "timeout");
+        }
         for addr in late {
             if self
                 .assocs
@@ -347,6 +518,34 @@ mod tests {
             .crypto()
             .import_signing_key(SignatureScheme::EcdsaP256Sha256, der)
             .is_ok()
+    }
+
+    /// The cookie of a real client's first ClientHello is empty; a record that is not an
+    /// epoch-0 ClientHello, or one cut short, has none.
+    #[test]
+    fn client_hello_cookie_reads_a_real_hello() {
+        let server: SocketAddr = "127.0.0.1:5349".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(dtls_crypto::default_provider().unwrap())
+            .with_insecure_skip_verify(true)
+            .build(true, Some(server))
+            .unwrap();
+        let mut client = Endpoint::new(local, rtc_shared::TransportProtocol::UDP, None);
+        client
+            .connect(Instant::now(), server, Arc::new(config), None)
+            .unwrap();
+        let hello = client.poll_transmit().unwrap().message.to_vec();
+        assert_eq!(client_hello_cookie(&hello), Some(&[][..]));
+        for cut in [0, 13, 14, 59, 60] {
+            assert_eq!(client_hello_cookie(&hello[..cut]), None, "cut at {cut}");
+        }
+        let mut later_epoch = hello.clone();
+        later_epoch[4] = 1;
+        assert_eq!(client_hello_cookie(&later_epoch), None);
+        let mut data = hello.clone();
+        data[0] = 23;
+        assert_eq!(client_hello_cookie(&data), None);
     }
 
     /// A SEC1 key as `openssl ecparam -genkey` writes it (curve named inside) becomes a
