@@ -148,11 +148,12 @@ fn reload(
     fixed!(listen => "listen", tls_listen => "tls-listen", cert => "cert", key => "key",
            max_tcp_connections => "max-tcp-connections",
            max_tcp_frame => "max-tcp-frame", tcp_buffer_limit => "tcp-buffer-limit",
-           threads => "threads", metrics_listen => "metrics-listen",
-           proxy_from => "proxy-protocol/trusted-proxy");
+           threads => "threads", metrics_listen => "metrics-listen");
+    // The load balancers trusted to send a PROXY header: from the next connection on.
+    handle.set_proxy_from(new.proxy_from.clone());
     metrics.config_reloads.inc();
     info!(
-        "SIGHUP: configuration reloaded (credentials, peer policy, quotas, lifetimes, bandwidth)"
+        "SIGHUP: configuration reloaded (credentials, peer policy, quotas, lifetimes, bandwidth, trusted proxies)"
     );
     if !need_restart.is_empty() {
         tracing::warn!(keys = ?need_restart, "SIGHUP: these keys changed but take effect only after a restart; kept as they were");

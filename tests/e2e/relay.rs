@@ -510,9 +510,46 @@ fn sighup_does_not_kill_and_sigterm_stops_gracefully() {
     assert!(relay.proc.output().contains("shutting down"));
 }
 
-/// SIGHUP (`systemctl reload`) reads the config file again: a changed password and a
-/// narrower peer policy are in force for the next request without a restart, a change to
-/// the relayed port range is reported as needing one, and a broken file changes nothing.
+/// A STUN Binding over TCP from the loopback address `from`, after a PROXY v1 header naming
+/// 203.0.113.9:40000: the XOR-MAPPED-ADDRESS it answers with, None when the relay closes
+/// the connection instead (the header came from an address it does not trust).
+fn binding_behind_proxy(from: &str, relay: SocketAddr) -> Option<SocketAddr> {
+    use icebreaker_relay::codec::{attr, Class, Message, MessageWriter, Method};
+    use std::io::{Read, Write};
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect_timeout(&relay.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut t: std::net::TcpStream = s.into();
+    t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = format!(
+        "PROXY TCP4 203.0.113.9 127.0.0.1 40000 {}\r\n",
+        relay.port()
+    )
+    .into_bytes();
+    let mut req = Vec::new();
+    let tid = [9u8; 12];
+    out.extend_from_slice(
+        MessageWriter::new(&mut req, Method::BINDING, Class::Request, tid)
+            .finish_with_fingerprint(),
+    );
+    t.write_all(&out).ok()?;
+    let mut head = [0u8; 20];
+    t.read_exact(&mut head).ok()?;
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut resp = head.to_vec();
+    resp.resize(20 + len, 0);
+    t.read_exact(&mut resp[20..]).ok()?;
+    let m = Message::parse(&resp).ok()?;
+    assert_eq!(m.transaction_id, tid);
+    m.xor_address(attr::XOR_MAPPED_ADDRESS)?.ok()
+}
+
+/// SIGHUP (`systemctl reload`) reads the config file again: a changed password, a
+/// narrower peer policy and another trusted load balancer are in force for the next
+/// request or connection without a restart, a change to the relayed port range is
+/// reported as needing one, and a broken file changes nothing.
 #[test]
 fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
     use icebreaker_tests::port_range;
@@ -521,18 +558,19 @@ fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("relay.toml");
     let (lo, hi) = port_range(100);
-    let file = |pass: &str, allow: bool, ports: (u16, u16)| {
+    let file = |pass: &str, allow: bool, ports: (u16, u16), balancer: &str| {
         let allow = if allow {
             "allow-peer = [\"127.0.0.0/8\"]\n"
         } else {
             ""
         };
         format!(
-            "realm = \"example.org\"\nuser = [\"alice:{pass}\"]\nrelay-ports = \"{}-{}\"\n{allow}",
+            "realm = \"example.org\"\nuser = [\"alice:{pass}\"]\nrelay-ports = \"{}-{}\"\n{allow}\
+             proxy-protocol = true\ntrusted-proxy = [\"{balancer}/32\"]\n",
             ports.0, ports.1
         )
     };
-    std::fs::write(&f, file("one", true, (lo, hi))).unwrap();
+    std::fs::write(&f, file("one", true, (lo, hi), "127.0.0.5")).unwrap();
     let p = Proc::ours(
         "icebreaker-relay",
         &[
@@ -576,8 +614,15 @@ fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
         None,
         "loopback allowed by the first file"
     );
+    let named: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    assert_eq!(binding_behind_proxy("127.0.0.5", addr), Some(named));
+    assert_eq!(
+        binding_behind_proxy("127.0.0.6", addr),
+        None,
+        "not trusted yet"
+    );
 
-    std::fs::write(&f, file("two", false, (lo + 1, hi))).unwrap();
+    std::fs::write(&f, file("two", false, (lo + 1, hi), "127.0.0.6")).unwrap();
     p.signal(libc::SIGHUP);
     p.wait_line("configuration reloaded", Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no reload:\n{}", p.output()));
@@ -585,6 +630,13 @@ fn sighup_reloads_credentials_and_peer_policy_and_a_bad_file_changes_nothing() {
         .wait_line("only after a restart", Duration::from_secs(5))
         .expect("the port range change is reported");
     assert!(restart.contains("relay-ports"), "{restart}");
+    assert!(!restart.contains("proxy"), "{restart}");
+    assert_eq!(
+        binding_behind_proxy("127.0.0.6", addr),
+        Some(named),
+        "trusted now"
+    );
+    assert_eq!(binding_behind_proxy("127.0.0.5", addr), None, "retired");
     assert_eq!(
         allocate_code("one"),
         Some(401),

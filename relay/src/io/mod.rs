@@ -32,8 +32,9 @@ pub(crate) struct TcpLimits {
     connections: usize,
     frame: usize,
     buffer: usize,
-    /// Load balancers whose connections begin with a PROXY header (`proxy_from`).
-    proxy_from: Arc<[ipnet::IpNet]>,
+    /// Load balancers whose connections begin with a PROXY header (`proxy_from`), swapped
+    /// by [`RelayHandle::set_proxy_from`] on SIGHUP.
+    proxy_from: Arc<ProxyFrom>,
 }
 
 /// A client connection on its way to another shard's runtime.
@@ -167,6 +168,7 @@ impl Crossings {
 /// A running relay. Dropping it does not stop it; call [`RelayHandle::shutdown`].
 pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
+    proxy_from: Arc<ProxyFrom>,
     threads: Vec<JoinHandle<()>>,
     /// Shards (threads) running.
     pub shards: usize,
@@ -182,7 +184,17 @@ pub struct RelayHandle {
     pub handoff: Handoff,
 }
 
+/// The load balancers trusted to send a PROXY header, as every shard's accept path sees them.
+pub(crate) type ProxyFrom = arc_swap::ArcSwap<Vec<ipnet::IpNet>>;
+
 impl RelayHandle {
+    /// SIGHUP: the load balancers trusted to send a PROXY header (`proxy_from`) from the
+    /// next accepted connection on; connections already accepted keep what they were
+    /// told. Empty turns the PROXY protocol off.
+    pub fn set_proxy_from(&self, proxy_from: Vec<ipnet::IpNet>) {
+        self.proxy_from.store(Arc::new(proxy_from));
+    }
+
     /// SIGTERM: new allocations get 508 (clients move to another server) and
     /// `Shared::is_draining` turns on (the binaries' `/healthz` then says draining, so a
     /// load balancer stops sending), while existing allocations keep relaying until none is
@@ -378,7 +390,7 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
         connections: config.max_tcp_connections,
         frame: config.max_tcp_frame,
         buffer: config.tcp_buffer_limit,
-        proxy_from: config.proxy_from.clone().into(),
+        proxy_from: Arc::new(ProxyFrom::from_pointee(config.proxy_from.clone())),
     };
     let shared = Shared::with_own(
         config.turn,
@@ -443,6 +455,7 @@ pub fn run(config: RelayConfig, metrics: RelayMetrics) -> std::io::Result<RelayH
     }
     Ok(RelayHandle {
         shutdown: tx,
+        proxy_from: tcp_limits.proxy_from,
         threads,
         local_addrs,
         shared,

@@ -56,7 +56,7 @@ pub(super) struct Ctx {
     /// TLS handshakes in progress (they count against `max_tcp`).
     pub handshaking: Cell<usize>,
     /// Load balancers whose connections begin with a PROXY protocol header.
-    pub proxy_from: Arc<[ipnet::IpNet]>,
+    pub proxy_from: Arc<super::ProxyFrom>,
     /// This shard's part of `tcp-buffer-limit`, and what its TCP connections hold now.
     tcp_budget: usize,
     tcp_used: Cell<usize>,

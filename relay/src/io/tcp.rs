@@ -175,7 +175,7 @@ pub(super) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let tls = tls.clone();
-                if proxy::is_trusted(&ctx.proxy_from, peer.ip()) {
+                if proxy::is_trusted(&ctx.proxy_from.load(), peer.ip()) {
                     // A load balancer's connection: the client is in its PROXY header. The
                     // read counts as a handshake (against the connection limit, bounded).
                     tokio::task::spawn_local(async move {
