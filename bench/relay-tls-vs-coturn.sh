@@ -6,6 +6,8 @@
 #
 #   bench/relay-tls-vs-coturn.sh                 # LOADS="20:5 50:5", 3 repetitions
 #   REPS=5 LOADS="50:2" bench/relay-tls-vs-coturn.sh
+#   PROTO=dtls bench/relay-tls-vs-coturn.sh      # TURN over DTLS (RFC 7350): uclient -S
+#                                                # over UDP, to the same ports' UDP side
 #
 # LOADS: CLIENTS:INTERVAL_MS. Everything binds 127.0.0.1; only processes started here are
 # stopped. Needs coturn (turnserver, turnutils_*) and openssl.
@@ -14,6 +16,12 @@ set -euo pipefail
 REPS=${REPS:-3}
 LOADS=${LOADS:-"20:5 50:5"}
 SEND_SECONDS=${SEND_SECONDS:-8}
+PROTO=${PROTO:-tls}
+case $PROTO in
+  tls)  tcp_flag=(-t); coturn_dtls=(--no-dtls); label="TLS over TCP" ;;
+  dtls) tcp_flag=();   coturn_dtls=(--no-tls);  label="DTLS over UDP" ;;
+  *) echo "PROTO is tls or dtls" >&2; exit 2 ;;
+esac
 work=$(mktemp -d "${TMPDIR:-/tmp}/icebreaker-tls-bench.XXXXXX")
 for t in turnserver turnutils_uclient turnutils_peer openssl; do
   command -v $t >/dev/null || { echo "need $t (apt-get install -y coturn openssl)" >&2; exit 1; }
@@ -27,7 +35,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 turnserver -n --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port 3778 \
-  --tls-listening-port 5778 --cert "$work/cert.pem" --pkey "$work/key.pem" --no-dtls --no-cli \
+  --tls-listening-port 5778 --cert "$work/cert.pem" --pkey "$work/key.pem" "${coturn_dtls[@]}" --no-cli \
   --no-rfc5780 --fingerprint --realm example.org --lt-cred-mech --user test:test \
   --allow-loopback-peers --min-port 50000 --max-port 51999 --max-allocate-lifetime=120 \
   --db "$work/turndb" --log-file "$work/coturn.log" --simple-log --no-stdout-log \
@@ -52,22 +60,25 @@ for load in $LOADS; do
     for server in coturn ours; do
       if [[ $server == coturn ]]; then pid=$coturn_pid port=5778; else pid=$ours_pid port=5878; fi
       before=$(cpu "$pid")
-      out=$(timeout 120 turnutils_uclient -t -S -p "$port" -e 127.0.0.1 -r 3890 -c -u test -w test \
+      out=$(timeout 120 turnutils_uclient "${tcp_flag[@]}" -S -p "$port" -e 127.0.0.1 -r 3890 -c -u test -w test \
         -m "$c" -n "$n" -l 100 -z "$i" 127.0.0.1 2>&1 || true)
       after=$(cpu "$pid")
-      recv=$(grep -o 'tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
-      sent=$(grep -o 'tot_send_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2)
+      # A run that never finished (uclient killed by the timeout) prints no totals: it
+      # counts as nothing echoed of what it was to send, not as the end of the benchmark.
+      recv=$(grep -o 'tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2 || true)
+      sent=$(grep -o 'tot_send_msgs=[0-9]*' <<<"$out" | tail -1 | cut -d= -f2 || true)
+      [[ -n $sent ]] || { sent=$(( c * n )); echo "$server $load rep $rep: uclient did not finish" >&2; }
       echo "$load $server ${sent:-0} ${recv:-0} $(( after - before ))" >>"$results"
       echo "$server $load rep $rep: sent=${sent:-?} recv=${recv:-?} cpu_ticks=$(( after - before ))" >&2
     done
   done
 done
 
-python3 - "$results" "$tick" <<'PY'
+python3 - "$results" "$tick" "$label" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 tick = int(sys.argv[2])
-print("| load (TLS over TCP, ChannelData, 100 B, echo peer) | server | echoed | loss % | server CPU µs/msg | msgs per CPU-s vs coturn |")
+print(f"| load ({sys.argv[3]}, ChannelData, 100 B, echo peer) | server | echoed | loss % | server CPU µs/msg | msgs per CPU-s vs coturn |")
 print("|---|---|---|---|---|---|")
 for load in dict.fromkeys(r[0] for r in rows):
     us = {}
